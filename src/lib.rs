@@ -1,0 +1,15 @@
+//! sealserve: one binary that carries a signed Hugging Face model inside itself and serves it.
+//!
+//! Data flows one way: build.rs (`source`, `spec`) → `bundle` (+ `manifest`, `signature`) →
+//! verification → `model` load → `engine` → `batcher` → `http`. The library works on byte
+//! slices; only the `serve` binary embeds the model, so tests and benches never link it.
+
+pub mod bundle;
+#[cfg(feature = "cuda")]
+pub mod cuda_libs;
+pub mod engine;
+pub mod manifest;
+pub mod model;
+pub mod signature;
+pub mod source;
+pub mod spec;
