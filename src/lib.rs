@@ -4,11 +4,16 @@
 //! verification → `model` load → `engine` → `batcher` → `http`. The library works on byte
 //! slices; only the `serve` binary embeds the model, so tests and benches never link it.
 
+pub mod batcher;
 pub mod bundle;
+pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda_libs;
 pub mod engine;
+pub mod harden;
+pub mod http;
 pub mod manifest;
+pub mod memory;
 pub mod model;
 pub mod signature;
 pub mod source;

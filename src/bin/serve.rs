@@ -1,1 +1,306 @@
-fn main() {}
+//! `serve`: verify the embedded bundle, load it, warm up, harden, serve. Wiring only; every step
+//! lives in the library. Any failure is one line on stderr and a documented exit code.
+
+use clap::Parser;
+use sealserve::bundle::{Bundle, TrustPolicy, VerifiedBundle};
+use sealserve::config::{exit, LogFormat, ServeArgs};
+use sealserve::engine::{self, Engine, EngineConfig};
+use sealserve::http::{self, AppState, BundleInfo, Limits};
+use sealserve::{batcher, harden, memory};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+include!(concat!(env!("OUT_DIR"), "/embedded_bundle.rs"));
+
+/// A startup failure: the line to print and the exit code.
+struct Fatal {
+    code: i32,
+    message: String,
+}
+
+impl Fatal {
+    fn new(code: i32, message: impl std::fmt::Display) -> Self {
+        Self {
+            code,
+            message: message.to_string(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    // First thing: other same-uid processes must not read or write our memory, even while we load.
+    let dumpable_error = harden::set_not_dumpable().err();
+    let args = ServeArgs::parse();
+    init_logging(args.log_format);
+    if let Some(e) = dumpable_error {
+        tracing::warn!("could not mark the process non-dumpable: {e}");
+    }
+    match run(&args, started) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(fatal) => {
+            eprintln!("serve: {}", fatal.message);
+            ExitCode::from(u8::try_from(fatal.code).unwrap_or(1))
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
+    args.validate().map_err(|e| Fatal::new(exit::CONFIG, e))?;
+    let policy =
+        TrustPolicy::from_specs(&args.trusted_keys).map_err(|e| Fatal::new(exit::CONFIG, e))?;
+    let verified = verify(&policy)?;
+    if args.verify_only {
+        println!("{}", verify_summary(&verified));
+        return Ok(());
+    }
+    let binding = args.binding();
+    let listener = std::net::TcpListener::bind(binding.address).map_err(|e| {
+        Fatal::new(
+            exit::SERVE,
+            format!("cannot listen on {}: {e}", binding.address),
+        )
+    })?;
+    tracing::info!(address = %binding.address, rule = binding.reason, "bound");
+
+    let engine = load_engine(args, &verified)?;
+    let report = harden_process(args, &engine)?;
+    let state = app_state(args, &verified, &policy, &engine, report);
+    let (rss, peak) = memory::resident_bytes().unwrap_or((0, 0));
+    tracing::info!(
+        startup_ms = started.elapsed().as_millis() as u64,
+        rss_mib = rss / (1 << 20),
+        peak_rss_mib = peak / (1 << 20),
+        "ready"
+    );
+    serve_forever(args, listener, engine, state)
+}
+
+fn verify(policy: &TrustPolicy) -> Result<VerifiedBundle<'static>, Fatal> {
+    let refuse = |e: sealserve::bundle::VerifyError| {
+        Fatal::new(e.exit_code(), format!("refusing to start: {e}"))
+    };
+    let bundle = Bundle::parse(SEALED_BUNDLE).map_err(refuse)?;
+    let verified = bundle
+        .verify(policy, &mut |chunk| {
+            memory::release_pages(chunk);
+        })
+        .map_err(refuse)?;
+    tracing::info!(
+        model = %verified.metadata.model_id,
+        revision = %verified.metadata.revision,
+        key = %verified.key_fingerprint,
+        manifest_sha256 = %verified.manifest_sha256,
+        hashed_mib = verified.bytes_hashed / (1 << 20),
+        hash_ms = format!("{:.1}", verified.hash_time.as_secs_f64() * 1000.0),
+        "bundle verified"
+    );
+    if verified.dev_signed {
+        tracing::warn!("THIS BUNDLE IS DEV-SIGNED: it was signed at build time by an ephemeral key. Build releases with SEALSERVE_SIGNATURE and SEALSERVE_PUBLIC_KEY, and pin the key with --trusted-key.");
+    } else if !policy.is_pinned() {
+        tracing::warn!("no --trusted-key configured: any correctly self-signed bundle would be accepted; pin the release key");
+    }
+    Ok(verified)
+}
+
+fn verify_summary(verified: &VerifiedBundle) -> String {
+    format!(
+        "OK {} @ {}: {} files, {} MiB hashed in {:.1} ms, manifest sha256 {}, key {}{}",
+        verified.metadata.model_id,
+        verified.metadata.revision,
+        verified.files.len(),
+        verified.bytes_hashed / (1 << 20),
+        verified.hash_time.as_secs_f64() * 1000.0,
+        verified.manifest_sha256,
+        verified.key_fingerprint,
+        if verified.dev_signed {
+            " (DEV-SIGNED)"
+        } else {
+            ""
+        }
+    )
+}
+
+fn load_engine(args: &ServeArgs, verified: &VerifiedBundle<'static>) -> Result<Engine, Fatal> {
+    let config = EngineConfig {
+        device: args.device,
+        dtype: args.dtype,
+        max_forward_tokens: args.max_forward_tokens,
+        pooling: args.pooling,
+        cuda_lib_dirs: args.cuda_lib_dirs.clone(),
+    };
+    let loaded = engine::load(verified, &config).map_err(|e| match e {
+        engine::EngineError::Device(_) => Fatal::new(exit::DEVICE, e),
+        other => Fatal::new(exit::LOAD, other),
+    })?;
+    // The tensors hold their own copy (host or device); drop any embedded weight pages left.
+    if let Some(weights) = verified.file(&verified.metadata.weights) {
+        memory::release_pages(weights);
+    }
+    tracing::info!(
+        device = %loaded.info.device,
+        dtype = %loaded.info.dtype,
+        reason = %loaded.info.device_reason,
+        load_ms = loaded.load_time.as_millis() as u64,
+        "model loaded"
+    );
+    let warm = loaded
+        .warm_up()
+        .map_err(|e| Fatal::new(exit::LOAD, format!("warm-up failed: {e}")))?;
+    tracing::info!(warm_up_ms = warm.as_millis() as u64, "warmed up");
+    Engine::start(loaded).map_err(|e| {
+        Fatal::new(
+            exit::INTERNAL,
+            format!("cannot start the inference thread: {e}"),
+        )
+    })
+}
+
+fn harden_process(args: &ServeArgs, engine: &Engine) -> Result<harden::HardenReport, Fatal> {
+    let mut readable = harden::default_readable_paths();
+    if engine.info().device == "cuda" {
+        readable.extend(sealserve::engine::device::cuda_library_dirs(
+            &args.cuda_lib_dirs,
+        ));
+    }
+    if args.harden == harden::HardenLevel::Strict {
+        // Landlock binds per thread: restrict the inference thread too (it exists already).
+        let paths = readable.clone();
+        let result = Arc::new(std::sync::Mutex::new(None));
+        let slot = result.clone();
+        engine
+            .run_on_engine_thread(Box::new(move || {
+                let outcome = harden::restrict_filesystem(&paths);
+                if let Ok(mut slot) = slot.lock() {
+                    *slot = Some(outcome);
+                }
+            }))
+            .map_err(|e| Fatal::new(exit::HARDEN, e))?;
+        let outcome = result.lock().ok().and_then(|mut s| s.take());
+        if let Some(Err(e)) = outcome {
+            return Err(Fatal::new(
+                exit::HARDEN,
+                format!("hardening the inference thread failed: {e}"),
+            ));
+        }
+        // The compute pool's threads were started during warm-up: restrict each of them as well.
+        let failures: Vec<String> =
+            rayon::broadcast(|_| harden::restrict_filesystem(&readable).err())
+                .into_iter()
+                .flatten()
+                .map(|e| e.to_string())
+                .collect();
+        if let Some(first) = failures.first() {
+            return Err(Fatal::new(
+                exit::HARDEN,
+                format!("hardening the compute threads failed: {first}"),
+            ));
+        }
+    }
+    let report = harden::apply(args.harden, &readable).map_err(|e| Fatal::new(exit::HARDEN, e))?;
+    tracing::info!(
+        level = %report.level,
+        dumpable = report.dumpable,
+        seccomp = report.seccomp_mode,
+        no_new_privs = report.no_new_privs,
+        landlock = ?report.landlock,
+        "hardening in force"
+    );
+    Ok(report)
+}
+
+fn app_state(
+    args: &ServeArgs,
+    verified: &VerifiedBundle,
+    policy: &TrustPolicy,
+    engine: &Engine,
+    report: harden::HardenReport,
+) -> impl FnOnce(batcher::Batcher) -> Arc<AppState> {
+    let limits = Limits {
+        max_client_batch_size: args.max_client_batch_size,
+        payload_limit: args.payload_limit,
+        max_batch_tokens: args.max_batch_tokens,
+        max_batch_size: args.max_batch_size,
+        max_concurrent_requests: args.max_concurrent_requests,
+    };
+    let bundle = BundleInfo {
+        manifest_sha256: verified.manifest_sha256.clone(),
+        key_fingerprint: verified.key_fingerprint.clone(),
+        key_id: verified.key_id.clone(),
+        signature: if verified.dev_signed {
+            "dev-signed"
+        } else {
+            "signed"
+        },
+        trusted_keys_pinned: policy.is_pinned(),
+    };
+    let tokenizer = engine.tokenizer().clone();
+    let model = engine.info().clone();
+    let hardening = serde_json::to_value(&report).unwrap_or(serde_json::Value::Null);
+    let api_key = args.api_key.clone();
+    move |batcher| {
+        Arc::new(AppState {
+            batcher,
+            tokenizer,
+            model,
+            limits,
+            bundle,
+            hardening,
+            api_key,
+            ready: Arc::new(AtomicBool::new(false)),
+        })
+    }
+}
+
+fn serve_forever(
+    args: &ServeArgs,
+    listener: std::net::TcpListener,
+    engine: Engine,
+    state: impl FnOnce(batcher::Batcher) -> Arc<AppState>,
+) -> Result<(), Fatal> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sealserve-http")
+        .build()
+        .map_err(|e| {
+            Fatal::new(
+                exit::INTERNAL,
+                format!("cannot start the async runtime: {e}"),
+            )
+        })?;
+    let engine = Arc::new(engine);
+    let config = batcher::BatcherConfig {
+        max_batch_tokens: args.max_batch_tokens,
+        max_batch_size: args.max_batch_size,
+        max_concurrent_requests: args.max_concurrent_requests,
+    };
+    let grace = args.shutdown_grace();
+    runtime.block_on(async move {
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Fatal::new(exit::SERVE, e))?;
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|e| Fatal::new(exit::SERVE, e))?;
+        let batcher = batcher::Batcher::start(engine.clone(), config);
+        http::serve(listener, state(batcher), grace)
+            .await
+            .map_err(|e| Fatal::new(exit::SERVE, format!("server failed: {e}")))
+    })?;
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    tracing::info!("stopped");
+    Ok(())
+}

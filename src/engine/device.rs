@@ -171,3 +171,16 @@ fn open_cuda(ordinal: usize, dirs: &[PathBuf]) -> Result<ChosenDevice, String> {
         )),
     }
 }
+
+/// Folders CUDA libraries may be loaded from after startup (hardening keeps them readable).
+pub fn cuda_library_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
+    #[cfg(feature = "cuda")]
+    {
+        crate::cuda_libs::candidate_dirs(extra)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = extra;
+        Vec::new()
+    }
+}

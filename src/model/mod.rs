@@ -6,7 +6,9 @@
 pub mod bert;
 
 use crate::spec::Family;
+use candle_core::Shape;
 use candle_core::{DType, Device, Tensor};
+use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 /// Why a model could not be built from the verified bytes.
@@ -36,7 +38,10 @@ impl Encoder {
         match family {
             Family::Bert => {
                 let config = bert::BertConfig::from_json(config_json).map_err(LoadError::Config)?;
-                let vb = VarBuilder::from_slice_safetensors(safetensors, dtype, device)?;
+                let tensors = ReleasingSafetensors {
+                    inner: candle_core::safetensors::SliceSafetensors::new(safetensors)?,
+                };
+                let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
                 Ok(Encoder::Bert(bert::BertModel::load(vb, config)?))
             }
         }
@@ -79,5 +84,49 @@ impl Encoder {
         match self {
             Encoder::Bert(model) => model.device(),
         }
+    }
+}
+
+/// Safetensors read from memory that drop each tensor's source pages once it is copied, so the
+/// embedded weights and the loaded tensors are never both resident in full (see `memory`).
+struct ReleasingSafetensors<'a> {
+    inner: candle_core::safetensors::SliceSafetensors<'a>,
+}
+
+impl ReleasingSafetensors<'_> {
+    fn release(&self, name: &str) {
+        if let Ok(view) = self.inner.get(name) {
+            crate::memory::release_pages(view.data());
+        }
+    }
+}
+
+impl SimpleBackend for ReleasingSafetensors<'_> {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = SimpleBackend::get(&self.inner, shape, name, init, dtype, device)?;
+        self.release(name);
+        Ok(tensor)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = SimpleBackend::get_unchecked(&self.inner, name, dtype, device)?;
+        self.release(name);
+        Ok(tensor)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        SimpleBackend::contains_tensor(&self.inner, name)
     }
 }

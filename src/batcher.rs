@@ -1,0 +1,317 @@
+//! Dynamic batching with backpressure between many concurrent requests and one inference thread.
+//!
+//! - Admission: a request first takes one of `max_concurrent_requests` permits; when none is left
+//!   it is refused at once (HTTP 429) rather than queued without bound.
+//! - Queue: each input of an admitted request becomes one queue item. While the engine runs a
+//!   batch, items accumulate; the next batch takes items in arrival order until
+//!   `max_batch_size` inputs or `max_batch_tokens` tokens would be exceeded. A request's inputs
+//!   may span batches; its results are reassembled in input order.
+//! - Cancellation: inputs of requests whose caller went away are dropped before inference.
+//!
+//! Never touches tensors: it talks to the engine through [`EmbedBackend`].
+
+use crate::engine::{BatchOutput, Engine, EngineError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+/// What the batcher needs from an inference engine.
+pub trait EmbedBackend: Send + Sync + 'static {
+    /// Runs one batch; resolves with one raw vector per sequence.
+    fn submit(
+        &self,
+        sequences: Vec<Vec<u32>>,
+    ) -> oneshot::Receiver<Result<BatchOutput, EngineError>>;
+}
+
+impl EmbedBackend for Engine {
+    fn submit(
+        &self,
+        sequences: Vec<Vec<u32>>,
+    ) -> oneshot::Receiver<Result<BatchOutput, EngineError>> {
+        Engine::submit(self, sequences)
+    }
+}
+
+/// Batching limits.
+#[derive(Clone, Copy, Debug)]
+pub struct BatcherConfig {
+    pub max_batch_tokens: usize,
+    pub max_batch_size: usize,
+    pub max_concurrent_requests: usize,
+}
+
+/// Why a request could not be served by the batcher.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("server is at its limit of {limit} concurrent requests; retry shortly")]
+    Overloaded { limit: usize },
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("the batcher has stopped (server shutting down)")]
+    Stopped,
+}
+
+/// A request's embeddings plus where its time went.
+#[derive(Debug)]
+pub struct Embedded {
+    pub vectors: Vec<Vec<f32>>,
+    /// From enqueue until the last of its inputs started inference.
+    pub queue_time: Duration,
+    /// Inference time of the batches it took part in.
+    pub inference_time: Duration,
+}
+
+/// Proof of admission; dropping it frees the slot.
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+}
+
+struct RequestState {
+    results: Vec<Option<Vec<f32>>>,
+    remaining: usize,
+    queue_time: Duration,
+    inference_time: Duration,
+    /// Sequence number of the last batch counted into `inference_time`.
+    last_batch: Option<u64>,
+    reply: Option<oneshot::Sender<Result<Embedded, BatchError>>>,
+}
+
+type SharedRequest = Arc<Mutex<RequestState>>;
+
+struct QueueItem {
+    ids: Vec<u32>,
+    position: usize,
+    request: SharedRequest,
+    enqueued: Instant,
+}
+
+/// Handle used by request handlers; cheap to clone.
+#[derive(Clone)]
+pub struct Batcher {
+    queue: mpsc::UnboundedSender<QueueItem>,
+    permits: Arc<Semaphore>,
+    depth: Arc<AtomicUsize>,
+    config: BatcherConfig,
+}
+
+impl Batcher {
+    /// Starts the batching task on the current tokio runtime.
+    pub fn start(backend: Arc<dyn EmbedBackend>, config: BatcherConfig) -> Self {
+        let (queue, inbox) = mpsc::unbounded_channel();
+        let depth = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(batching_loop(backend, inbox, config, depth.clone()));
+        Self {
+            queue,
+            permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            depth,
+            config,
+        }
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> BatcherConfig {
+        self.config
+    }
+
+    /// Inputs waiting for the engine.
+    pub fn queue_depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Takes a concurrency slot or refuses at once.
+    pub fn admit(&self) -> Result<Admission, BatchError> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .map(|permit| Admission { _permit: permit })
+            .map_err(|_| BatchError::Overloaded {
+                limit: self.config.max_concurrent_requests,
+            })
+    }
+
+    /// Queues the request's token sequences and waits for their vectors (input order).
+    pub async fn embed(
+        &self,
+        _admission: &Admission,
+        sequences: Vec<Vec<u32>>,
+    ) -> Result<Embedded, BatchError> {
+        if sequences.is_empty() {
+            return Ok(Embedded {
+                vectors: Vec::new(),
+                queue_time: Duration::ZERO,
+                inference_time: Duration::ZERO,
+            });
+        }
+        let (reply, answer) = oneshot::channel();
+        let request = Arc::new(Mutex::new(RequestState {
+            results: vec![None; sequences.len()],
+            remaining: sequences.len(),
+            queue_time: Duration::ZERO,
+            inference_time: Duration::ZERO,
+            last_batch: None,
+            reply: Some(reply),
+        }));
+        let enqueued = Instant::now();
+        for (position, ids) in sequences.into_iter().enumerate() {
+            self.depth.fetch_add(1, Ordering::Relaxed);
+            let item = QueueItem {
+                ids,
+                position,
+                request: request.clone(),
+                enqueued,
+            };
+            if self.queue.send(item).is_err() {
+                self.depth.fetch_sub(1, Ordering::Relaxed);
+                return Err(BatchError::Stopped);
+            }
+        }
+        metrics::gauge!(crate::http::metrics::QUEUE_DEPTH).set(self.queue_depth() as f64);
+        answer.await.map_err(|_| BatchError::Stopped)?
+    }
+}
+
+async fn batching_loop(
+    backend: Arc<dyn EmbedBackend>,
+    mut inbox: mpsc::UnboundedReceiver<QueueItem>,
+    config: BatcherConfig,
+    depth: Arc<AtomicUsize>,
+) {
+    let mut carried: Option<QueueItem> = None;
+    let mut batch_number = 0u64;
+    loop {
+        let first = match carried.take() {
+            Some(item) => item,
+            None => match inbox.recv().await {
+                Some(item) => item,
+                None => return,
+            },
+        };
+        let mut batch = Vec::new();
+        let mut tokens = 0usize;
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            depth.fetch_sub(1, Ordering::Relaxed);
+            if is_cancelled(&item.request) {
+                next = inbox.try_recv().ok();
+                continue;
+            }
+            let too_big = !batch.is_empty()
+                && (batch.len() + 1 > config.max_batch_size
+                    || tokens + item.ids.len() > config.max_batch_tokens);
+            if too_big {
+                depth.fetch_add(1, Ordering::Relaxed);
+                carried = Some(item);
+                break;
+            }
+            tokens += item.ids.len();
+            batch.push(item);
+            next = inbox.try_recv().ok();
+        }
+        metrics::gauge!(crate::http::metrics::QUEUE_DEPTH)
+            .set(depth.load(Ordering::Relaxed) as f64);
+        if !batch.is_empty() {
+            batch_number += 1;
+            run_batch(backend.as_ref(), batch, tokens, batch_number).await;
+        }
+    }
+}
+
+fn is_cancelled(request: &SharedRequest) -> bool {
+    request
+        .lock()
+        .map(|state| state.reply.as_ref().is_none_or(|r| r.is_closed()))
+        .unwrap_or(true)
+}
+
+async fn run_batch(backend: &dyn EmbedBackend, batch: Vec<QueueItem>, tokens: usize, number: u64) {
+    let started = Instant::now();
+    metrics::histogram!(crate::http::metrics::BATCH_SIZE).record(batch.len() as f64);
+    metrics::histogram!(crate::http::metrics::BATCH_TOKENS).record(tokens as f64);
+    for item in &batch {
+        metrics::histogram!(crate::http::metrics::QUEUE_SECONDS)
+            .record(started.duration_since(item.enqueued).as_secs_f64());
+    }
+    let (items, sequences): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|item| {
+            let ids = item.ids;
+            ((item.position, item.request, item.enqueued), ids)
+        })
+        .unzip();
+    let outcome = match backend.submit(sequences).await {
+        Ok(result) => result,
+        Err(_) => Err(EngineError::Stopped),
+    };
+    match outcome {
+        Ok(output) => {
+            metrics::histogram!(crate::http::metrics::INFERENCE_SECONDS)
+                .record(output.inference_time.as_secs_f64());
+            let timing = BatchTiming {
+                number,
+                started,
+                inference_time: output.inference_time,
+            };
+            for ((position, request, enqueued), vector) in items.into_iter().zip(output.vectors) {
+                deliver(&request, position, vector, enqueued, &timing);
+            }
+        }
+        Err(error) => {
+            let message = error.to_string();
+            for (_, request, _) in items {
+                fail(&request, BatchError::Inference(message.clone()));
+            }
+        }
+    }
+}
+
+struct BatchTiming {
+    number: u64,
+    started: Instant,
+    inference_time: Duration,
+}
+
+fn deliver(
+    request: &SharedRequest,
+    position: usize,
+    vector: Vec<f32>,
+    enqueued: Instant,
+    batch: &BatchTiming,
+) {
+    let Ok(mut state) = request.lock() else {
+        return;
+    };
+    if let Some(slot) = state.results.get_mut(position) {
+        *slot = Some(vector);
+    }
+    state.remaining = state.remaining.saturating_sub(1);
+    state.queue_time = state.queue_time.max(batch.started.duration_since(enqueued));
+    if state.last_batch != Some(batch.number) {
+        state.last_batch = Some(batch.number);
+        state.inference_time += batch.inference_time;
+    }
+    if state.remaining == 0 {
+        let vectors: Vec<Vec<f32>> = state
+            .results
+            .iter_mut()
+            .map(|v| v.take().unwrap_or_default())
+            .collect();
+        let embedded = Embedded {
+            vectors,
+            queue_time: state.queue_time,
+            inference_time: state.inference_time,
+        };
+        if let Some(reply) = state.reply.take() {
+            let _ = reply.send(Ok(embedded));
+        }
+    }
+}
+
+fn fail(request: &SharedRequest, error: BatchError) {
+    if let Ok(mut state) = request.lock() {
+        if let Some(reply) = state.reply.take() {
+            let _ = reply.send(Err(error));
+        }
+    }
+}

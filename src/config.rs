@@ -1,0 +1,227 @@
+//! `serve`'s configuration: every flag has an environment variable (containers and CML set env,
+//! not argv), and the CML Application binding rule lives here and nowhere else.
+
+use crate::engine::{DTypeRequest, DeviceRequest};
+use crate::harden::HardenLevel;
+use crate::spec::Pooling;
+use clap::{Parser, ValueEnum};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Exit codes of `serve`, one per kind of failure (documented in README and `serve --help`).
+pub mod exit {
+    /// Unexpected internal error.
+    pub const INTERNAL: i32 = 1;
+    /// Bad flag, environment variable or configuration value (clap uses 2 as well).
+    pub const CONFIG: i32 = 2;
+    /// The requested device (CUDA) is not available.
+    pub const DEVICE: i32 = 3;
+    /// The verified model could not be loaded or warmed up.
+    pub const LOAD: i32 = 4;
+    /// The listening socket could not be bound, or the server failed.
+    pub const SERVE: i32 = 5;
+    /// Hardening was requested and could not be applied.
+    pub const HARDEN: i32 = 6;
+}
+
+/// Shown under `serve --help`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+   0  success (clean shutdown, or --verify-only passed)
+   1  internal error
+   2  configuration error (bad flag or environment variable)
+   3  requested device unavailable (e.g. --device cuda without a usable GPU)
+   4  model could not be loaded or warmed up
+   5  could not bind the listening address, or the server failed
+   6  hardening could not be applied (--harden strict|basic)
+  10  bundle malformed
+  11  an embedded file does not match its MANIFEST digest
+  12  MANIFEST (or sealserve.json) invalid or not covering the bundle
+  13  signature over MANIFEST invalid
+  14  embedded public key invalid
+  15  bundle signed by a key that is not trusted (--trusted-key)
+  16  bundle is dev-signed but trusted keys are configured
+  17  bundle carries no signature";
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `serve` flags.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "serve",
+    version,
+    about = "Serve the signed embedding model carried inside this binary (TEI-, OpenAI- and CML-compatible HTTP API)",
+    after_help = EXIT_CODES_HELP
+)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 0.0.0.0, or 127.0.0.1 when CDSW_APP_PORT decides the port]
+    #[arg(long, env = "HOST")]
+    pub host: Option<IpAddr>,
+
+    /// Port to listen on [default: $CDSW_APP_PORT when set (CML Applications), else 8080]
+    #[arg(long, env = "PORT")]
+    pub port: Option<u16>,
+
+    /// Port a CML Application must serve on; used (with 127.0.0.1) when --port is not given
+    #[arg(long = "cdsw-app-port", env = "CDSW_APP_PORT", hide = true)]
+    pub cdsw_app_port: Option<u16>,
+
+    /// Where to run the model: auto (CUDA if usable, else CPU), cpu, cuda or cuda:N
+    #[arg(long, env = "SEALSERVE_DEVICE", default_value = "auto")]
+    pub device: DeviceRequest,
+
+    /// Compute dtype: auto (f32 on CPU, f16 on CUDA), f32, f16 or bf16
+    #[arg(long, env = "SEALSERVE_DTYPE", default_value = "auto")]
+    pub dtype: DTypeRequest,
+
+    /// Override the pooling recorded in the signed metadata (mean, cls, last_token)
+    #[arg(long, env = "SEALSERVE_POOLING")]
+    pub pooling: Option<Pooling>,
+
+    /// Most tokens (sum over inputs) packed into one batch
+    #[arg(long, env = "SEALSERVE_MAX_BATCH_TOKENS", default_value_t = 16384)]
+    pub max_batch_tokens: usize,
+
+    /// Most inputs packed into one batch (1 disables batching across requests)
+    #[arg(long, env = "SEALSERVE_MAX_BATCH_SIZE", default_value_t = 256)]
+    pub max_batch_size: usize,
+
+    /// Requests in flight (queued or running) before new ones get 429 at once
+    #[arg(long, env = "SEALSERVE_MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
+    pub max_concurrent_requests: usize,
+
+    /// Most inputs one request may carry (422 beyond)
+    #[arg(long, env = "SEALSERVE_MAX_CLIENT_BATCH_SIZE", default_value_t = 64)]
+    pub max_client_batch_size: usize,
+
+    /// Padded tokens per forward pass [default: 2048 on CPU, 32768 on CUDA]; bounds activation memory
+    #[arg(long, env = "SEALSERVE_MAX_FORWARD_TOKENS")]
+    pub max_forward_tokens: Option<usize>,
+
+    /// Largest request body in bytes (413 beyond)
+    #[arg(long, env = "SEALSERVE_PAYLOAD_LIMIT", default_value_t = 2 * 1024 * 1024)]
+    pub payload_limit: usize,
+
+    /// Require `Authorization: Bearer <key>` on every route except /health and /ready
+    #[arg(long, env = "SEALSERVE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Trusted signing keys (64-hex fingerprints or PEM/minisign key files, comma separated); any other key, and dev-signed bundles, are refused
+    #[arg(
+        long = "trusted-key",
+        env = "SEALSERVE_TRUSTED_KEYS",
+        value_delimiter = ','
+    )]
+    pub trusted_keys: Vec<String>,
+
+    /// Verify the embedded bundle, print what it carries, and exit
+    #[arg(long)]
+    pub verify_only: bool,
+
+    /// Self-hardening after warm-up: strict (not dumpable + seccomp + Landlock), basic (not dumpable + seccomp), off
+    #[arg(long, env = "SEALSERVE_HARDEN", default_value = "strict")]
+    pub harden: HardenLevel,
+
+    /// Log format
+    #[arg(long, env = "SEALSERVE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Seconds to let in-flight requests finish after SIGTERM/SIGINT
+    #[arg(long, env = "SEALSERVE_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace: u64,
+
+    /// Extra folders holding libcuda/libcublas/libcublasLt/libcurand (colon separated)
+    #[arg(
+        long = "cuda-lib-dirs",
+        env = "SEALSERVE_CUDA_LIB_DIRS",
+        value_delimiter = ':'
+    )]
+    pub cuda_lib_dirs: Vec<PathBuf>,
+}
+
+/// Where to listen, and which rule decided it (logged at startup).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub address: SocketAddr,
+    pub reason: &'static str,
+}
+
+impl ServeArgs {
+    /// Applies the binding rules: explicit --port wins; otherwise `CDSW_APP_PORT` means a CML
+    /// Application, which must listen on 127.0.0.1:$CDSW_APP_PORT; otherwise 0.0.0.0:8080.
+    pub fn binding(&self) -> Binding {
+        match (self.port, self.cdsw_app_port) {
+            (Some(port), _) => Binding {
+                address: SocketAddr::new(self.host.unwrap_or(Ipv4Addr::UNSPECIFIED.into()), port),
+                reason: "--port/PORT",
+            },
+            (None, Some(port)) => Binding {
+                address: SocketAddr::new(self.host.unwrap_or(Ipv4Addr::LOCALHOST.into()), port),
+                reason: "CDSW_APP_PORT (CML Application: 127.0.0.1:$CDSW_APP_PORT)",
+            },
+            (None, None) => Binding {
+                address: SocketAddr::new(self.host.unwrap_or(Ipv4Addr::UNSPECIFIED.into()), 8080),
+                reason: "default",
+            },
+        }
+    }
+
+    /// Time granted to in-flight requests on shutdown.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace)
+    }
+
+    /// Checks values clap cannot (ranges that depend on each other).
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("--max-batch-tokens", self.max_batch_tokens),
+            ("--max-batch-size", self.max_batch_size),
+            ("--max-concurrent-requests", self.max_concurrent_requests),
+            ("--max-client-batch-size", self.max_client_batch_size),
+            ("--payload-limit", self.payload_limit),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be at least 1"));
+        }
+        if self.max_forward_tokens == Some(0) {
+            return Err("--max-forward-tokens must be at least 1".into());
+        }
+        if self.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+            return Err("--api-key / SEALSERVE_API_KEY is set but empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        let mut argv = vec!["serve"];
+        argv.extend_from_slice(args);
+        ServeArgs::try_parse_from(argv).expect("parse")
+    }
+
+    #[test]
+    fn cml_port_binds_loopback_unless_port_given() {
+        let args = parse(&["--cdsw-app-port", "8100"]);
+        assert_eq!(args.binding().address, "127.0.0.1:8100".parse().unwrap());
+        let args = parse(&["--cdsw-app-port", "8100", "--port", "9000"]);
+        assert_eq!(args.binding().address, "0.0.0.0:9000".parse().unwrap());
+        let args = parse(&[]);
+        assert_eq!(args.binding().address, "0.0.0.0:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        assert!(parse(&["--max-batch-size", "0"]).validate().is_err());
+        assert!(parse(&[]).validate().is_ok());
+    }
+}

@@ -1,0 +1,177 @@
+//! One error type for the whole service, one kind → status mapping, and one body shape per API
+//! family: TEI routes answer `{"error", "error_type"}`, `/v1` routes the OpenAI error object,
+//! `/model` the CML envelope `{"success": false, "error"}`.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// What went wrong, independent of how it is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Malformed JSON, wrong types, empty input, bad parameter values.
+    Validation,
+    /// An input is longer than the model accepts and truncation was refused.
+    TooLong,
+    /// More inputs in one request than `--max-client-batch-size`.
+    TooManyInputs,
+    /// Body over `--payload-limit`.
+    PayloadTooLarge,
+    /// Concurrency limit reached.
+    Overloaded,
+    /// Missing or wrong API key.
+    Unauthorized,
+    /// No such route.
+    NotFound,
+    /// Route exists, method does not.
+    MethodNotAllowed,
+    /// Shutting down, or the engine has stopped.
+    Unavailable,
+    /// A failure inside the server.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The single status mapping used by every route.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::Validation | ErrorKind::TooLong | ErrorKind::TooManyInputs => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// TEI's `error_type` vocabulary.
+    fn tei_type(self) -> &'static str {
+        match self {
+            ErrorKind::Validation | ErrorKind::TooLong | ErrorKind::TooManyInputs => "validation",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::Unavailable => "unhealthy",
+            ErrorKind::Internal => "backend",
+        }
+    }
+
+    /// OpenAI's `error.type` vocabulary.
+    fn openai_type(self) -> &'static str {
+        match self {
+            ErrorKind::Validation
+            | ErrorKind::TooLong
+            | ErrorKind::TooManyInputs
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::NotFound
+            | ErrorKind::MethodNotAllowed => "invalid_request_error",
+            ErrorKind::Overloaded => "rate_limit_exceeded",
+            ErrorKind::Unauthorized => "authentication_error",
+            ErrorKind::Unavailable | ErrorKind::Internal => "server_error",
+        }
+    }
+}
+
+/// Which API family's error shape to answer with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiFamily {
+    Tei,
+    OpenAi,
+    Cml,
+}
+
+impl ApiFamily {
+    /// The family a path belongs to (for errors raised outside handlers: auth, 404, 413).
+    pub fn for_path(path: &str) -> Self {
+        if path.starts_with("/v1/") || path == "/v1" {
+            ApiFamily::OpenAi
+        } else if path == "/model" {
+            ApiFamily::Cml
+        } else {
+            ApiFamily::Tei
+        }
+    }
+}
+
+/// An error on its way to the client.
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub family: ApiFamily,
+}
+
+impl ApiError {
+    /// An error of `kind` shown in `family`'s shape.
+    pub fn new(family: ApiFamily, kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            family,
+        }
+    }
+
+    /// 422 with a message.
+    pub fn validation(family: ApiFamily, message: impl Into<String>) -> Self {
+        Self::new(family, ErrorKind::Validation, message)
+    }
+
+    fn body(&self) -> serde_json::Value {
+        match self.family {
+            ApiFamily::Tei => json!({"error": self.message, "error_type": self.kind.tei_type()}),
+            ApiFamily::OpenAi => json!({"error": {
+                "message": self.message,
+                "type": self.kind.openai_type(),
+                "param": null,
+                "code": self.kind.status().as_u16().to_string(),
+            }}),
+            ApiFamily::Cml => {
+                json!({"success": false, "error": self.message, "error_type": self.kind.tei_type()})
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.kind.status(), Json(self.body())).into_response();
+        if self.kind == ErrorKind::Overloaded {
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+        }
+        if self.kind == ErrorKind::Unauthorized {
+            response
+                .headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_and_statuses() {
+        assert_eq!(ApiFamily::for_path("/v1/embeddings"), ApiFamily::OpenAi);
+        assert_eq!(ApiFamily::for_path("/model"), ApiFamily::Cml);
+        assert_eq!(ApiFamily::for_path("/embed"), ApiFamily::Tei);
+        assert_eq!(
+            ErrorKind::TooLong.status(),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        let openai = ApiError::new(ApiFamily::OpenAi, ErrorKind::Overloaded, "x").body();
+        assert_eq!(openai["error"]["type"], "rate_limit_exceeded");
+        let tei = ApiError::validation(ApiFamily::Tei, "bad").body();
+        assert_eq!(tei["error_type"], "validation");
+    }
+}

@@ -1,0 +1,59 @@
+//! Prometheus metrics: names in one place, recorder installed once per process, rendered by
+//! `GET /metrics` through metrics-exporter-prometheus (no hand-written exposition text).
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// Requests answered, labelled by route and status.
+pub const REQUESTS: &str = "sealserve_requests_total";
+/// End-to-end request latency, labelled by route.
+pub const REQUEST_SECONDS: &str = "sealserve_request_duration_seconds";
+/// Inputs waiting for the engine.
+pub const QUEUE_DEPTH: &str = "sealserve_queue_depth";
+/// Inputs per engine batch.
+pub const BATCH_SIZE: &str = "sealserve_batch_size";
+/// Tokens per engine batch.
+pub const BATCH_TOKENS: &str = "sealserve_batch_tokens";
+/// Time to tokenize one request.
+pub const TOKENIZATION_SECONDS: &str = "sealserve_tokenization_seconds";
+/// Time an input waited in the queue.
+pub const QUEUE_SECONDS: &str = "sealserve_queue_seconds";
+/// Time one engine batch took.
+pub const INFERENCE_SECONDS: &str = "sealserve_inference_seconds";
+/// Constant 1 with the model, device and dtype as labels.
+pub const MODEL_INFO: &str = "sealserve_model_info";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+const TOKEN_BUCKETS: &[f64] = &[
+    16.0, 64.0, 256.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0,
+];
+
+/// The process-wide recorder handle; installed on first use. Later calls (several servers in one
+/// test process) share it.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), SIZE_BUCKETS))
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(BATCH_TOKENS.into()), TOKEN_BUCKETS)
+            })
+            .unwrap_or_else(|e| unreachable!("static, non-empty bucket lists are valid: {e}"))
+            .build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first; ours then simply stays idle.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Prometheus text exposition of everything recorded so far.
+pub fn render() -> String {
+    let handle = handle();
+    handle.run_upkeep();
+    handle.render()
+}
