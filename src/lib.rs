@@ -6,6 +6,7 @@
 
 pub mod batcher;
 pub mod bundle;
+pub mod cli;
 pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda_libs;

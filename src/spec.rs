@@ -7,7 +7,8 @@
 //! module, so the metadata that ends up signed is produced by one function.
 //!
 //! This module is compiled into build.rs too (`#[path]`): it must only use crates that are also
-//! build-dependencies and must not refer to other crate modules.
+//! build-dependencies and must not refer to other crate modules except `manifest`, which build.rs
+//! compiles in as well.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -245,6 +246,18 @@ impl ModelSpec {
             tokenizer: self.file_with_role(FileRole::Tokenizer).name.clone(),
             config: self.file_with_role(FileRole::Config).name.clone(),
         }
+    }
+
+    /// The MANIFEST a bundle of this model carries, computed from the pins alone (no model bytes
+    /// needed). build.rs embeds exactly these bytes and `seal manifest` prints them, which is what
+    /// lets a release signer sign offline before the build runs.
+    pub fn manifest_bytes(&self) -> Vec<u8> {
+        let mut manifest = crate::manifest::Manifest::new();
+        for file in &self.files {
+            manifest.insert(file.name.clone(), file.sha256.clone());
+        }
+        manifest.insert_bytes(METADATA_FILE, &self.metadata().to_canonical_bytes());
+        manifest.to_bytes()
     }
 }
 

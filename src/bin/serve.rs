@@ -75,7 +75,8 @@ fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
             format!("cannot listen on {}: {e}", binding.address),
         )
     })?;
-    tracing::info!(address = %binding.address, rule = binding.reason, "bound");
+    let address = listener.local_addr().unwrap_or(binding.address);
+    tracing::info!(%address, rule = binding.reason, "bound");
 
     let engine = load_engine(args, &verified)?;
     let report = harden_process(args, &engine)?;

@@ -149,21 +149,21 @@ fn device_name(device: &candle_core::Device) -> String {
 
 impl LoadedModel {
     /// Runs the shapes the server will see before it reports ready: an unpadded short forward, a
-    /// padded (masked) forward, and a full-length one. On CUDA this loads every kernel module
-    /// before hardening closes the filesystem.
+    /// padded (masked) forward, and a full-length one, from real tokenizer output so any vocabulary
+    /// works. On CUDA this loads every kernel module before hardening closes the filesystem.
     pub fn warm_up(&self) -> Result<Duration, EngineError> {
         let started = Instant::now();
-        let full = self.info.max_input_tokens.max(2);
-        let short = 16.min(full);
-        let sequence = |len: usize| -> Vec<u32> {
-            let mut ids = vec![101u32; len];
-            ids[len - 1] = 102;
-            ids
-        };
-        self.embedder.embed(&[sequence(short)])?;
-        self.embedder
-            .embed(&[sequence(short), sequence(short.max(4) * 3 / 4)])?;
-        self.embedder.embed(&[sequence(full)])?;
+        let long_text = "warm ".repeat(self.info.max_input_tokens * 2);
+        let texts = [
+            "warm up",
+            "warm up the model before serving",
+            long_text.as_str(),
+        ];
+        let encoded = self.tokenizer.encode(&texts, true)?;
+        let ids: Vec<Vec<u32>> = encoded.into_iter().map(|e| e.ids).collect();
+        self.embedder.embed(&ids[..1])?;
+        self.embedder.embed(&ids[..2])?;
+        self.embedder.embed(&ids[2..])?;
         Ok(started.elapsed())
     }
 }

@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 pub const REQUESTS: &str = "sealserve_requests_total";
 /// End-to-end request latency, labelled by route.
 pub const REQUEST_SECONDS: &str = "sealserve_request_duration_seconds";
+/// Requests being handled right now (a good autoscaling signal).
+pub const IN_FLIGHT: &str = "sealserve_requests_in_flight";
 /// Inputs waiting for the engine.
 pub const QUEUE_DEPTH: &str = "sealserve_queue_depth";
 /// Inputs per engine batch.

@@ -233,6 +233,7 @@ async fn observe(request: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let request_bytes = content_length(request.headers());
+    let _in_flight = InFlight::enter();
     let response = next.run(request).await;
     let status = response.status();
     let elapsed = started.elapsed();
@@ -250,6 +251,23 @@ async fn observe(request: Request, next: Next) -> Response {
         "request"
     );
     response
+}
+
+/// Counts a request in `sealserve_requests_in_flight` until dropped (also when the client goes
+/// away mid-request and the handler future is dropped).
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        ::metrics::gauge!(metrics::IN_FLIGHT).increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        ::metrics::gauge!(metrics::IN_FLIGHT).decrement(1.0);
+    }
 }
 
 fn content_length(headers: &axum::http::HeaderMap) -> u64 {

@@ -1,0 +1,581 @@
+//! What the `seal` command does, as functions: make a release key pair, compute the MANIFEST a
+//! release signer signs offline, sign it, and verify, inspect or export the bundle inside a built
+//! `serve` binary (or an exported copy of it).
+//!
+//! Why a library module: `src/bin/seal.rs` only parses flags and prints, so every rule here
+//! (which files a MANIFEST covers, key file permissions, which exit code a refusal gets) is tested
+//! without spawning processes. Verification itself is not reimplemented: binaries and exported
+//! folders both go through `Bundle::verify`, the code `serve` runs at startup.
+
+use crate::bundle::{
+    self, Bundle, TrustKeyError, TrustPolicy, VerifiedBundle, VerifyError, MANIFEST_FILE,
+    PUBLIC_KEY_FILE, PUBLIC_KEY_MINISIGN_FILE, SIGNATURE_MINISIGN_FILE, SIGNATURE_RAW_FILE,
+};
+use crate::config::exit;
+use crate::manifest::{sha256_hex, Manifest};
+use crate::signature::{PublicKey, SecretKey};
+use crate::spec::{is_plain_file_name, BundleMetadata, ModelSpec, METADATA_FILE};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// The private key file `seal keygen` writes; never embedded, never needed by the build.
+pub const SECRET_KEY_FILE: &str = "model.key";
+
+/// The signing artefacts an exported bundle folder may hold besides the files MANIFEST lists.
+const SIGNING_FILES: [&str; 5] = [
+    MANIFEST_FILE,
+    SIGNATURE_RAW_FILE,
+    SIGNATURE_MINISIGN_FILE,
+    PUBLIC_KEY_FILE,
+    PUBLIC_KEY_MINISIGN_FILE,
+];
+
+/// Exit code for an error that reached `seal`'s edge: a bundle refusal keeps the code `serve`
+/// would exit with, so scripts can treat `seal verify` and `serve --verify-only` alike.
+pub fn exit_code(error: &anyhow::Error) -> i32 {
+    if let Some(refusal) = error.downcast_ref::<VerifyError>() {
+        return refusal.exit_code();
+    }
+    if error.downcast_ref::<TrustKeyError>().is_some() {
+        return exit::CONFIG;
+    }
+    exit::INTERNAL
+}
+
+/// The error chain on one line: stderr gets exactly one line per failure, even when a cause
+/// (a TOML parse error, say) spans several.
+pub fn error_line(error: &anyhow::Error) -> String {
+    format!("{error:#}")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A freshly written key pair.
+#[derive(Debug)]
+pub struct KeyPair {
+    pub fingerprint: String,
+    pub key_id: String,
+    pub written: Vec<PathBuf>,
+}
+
+/// Writes `model.key` (PKCS#8 PEM, created 0600 so it is never readable by others, not even
+/// briefly), `model.pub` (PKIX PEM, for openssl/cosign) and `model.pub.minisign`. Refuses to
+/// replace an existing pair unless `force`: losing a release key is not undoable.
+pub fn keygen(out: &Path, force: bool) -> Result<KeyPair> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let secret_path = out.join(SECRET_KEY_FILE);
+    let pem_path = out.join(PUBLIC_KEY_FILE);
+    let minisign_path = out.join(PUBLIC_KEY_MINISIGN_FILE);
+    let paths = [&secret_path, &pem_path, &minisign_path];
+    if !force {
+        if let Some(existing) = paths.iter().find(|p| p.symlink_metadata().is_ok()) {
+            bail!(
+                "{} already exists; pass --force to replace the key pair (the old key is lost)",
+                existing.display()
+            );
+        }
+    }
+    let secret = SecretKey::generate();
+    let public = secret.public_key();
+    write_secret(&secret_path, secret.to_pkcs8_pem().as_bytes(), force)?;
+    for (path, text) in [
+        (&pem_path, public.to_pem()),
+        (&minisign_path, public.to_minisign()),
+    ] {
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(KeyPair {
+        fingerprint: public.fingerprint(),
+        key_id: public.key_id_hex(),
+        written: paths.iter().map(|p| p.to_path_buf()).collect(),
+    })
+}
+
+/// Creates the file with mode 0600 from the start. An existing file is removed first (only with
+/// `force`) because the mode given at open applies to newly created files only.
+fn write_secret(path: &Path, bytes: &[u8], force: bool) -> Result<()> {
+    if force {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot replace {}", path.display())),
+        }
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The MANIFEST for `dir`: for a model folder (one holding model.toml) the one build.rs will
+/// embed, from the pins alone; for any other folder (an exported bundle, a release staging
+/// folder) the sha256 of every regular file, leaving out signing material so the MANIFEST never
+/// has to cover its own signature.
+pub fn manifest_for_dir(dir: &Path) -> Result<Vec<u8>> {
+    if dir.join("model.toml").is_file() {
+        return Ok(ModelSpec::load(dir)?.manifest_bytes());
+    }
+    let mut manifest = Manifest::new();
+    let listing =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in listing {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let file_type = entry
+            .file_type()
+            .with_context(|| format!("cannot stat {}", entry.path().display()))?;
+        if !file_type.is_file() {
+            continue;
+        }
+        let name = entry.file_name();
+        let name = name
+            .to_str()
+            .filter(|n| is_plain_file_name(n))
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: a MANIFEST can only list plain file names (letters, digits, '.', '_', '-'); rename or move it",
+                    entry.path().display()
+                )
+            })?;
+        if is_signing_material(name) {
+            continue;
+        }
+        let bytes = std::fs::read(entry.path())
+            .with_context(|| format!("cannot read {}", entry.path().display()))?;
+        manifest.insert_bytes(name, &bytes);
+    }
+    if manifest.is_empty() {
+        bail!("{} holds no files to list", dir.display());
+    }
+    Ok(manifest.to_bytes())
+}
+
+/// MANIFEST*, signatures, public keys and private keys: what signs the files, not what is signed.
+fn is_signing_material(name: &str) -> bool {
+    name.starts_with(MANIFEST_FILE)
+        || name.ends_with(".sig")
+        || name.ends_with(".minisig")
+        || name.contains(".pub")
+        || name.ends_with(".key")
+}
+
+/// What `seal sign` wrote.
+#[derive(Debug)]
+pub struct Signed {
+    pub fingerprint: String,
+    pub key_id: String,
+    pub written: Vec<PathBuf>,
+}
+
+/// Signs a MANIFEST with a PKCS#8 key, writing `MANIFEST.sig` (raw base64: cosign, openssl) and
+/// `MANIFEST.minisig` (minisign legacy, with trusted comment) next to it or into `out_dir`.
+/// Refuses a MANIFEST that is not canonical: `serve` would refuse it anyway, after the release.
+pub fn sign(
+    key_path: &Path,
+    manifest_path: &Path,
+    out_dir: Option<&Path>,
+    timestamp: Option<u64>,
+) -> Result<Signed> {
+    let key_text = std::fs::read_to_string(key_path)
+        .with_context(|| format!("cannot read {}", key_path.display()))?;
+    let key =
+        SecretKey::from_pkcs8_pem(&key_text).with_context(|| key_path.display().to_string())?;
+    let manifest = std::fs::read(manifest_path)
+        .with_context(|| format!("cannot read {}", manifest_path.display()))?;
+    Manifest::parse(&manifest)
+        .with_context(|| format!("{}: refusing to sign", manifest_path.display()))?;
+    let file_name = manifest_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(MANIFEST_FILE);
+    let signature = key.sign(&manifest, file_name, timestamp.unwrap_or_else(unix_now));
+    let out_dir = match out_dir {
+        Some(dir) => dir.to_path_buf(),
+        None => parent_dir(manifest_path),
+    };
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let encodings = [
+        (SIGNATURE_RAW_FILE, signature.to_raw_base64()),
+        (SIGNATURE_MINISIGN_FILE, signature.to_minisign()),
+    ];
+    let mut written = Vec::new();
+    for (name, text) in encodings {
+        let text = text.ok_or_else(|| anyhow!("cannot encode the signature as {name}"))?;
+        let path = out_dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        written.push(path);
+    }
+    let public = key.public_key();
+    Ok(Signed {
+        fingerprint: public.fingerprint(),
+        key_id: public.key_id_hex(),
+        written,
+    })
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Verifies a `serve` binary (the bundle inside it) or an exported bundle folder, with the same
+/// checks and exit codes as `serve` at startup. Returns the one-line summary.
+pub fn verify(target: &Path, trusted_keys: &[String]) -> Result<String> {
+    let policy = TrustPolicy::from_specs(trusted_keys)?;
+    let (bytes, from_dir) = if target.is_dir() {
+        (bundle_from_dir(target)?, true)
+    } else {
+        let bytes =
+            std::fs::read(target).with_context(|| format!("cannot read {}", target.display()))?;
+        (bytes, false)
+    };
+    let bundle = Bundle::locate(&bytes).with_context(|| target.display().to_string())?;
+    let verified = bundle
+        .verify(&policy, &mut |_| {})
+        .with_context(|| target.display().to_string())?;
+    let mut line = format!("{}: {}", target.display(), summary(&verified));
+    if from_dir {
+        // The dev-signed mark lives in the bundle index, which an export does not carry.
+        line.push_str(" (exported folder: dev-signed status not recorded)");
+    }
+    Ok(line)
+}
+
+/// One line saying what a verified bundle carries and how long hashing took.
+pub fn summary(verified: &VerifiedBundle) -> String {
+    format!(
+        "OK {} @ {}: {} files, {} MiB hashed in {:.1} ms, manifest sha256 {}, key {}{}",
+        verified.metadata.model_id,
+        verified.metadata.revision,
+        verified.files.len(),
+        verified.bytes_hashed / (1 << 20),
+        verified.hash_time.as_secs_f64() * 1000.0,
+        verified.manifest_sha256,
+        verified.key_fingerprint,
+        if verified.dev_signed {
+            " (DEV-SIGNED)"
+        } else {
+            ""
+        }
+    )
+}
+
+/// Reassembles an exported folder into bundle bytes so it is checked by `Bundle::verify` itself
+/// rather than by a second implementation. Takes the signing files and exactly the files
+/// MANIFEST lists (other files, like the `MANIFEST.sig.bin` the openssl check leaves, are not
+/// part of the bundle); a listed file that is missing is reported by verification.
+fn bundle_from_dir(dir: &Path) -> Result<Vec<u8>> {
+    let read = |name: &str| -> Result<Option<Vec<u8>>> {
+        let path = dir.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    };
+    let mut entries = Vec::new();
+    for name in SIGNING_FILES {
+        if let Some(bytes) = read(name)? {
+            entries.push((name.to_string(), bytes));
+        }
+    }
+    // An unparsable MANIFEST contributes no files: verification then reports the signature or
+    // the MANIFEST, in the same order as for a binary.
+    let listed: Vec<String> = entries
+        .iter()
+        .find(|(name, _)| name == MANIFEST_FILE)
+        .and_then(|(_, bytes)| Manifest::parse(bytes).ok())
+        .map(|m| m.entries().map(|(name, _)| name.to_string()).collect())
+        .unwrap_or_default();
+    for name in listed {
+        if let Some(bytes) = read(&name)? {
+            entries.push((name, bytes));
+        }
+    }
+    let mut out = Vec::new();
+    bundle::write_bundle(&mut out, false, &entries)
+        .with_context(|| format!("cannot assemble {}", dir.display()))?;
+    Ok(out)
+}
+
+/// One entry of an inspected bundle.
+#[derive(Debug, Serialize)]
+pub struct InspectedFile {
+    pub name: String,
+    pub size: u64,
+    /// The digest MANIFEST records for it; `None` for signing material and for anything
+    /// MANIFEST does not list.
+    pub sha256: Option<String>,
+}
+
+/// What a bundle claims to be, read without trusting it; `verified` says whether the claims hold.
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    pub model_id: Option<String>,
+    pub revision: Option<String>,
+    pub dev_signed: bool,
+    pub key_fingerprint: Option<String>,
+    pub minisign_key_id: Option<String>,
+    pub manifest_sha256: Option<String>,
+    pub files: Vec<InspectedFile>,
+    pub verified: bool,
+    /// Why verification failed, and the exit code `serve` would stop with.
+    pub verify_error: Option<String>,
+    pub verify_exit_code: Option<i32>,
+}
+
+/// Reads a binary's bundle for display. Only a bundle that cannot be found at all is an error;
+/// every other defect shows up as `verified: false` with its reason.
+pub fn inspect(binary: &Path) -> Result<Inspection> {
+    let bytes =
+        std::fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
+    let bundle = Bundle::locate(&bytes).with_context(|| binary.display().to_string())?;
+    let metadata = bundle
+        .get(METADATA_FILE)
+        .and_then(|b| BundleMetadata::from_bytes(b).ok());
+    let manifest_bytes = bundle.get(MANIFEST_FILE);
+    let manifest = manifest_bytes.and_then(|b| Manifest::parse(b).ok());
+    let key = [PUBLIC_KEY_MINISIGN_FILE, PUBLIC_KEY_FILE]
+        .iter()
+        .find_map(|name| bundle.get(name).and_then(|b| PublicKey::parse(b).ok()));
+    let files = bundle
+        .entries()
+        .map(|(name, bytes)| InspectedFile {
+            name: name.to_string(),
+            size: bytes.len() as u64,
+            sha256: manifest
+                .as_ref()
+                .and_then(|m| m.digest(name))
+                .map(str::to_string),
+        })
+        .collect();
+    let outcome = bundle.verify(&TrustPolicy::default(), &mut |_| {});
+    Ok(Inspection {
+        model_id: metadata.as_ref().map(|m| m.model_id.clone()),
+        revision: metadata.as_ref().map(|m| m.revision.clone()),
+        dev_signed: bundle.dev_signed(),
+        key_fingerprint: key.as_ref().map(PublicKey::fingerprint),
+        minisign_key_id: key.as_ref().map(PublicKey::key_id_hex),
+        manifest_sha256: manifest_bytes.map(sha256_hex),
+        files,
+        verified: outcome.is_ok(),
+        verify_exit_code: outcome.as_ref().err().map(VerifyError::exit_code),
+        verify_error: outcome.err().map(|e| e.to_string()),
+    })
+}
+
+impl Inspection {
+    /// The human-readable report `seal inspect` prints.
+    pub fn to_text(&self) -> String {
+        let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "(unreadable)".into());
+        let mut out = String::new();
+        out.push_str(&format!(
+            "model:           {}\n",
+            or_unknown(&self.model_id)
+        ));
+        out.push_str(&format!(
+            "revision:        {}\n",
+            or_unknown(&self.revision)
+        ));
+        out.push_str(&format!(
+            "signed:          {}\n",
+            if self.dev_signed {
+                "dev-signed (ephemeral build key; not for production)"
+            } else {
+                "release key"
+            }
+        ));
+        out.push_str(&format!(
+            "key fingerprint: {}\n",
+            or_unknown(&self.key_fingerprint)
+        ));
+        out.push_str(&format!(
+            "minisign key id: {}\n",
+            or_unknown(&self.minisign_key_id)
+        ));
+        out.push_str(&format!(
+            "manifest sha256: {}\n",
+            or_unknown(&self.manifest_sha256)
+        ));
+        out.push_str("files:\n");
+        for file in &self.files {
+            let digest = match &file.sha256 {
+                Some(d) => d.as_str(),
+                None if SIGNING_FILES.contains(&file.name.as_str()) => "(signing material)",
+                None => "(not in MANIFEST)",
+            };
+            out.push_str(&format!("  {:>10}  {digest}  {}\n", file.size, file.name));
+        }
+        match (&self.verify_error, self.verify_exit_code) {
+            (Some(reason), Some(code)) => {
+                out.push_str(&format!("verified:        no ({reason}; exit code {code})\n"))
+            }
+            _ => out.push_str(
+                "verified:        yes (every digest and the signature check out; the key is not pinned here, compare the fingerprint)\n",
+            ),
+        }
+        out
+    }
+}
+
+/// What `seal export` wrote, and the commands that re-check it with other people's tools.
+#[derive(Debug)]
+pub struct Export {
+    pub written: Vec<PathBuf>,
+    pub commands: Vec<String>,
+}
+
+/// Writes every bundle entry of `binary` into `dir`. Export does not require the bundle to
+/// verify: its purpose is letting others check it independently.
+pub fn export(binary: &Path, dir: &Path) -> Result<Export> {
+    let bytes =
+        std::fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
+    let bundle = Bundle::locate(&bytes).with_context(|| binary.display().to_string())?;
+    let written = bundle
+        .export(dir)
+        .with_context(|| format!("cannot export into {}", dir.display()))?;
+    let has = |name: &str| bundle.get(name).is_some();
+    let mut commands = vec![
+        format!("cd {}", dir.display()),
+        "sha256sum -c MANIFEST".into(),
+    ];
+    if has(SIGNATURE_MINISIGN_FILE) && has(PUBLIC_KEY_MINISIGN_FILE) {
+        commands.push("minisign -Vm MANIFEST -p model.pub.minisign".into());
+    }
+    if has(SIGNATURE_RAW_FILE) && has(PUBLIC_KEY_FILE) {
+        commands.push(
+            "base64 -d MANIFEST.sig > MANIFEST.sig.bin && openssl pkeyutl -verify -pubin -inkey model.pub -rawin -in MANIFEST -sigfile MANIFEST.sig.bin".into(),
+        );
+        commands.push(
+            "cosign verify-blob --key model.pub --signature MANIFEST.sig --insecure-ignore-tlog MANIFEST".into(),
+        );
+    }
+    Ok(Export { written, commands })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn keygen_creates_a_private_key_only_the_owner_can_read_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = keygen(dir.path(), false).unwrap();
+        let mode = std::fs::metadata(dir.path().join(SECRET_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "model.key mode {mode:o}");
+        let pem = std::fs::read(dir.path().join(PUBLIC_KEY_FILE)).unwrap();
+        assert_eq!(
+            PublicKey::parse(&pem).unwrap().fingerprint(),
+            first.fingerprint
+        );
+
+        let refused = keygen(dir.path(), false).unwrap_err();
+        assert!(error_line(&refused).contains("--force"), "{refused:#}");
+        let still = std::fs::read(dir.path().join(PUBLIC_KEY_FILE)).unwrap();
+        assert_eq!(still, pem, "a refused keygen must leave the old pair alone");
+
+        // A loose mode on the old file must not survive --force.
+        std::fs::set_permissions(
+            dir.path().join(SECRET_KEY_FILE),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let second = keygen(dir.path(), true).unwrap();
+        assert_ne!(second.fingerprint, first.fingerprint);
+        let mode = std::fs::metadata(dir.path().join(SECRET_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "model.key mode after --force {mode:o}");
+    }
+
+    #[test]
+    fn plain_folder_manifest_skips_signing_material_and_subfolders() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, body) in [
+            ("b.bin", "bee"),
+            ("a.txt", "ay"),
+            ("MANIFEST", "x"),
+            ("MANIFEST.sig.bin", "x"),
+            ("MANIFEST.sig", "x"),
+            ("other.minisig", "x"),
+            ("model.pub", "x"),
+            ("model.pub.minisign", "x"),
+            ("model.key", "x"),
+        ] {
+            std::fs::write(dir.path().join(name), body).unwrap();
+        }
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let manifest = manifest_for_dir(dir.path()).unwrap();
+        let expected = format!(
+            "{}  a.txt\n{}  b.bin\n",
+            sha256_hex(b"ay"),
+            sha256_hex(b"bee")
+        );
+        assert_eq!(String::from_utf8(manifest).unwrap(), expected);
+
+        std::fs::write(dir.path().join("bad name.txt"), "x").unwrap();
+        let err = manifest_for_dir(dir.path()).unwrap_err();
+        assert!(error_line(&err).contains("bad name.txt"), "{err:#}");
+    }
+
+    #[test]
+    fn model_folder_manifest_is_the_one_build_rs_embeds() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
+        let spec = ModelSpec::load(&dir).unwrap();
+        let manifest = manifest_for_dir(&dir).unwrap();
+        assert_eq!(manifest, spec.manifest_bytes());
+        let parsed = Manifest::parse(&manifest).unwrap();
+        assert_eq!(parsed.len(), spec.files.len() + 1);
+        assert_eq!(
+            parsed.digest(METADATA_FILE),
+            Some(sha256_hex(&spec.metadata().to_canonical_bytes()).as_str())
+        );
+    }
+
+    #[test]
+    fn sign_refuses_a_manifest_serve_would_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        keygen(dir.path(), false).unwrap();
+        let manifest = dir.path().join(MANIFEST_FILE);
+        std::fs::write(&manifest, "not a manifest\n").unwrap();
+        let err = sign(&dir.path().join(SECRET_KEY_FILE), &manifest, None, Some(1)).unwrap_err();
+        assert!(error_line(&err).contains("refusing to sign"), "{err:#}");
+        assert!(!dir.path().join(SIGNATURE_RAW_FILE).exists());
+    }
+
+    #[test]
+    fn refusals_keep_serves_exit_codes() {
+        let refusal = anyhow::Error::new(VerifyError::MissingSignature).context("some/binary");
+        assert_eq!(exit_code(&refusal), 17);
+        let bad_key = TrustPolicy::from_specs(&["/nonexistent/key.pub"]).unwrap_err();
+        assert_eq!(exit_code(&anyhow::Error::new(bad_key)), exit::CONFIG);
+        assert_eq!(exit_code(&anyhow!("disk on fire")), exit::INTERNAL);
+        let multi = anyhow!("line one\nline two").context("ctx");
+        assert_eq!(error_line(&multi), "ctx: line one line two");
+    }
+}

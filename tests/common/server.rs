@@ -1,0 +1,122 @@
+//! Runs the real `serve` binary on 127.0.0.1 with an ephemeral port and talks to it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running `serve` process; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub port: u16,
+    /// Every stderr line (JSON logs), collected in the background.
+    pub logs: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts `serve --log-format json --host 127.0.0.1 --port 0 <args>` with extra environment,
+    /// and waits until it listens and /ready answers 200.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_serve"));
+        command
+            .args(["--log-format", "json"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if !args.iter().any(|a| *a == "--port") && !env.iter().any(|(k, _)| *k == "CDSW_APP_PORT") {
+            command.args(["--host", "127.0.0.1", "--port", "0"]);
+        }
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, logs) = mpsc::channel();
+        let (addr_tx, addr_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if event["message"] == "bound" {
+                        let _ =
+                            addr_tx.send(event["address"].as_str().unwrap_or_default().to_string());
+                    }
+                }
+                let _ = tx.send(line);
+            }
+        });
+        let address = addr_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("serve did not report its address within 60 s");
+        let port: u16 = address
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        let server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            logs,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        for _ in 0..600 {
+            if let Ok(response) = ureq_get(&format!("{}/ready", self.base)) {
+                if response == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("serve never became ready");
+    }
+
+    /// URL of a route.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+    }
+
+    /// Log lines collected so far.
+    pub fn drain_logs(&self) -> Vec<String> {
+        self.logs.try_iter().collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Minimal blocking GET returning the status (used before an async client exists).
+fn ureq_get(url: &str) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = std::net::TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad response"))
+}
