@@ -92,7 +92,7 @@ fn run() -> Result<(), String> {
 
     let files = resolve_files(&spec, &out_dir)?;
     let metadata = spec.metadata().to_canonical_bytes();
-    let manifest_bytes = manifest_for(&spec, &metadata);
+    let manifest_bytes = spec.manifest_bytes();
     let (signature, key, dev_signed) = signature_for(&manifest_bytes, &model_name)?;
 
     let mut entries: Vec<(String, Vec<u8>)> = spec
@@ -161,15 +161,6 @@ fn resolve_files(spec: &ModelSpec, out_dir: &Path) -> Result<source::Resolved, S
     }
     let mut log = |line: String| warn(line);
     source::resolve(spec, &mut sources, cache_writer.as_ref(), &mut log).map_err(|e| e.to_string())
-}
-
-fn manifest_for(spec: &ModelSpec, metadata: &[u8]) -> Vec<u8> {
-    let mut manifest = manifest::Manifest::new();
-    for file in &spec.files {
-        manifest.insert(file.name.clone(), file.sha256.clone());
-    }
-    manifest.insert_bytes(spec::METADATA_FILE, metadata);
-    manifest.to_bytes()
 }
 
 /// Reads an env var naming a file; if no such file exists, the value itself is the content.

@@ -100,7 +100,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SEALSERVE_MAX_CLIENT_BATCH_SIZE", default_value_t = 64)]
     pub max_client_batch_size: usize,
 
-    /// Padded tokens per forward pass [default: 2048 on CPU, 32768 on CUDA]; bounds activation memory
+    /// Padded tokens per forward pass [default: 1024 on CPU, 32768 on CUDA]; bounds activation memory
     #[arg(long, env = "SEALSERVE_MAX_FORWARD_TOKENS")]
     pub max_forward_tokens: Option<usize>,
 

@@ -7,7 +7,7 @@ use common::{max_abs_diff, tiny};
 use sealserve::bundle::{Bundle, TrustPolicy};
 use sealserve::engine::{self, EngineConfig};
 
-fn load(bundle: &sealserve::bundle::VerifiedBundle) -> engine::LoadedModel {
+fn load(bundle: &sealserve::bundle::VerifiedBundle<'static>) -> engine::LoadedModel {
     engine::load(
         bundle,
         &EngineConfig {

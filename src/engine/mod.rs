@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 /// Padded tokens per forward on CPU: large enough for efficient matmuls, small enough that
 /// activations stay a fraction of the weights (the RSS budget is 1.6× the weight bytes).
-pub const CPU_FORWARD_TOKENS: usize = 2048;
+pub const CPU_FORWARD_TOKENS: usize = 1024;
 /// Padded tokens per forward on CUDA, where bigger forwards amortise kernel launches.
 pub const CUDA_FORWARD_TOKENS: usize = 32768;
 
@@ -93,7 +93,10 @@ fn verified_file<'a>(bundle: &VerifiedBundle<'a>, name: &str) -> Result<&'a [u8]
 }
 
 /// Builds the model from the verified bundle's bytes, in memory only.
-pub fn load(bundle: &VerifiedBundle, config: &EngineConfig) -> Result<LoadedModel, EngineError> {
+pub fn load(
+    bundle: &VerifiedBundle<'static>,
+    config: &EngineConfig,
+) -> Result<LoadedModel, EngineError> {
     let started = Instant::now();
     let metadata = &bundle.metadata;
     let chosen = device::choose(config.device, &config.cuda_lib_dirs)?;

@@ -96,6 +96,43 @@ impl BertConfig {
     }
 }
 
+/// The token embedding table: either a tensor, or — on CPU in f32 — rows read straight from the
+/// embedded (read-only, file-backed) safetensors bytes. The table is about half of MiniLM's
+/// weights; reading it in place means it is never copied, and only rows actually used become
+/// resident.
+pub enum WordEmbeddings {
+    Loaded(Tensor),
+    Mapped(MappedTable),
+}
+
+/// A little-endian f32 `[vocab, hidden]` table borrowed from the embedded weights.
+#[derive(Clone, Copy)]
+pub struct MappedTable {
+    pub bytes: &'static [u8],
+    pub vocab: usize,
+    pub hidden: usize,
+}
+
+impl MappedTable {
+    /// Rows for `ids`, concatenated.
+    fn gather(&self, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
+        let row_bytes = self.hidden * 4;
+        let mut out = Vec::with_capacity(ids.len() * self.hidden);
+        for &id in ids {
+            let id = id as usize;
+            if id >= self.vocab {
+                candle_core::bail!("token id {id} is outside the vocabulary of {}", self.vocab);
+            }
+            let row = &self.bytes[id * row_bytes..(id + 1) * row_bytes];
+            out.extend(
+                row.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+        }
+        Ok(out)
+    }
+}
+
 struct Layer {
     qkv: Linear,
     attention_out: Linear,
@@ -107,7 +144,7 @@ struct Layer {
 
 /// A loaded BERT encoder.
 pub struct BertModel {
-    word_embeddings: Tensor,
+    word_embeddings: WordEmbeddings,
     /// Position embeddings with token type 0 already added (single-segment inputs only).
     position_and_type: Tensor,
     embedding_norm: LayerNorm,
@@ -142,12 +179,22 @@ fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<
 }
 
 impl BertModel {
-    /// Builds the model from a VarBuilder over the verified weights.
-    pub fn load(vb: VarBuilder, config: BertConfig) -> candle_core::Result<Self> {
+    /// Builds the model from a VarBuilder over the verified weights; `mapped` (CPU f32 only)
+    /// replaces the word-embedding tensor by the table read in place.
+    pub fn load(
+        vb: VarBuilder,
+        config: BertConfig,
+        mapped: Option<MappedTable>,
+    ) -> candle_core::Result<Self> {
         let root = weight_root(&vb);
         let h = config.hidden_size;
         let emb = root.pp("embeddings");
-        let word_embeddings = emb.get((config.vocab_size, h), "word_embeddings.weight")?;
+        let word_embeddings = match mapped {
+            Some(table) if table.vocab == config.vocab_size && table.hidden == h => {
+                WordEmbeddings::Mapped(table)
+            }
+            _ => WordEmbeddings::Loaded(emb.get((config.vocab_size, h), "word_embeddings.weight")?),
+        };
         let positions = emb.get(
             (config.max_position_embeddings, h),
             "position_embeddings.weight",
@@ -212,7 +259,7 @@ impl BertModel {
 
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
-        self.word_embeddings.device()
+        self.position_and_type.device()
     }
 
     /// Hidden states `[batch, seq, hidden]` for `input_ids` `[batch, seq]` (u32).
@@ -260,10 +307,14 @@ impl BertModel {
         seq_len: usize,
     ) -> candle_core::Result<Tensor> {
         let h = self.config.hidden_size;
-        let words = self
-            .word_embeddings
-            .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((batch, seq_len, h))?;
+        let words = match &self.word_embeddings {
+            WordEmbeddings::Loaded(table) => table.index_select(&input_ids.flatten_all()?, 0)?,
+            WordEmbeddings::Mapped(table) => {
+                let ids = input_ids.flatten_all()?.to_vec1::<u32>()?;
+                Tensor::from_vec(table.gather(&ids)?, (batch * seq_len, h), self.device())?
+            }
+        }
+        .reshape((batch, seq_len, h))?;
         let positions = self.position_and_type.narrow(0, 0, seq_len)?;
         let summed = words
             .broadcast_add(&positions)?

@@ -31,18 +31,23 @@ impl Encoder {
     pub fn load(
         family: Family,
         config_json: &[u8],
-        safetensors: &[u8],
+        safetensors: &'static [u8],
         dtype: DType,
         device: &Device,
     ) -> Result<Self, LoadError> {
         match family {
             Family::Bert => {
                 let config = bert::BertConfig::from_json(config_json).map_err(LoadError::Config)?;
-                let tensors = ReleasingSafetensors {
-                    inner: candle_core::safetensors::SliceSafetensors::new(safetensors)?,
-                };
-                let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
-                Ok(Encoder::Bert(bert::BertModel::load(vb, config)?))
+                let tensors = candle_core::safetensors::SliceSafetensors::new(safetensors)?;
+                let mapped = (device.is_cpu() && dtype == DType::F32)
+                    .then(|| mapped_table(safetensors, "embeddings.word_embeddings.weight"))
+                    .flatten();
+                let vb = VarBuilder::from_backend(
+                    Box::new(ReleasingSafetensors { inner: tensors }),
+                    dtype,
+                    device.clone(),
+                );
+                Ok(Encoder::Bert(bert::BertModel::load(vb, config, mapped)?))
             }
         }
     }
@@ -128,5 +133,23 @@ impl SimpleBackend for ReleasingSafetensors<'_> {
 
     fn contains_tensor(&self, name: &str) -> bool {
         SimpleBackend::contains_tensor(&self.inner, name)
+    }
+}
+
+/// A 2-D little-endian f32 tensor of the embedded weights (with or without the `bert.` prefix),
+/// borrowed in place.
+fn mapped_table(weights: &'static [u8], name: &str) -> Option<bert::MappedTable> {
+    let tensors = safetensors::SafeTensors::deserialize(weights).ok()?;
+    let view = tensors
+        .tensor(&format!("bert.{name}"))
+        .or_else(|_| tensors.tensor(name))
+        .ok()?;
+    match (view.dtype(), view.shape()) {
+        (safetensors::Dtype::F32, &[vocab, hidden]) => Some(bert::MappedTable {
+            bytes: view.data(),
+            vocab,
+            hidden,
+        }),
+        _ => None,
     }
 }

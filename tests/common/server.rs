@@ -24,7 +24,7 @@ impl Server {
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if !args.iter().any(|a| *a == "--port") && !env.iter().any(|(k, _)| *k == "CDSW_APP_PORT") {
+        if !args.contains(&"--port") && !env.iter().any(|(k, _)| *k == "CDSW_APP_PORT") {
             command.args(["--host", "127.0.0.1", "--port", "0"]);
         }
         for (key, value) in env {

@@ -1,0 +1,494 @@
+//! Our signatures check out with other people's tools, theirs with ours, and the offline release
+//! flow (`seal keygen` → `seal manifest` → `seal sign` → release build) produces a signature the
+//! build accepts and `serve` trusts.
+//!
+//! Needs `minisign`, `openssl` and `sha256sum` on PATH (CI: `apt-get install -y minisign openssl
+//! coreutils`). A missing tool fails the test: skipping would let the cross-checks rot unnoticed.
+
+use base64::Engine as _;
+use sealserve::bundle::{
+    self, Bundle, TrustPolicy, VerifyError, MANIFEST_FILE, PUBLIC_KEY_FILE,
+    PUBLIC_KEY_MINISIGN_FILE, SIGNATURE_MINISIGN_FILE, SIGNATURE_RAW_FILE,
+};
+use sealserve::signature::{PublicKey, Signature, SignatureAlgorithm};
+use sealserve::spec::{ModelSpec, METADATA_FILE};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+fn require(tool: &str) {
+    if let Err(e) = Command::new(tool).arg("--help").output() {
+        panic!(
+            "`{tool}` is needed to cross-check signatures and could not be run ({e}). \
+             Install it: apt-get install -y minisign openssl coreutils"
+        );
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs a command and fails the test, showing its output, unless it succeeds.
+fn ok(command: &mut Command) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({:?}):\n{}{}",
+        output.status.code(),
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    output
+}
+
+fn seal(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seal"))
+        .args(args)
+        .env_remove("SEALSERVE_TRUSTED_KEYS")
+        .output()
+        .expect("run seal")
+}
+
+fn seal_ok(args: &[&str]) -> Output {
+    ok(Command::new(env!("CARGO_BIN_EXE_seal"))
+        .args(args)
+        .env_remove("SEALSERVE_TRUSTED_KEYS"))
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
+}
+
+fn model_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2")
+}
+
+fn real_bundle_bytes() -> Vec<u8> {
+    std::fs::read(env!("SEALSERVE_BUNDLE_PATH")).expect("read the bundle build.rs wrote")
+}
+
+/// What build.rs's `signature_for` does with the contents of SEALSERVE_SIGNATURE and
+/// SEALSERVE_PUBLIC_KEY: parse both, and refuse the build unless the signature verifies the
+/// MANIFEST computed from model.toml.
+fn build_rs_accepts(
+    manifest: &[u8],
+    signature: &[u8],
+    key: &[u8],
+) -> Result<(Signature, PublicKey), String> {
+    let signature = Signature::parse(signature).map_err(|e| format!("SEALSERVE_SIGNATURE: {e}"))?;
+    let key = PublicKey::parse(key).map_err(|e| format!("SEALSERVE_PUBLIC_KEY: {e}"))?;
+    signature
+        .verify(manifest, &key)
+        .map_err(|e| format!("SEALSERVE_SIGNATURE does not verify: {e}"))?;
+    Ok((signature, key))
+}
+
+/// The release bundle build.rs would write for the pinned model with this signature and key:
+/// the real model files and sealserve.json, then the signing entries, not dev-signed.
+fn release_bundle(signature: &Signature, key: &PublicKey) -> Vec<u8> {
+    let spec = ModelSpec::load(&model_dir()).expect("model.toml");
+    let real = real_bundle_bytes();
+    let real = Bundle::parse(&real).expect("real bundle");
+    let mut entries: Vec<(String, Vec<u8>)> = spec
+        .files
+        .iter()
+        .map(|f| {
+            (
+                f.name.clone(),
+                real.get(&f.name).expect("model file").to_vec(),
+            )
+        })
+        .collect();
+    entries.push((
+        METADATA_FILE.to_string(),
+        spec.metadata().to_canonical_bytes(),
+    ));
+    entries.extend(bundle::signing_entries(
+        &spec.manifest_bytes(),
+        signature,
+        key,
+    ));
+    let mut out = Vec::new();
+    bundle::write_bundle(&mut out, false, &entries).expect("write bundle");
+    out
+}
+
+fn verify_pinned(bytes: &[u8], key: &PublicKey) -> Result<(), VerifyError> {
+    let policy = TrustPolicy::from_specs(&[key.fingerprint()]).unwrap();
+    let verified = Bundle::parse(bytes)?.verify(&policy, &mut |_| {})?;
+    assert!(!verified.dev_signed);
+    assert_eq!(verified.key_fingerprint, key.fingerprint());
+    Ok(())
+}
+
+#[test]
+fn seal_manifest_of_the_model_is_byte_equal_to_the_embedded_manifest() {
+    let out = seal_ok(&["manifest", path_str(&model_dir())]);
+    let real = real_bundle_bytes();
+    let embedded = Bundle::parse(&real)
+        .unwrap()
+        .get(MANIFEST_FILE)
+        .expect("embedded MANIFEST")
+        .to_vec();
+    assert_eq!(
+        text(&out.stdout),
+        text(&embedded),
+        "`seal manifest` must print exactly the MANIFEST build.rs embeds, or offline signatures fail the build"
+    );
+    assert_eq!(out.stdout, embedded);
+}
+
+#[test]
+fn seal_signatures_verify_with_minisign_and_openssl() {
+    require("minisign");
+    require("openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    seal_ok(&["keygen", "--out", path_str(d)]);
+    let manifest = d.join(MANIFEST_FILE);
+    seal_ok(&[
+        "manifest",
+        path_str(&model_dir()),
+        "--out",
+        path_str(&manifest),
+    ]);
+    seal_ok(&[
+        "sign",
+        "--key",
+        path_str(&d.join("model.key")),
+        path_str(&manifest),
+    ]);
+
+    let minisign = ok(Command::new("minisign")
+        .current_dir(d)
+        .args(["-Vm", "MANIFEST", "-p", "model.pub.minisign", "-x"])
+        .arg(SIGNATURE_MINISIGN_FILE));
+    assert!(
+        text(&minisign.stdout).contains("Signature and comment signature verified"),
+        "{}",
+        text(&minisign.stdout)
+    );
+
+    let raw = B64
+        .decode(
+            std::fs::read_to_string(d.join(SIGNATURE_RAW_FILE))
+                .unwrap()
+                .trim(),
+        )
+        .expect("MANIFEST.sig is base64");
+    std::fs::write(d.join("sig.bin"), raw).unwrap();
+    let openssl = ok(Command::new("openssl").current_dir(d).args([
+        "pkeyutl",
+        "-verify",
+        "-pubin",
+        "-inkey",
+        "model.pub",
+        "-rawin",
+        "-in",
+        "MANIFEST",
+        "-sigfile",
+        "sig.bin",
+    ]));
+    assert!(
+        text(&openssl.stdout).contains("Signature Verified Successfully"),
+        "{}",
+        text(&openssl.stdout)
+    );
+
+    // The tools really check: an altered MANIFEST fails both.
+    let mut altered = std::fs::read(&manifest).unwrap();
+    altered[0] ^= 0x01;
+    std::fs::write(d.join("ALTERED"), altered).unwrap();
+    let minisign = Command::new("minisign")
+        .current_dir(d)
+        .args(["-Vm", "ALTERED", "-p", "model.pub.minisign", "-x"])
+        .arg(SIGNATURE_MINISIGN_FILE)
+        .output()
+        .unwrap();
+    assert!(
+        !minisign.status.success(),
+        "minisign accepted an altered file"
+    );
+    let openssl = Command::new("openssl")
+        .current_dir(d)
+        .args([
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            "model.pub",
+            "-rawin",
+            "-in",
+            "ALTERED",
+            "-sigfile",
+            "sig.bin",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !openssl.status.success(),
+        "openssl accepted an altered file"
+    );
+}
+
+#[test]
+fn minisign_signatures_legacy_and_prehashed_pass_the_build_check_and_serve_verification() {
+    require("minisign");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let manifest = ModelSpec::load(&model_dir()).unwrap().manifest_bytes();
+    std::fs::write(d.join(MANIFEST_FILE), &manifest).unwrap();
+    ok(Command::new("minisign")
+        .current_dir(d)
+        .args(["-G", "-W", "-p", "mini.pub", "-s", "mini.key"]));
+    ok(Command::new("minisign").current_dir(d).args([
+        "-S",
+        "-l",
+        "-s",
+        "mini.key",
+        "-m",
+        "MANIFEST",
+        "-x",
+        "legacy.minisig",
+    ]));
+    ok(Command::new("minisign").current_dir(d).args([
+        "-S",
+        "-s",
+        "mini.key",
+        "-m",
+        "MANIFEST",
+        "-x",
+        "prehashed.minisig",
+    ]));
+    let public = std::fs::read(d.join("mini.pub")).unwrap();
+
+    for (file, algorithm) in [
+        ("legacy.minisig", SignatureAlgorithm::Pure),
+        ("prehashed.minisig", SignatureAlgorithm::Prehashed),
+    ] {
+        let sig_bytes = std::fs::read(d.join(file)).unwrap();
+        let (signature, key) = build_rs_accepts(&manifest, &sig_bytes, &public)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(signature.algorithm, algorithm, "{file}");
+        assert!(signature.trusted.is_some(), "{file}: trusted comment kept");
+        // Same key id as minisign printed in the public key file.
+        let header = text(&public);
+        assert!(header.contains(&key.key_id_hex()), "{file}: {header}");
+        verify_pinned(&release_bundle(&signature, &key), &key)
+            .unwrap_or_else(|e| panic!("{file}: release bundle refused: {e}"));
+        // And the check is real: another MANIFEST is refused.
+        let mut other = manifest.clone();
+        other[0] ^= 0x01;
+        assert!(
+            build_rs_accepts(&other, &sig_bytes, &public).is_err(),
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn openssl_keys_and_signatures_pass_the_build_check_and_serve_verification() {
+    require("openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let manifest = ModelSpec::load(&model_dir()).unwrap().manifest_bytes();
+    std::fs::write(d.join(MANIFEST_FILE), &manifest).unwrap();
+    ok(Command::new("openssl").current_dir(d).args([
+        "genpkey",
+        "-algorithm",
+        "ed25519",
+        "-out",
+        "k.pem",
+    ]));
+    ok(Command::new("openssl")
+        .current_dir(d)
+        .args(["pkey", "-in", "k.pem", "-pubout", "-out", "k.pub"]));
+    ok(Command::new("openssl").current_dir(d).args([
+        "pkeyutl", "-sign", "-inkey", "k.pem", "-rawin", "-in", "MANIFEST", "-out", "sig.bin",
+    ]));
+    let raw = std::fs::read(d.join("sig.bin")).unwrap();
+    assert_eq!(raw.len(), 64);
+    let public = std::fs::read(d.join("k.pub")).unwrap();
+
+    let b64 = format!("{}\n", B64.encode(&raw));
+    for (what, sig_bytes) in [("base64", b64.as_bytes()), ("raw 64 bytes", &raw[..])] {
+        let (signature, key) = build_rs_accepts(&manifest, sig_bytes, &public)
+            .unwrap_or_else(|e| panic!("openssl signature, {what}: {e}"));
+        assert_eq!(signature.algorithm, SignatureAlgorithm::Pure);
+        verify_pinned(&release_bundle(&signature, &key), &key)
+            .unwrap_or_else(|e| panic!("openssl signature, {what}: release bundle refused: {e}"));
+    }
+
+    // `seal sign` takes an openssl key, and its signature is the one openssl would make
+    // (Ed25519 is deterministic).
+    let out = seal_ok(&[
+        "sign",
+        "--key",
+        path_str(&d.join("k.pem")),
+        path_str(&d.join(MANIFEST_FILE)),
+        "--out-dir",
+        path_str(&d.join("sealed")),
+    ]);
+    let key = PublicKey::parse(&public).unwrap();
+    assert!(
+        text(&out.stdout).contains(&key.fingerprint()),
+        "{}",
+        text(&out.stdout)
+    );
+    let ours = std::fs::read_to_string(d.join("sealed").join(SIGNATURE_RAW_FILE)).unwrap();
+    assert_eq!(ours, b64);
+}
+
+#[test]
+fn release_flow_keygen_manifest_sign_is_accepted_by_the_build_and_trusted_by_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let keys = d.join("keys");
+    let out = seal_ok(&["keygen", "--out", path_str(&keys)]);
+    let stdout = text(&out.stdout);
+    let key_pem = std::fs::read(keys.join(PUBLIC_KEY_FILE)).unwrap();
+    let fingerprint = PublicKey::parse(&key_pem).unwrap().fingerprint();
+    assert!(
+        stdout.contains(&fingerprint),
+        "keygen prints the fingerprint: {stdout}"
+    );
+
+    // `seal manifest models/all-MiniLM-L6-v2 > MANIFEST`
+    let manifest = seal_ok(&["manifest", path_str(&model_dir())]).stdout;
+    std::fs::write(d.join(MANIFEST_FILE), &manifest).unwrap();
+    let out = seal_ok(&[
+        "sign",
+        "--key",
+        path_str(&keys.join("model.key")),
+        path_str(&d.join(MANIFEST_FILE)),
+    ]);
+    assert!(text(&out.stdout).contains(&fingerprint));
+
+    // build.rs computes the MANIFEST from model.toml and checks the given pair against it; both
+    // signature encodings and both key encodings are accepted.
+    let build_manifest = ModelSpec::load(&model_dir()).unwrap().manifest_bytes();
+    assert_eq!(build_manifest, manifest);
+    let mut accepted = None;
+    for sig_file in [SIGNATURE_MINISIGN_FILE, SIGNATURE_RAW_FILE] {
+        for key_file in [PUBLIC_KEY_FILE, PUBLIC_KEY_MINISIGN_FILE] {
+            let sig = std::fs::read(d.join(sig_file)).unwrap();
+            let key = std::fs::read(keys.join(key_file)).unwrap();
+            let (signature, key) = build_rs_accepts(&build_manifest, &sig, &key)
+                .unwrap_or_else(|e| panic!("{sig_file} + {key_file}: {e}"));
+            assert_eq!(key.fingerprint(), fingerprint);
+            if sig_file == SIGNATURE_MINISIGN_FILE && key_file == PUBLIC_KEY_FILE {
+                accepted = Some((signature, key));
+            }
+        }
+    }
+
+    // The bundle a release build writes with that pair (the documented
+    // SEALSERVE_SIGNATURE=MANIFEST.minisig SEALSERVE_PUBLIC_KEY=model.pub): serve trusts it when
+    // pinned to the keygen key, by fingerprint or by key file, and refuses other pins.
+    let (signature, key) = accepted.expect("minisig + model.pub accepted");
+    let release = release_bundle(&signature, &key);
+    let release_path = d.join("release.bundle");
+    std::fs::write(&release_path, &release).unwrap();
+    let release_arg = path_str(&release_path);
+    let out = seal_ok(&["verify", release_arg, "--trusted-key", &fingerprint]);
+    let line = text(&out.stdout);
+    assert!(
+        line.contains("OK ") && !line.contains("DEV-SIGNED"),
+        "{line}"
+    );
+    seal_ok(&[
+        "verify",
+        release_arg,
+        "--trusted-key",
+        path_str(&keys.join(PUBLIC_KEY_MINISIGN_FILE)),
+    ]);
+    let other = sealserve::signature::SecretKey::generate()
+        .public_key()
+        .fingerprint();
+    let refused = seal(&["verify", release_arg, "--trusted-key", &other]);
+    assert_eq!(refused.status.code(), Some(15), "{}", text(&refused.stderr));
+
+    let inspected = seal_ok(&["inspect", "--json", release_arg]);
+    let report: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(report["dev_signed"], false);
+    assert_eq!(report["verified"], true);
+    assert_eq!(report["key_fingerprint"], fingerprint.as_str());
+    assert_eq!(report["model_id"], "sentence-transformers/all-MiniLM-L6-v2");
+    // Both signature encodings are in the bundle: cosign/openssl and minisign users alike.
+    let names: Vec<&str> = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert!(names.contains(&SIGNATURE_RAW_FILE) && names.contains(&SIGNATURE_MINISIGN_FILE));
+}
+
+#[test]
+fn export_of_the_real_binary_rechecks_with_sha256sum_minisign_and_openssl() {
+    require("sha256sum");
+    require("minisign");
+    require("openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("bundle");
+    let out = seal_ok(&["export", env!("CARGO_BIN_EXE_serve"), path_str(&export)]);
+    let stdout = text(&out.stdout);
+    let commands: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("re-check with:"))
+        .skip(1)
+        .map(str::trim)
+        .collect();
+    assert!(commands[0].starts_with("cd "), "{stdout}");
+    assert!(commands.contains(&"sha256sum -c MANIFEST"), "{stdout}");
+
+    // Run every printed command as printed, in the export folder (cosign only where installed).
+    let mut ran = 0;
+    for command in &commands[1..] {
+        let tool = command.split_whitespace().next().unwrap_or_default();
+        if tool == "cosign" && Command::new("cosign").arg("version").output().is_err() {
+            println!("cosign not installed; not run: {command}");
+            continue;
+        }
+        let output = ok(Command::new("sh")
+            .current_dir(&export)
+            .args(["-c", command]));
+        println!("passed: {command}\n{}", text(&output.stdout).trim());
+        ran += 1;
+    }
+    assert!(
+        ran >= 3,
+        "sha256sum, minisign and openssl checks ran: {commands:?}"
+    );
+
+    // Our own verify of the folder agrees, and `seal manifest` of it reproduces MANIFEST (the
+    // openssl step's MANIFEST.sig.bin is not part of it).
+    seal_ok(&["verify", path_str(&export)]);
+    let manifest = seal_ok(&["manifest", path_str(&export)]).stdout;
+    assert_eq!(manifest, std::fs::read(export.join(MANIFEST_FILE)).unwrap());
+
+    // An altered file fails sha256sum and `seal verify` alike.
+    let tokenizer = export.join("tokenizer.json");
+    let mut bytes = std::fs::read(&tokenizer).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&tokenizer, bytes).unwrap();
+    let sha = Command::new("sha256sum")
+        .current_dir(&export)
+        .args(["-c", "MANIFEST"])
+        .output()
+        .unwrap();
+    assert!(!sha.status.success());
+    assert!(
+        text(&sha.stdout).contains("tokenizer.json: FAILED"),
+        "{}",
+        text(&sha.stdout)
+    );
+    let refused = seal(&["verify", path_str(&export)]);
+    let stderr = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(11), "{stderr}");
+    assert!(stderr.contains("tokenizer.json"), "{stderr}");
+}
