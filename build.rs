@@ -191,14 +191,10 @@ fn signature_for(
             Ok((sig, key.public_key(), true))
         }
         (Some(sig), Some(key)) => {
-            let sig = signature::Signature::parse(&sig?)
-                .map_err(|e| format!("SEALSERVE_SIGNATURE: {e}"))?;
-            let key = signature::PublicKey::parse(&key?)
-                .map_err(|e| format!("SEALSERVE_PUBLIC_KEY: {e}"))?;
-            sig.verify(manifest_bytes, &key).map_err(|e| {
+            let (sig, key) = signature::verify_detached(&sig?, &key?, manifest_bytes).map_err(|e| {
                 format!(
-                    "SEALSERVE_SIGNATURE does not verify this build's MANIFEST with SEALSERVE_PUBLIC_KEY: {e}. \
-                     Sign the output of `seal manifest models/{model_name}`"
+                    "SEALSERVE_SIGNATURE / SEALSERVE_PUBLIC_KEY rejected for this build's MANIFEST: {e}. \
+                     Sign the output of `seal manifest models/{model_name}` with the matching key"
                 )
             })?;
             Ok((sig, key, false))

@@ -47,6 +47,10 @@ pub const PUBLIC_KEY_FILE: &str = "model.pub";
 /// Public key, minisign format (carries the minisign key id).
 pub const PUBLIC_KEY_MINISIGN_FILE: &str = "model.pub.minisign";
 
+/// Written beside an exported dev-signed bundle (the dev flag lives in the index, which an
+/// export does not carry).
+pub const DEV_SIGNED_MARKER: &str = "DEV-SIGNED";
+
 const SIGNING_FILES: [&str; 5] = [
     MANIFEST_FILE,
     SIGNATURE_RAW_FILE,
@@ -68,10 +72,16 @@ pub enum VerifyError {
     },
     #[error("MANIFEST rejected: {0}")]
     Manifest(String),
-    #[error("signature over MANIFEST rejected: {0}")]
-    Signature(SignatureError),
-    #[error("embedded public key rejected: {0}")]
-    PublicKey(SignatureError),
+    #[error("{file}: signature over MANIFEST rejected: {source}")]
+    Signature {
+        file: &'static str,
+        source: SignatureError,
+    },
+    #[error("{file}: embedded public key rejected: {source}")]
+    PublicKey {
+        file: &'static str,
+        source: SignatureError,
+    },
     #[error("bundle is signed by key {fingerprint}, which is not among the trusted keys ({trusted}); rebuild with a trusted key or add it to --trusted-key")]
     Untrusted {
         fingerprint: String,
@@ -90,8 +100,8 @@ impl VerifyError {
             VerifyError::Malformed(_) => 10,
             VerifyError::DigestMismatch { .. } => 11,
             VerifyError::Manifest(_) => 12,
-            VerifyError::Signature(_) => 13,
-            VerifyError::PublicKey(_) => 14,
+            VerifyError::Signature { .. } => 13,
+            VerifyError::PublicKey { .. } => 14,
             VerifyError::Untrusted { .. } => 15,
             VerifyError::DevSigned { .. } => 16,
             VerifyError::MissingSignature => 17,
@@ -297,13 +307,22 @@ impl<'a> Bundle<'a> {
     }
 
     /// Writes every entry to `dir` so anyone can re-check it with sha256sum, minisign, openssl,
-    /// cosign. Returns the paths written.
+    /// cosign; a dev-signed bundle also gets a [`DEV_SIGNED_MARKER`] file, so checks of the
+    /// folder can refuse it as `serve --trusted-key` would. Returns the paths written.
     pub fn export(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir)?;
         let mut written = Vec::new();
         for (name, bytes) in self.entries() {
             let path = dir.join(name);
             std::fs::write(&path, bytes)?;
+            written.push(path);
+        }
+        if self.dev_signed {
+            let path = dir.join(DEV_SIGNED_MARKER);
+            std::fs::write(
+                &path,
+                "This bundle was signed at build time by an ephemeral key (no release key).\n",
+            )?;
             written.push(path);
         }
         Ok(written)
@@ -358,22 +377,26 @@ impl<'a> Bundle<'a> {
     }
 
     fn public_key(&self) -> Result<PublicKey, VerifyError> {
+        let key_error = |file, source| VerifyError::PublicKey { file, source };
         let pem = self.get(PUBLIC_KEY_FILE).ok_or_else(|| {
-            VerifyError::PublicKey(SignatureError::BadPublicKey(format!(
-                "no {PUBLIC_KEY_FILE} entry"
-            )))
+            key_error(
+                PUBLIC_KEY_FILE,
+                SignatureError::BadPublicKey("the bundle has no such entry".into()),
+            )
         })?;
-        let key = PublicKey::parse(pem).map_err(VerifyError::PublicKey)?;
+        let key = PublicKey::parse(pem).map_err(|e| key_error(PUBLIC_KEY_FILE, e))?;
         match self.get(PUBLIC_KEY_MINISIGN_FILE) {
             None => Ok(key),
             Some(text) => {
-                let mini = PublicKey::parse(text).map_err(VerifyError::PublicKey)?;
+                let mini =
+                    PublicKey::parse(text).map_err(|e| key_error(PUBLIC_KEY_MINISIGN_FILE, e))?;
                 if mini.raw() != key.raw() {
-                    return Err(VerifyError::PublicKey(SignatureError::BadPublicKey(
-                        format!(
-                            "{PUBLIC_KEY_FILE} and {PUBLIC_KEY_MINISIGN_FILE} hold different keys"
-                        ),
-                    )));
+                    return Err(key_error(
+                        PUBLIC_KEY_MINISIGN_FILE,
+                        SignatureError::KeyMismatch {
+                            other: PUBLIC_KEY_FILE,
+                        },
+                    ));
                 }
                 Ok(mini)
             }
@@ -382,19 +405,12 @@ impl<'a> Bundle<'a> {
 
     fn verify_signatures(&self, manifest: &[u8], key: &PublicKey) -> Result<(), VerifyError> {
         let mut found = false;
-        for name in [SIGNATURE_RAW_FILE, SIGNATURE_MINISIGN_FILE] {
-            if let Some(bytes) = self.get(name) {
+        for file in [SIGNATURE_RAW_FILE, SIGNATURE_MINISIGN_FILE] {
+            if let Some(bytes) = self.get(file) {
                 found = true;
                 Signature::parse(bytes)
                     .and_then(|sig| sig.verify(manifest, key))
-                    .map_err(|e| {
-                        VerifyError::Signature(match e {
-                            SignatureError::BadSignatureEncoding(m) => {
-                                SignatureError::BadSignatureEncoding(format!("{name}: {m}"))
-                            }
-                            other => other,
-                        })
-                    })?;
+                    .map_err(|source| VerifyError::Signature { file, source })?;
             }
         }
         if found {

@@ -160,9 +160,11 @@ pub fn manifest_for_dir(dir: &Path) -> Result<Vec<u8>> {
     Ok(manifest.to_bytes())
 }
 
-/// MANIFEST*, signatures, public keys and private keys: what signs the files, not what is signed.
+/// MANIFEST*, signatures, public keys, private keys and the dev-signed marker: what signs (or
+/// describes the signing of) the files, not what is signed.
 fn is_signing_material(name: &str) -> bool {
-    name.starts_with(MANIFEST_FILE)
+    name == bundle::DEV_SIGNED_MARKER
+        || name.starts_with(MANIFEST_FILE)
         || name.ends_with(".sig")
         || name.ends_with(".minisig")
         || name.contains(".pub")
@@ -312,8 +314,9 @@ fn bundle_from_dir(dir: &Path) -> Result<Vec<u8>> {
             entries.push((name, bytes));
         }
     }
+    let dev_signed = dir.join(bundle::DEV_SIGNED_MARKER).exists();
     let mut out = Vec::new();
-    bundle::write_bundle(&mut out, false, &entries)
+    bundle::write_bundle(&mut out, dev_signed, &entries)
         .with_context(|| format!("cannot assemble {}", dir.display()))?;
     Ok(out)
 }

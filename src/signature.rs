@@ -40,6 +40,22 @@ pub enum SignatureError {
     Invalid { fingerprint: String },
     #[error("minisign trusted comment signature does not verify with public key {fingerprint}: the trusted comment was altered")]
     TrustedCommentInvalid { fingerprint: String },
+    #[error("holds a different key than {other}")]
+    KeyMismatch { other: &'static str },
+}
+
+/// Parses a detached signature and a public key (any accepted encodings) and checks that the
+/// signature verifies `message`. This is the release-build check build.rs runs on
+/// `SEALSERVE_SIGNATURE` + `SEALSERVE_PUBLIC_KEY`, so a bad pair fails the build, not the rollout.
+pub fn verify_detached(
+    signature: &[u8],
+    public_key: &[u8],
+    message: &[u8],
+) -> Result<(Signature, PublicKey), SignatureError> {
+    let signature = Signature::parse(signature)?;
+    let key = PublicKey::parse(public_key)?;
+    signature.verify(message, &key)?;
+    Ok((signature, key))
 }
 
 /// An Ed25519 public key plus the minisign key id it is known by.

@@ -468,6 +468,14 @@ fn export_of_the_real_binary_rechecks_with_sha256sum_minisign_and_openssl() {
     // Our own verify of the folder agrees, and `seal manifest` of it reproduces MANIFEST (the
     // openssl step's MANIFEST.sig.bin is not part of it).
     seal_ok(&["verify", path_str(&export)]);
+    // The export of a dev build says so, and a pinned check refuses it as serve would.
+    assert!(export.join(sealserve::bundle::DEV_SIGNED_MARKER).is_file());
+    let fingerprint =
+        sealserve::signature::PublicKey::parse(&std::fs::read(export.join("model.pub")).unwrap())
+            .unwrap()
+            .fingerprint();
+    let pinned = seal(&["verify", path_str(&export), "--trusted-key", &fingerprint]);
+    assert_eq!(pinned.status.code(), Some(16), "{}", text(&pinned.stderr));
     let manifest = seal_ok(&["manifest", path_str(&export)]).stdout;
     assert_eq!(manifest, std::fs::read(export.join(MANIFEST_FILE)).unwrap());
 

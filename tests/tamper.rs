@@ -170,7 +170,7 @@ fn one_flipped_byte_in_any_entry_is_refused_naming_it() {
         );
         match (code, &err) {
             (11, VerifyError::DigestMismatch { name: got, .. }) => assert_eq!(got, name),
-            (13, VerifyError::Signature(_)) | (14, VerifyError::PublicKey(_)) => {}
+            (13, VerifyError::Signature { .. }) | (14, VerifyError::PublicKey { .. }) => {}
             _ => panic!("{name}: unexpected variant {err:?}"),
         }
         if code == 13 && name != MANIFEST_FILE {
@@ -218,7 +218,7 @@ fn signed_by_another_key_than_the_embedded_one_is_refused() {
     let signer = SecretKey::generate();
     let entries = tiny_entries(&signer, &embedded.public_key());
     let err = check(&assemble(&entries, false), &TrustPolicy::default()).unwrap_err();
-    assert!(matches!(err, VerifyError::Signature(_)), "{err:?}");
+    assert!(matches!(err, VerifyError::Signature { .. }), "{err:?}");
     assert_eq!(err.exit_code(), 13);
     assert!(
         err.to_string()
@@ -316,10 +316,16 @@ fn every_refusal_has_its_own_exit_code() {
             actual: String::new(),
         },
         VerifyError::Manifest(String::new()),
-        VerifyError::Signature(SignatureError::Invalid {
-            fingerprint: String::new(),
-        }),
-        VerifyError::PublicKey(SignatureError::BadPublicKey(String::new())),
+        VerifyError::Signature {
+            file: "MANIFEST.sig",
+            source: SignatureError::Invalid {
+                fingerprint: String::new(),
+            },
+        },
+        VerifyError::PublicKey {
+            file: "model.pub",
+            source: SignatureError::BadPublicKey(String::new()),
+        },
         VerifyError::Untrusted {
             fingerprint: String::new(),
             trusted: String::new(),

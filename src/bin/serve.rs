@@ -65,7 +65,7 @@ fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
         TrustPolicy::from_specs(&args.trusted_keys).map_err(|e| Fatal::new(exit::CONFIG, e))?;
     let verified = verify(&policy)?;
     if args.verify_only {
-        println!("{}", verify_summary(&verified));
+        println!("{}", sealserve::cli::summary(&verified));
         return Ok(());
     }
     let binding = args.binding();
@@ -118,24 +118,6 @@ fn verify(policy: &TrustPolicy) -> Result<VerifiedBundle<'static>, Fatal> {
     Ok(verified)
 }
 
-fn verify_summary(verified: &VerifiedBundle) -> String {
-    format!(
-        "OK {} @ {}: {} files, {} MiB hashed in {:.1} ms, manifest sha256 {}, key {}{}",
-        verified.metadata.model_id,
-        verified.metadata.revision,
-        verified.files.len(),
-        verified.bytes_hashed / (1 << 20),
-        verified.hash_time.as_secs_f64() * 1000.0,
-        verified.manifest_sha256,
-        verified.key_fingerprint,
-        if verified.dev_signed {
-            " (DEV-SIGNED)"
-        } else {
-            ""
-        }
-    )
-}
-
 fn load_engine(args: &ServeArgs, verified: &VerifiedBundle<'static>) -> Result<Engine, Fatal> {
     let config = EngineConfig {
         device: args.device,
@@ -174,6 +156,8 @@ fn load_engine(args: &ServeArgs, verified: &VerifiedBundle<'static>) -> Result<E
 fn harden_process(args: &ServeArgs, engine: &Engine) -> Result<harden::HardenReport, Fatal> {
     let mut readable = harden::default_readable_paths();
     if engine.info().device == "cuda" {
+        // Libraries loaded lazily by name after startup need the loader cache and their folders.
+        readable.push("/etc/ld.so.cache".into());
         readable.extend(sealserve::engine::device::cuda_library_dirs(
             &args.cuda_lib_dirs,
         ));
@@ -213,14 +197,6 @@ fn harden_process(args: &ServeArgs, engine: &Engine) -> Result<harden::HardenRep
         }
     }
     let report = harden::apply(args.harden, &readable).map_err(|e| Fatal::new(exit::HARDEN, e))?;
-    tracing::info!(
-        level = %report.level,
-        dumpable = report.dumpable,
-        seccomp = report.seccomp_mode,
-        no_new_privs = report.no_new_privs,
-        landlock = ?report.landlock,
-        "hardening in force"
-    );
     Ok(report)
 }
 
