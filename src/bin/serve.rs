@@ -33,7 +33,20 @@ fn main() -> ExitCode {
     let started = Instant::now();
     // First thing: other same-uid processes must not read or write our memory, even while we load.
     let dumpable_error = harden::set_not_dumpable().err();
-    let args = ServeArgs::parse();
+    let args = match ServeArgs::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => e.exit(), // --help / --version
+        Err(e) => {
+            // One line, like every other startup failure.
+            let rendered = e.to_string();
+            let line = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "serve: {} (see serve --help)",
+                line.trim_start_matches("error: ")
+            );
+            return ExitCode::from(exit::CONFIG as u8);
+        }
+    };
     init_logging(args.log_format);
     if let Some(e) = dumpable_error {
         tracing::warn!("could not mark the process non-dumpable: {e}");
