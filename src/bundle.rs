@@ -51,7 +51,8 @@ pub const PUBLIC_KEY_MINISIGN_FILE: &str = "model.pub.minisign";
 /// export does not carry).
 pub const DEV_SIGNED_MARKER: &str = "DEV-SIGNED";
 
-const SIGNING_FILES: [&str; 5] = [
+/// The signing entries (what signs the payload, not part of it).
+pub const SIGNING_FILES: [&str; 5] = [
     MANIFEST_FILE,
     SIGNATURE_RAW_FILE,
     SIGNATURE_MINISIGN_FILE,

@@ -10,6 +10,7 @@
 use crate::bundle::{
     self, Bundle, TrustKeyError, TrustPolicy, VerifiedBundle, VerifyError, MANIFEST_FILE,
     PUBLIC_KEY_FILE, PUBLIC_KEY_MINISIGN_FILE, SIGNATURE_MINISIGN_FILE, SIGNATURE_RAW_FILE,
+    SIGNING_FILES,
 };
 use crate::config::exit;
 use crate::manifest::{sha256_hex, Manifest};
@@ -23,15 +24,6 @@ use std::path::{Path, PathBuf};
 
 /// The private key file `seal keygen` writes; never embedded, never needed by the build.
 pub const SECRET_KEY_FILE: &str = "model.key";
-
-/// The signing artefacts an exported bundle folder may hold besides the files MANIFEST lists.
-const SIGNING_FILES: [&str; 5] = [
-    MANIFEST_FILE,
-    SIGNATURE_RAW_FILE,
-    SIGNATURE_MINISIGN_FILE,
-    PUBLIC_KEY_FILE,
-    PUBLIC_KEY_MINISIGN_FILE,
-];
 
 /// Exit code for an error that reached `seal`'s edge: a bundle refusal keeps the code `serve`
 /// would exit with, so scripts can treat `seal verify` and `serve --verify-only` alike.

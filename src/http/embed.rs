@@ -5,7 +5,7 @@ use super::error::{ApiError, ApiFamily, ErrorKind};
 use super::AppState;
 use crate::batcher::BatchError;
 use crate::engine::pooling::{check_dimensions, finish};
-use crate::engine::TokenizeError;
+use crate::engine::{TextTokenizer, TokenizeError};
 use axum::http::{HeaderMap, HeaderValue};
 use std::time::{Duration, Instant};
 
@@ -121,24 +121,35 @@ async fn tokenize(
     inputs: Vec<String>,
     truncate: bool,
 ) -> Result<(Vec<Vec<u32>>, Duration), ApiError> {
-    let tokenizer = state.tokenizer.clone();
     let started = Instant::now();
-    let encoded = tokio::task::spawn_blocking(move || {
+    let encoded = with_tokenizer(state, family, move |tokenizer| {
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         tokenizer.encode(&refs, truncate)
     })
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            family,
-            ErrorKind::Internal,
-            format!("tokenizer task failed: {e}"),
-        )
-    })?
-    .map_err(|e| tokenize_error(family, e))?;
+    .await?;
     let elapsed = started.elapsed();
     metrics::histogram!(super::metrics::TOKENIZATION_SECONDS).record(elapsed.as_secs_f64());
     Ok((encoded.into_iter().map(|e| e.ids).collect(), elapsed))
+}
+
+/// Runs tokenizer work on the blocking pool (long inputs take milliseconds; async worker
+/// threads must not stall on them) and maps its failures onto the service's errors.
+pub async fn with_tokenizer<T: Send + 'static>(
+    state: &AppState,
+    family: ApiFamily,
+    work: impl FnOnce(&TextTokenizer) -> Result<T, TokenizeError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let tokenizer = state.tokenizer.clone();
+    tokio::task::spawn_blocking(move || work(&tokenizer))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                family,
+                ErrorKind::Internal,
+                format!("tokenizer task failed: {e}"),
+            )
+        })?
+        .map_err(|e| tokenize_error(family, e))
 }
 
 /// Maps tokenizer failures onto the service's error kinds.

@@ -147,6 +147,13 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert("retry-after", HeaderValue::from_static("1"));
         }
+        if self.kind == ErrorKind::PayloadTooLarge {
+            // The rest of the body was never read: the connection cannot carry another request,
+            // so tell the client not to reuse it.
+            response
+                .headers_mut()
+                .insert("connection", HeaderValue::from_static("close"));
+        }
         if self.kind == ErrorKind::Unauthorized {
             response
                 .headers_mut()

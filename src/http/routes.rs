@@ -168,20 +168,11 @@ pub async fn tokenize(
     let inputs = request.inputs.into_vec();
     embed::check_inputs(&state, family, &inputs)?;
     let truncate = request.truncate.unwrap_or(true);
-    let tokenizer = state.tokenizer.clone();
-    let tokens = tokio::task::spawn_blocking(move || {
+    let tokens = embed::with_tokenizer(&state, family, move |tokenizer| {
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         tokenizer.describe(&refs, truncate)
     })
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            family,
-            ErrorKind::Internal,
-            format!("tokenizer task failed: {e}"),
-        )
-    })?
-    .map_err(|e| embed::tokenize_error(family, e))?;
+    .await?;
     Ok(Json(tokens).into_response())
 }
 
