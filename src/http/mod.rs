@@ -246,7 +246,7 @@ async fn observe(request: Request, next: Next) -> Response {
         route = %route,
         status = status.as_u16(),
         request_bytes,
-        response_bytes = content_length(response.headers()),
+        response_bytes = response_length(&response),
         millis = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
@@ -268,6 +268,16 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         ::metrics::gauge!(metrics::IN_FLIGHT).decrement(1.0);
     }
+}
+
+/// Body size of a response: exact for the buffered bodies every route returns.
+fn response_length(response: &Response) -> u64 {
+    use axum::body::HttpBody as _;
+    response
+        .body()
+        .size_hint()
+        .exact()
+        .unwrap_or_else(|| content_length(response.headers()))
 }
 
 fn content_length(headers: &axum::http::HeaderMap) -> u64 {
