@@ -58,6 +58,8 @@ pub enum EngineError {
     Inference(#[from] InferenceError),
     #[error("the inference thread has stopped")]
     Stopped,
+    #[error("inference panicked on this batch; the engine carries on")]
+    Panicked,
 }
 
 /// What the running model is, for /info, logs and request validation.
@@ -277,13 +279,18 @@ fn run_engine(embedder: &Embedder, inbox: mpsc::Receiver<Job>) {
                     continue;
                 }
                 let started = Instant::now();
-                let result = embedder
-                    .embed(&sequences)
-                    .map(|vectors| BatchOutput {
+                // A panic inside the tensor library must cost one batch, not the server.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    embedder.embed(&sequences)
+                }));
+                let result = match outcome {
+                    Ok(Ok(vectors)) => Ok(BatchOutput {
                         vectors,
                         inference_time: started.elapsed(),
-                    })
-                    .map_err(EngineError::from);
+                    }),
+                    Ok(Err(e)) => Err(EngineError::from(e)),
+                    Err(_) => Err(EngineError::Panicked),
+                };
                 let _ = reply.send(result);
             }
             Job::Run(task, done) => {
