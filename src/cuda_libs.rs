@@ -226,10 +226,9 @@ pub struct Missing {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CudaLibError {
     pub missing: Vec<Missing>,
-    /// Every folder searched, in order, with " (absent)" for those that do not exist.
+    /// Every place searched, in order: folders (with " (absent)" for those that do not exist)
+    /// and, where it came in the order, the dynamic loader's own search.
     pub searched: Vec<String>,
-    /// Whether the dynamic loader's own search was tried too.
-    pub loader_path: bool,
     /// Files (or loader-path sonames) that were found but failed to load, with the reason.
     pub failed: Vec<String>,
 }
@@ -244,18 +243,7 @@ impl fmt::Display for CudaLibError {
             .map(|m| format!("{} ({})", m.label, m.sonames.join(" or ")))
             .collect();
         write!(f, "CUDA libraries not found: {}. ", missing.join(", "))?;
-        let mut places = Vec::new();
-        if self.loader_path {
-            let ld_path = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
-            places.push(if ld_path.is_empty() {
-                "the dynamic loader path (LD_LIBRARY_PATH unset, /etc/ld.so.cache, system folders)"
-                    .to_string()
-            } else {
-                format!("the dynamic loader path (LD_LIBRARY_PATH={ld_path}, /etc/ld.so.cache, system folders)")
-            });
-        }
-        places.extend(self.searched.iter().cloned());
-        write!(f, "Searched, in order: {}", places.join(", "))?;
+        write!(f, "Searched, in order: {}", self.searched.join(", "))?;
         if !self.failed.is_empty() {
             write!(f, ". Found but failed to load: {}", self.failed.join("; "))?;
         }
@@ -333,18 +321,27 @@ fn preload_libraries(
     }
     let searched = places
         .iter()
-        .filter_map(|place| match place {
-            Place::Dir(d) if d.is_dir() => Some(d.display().to_string()),
-            Place::Dir(d) => Some(format!("{} (absent)", d.display())),
-            Place::LoaderPath => None,
+        .map(|place| match place {
+            Place::Dir(d) if d.is_dir() => d.display().to_string(),
+            Place::Dir(d) => format!("{} (absent)", d.display()),
+            Place::LoaderPath => loader_path_description(),
         })
         .collect();
     Err(CudaLibError {
         missing,
         searched,
-        loader_path: plan.loader_path,
         failed,
     })
+}
+
+fn loader_path_description() -> String {
+    match std::env::var("LD_LIBRARY_PATH") {
+        Ok(path) if !path.is_empty() => format!(
+            "the dynamic loader path (LD_LIBRARY_PATH={path}, /etc/ld.so.cache, system folders)"
+        ),
+        _ => "the dynamic loader path (LD_LIBRARY_PATH unset, /etc/ld.so.cache, system folders)"
+            .into(),
+    }
 }
 
 /// Tries each soname at one place; returns where the library was loaded from.
@@ -353,8 +350,9 @@ fn try_place(place: &Place, sonames: &[&str], failed: &mut Vec<String>) -> Optio
         Place::LoaderPath => match dlopen_global(soname) {
             Ok(origin) => Some(origin.unwrap_or_else(|| format!("{soname} (loader path)"))),
             Err(reason) => {
-                // "cannot open shared object file" only means it is not on the loader path.
-                if !reason.contains("cannot open shared object file") {
+                // "<soname>: cannot open shared object file" only means it is not on the loader
+                // path; anything else (a dependency missing, a wrong ELF class) is worth telling.
+                if !reason.starts_with(&format!("{soname}: cannot open shared object file")) {
                     failed.push(format!("{soname} (loader path): {reason}"));
                 }
                 None
@@ -558,7 +556,11 @@ mod tests {
         let mut with_loader = plan.clone();
         with_loader.loader_path = true;
         if let Err(err) = preload_with(&with_loader) {
-            assert!(err.to_string().contains("dynamic loader path"));
+            // In search order: the explicit folders, then the loader, then the rest.
+            let at = |needle: &str| err.searched.iter().position(|s| s.contains(needle));
+            let loader = at("dynamic loader path").expect("loader path listed");
+            assert!(at(&empty.path().display().to_string()).unwrap() < loader);
+            assert!(loader < at(&wheel_lib.display().to_string()).unwrap());
         }
     }
 

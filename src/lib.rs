@@ -8,7 +8,6 @@ pub mod batcher;
 pub mod bundle;
 pub mod cli;
 pub mod config;
-#[cfg(feature = "cuda")]
 pub mod cuda_libs;
 pub mod engine;
 pub mod harden;

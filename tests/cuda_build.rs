@@ -1,0 +1,132 @@
+//! The CUDA build's recipe, checked without building it (the build itself takes ~30 min on two
+//! cores, so it runs as the opt-in CI step `SEALSERVE_CI_CUDA=1`, see scripts/build-cuda):
+//!
+//! - `scripts/build-cuda --prepare-only` still finds what it patches in the candle sources
+//!   pinned by Cargo.lock (a candle upgrade that moves them fails here, not 30 minutes in);
+//! - `scripts/check-cuda-needed` accepts a binary without CUDA in NEEDED and rejects one with.
+
+use std::path::Path;
+use std::process::Command;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn build_cuda_patches_apply_to_the_pinned_candle_sources() {
+    if !have("python3") {
+        eprintln!("python3 not found; skipped");
+        return;
+    }
+    let build = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/build-cuda"))
+        .arg("--prepare-only")
+        .env("SEALSERVE_CUDA_BUILD_DIR", build.path())
+        .output()
+        .expect("run scripts/build-cuda");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "build-cuda --prepare-only failed:\n{log}"
+    );
+
+    let patched = build.path().join("patched");
+    let find = |prefix: &str| {
+        std::fs::read_dir(&patched)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+            })
+            .unwrap_or_else(|| panic!("no {prefix}* in {}:\n{log}", patched.display()))
+    };
+    let core = std::fs::read_to_string(find("candle-core-").join("Cargo.toml")).unwrap();
+    assert!(core.contains("\"dynamic-loading\""), "cudarc not switched");
+    assert!(
+        !core.contains("\"dynamic-linking\""),
+        "dynamic-linking left"
+    );
+    let kernels = std::fs::read_to_string(find("candle-kernels-").join("build.rs")).unwrap();
+    assert!(kernels.contains("cudart_static"));
+    assert!(!kernels.contains("rustc-link-lib=dylib=cudart\""));
+
+    let patch = std::fs::read_to_string(build.path().join("patch.toml")).unwrap();
+    assert!(patch.contains("[patch.crates-io]"));
+    assert!(
+        patch.contains("candle-core = { path = ") && patch.contains("candle-kernels = { path = ")
+    );
+    for entry in ["Cargo.toml", "build.rs", "src"] {
+        assert!(build.path().join("ws").join(entry).exists(), "ws/{entry}");
+    }
+    // The repository's own Cargo.lock is not what the patched build writes to.
+    assert!(build.path().join("ws/Cargo.lock").exists());
+}
+
+#[test]
+fn check_cuda_needed_rejects_cuda_in_needed_and_accepts_serve() {
+    if !have("readelf") {
+        eprintln!("readelf not found; skipped");
+        return;
+    }
+    let script = repo().join("scripts/check-cuda-needed");
+    let ok = Command::new("bash")
+        .arg(&script)
+        .arg(env!("CARGO_BIN_EXE_serve"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    if !have("cc") {
+        eprintln!("cc not found; negative case skipped");
+        return;
+    }
+    // A program with DT_NEEDED libcudart.so.13 (against an empty stand-in library).
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let built = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "printf 'int x;\\n' > {d}/fake.c && \
+             cc -shared -fPIC -o {d}/libcudart.so -Wl,-soname,libcudart.so.13 {d}/fake.c && \
+             printf 'int main(void){{return 0;}}\\n' > {d}/main.c && \
+             cc -o {d}/prog {d}/main.c -L{d} -Wl,--no-as-needed -lcudart"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let bad = Command::new("bash")
+        .arg(&script)
+        .arg(dir.path().join("prog"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{text}");
+    assert!(text.contains("libcudart.so.13"), "{text}");
+}
