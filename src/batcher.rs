@@ -315,3 +315,140 @@ fn fail(request: &SharedRequest, error: BatchError) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex as StdMutex;
+
+    /// Echoes each sequence's first id as its "vector" and records batch sizes; optionally slow,
+    /// so that requests pile up while a batch runs.
+    struct EchoBackend {
+        batches: StdMutex<Vec<(usize, usize)>>,
+        delay: Duration,
+    }
+
+    impl EmbedBackend for EchoBackend {
+        fn submit(
+            &self,
+            sequences: Vec<Vec<u32>>,
+        ) -> oneshot::Receiver<Result<BatchOutput, EngineError>> {
+            let tokens = sequences.iter().map(Vec::len).sum();
+            if let Ok(mut batches) = self.batches.lock() {
+                batches.push((sequences.len(), tokens));
+            }
+            let (tx, rx) = oneshot::channel();
+            let delay = self.delay;
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                let vectors = sequences.iter().map(|s| vec![s[0] as f32]).collect();
+                let _ = tx.send(Ok(BatchOutput {
+                    vectors,
+                    inference_time: delay,
+                }));
+            });
+            rx
+        }
+    }
+
+    fn start(
+        max_batch_size: usize,
+        max_batch_tokens: usize,
+        delay_ms: u64,
+    ) -> (Batcher, Arc<EchoBackend>) {
+        let backend = Arc::new(EchoBackend {
+            batches: StdMutex::new(Vec::new()),
+            delay: Duration::from_millis(delay_ms),
+        });
+        let config = BatcherConfig {
+            max_batch_tokens,
+            max_batch_size,
+            max_concurrent_requests: 64,
+        };
+        (Batcher::start(backend.clone(), config), backend)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_batches_within_limits_and_keep_order() {
+        let (batcher, backend) = start(8, 40, 20);
+        let mut tasks = Vec::new();
+        for request in 0..10u32 {
+            let batcher = batcher.clone();
+            tasks.push(tokio::spawn(async move {
+                let admission = batcher.admit().expect("admitted");
+                let sequences: Vec<Vec<u32>> = (0..3).map(|i| vec![request * 10 + i; 4]).collect();
+                (
+                    request,
+                    batcher
+                        .embed(&admission, sequences)
+                        .await
+                        .expect("embedded"),
+                )
+            }));
+        }
+        for task in tasks {
+            let (request, embedded) = task.await.expect("task");
+            let expected: Vec<Vec<f32>> = (0..3).map(|i| vec![(request * 10 + i) as f32]).collect();
+            assert_eq!(
+                embedded.vectors, expected,
+                "results come back per request, in input order"
+            );
+        }
+        let batches = backend.batches.lock().unwrap().clone();
+        assert_eq!(
+            batches.iter().map(|b| b.0).sum::<usize>(),
+            30,
+            "every input ran exactly once"
+        );
+        assert!(
+            batches
+                .iter()
+                .all(|(size, tokens)| *size <= 8 && *tokens <= 40),
+            "{batches:?}"
+        );
+        assert!(
+            batches.iter().any(|(size, _)| *size > 3),
+            "inputs of different requests were batched together: {batches:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_larger_than_a_batch_spans_several() {
+        let (batcher, backend) = start(4, 1000, 1);
+        let admission = batcher.admit().unwrap();
+        let sequences: Vec<Vec<u32>> = (0..10).map(|i| vec![i]).collect();
+        let embedded = batcher.embed(&admission, sequences).await.unwrap();
+        assert_eq!(
+            embedded.vectors,
+            (0..10).map(|i| vec![i as f32]).collect::<Vec<_>>()
+        );
+        assert!(backend
+            .batches
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(size, _)| *size <= 4));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admission_is_refused_at_once_when_full() {
+        let backend = Arc::new(EchoBackend {
+            batches: StdMutex::new(Vec::new()),
+            delay: Duration::ZERO,
+        });
+        let config = BatcherConfig {
+            max_batch_tokens: 100,
+            max_batch_size: 4,
+            max_concurrent_requests: 2,
+        };
+        let batcher = Batcher::start(backend, config);
+        let first = batcher.admit().unwrap();
+        let _second = batcher.admit().unwrap();
+        assert!(matches!(
+            batcher.admit(),
+            Err(BatchError::Overloaded { limit: 2 })
+        ));
+        drop(first);
+        assert!(batcher.admit().is_ok(), "a freed slot is reusable");
+    }
+}
