@@ -31,6 +31,7 @@ impl Fatal {
 
 fn main() -> ExitCode {
     let started = Instant::now();
+    pin_compute_threads();
     // First thing: other same-uid processes must not read or write our memory, even while we load.
     let dumpable_error = harden::set_not_dumpable().err();
     let args = match ServeArgs::try_parse() {
@@ -57,6 +58,16 @@ fn main() -> ExitCode {
             eprintln!("serve: {}", fatal.message);
             ExitCode::from(u8::try_from(fatal.code).unwrap_or(1))
         }
+    }
+}
+
+/// Sizes candle's compute pool once, from the CPUs this process may use (cgroup/affinity aware).
+/// Without `RAYON_NUM_THREADS`, candle 0.11 re-reads /proc/cpuinfo on every matmul. Runs before
+/// any other thread exists, so changing the environment is sound.
+fn pin_compute_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
 }
 

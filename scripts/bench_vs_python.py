@@ -1,0 +1,354 @@
+#!/usr/bin/env python3
+"""sealserve's engine vs sentence-transformers on the same model files, texts and token ids.
+
+Run through scripts/bench-vs-python, which makes the venv, fetches the model files and builds the
+Rust side. Why this shape:
+- Same inputs: the Rust bench (`benches/workloads.rs --emit`) writes the workloads; this script
+  checks that sentence-transformers tokenizes every text to exactly the same ids before timing.
+- Same cores: torch.set_num_threads(THREADS) and candle's pool (rayon, sized to the cores) both
+  use the machine's cores; nothing else of ours runs while the other side is timed.
+- Drift cancelled: rounds alternate which side goes first (ABBA), so a background build or
+  thermal change hits both sides alike; medians over all iterations of all rounds.
+- Two levels: "engine" = token ids -> pooled vectors (our Embedder::embed vs the
+  SentenceTransformer module stack's forward under inference_mode), "encode" = texts -> vectors
+  (our tokenizer + embed vs `model.encode(texts, batch_size=B, convert_to_numpy=True)`).
+- Cold start: `serve` exec -> /ready (and -> first /embed answer) vs a fresh Python process:
+  imports, SentenceTransformer(local_dir), first encode.
+"""
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import urllib.error
+import urllib.request
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Iterations per round for each workload (both sides), sized so one round of all four takes
+# seconds, not minutes, on two cores.
+ITERS_PER_ROUND = {"b1x16": 20, "b32x128": 2, "b256x32": 2, "b64x256": 1}
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_pins(model_dir, model_toml):
+    """The Python side must load exactly the bytes `serve` embeds: model.toml's sha256 pins."""
+    with open(model_toml, "rb") as f:
+        pins = tomllib.load(f)["files"]
+    for pin in pins:
+        path = os.path.join(model_dir, pin["name"])
+        digest = sha256(path)
+        if digest != pin["sha256"]:
+            sys.exit(f"{path}: sha256 {digest} != pinned {pin['sha256']}")
+    return {p["name"]: p["sha256"] for p in pins}
+
+
+def cpu_model():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+class Ours:
+    """The Rust workloads bench in --serve mode: one process, model loaded once."""
+
+    def __init__(self, binary, max_forward_tokens=None):
+        cmd = [binary, "--bench", "--serve"]
+        if max_forward_tokens:
+            cmd += ["--max-forward-tokens", str(max_forward_tokens)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.hello = json.loads(self.proc.stdout.readline())
+
+    def run(self, mode, name, iters):
+        self.proc.stdin.write(f"{'embed' if mode == 'engine' else 'e2e'} {name} {iters}\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline())
+        if "error" in reply:
+            sys.exit(f"workloads bench: {reply['error']}")
+        return reply["times_ms"]
+
+    def close(self):
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.flush()
+        self.proc.wait(timeout=30)
+
+
+class Theirs:
+    def __init__(self, model_dir, workloads):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        self.torch = torch
+        self.model = SentenceTransformer(model_dir, device="cpu", local_files_only=True)
+        self.model.eval()
+        self.workloads = {w["name"]: w for w in workloads}
+        self.features = {}
+        for w in workloads:
+            features = self.model.tokenize(w["texts"])
+            ids = features["input_ids"].tolist()
+            if ids != w["ids"]:
+                bad = next(i for i, (a, b) in enumerate(zip(ids, w["ids"])) if a != b)
+                sys.exit(f"{w['name']}: sentence-transformers tokenizes text {bad} differently")
+            self.features[w["name"]] = features
+
+    def run(self, mode, name, iters):
+        torch = self.torch
+        w = self.workloads[name]
+        times = []
+        for _ in range(iters):
+            started = time.perf_counter()
+            if mode == "engine":
+                with torch.inference_mode():
+                    out = self.model.forward(dict(self.features[name]))["sentence_embedding"]
+                assert out.shape[0] == w["batch"]
+            else:
+                out = self.model.encode(w["texts"], batch_size=w["batch"], convert_to_numpy=True)
+                assert out.shape[0] == w["batch"]
+            times.append((time.perf_counter() - started) * 1000.0)
+        return times
+
+
+def compare(ours, theirs, workloads, rounds, modes):
+    samples = {(m, w["name"], side): [] for m in modes for w in workloads for side in ("ours", "theirs")}
+    for mode in modes:  # warm-up: first touch of every shape on both sides
+        for w in workloads:
+            ours.run(mode, w["name"], 1)
+            theirs.run(mode, w["name"], 1)
+    for r in range(rounds):
+        order = [("ours", ours), ("theirs", theirs)]
+        if r % 2:
+            order.reverse()
+        for mode in modes:
+            for w in workloads:
+                iters = ITERS_PER_ROUND.get(w["name"], 1)
+                for side, impl in order:
+                    samples[(mode, w["name"], side)] += impl.run(mode, w["name"], iters)
+        print(f"  round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    rows = []
+    for mode in modes:
+        for w in workloads:
+            o = samples[(mode, w["name"], "ours")]
+            t = samples[(mode, w["name"], "theirs")]
+            mo, mt = statistics.median(o), statistics.median(t)
+            tokens = w["batch"] * w["tokens"]
+            rows.append({
+                "mode": mode, "workload": w["name"], "iters_each": len(o),
+                "ours_median_ms": mo, "theirs_median_ms": mt,
+                "ours_min_ms": min(o), "theirs_min_ms": min(t),
+                "ours_tokens_per_s": tokens / mo * 1000.0, "theirs_tokens_per_s": tokens / mt * 1000.0,
+                "time_ratio_ours_over_theirs": mo / mt, "speedup_vs_theirs": mt / mo,
+            })
+    return rows
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(url, body=None, timeout=5.0):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.status, resp.read()
+
+
+def serve_cold_start(serve, harden, runs):
+    """exec -> /ready 200 and exec -> first /embed answer, plus serve's own `ready startup_ms=`."""
+    results = []
+    for i in range(runs + 1):  # the first run warms the page cache and is not counted
+        port = free_port()
+        cmd = [serve, "--host", "127.0.0.1", "--port", str(port), "--harden", harden, "--device", "cpu"]
+        log = tempfile.TemporaryFile()
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        ready_at = None
+        while time.perf_counter() - started < 60:
+            try:
+                status, _ = http(f"http://127.0.0.1:{port}/ready", timeout=2)
+                if status == 200:
+                    ready_at = time.perf_counter()
+                    break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            if proc.poll() is not None:
+                break
+            time.sleep(0.002)
+        if ready_at is None:
+            proc.kill()
+            log.seek(0)
+            sys.exit(f"serve did not become ready: {log.read().decode(errors='replace')[-2000:]}")
+        http(f"http://127.0.0.1:{port}/embed", {"inputs": "first request after start"})
+        embedded_at = time.perf_counter()
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.seek(0)
+        # tracing's text format colours field names; strip the escapes before parsing.
+        text = re.sub(r"\x1b\[[0-9;]*m", "", log.read().decode(errors="replace"))
+        startup_ms = None
+        for line in text.splitlines():
+            if "startup_ms=" in line and "ready" in line:
+                startup_ms = int(line.split("startup_ms=", 1)[1].split()[0].strip(",}"))
+        if i > 0:
+            results.append({
+                "exec_to_ready_ms": (ready_at - started) * 1000.0,
+                "exec_to_first_embed_ms": (embedded_at - started) * 1000.0,
+                "logged_startup_ms": startup_ms,
+            })
+    return results
+
+
+PY_COLD = r"""
+import os, sys, time, json
+t0 = time.perf_counter()
+os.environ["HF_HUB_OFFLINE"] = "1"; os.environ["TRANSFORMERS_OFFLINE"] = "1"
+import torch
+torch.set_num_threads(int(sys.argv[2]))
+from sentence_transformers import SentenceTransformer
+t1 = time.perf_counter()
+m = SentenceTransformer(sys.argv[1], device="cpu", local_files_only=True)
+t2 = time.perf_counter()
+m.encode(["first request after start"], convert_to_numpy=True)
+t3 = time.perf_counter()
+print(json.dumps({"import_ms": (t1-t0)*1e3, "load_ms": (t2-t1)*1e3, "first_encode_ms": (t3-t2)*1e3}))
+sys.stdout.flush()
+"""
+
+
+def python_cold_start(model_dir, threads, runs):
+    results = []
+    for i in range(runs + 1):
+        started = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", PY_COLD, model_dir, str(threads)],
+                             capture_output=True, text=True, check=True)
+        # The child prints after its first encode; process exit is excluded.
+        ended = time.perf_counter()
+        inner = json.loads(out.stdout.strip().splitlines()[-1])
+        if i > 0:
+            inner["exec_to_first_embed_ms"] = (ended - started) * 1000.0
+            inner["load_plus_first_encode_ms"] = inner["load_ms"] + inner["first_encode_ms"]
+            results.append(inner)
+    return results
+
+
+def med(rows, key):
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def print_throughput(rows, rounds, env):
+    """The throughput comparison as a markdown table."""
+    print(f"\nThroughput, CPU f32, {rounds} interleaved rounds (ABBA), medians; "
+          f"torch threads {env['torch_num_threads']}, candle threads {env['ours_compute_threads']}, "
+          f"our forward budget {env['ours_max_forward_tokens']} padded tokens")
+    print("| level | workload | iters each | sealserve ms | sentence-transformers ms | ratio ours/theirs (time) | speed-up |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['workload']} | {r['iters_each']} | {r['ours_median_ms']:.2f} | "
+              f"{r['theirs_median_ms']:.2f} | {r['time_ratio_ours_over_theirs']:.3f} | {r['speedup_vs_theirs']:.2f}× |")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workloads-bin", required=True)
+    ap.add_argument("--model-dir", required=True)
+    ap.add_argument("--model-toml", default="models/all-MiniLM-L6-v2/model.toml")
+    ap.add_argument("--serve", help="release serve binary, for the cold-start comparison")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--cold-runs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--modes", default="engine,encode")
+    ap.add_argument("--max-forward-tokens", type=int)
+    ap.add_argument("--skip-cold", action="store_true")
+    ap.add_argument("--out", help="write all results as JSON here")
+    args = ap.parse_args()
+
+    pins = check_pins(args.model_dir, args.model_toml)
+
+    import numpy
+    import sentence_transformers
+    import torch
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    env = {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "cpu": cpu_model(), "cores": os.cpu_count(), "loadavg_start": os.getloadavg(),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "sentence_transformers": sentence_transformers.__version__, "numpy": numpy.__version__,
+        "torch_num_threads": torch.get_num_threads(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_mkldnn": torch.backends.mkldnn.is_available(),
+        "model_sha256": pins,
+    }
+    print(json.dumps(env, indent=1), file=sys.stderr)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "workloads.json")
+        subprocess.run([args.workloads_bin, "--emit", path], check=True)
+        with open(path) as f:
+            workloads = json.load(f)["workloads"]
+
+    rows = []
+    if args.rounds > 0:  # --rounds 0: cold start only
+        theirs = Theirs(args.model_dir, workloads)
+        ours = Ours(args.workloads_bin, args.max_forward_tokens)
+        env["ours_compute_threads"] = ours.hello["compute_threads"]
+        env["ours_max_forward_tokens"] = ours.hello["max_forward_tokens"]
+        try:
+            rows = compare(ours, theirs, workloads, args.rounds, args.modes.split(","))
+        finally:
+            ours.close()
+    env["loadavg_end"] = os.getloadavg()
+
+    if rows:
+        print_throughput(rows, args.rounds, env)
+
+    cold = {}
+    if not args.skip_cold:
+        if args.serve:
+            for harden in ("off", "strict"):
+                cold[f"serve_harden_{harden}"] = serve_cold_start(args.serve, harden, args.cold_runs)
+        cold["python"] = python_cold_start(args.model_dir, args.threads, args.cold_runs)
+        print(f"\nCold start, median of {args.cold_runs} runs (page cache warm; one discarded run before)")
+        print("| implementation | exec → ready ms | exec → first embedding ms | in-process ms |")
+        print("|---|---:|---:|---:|")
+        for harden in ("off", "strict"):
+            runs = cold.get(f"serve_harden_{harden}")
+            if runs:
+                print(f"| serve --harden {harden} | {med(runs, 'exec_to_ready_ms'):.1f} | "
+                      f"{med(runs, 'exec_to_first_embed_ms'):.1f} | startup_ms={med(runs, 'logged_startup_ms')} |")
+        py = cold["python"]
+        print(f"| python: import {med(py, 'import_ms'):.0f} ms + SentenceTransformer() {med(py, 'load_ms'):.0f} ms "
+              f"+ first encode {med(py, 'first_encode_ms'):.0f} ms | — | {med(py, 'exec_to_first_embed_ms'):.1f} | "
+              f"load+first encode {med(py, 'load_plus_first_encode_ms'):.1f} |")
+
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"env": env, "throughput": rows, "cold_start": cold}, f, indent=1)
+    print(f"\nenvironment: {json.dumps(env)}")
+
+
+if __name__ == "__main__":
+    main()
