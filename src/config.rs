@@ -121,7 +121,7 @@ pub struct ServeArgs {
     pub trusted_keys: Vec<String>,
 
     /// Verify the embedded bundle, print what it carries, and exit
-    #[arg(long)]
+    #[arg(long, env = "SEALSERVE_VERIFY_ONLY")]
     pub verify_only: bool,
 
     /// Self-hardening after warm-up: strict (not dumpable + seccomp + Landlock), basic (not dumpable + seccomp), off
