@@ -152,9 +152,10 @@ impl PublicKey {
             .unwrap_or_else(|| derived_key_id(self.raw()))
     }
 
-    /// Key id as minisign prints it (uppercase hex of the little-endian u64).
+    /// Key id as minisign prints it in its key files (uppercase hex of the little-endian u64, no
+    /// zero padding).
     pub fn key_id_hex(&self) -> String {
-        format!("{:016X}", u64::from_le_bytes(self.key_id()))
+        format!("{:X}", u64::from_le_bytes(self.key_id()))
     }
 
     /// PKIX PEM, as cosign and openssl read it.
@@ -368,7 +369,7 @@ impl Signature {
         if let (Some(sig_id), Some(key_id)) = (self.key_id, key.minisign_key_id) {
             if sig_id != key_id {
                 return Err(SignatureError::KeyIdMismatch {
-                    signature_key_id: format!("{:016X}", u64::from_le_bytes(sig_id)),
+                    signature_key_id: format!("{:X}", u64::from_le_bytes(sig_id)),
                     public_key_id: key.key_id_hex(),
                 });
             }
@@ -454,6 +455,17 @@ mod tests {
             sig.verify(b"m", &sk.public_key()),
             Err(SignatureError::TrustedCommentInvalid { .. })
         ));
+    }
+
+    #[test]
+    fn key_id_is_printed_like_minisign_prints_it() {
+        // minisign writes "%" PRIX64 (no zero padding) into its public key files.
+        let text = "untrusted comment: minisign public key EAA7485D77BD5A0\nRWSg1XvXhXSqDl4R6VNx9J8BZpbU+Y5yHatFO5PvGKvuxzgZXYdk/DaU\n";
+        let key = PublicKey::parse(text.as_bytes()).unwrap();
+        assert_eq!(key.key_id_hex(), "EAA7485D77BD5A0");
+        assert!(key
+            .to_minisign()
+            .starts_with("untrusted comment: minisign public key EAA7485D77BD5A0\n"));
     }
 
     #[test]
