@@ -573,67 +573,53 @@ async fn api_key_is_required_except_on_health_and_ready() {
     let server = Server::start(&["--api-key", "s3cret"], &[]);
     let client = client();
     let body = json!({"inputs": "hello"});
-    let unauthorized = client
-        .post(server.url("/embed"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let send = |path: &str, body: Value, token: Option<&str>| {
+        let request = client.post(server.url(path)).json(&body);
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        async move { request.send().await.expect("send") }
+    };
+    let unauthorized = send("/embed", body.clone(), None).await;
     assert_eq!(unauthorized.status(), 401);
     let error: Value = unauthorized.json().await.unwrap();
     assert_eq!(error["error_type"], "unauthorized");
-    let wrong = client
-        .post(server.url("/embed"))
-        .bearer_auth("s3cres")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(wrong.status(), 401);
-    let ok = client
-        .post(server.url("/embed"))
-        .bearer_auth("s3cret")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
-    let openai = client
-        .post(server.url("/v1/embeddings"))
-        .json(&json!({"input": "x"}))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(
+        send("/embed", body.clone(), Some("s3cres")).await.status(),
+        401
+    );
+    assert_eq!(
+        send("/embed", body.clone(), Some("s3cret")).await.status(),
+        200
+    );
+    let openai = send("/v1/embeddings", json!({"input": "x"}), None).await;
     assert_eq!(openai.status(), 401);
     let error: Value = openai.json().await.unwrap();
     assert_eq!(error["error"]["type"], "authentication_error");
-    for path in ["/metrics", "/info", "/openapi.json"] {
-        assert_eq!(
-            client.get(server.url(path)).send().await.unwrap().status(),
-            401,
-            "{path}"
-        );
+    for (path, status) in [
+        ("/metrics", 401),
+        ("/info", 401),
+        ("/openapi.json", 401),
+        ("/health", 200),
+        ("/ready", 200),
+    ] {
+        let response = client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), status, "{path}");
     }
-    for path in ["/health", "/ready"] {
-        assert_eq!(
-            client.get(server.url(path)).send().await.unwrap().status(),
-            200,
-            "{path}"
-        );
-    }
-    let cml = client
-        .post(server.url("/model"))
-        .json(&json!({"accessKey": "s3cret", "request": {"inputs": "x"}}))
-        .send()
-        .await
-        .unwrap();
+    let cml = send(
+        "/model",
+        json!({"accessKey": "s3cret", "request": {"inputs": "x"}}),
+        None,
+    )
+    .await;
     assert_eq!(cml.status(), 200, "CML accessKey in the body is accepted");
-    let cml_bad = client
-        .post(server.url("/model"))
-        .json(&json!({"accessKey": "nope", "request": {"inputs": "x"}}))
-        .send()
-        .await
-        .unwrap();
+    let cml_bad = send(
+        "/model",
+        json!({"accessKey": "nope", "request": {"inputs": "x"}}),
+        None,
+    )
+    .await;
     assert_eq!(cml_bad.status(), 401);
 
     let open = Server::start(&[], &[]);
