@@ -1,4 +1,5 @@
-//! Keeps the embedded model from being resident twice.
+//! Resident memory: keeps the embedded model from being resident twice, and tunes the allocator
+//! so inference reuses its activation buffers.
 //!
 //! The bundle lives in the binary's read-only data. Hashing it at startup pulls every page into
 //! our resident set; loading copies the weights into tensors. Without help the weights would be
@@ -87,4 +88,29 @@ pub fn resident_bytes() -> Option<(u64, u64)> {
             .map(|kib| kib * 1024)
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Keeps freed activation buffers in the allocator instead of returning them to the kernel.
+///
+/// Why: a CPU forward allocates a few megabyte-sized buffers per op. glibc's malloc serves such
+/// sizes with fresh `mmap`s, or trims the heap top after they are freed, so every op paid for
+/// page faults and kernel page zeroing: about 10% of a forward's time in profiles on 2 cores.
+/// With a fixed mmap threshold of 32 MiB (glibc's maximum) and a trim threshold of 32 MiB (above
+/// the ~20 MiB working set of a 1024-token forward), the next forward reuses the same heap pages.
+/// At most two arenas: glibc otherwise gives the engine, compute and HTTP threads arenas of their
+/// own, each keeping its own high-water mark, which under HTTP load added ~9 MiB of peak RSS.
+/// Process-wide and idempotent; other allocators and targets are left alone.
+pub fn keep_activation_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: mallopt only adjusts allocator parameters; all values are in range.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
+                libc::mallopt(libc::M_ARENA_MAX, 2);
+            }
+        });
+    }
 }

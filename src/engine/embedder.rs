@@ -64,7 +64,7 @@ pub struct Embedder {
 impl Embedder {
     /// `max_forward_tokens` bounds the padded tokens of one forward (activation memory).
     pub fn new(encoder: Encoder, pooling: Pooling, max_forward_tokens: usize) -> Self {
-        keep_activation_memory();
+        crate::memory::keep_activation_memory();
         Self {
             encoder,
             pooling,
@@ -210,31 +210,6 @@ fn pool_rows(rows: &[f32], width: usize, pooling: Pooling) -> Vec<f32> {
             sum.iter_mut().for_each(|s| *s /= count);
             sum
         }
-    }
-}
-
-/// Keeps freed activation buffers in the allocator instead of returning them to the kernel.
-///
-/// Why: a CPU forward allocates a few megabyte-sized buffers per op. glibc's malloc serves such
-/// sizes with fresh `mmap`s, or trims the heap top after they are freed, so every op paid for
-/// page faults and kernel page zeroing: about 10% of a forward's time in profiles on 2 cores.
-/// With a fixed mmap threshold of 32 MiB (glibc's maximum) and a trim threshold of 32 MiB (above
-/// the ~20 MiB working set of a 1024-token forward), the next forward reuses the same heap pages.
-/// At most two arenas: glibc otherwise gives the engine, compute and HTTP threads arenas of their
-/// own, each keeping its own high-water mark, which under HTTP load added ~9 MiB of peak RSS.
-/// Process-wide and idempotent; other allocators and targets are left alone.
-fn keep_activation_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            // SAFETY: mallopt only adjusts allocator parameters; all values are in range.
-            unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
-                libc::mallopt(libc::M_ARENA_MAX, 2);
-            }
-        });
     }
 }
 
