@@ -59,6 +59,14 @@ fn seal_ok(args: &[&str]) -> Output {
         .env_remove("SEALSERVE_TRUSTED_KEYS"))
 }
 
+/// A temp dir holding the MANIFEST `seal manifest models/all-MiniLM-L6-v2` would print.
+fn model_manifest_in_tempdir() -> (tempfile::TempDir, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = ModelSpec::load(&model_dir()).unwrap().manifest_bytes();
+    std::fs::write(dir.path().join(MANIFEST_FILE), &manifest).unwrap();
+    (dir, manifest)
+}
+
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")
 }
@@ -238,10 +246,8 @@ fn seal_signatures_verify_with_minisign_and_openssl() {
 #[test]
 fn minisign_signatures_legacy_and_prehashed_pass_the_build_check_and_serve_verification() {
     require("minisign");
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, manifest) = model_manifest_in_tempdir();
     let d = dir.path();
-    let manifest = ModelSpec::load(&model_dir()).unwrap().manifest_bytes();
-    std::fs::write(d.join(MANIFEST_FILE), &manifest).unwrap();
     ok(Command::new("minisign")
         .current_dir(d)
         .args(["-G", "-W", "-p", "mini.pub", "-s", "mini.key"]));
@@ -293,10 +299,8 @@ fn minisign_signatures_legacy_and_prehashed_pass_the_build_check_and_serve_verif
 #[test]
 fn openssl_keys_and_signatures_pass_the_build_check_and_serve_verification() {
     require("openssl");
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, manifest) = model_manifest_in_tempdir();
     let d = dir.path();
-    let manifest = ModelSpec::load(&model_dir()).unwrap().manifest_bytes();
-    std::fs::write(d.join(MANIFEST_FILE), &manifest).unwrap();
     ok(Command::new("openssl").current_dir(d).args([
         "genpkey",
         "-algorithm",

@@ -42,6 +42,28 @@ fn assert_golden(got: &[Vec<f32>], what: &str) {
     }
 }
 
+async fn get_json(client: &reqwest::Client, url: String) -> Value {
+    client
+        .get(url)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("JSON body")
+}
+
+async fn get_text(client: &reqwest::Client, url: String) -> String {
+    client
+        .get(url)
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("text body")
+}
+
 async fn post(
     client: &reqwest::Client,
     url: String,
@@ -210,14 +232,7 @@ async fn every_route_answers_with_reference_values() {
         let response = client.get(server.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
     }
-    let info: Value = client
-        .get(server.url("/info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = get_json(&client, server.url("/info")).await;
     assert_eq!(info["model_id"], "sentence-transformers/all-MiniLM-L6-v2");
     assert_eq!(info["revision"], "c9745ed1d9f207416be6d2e6f8de32d1f16199bf");
     assert_eq!(info["manifest_sha256"].as_str().unwrap().len(), 64);
@@ -236,14 +251,7 @@ async fn every_route_answers_with_reference_values() {
     );
     assert_eq!(info["hardening"]["dumpable"], false);
 
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&client, server.url("/metrics")).await;
     for name in [
         "sealserve_requests_total",
         "sealserve_batch_size_bucket",
@@ -253,14 +261,7 @@ async fn every_route_answers_with_reference_values() {
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
-    let openapi: Value = client
-        .get(server.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi: Value = get_json(&client, server.url("/openapi.json")).await;
     for path in [
         "/embed",
         "/v1/embeddings",
@@ -498,14 +499,7 @@ async fn sixty_four_concurrent_clients_get_single_request_answers_and_share_batc
             "client {i}: concurrent answer differs from single answer by {diff}"
         );
     }
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&client, server.url("/metrics")).await;
     let value = |prefix: &str| -> f64 {
         metrics
             .lines()
@@ -661,14 +655,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     // Wait until the server itself counts the four requests (plus this probe) as in flight.
     let mut in_flight = 0.0;
     for _ in 0..400 {
-        let metrics = client
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = get_text(&client, server.url("/metrics")).await;
         in_flight = metrics
             .lines()
             .find(|l| l.starts_with("sealserve_requests_in_flight "))
