@@ -7,7 +7,7 @@ they are missing. Steps:
 
   a. serve --verify-only (empty environment)
   b. golden embeddings on the GPU in f16 and f32 (scripts/gpu-golden.json, derived from
-     shared/reference/minilm_golden.json): f16 min cosine >= 0.9995, f32 max |diff| <= 1e-3
+     tests/data/reference/minilm_golden.json): f16 min cosine >= 0.9995, f32 max |diff| <= 1e-3
   c. every route once or twice (/embed, /v1/embeddings, /tokenize, /model, /info shows
      device cuda + hardening strict, /metrics, /health, /ready, /openapi.json)
   d. latency of four workloads (batch x tokens) through HTTP, median of N runs, and PyTorch

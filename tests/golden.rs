@@ -1,4 +1,4 @@
-//! The engine against the upstream Python stack's outputs (../shared/reference/minilm_golden.json).
+//! The engine against the upstream Python stack's outputs (tests/data/reference/minilm_golden.json).
 
 mod common;
 

@@ -7,18 +7,9 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// The reference folder shipped beside the project checkout (`../shared/reference`).
+/// The reference data vendored into the repository (`tests/data/reference`, see its README).
 pub fn reference_dir() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for candidate in [
-        root.join("../shared/reference"),
-        root.join("shared/reference"),
-    ] {
-        if candidate.join("minilm_golden.json").is_file() {
-            return candidate;
-        }
-    }
-    panic!("reference data not found: expected ../shared/reference/minilm_golden.json next to the checkout");
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/reference")
 }
 
 #[derive(Deserialize, Clone)]
