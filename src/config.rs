@@ -88,6 +88,22 @@ pub struct ServeArgs {
     )]
     pub trusted_keys: Vec<String>,
 
+    /// Serve the signed bundle at this URL instead of the embedded one: s3://bucket/prefix/, oci://registry/repo@sha256:<digest>, https://host/prefix/ or file:///dir/ (verified against the trusted keys, then streamed into memory)
+    #[arg(long = "model-url", env = "SEALSERVE_MODEL_URL")]
+    pub model_url: Option<String>,
+
+    /// Trust only the CA certificates in this PEM file for TLS to the model store (private CAs)
+    #[arg(long = "ca-file", env = "SEALSERVE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Parallel range requests when fetching a --model-url bundle
+    #[arg(long = "fetch-connections", env = "SEALSERVE_FETCH_CONNECTIONS", default_value_t = crate::remote::DEFAULT_CONNECTIONS)]
+    pub fetch_connections: usize,
+
+    /// Seconds a model store may stay silent (connecting or sending) before the request is retried
+    #[arg(long = "fetch-timeout", env = "SEALSERVE_FETCH_TIMEOUT", default_value_t = crate::remote::DEFAULT_READ_TIMEOUT.as_secs())]
+    pub fetch_timeout: u64,
+
     /// Verify the embedded bundle, print what it carries, and exit
     #[arg(long, env = "SEALSERVE_VERIFY_ONLY")]
     pub verify_only: bool,
@@ -156,6 +172,12 @@ impl ServeArgs {
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be at least 1"));
+        }
+        if self.fetch_connections == 0 {
+            return Err("--fetch-connections must be at least 1".into());
+        }
+        if self.fetch_timeout == 0 {
+            return Err("--fetch-timeout must be at least 1".into());
         }
         if self.max_forward_tokens == Some(0) {
             return Err("--max-forward-tokens must be at least 1".into());

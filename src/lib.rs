@@ -1,7 +1,7 @@
 //! sealserve: one binary that carries a signed Hugging Face model inside itself and serves it.
 //!
-//! Data flows one way: build.rs (`source`, `spec`) → `bundle` (+ `manifest`, `signature`) →
-//! verification → `model` load → `engine` → `batcher` → `http`. The library works on byte
+//! Data flows one way: build.rs (`source`, `spec`) → `bundle` (+ `manifest`, `signature`), or
+//! `remote` for a bundle fetched by `--model-url` → verification → `model` load → `engine` → `batcher` → `http`. The library works on byte
 //! slices; only the `serve` binary embeds the model, so tests and benches never link it.
 //!
 //! The bundle format and its checks live in the `seal-core` crate, which build.rs links as a
@@ -18,5 +18,6 @@ pub mod harden;
 pub mod http;
 pub mod memory;
 pub mod model;
+pub mod remote;
 pub mod seal;
 pub mod trust;

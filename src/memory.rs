@@ -7,17 +7,49 @@
 //! drop its pages: they are clean, file-backed pages of our own executable, so dropping them loses
 //! nothing and a later read simply faults them back in from the page cache.
 
+/// Anonymous mappings holding a remote bundle's verified files (`remote::buffer`), as
+/// `[start, end)`: the proof that [`release_pages`] may drop pages there.
+static RELEASABLE: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers a mapping of verified bytes whose pages may be given back once the loader copied
+/// them out (a remote bundle's files, which live in anonymous memory rather than the executable).
+pub fn register_releasable(start: usize, len: usize) {
+    RELEASABLE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push((start, start + len));
+}
+
 /// Drops the resident pages fully inside `bytes` (partial pages at either end stay) — but only
 /// when the whole range lies in a read-only, file-backed mapping (our executable's data), checked
-/// against /proc/self/maps. For such pages `MADV_DONTNEED` loses nothing: they are clean, stay in
-/// the page cache, and fault back in on the next read. Anywhere else (heap, anonymous memory,
-/// where DONTNEED would zero data) this does nothing. Returns the bytes released.
+/// against /proc/self/maps, or in a mapping registered with [`register_releasable`]. For file
+/// pages `MADV_DONTNEED` loses nothing: they are clean, stay in the page cache, and fault back in
+/// on the next read. Registered anonymous pages are dropped and made inaccessible, so a later read
+/// faults loudly instead of seeing zeros: call this only for bytes that will not be read again.
+/// Anywhere else (heap, other anonymous memory) this does nothing. Returns the bytes released.
 pub fn release_pages(bytes: &[u8]) -> usize {
     let page = page_size();
     let start = bytes.as_ptr() as usize;
     let first = start.div_ceil(page) * page;
     let last = (start + bytes.len()) / page * page;
-    if last <= first || !in_read_only_file_mapping(first, last) {
+    if last <= first {
+        return 0;
+    }
+    let registered = RELEASABLE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .iter()
+        .any(|(lo, hi)| *lo <= first && last <= *hi);
+    if registered {
+        // SAFETY: page aligned, inside one of our own anonymous mappings whose contents the
+        // caller no longer reads; PROT_NONE turns any later read into a fault, never zeros.
+        let rc = unsafe {
+            libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_DONTNEED)
+                | libc::mprotect(first as *mut libc::c_void, last - first, libc::PROT_NONE)
+        };
+        return if rc == 0 { last - first } else { 0 };
+    }
+    if !in_read_only_file_mapping(first, last) {
         return 0;
     }
     let len = last - first;

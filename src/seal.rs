@@ -1,6 +1,7 @@
 //! What the `seal` command does, as functions: make a release key pair, compute the MANIFEST a
-//! release signer signs offline, sign it, and verify, inspect or export the bundle inside a built
-//! `serve` binary (or an exported copy of it).
+//! release signer signs offline, sign it, verify, inspect or export the bundle inside a built
+//! `serve` binary (or an exported copy of it), publish a bundle folder to S3 or an OCI registry,
+//! and verify a published bundle where it lives.
 //!
 //! Why a library module: `src/bin/seal.rs` only parses flags and prints, so every rule here
 //! (which files a MANIFEST covers, key file permissions, which exit code a refusal gets) is tested
@@ -12,6 +13,7 @@ use crate::bundle::{
     PUBLIC_KEY_MINISIGN_FILE, SIGNATURE_MINISIGN_FILE, SIGNATURE_RAW_FILE, SIGNING_FILES,
 };
 use crate::exit::Exit;
+use crate::remote;
 use crate::manifest::{is_plain_file_name, sha256_hex, Manifest};
 use crate::signature::{signing_timestamp, PublicKey, SecretKey};
 use crate::source::read_optional;
@@ -293,6 +295,85 @@ fn bundle_from_dir(dir: &Path) -> Result<Vec<u8>> {
     bundle::write_bundle(&mut out, dev_signed, &entries)
         .with_context(|| format!("cannot assemble {}", dir.display()))?;
     Ok(out)
+}
+
+/// What `seal publish` did.
+#[derive(Debug)]
+pub struct Published {
+    /// The `--model-url` that serves the published bundle.
+    pub url: String,
+    /// The folder's verification line.
+    pub verified: String,
+    pub files: usize,
+}
+
+/// Verifies a bundle folder exactly as `seal verify` does, then uploads it to S3 or pushes it as
+/// an OCI artifact (see `remote::publish`). Nothing `serve` would refuse is published.
+pub fn publish(
+    dir: &Path,
+    destination: &str,
+    trusted_keys: &[String],
+    ca_file: Option<&Path>,
+) -> Result<Published> {
+    let destination: remote::publish::Destination = destination.parse()?;
+    if !dir.is_dir() {
+        bail!("{} is not a folder; publish a folder made by `seal export` (or a signed release folder)", dir.display());
+    }
+    let verified = verify(dir, trusted_keys)?;
+    let files = bundle_files(dir)?;
+    let url = runtime()?.block_on(remote::publish::publish(&files, &destination, ca_file))?;
+    Ok(Published {
+        url,
+        verified,
+        files: files.len(),
+    })
+}
+
+/// Fetches the bundle at `url` into memory and verifies it exactly as `serve --model-url` does
+/// (same checks, same exit codes); a trusted key is required. Returns the one-line summary.
+pub fn verify_url(
+    url: &str,
+    trusted_keys: &[String],
+    options: &remote::FetchOptions,
+) -> Result<String> {
+    let url: remote::ModelUrl = url.parse().map_err(remote::RemoteError::from)?;
+    let policy = crate::trust::policy_from_values(trusted_keys)?;
+    remote::require_pin(&policy, &url)?;
+    let fetched = runtime()?.block_on(remote::fetch(&url, &policy, options))?;
+    Ok(format!(
+        "{url}: {} ({} MiB/s over {} connection(s), {} retries)",
+        summary(&fetched.verified),
+        fetched.report.throughput_mib_s,
+        fetched.report.connections,
+        fetched.report.retries
+    ))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// The files of a verified bundle folder, by name: the signing files present, the dev-signed
+/// marker if any, and exactly what MANIFEST lists.
+fn bundle_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let manifest = std::fs::read(&manifest_path)
+        .with_context(|| format!("cannot read {}", manifest_path.display()))?;
+    let manifest = Manifest::parse(&manifest)?;
+    let signing = SIGNING_FILES
+        .iter()
+        .copied()
+        .chain([bundle::DEV_SIGNED_MARKER])
+        .filter(|name| dir.join(name).is_file());
+    let listed = manifest.entries().map(|(name, _)| name);
+    Ok(signing
+        .chain(listed)
+        .map(|name| (name.to_string(), dir.join(name)))
+        .collect())
 }
 
 /// One entry of an inspected bundle.

@@ -12,6 +12,8 @@ use std::time::Duration;
 const TOLERANCE: f32 = 1e-4;
 
 fn client() -> reqwest::Client {
+    // reqwest's TLS is rustls without a built-in provider (src/remote/tls.rs): install ring's.
+    sealserve::remote::tls::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()

@@ -48,6 +48,7 @@ async fn start_tiny_server() -> String {
             key_id: bundle.key_id.clone(),
             signature: "dev-signed",
             trusted_keys_pinned: false,
+            load: sealserve::remote::LoadReport::embedded(&bundle),
         },
         hardening: json!({"level": "off"}),
         api_key: None,
@@ -63,6 +64,7 @@ async fn start_tiny_server() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_has_its_documented_shape() {
     let base = start_tiny_server().await;
+    sealserve::remote::tls::install_crypto_provider();
     let client = reqwest::Client::new();
     let post = |path: &str, body: Value| client.post(format!("{base}{path}")).json(&body).send();
 

@@ -1,10 +1,11 @@
-//! `seal`: release keys, offline MANIFEST signing, and checking the bundle inside a `serve`
-//! binary. Wiring only; what each subcommand does lives in `sealserve::seal`.
+//! `seal`: release keys, offline MANIFEST signing, checking the bundle inside a `serve` binary,
+//! and publishing bundles to S3 / OCI registries. Wiring only; what each subcommand does lives in
+//! `sealserve::seal`.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sealserve::exit::{self, Exit};
-use sealserve::seal;
+use sealserve::{remote, seal};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,13 +17,18 @@ Release flow (the private key never meets the build machine):
   seal sign --key keys/model.key MANIFEST
   SEALSERVE_SIGNATURE=MANIFEST.minisig SEALSERVE_PUBLIC_KEY=keys/model.pub cargo build --release
   serve --trusted-key <fingerprint printed by keygen>
+
+Remote bundles (serve --model-url):
+  seal export target/release/serve bundle/
+  seal publish bundle/ s3://models/minilm/          # or oci://registry/team/minilm
+  seal verify --trusted-key <fingerprint> s3://models/minilm/
 ";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "seal",
     version,
-    about = "Make release keys, sign model MANIFESTs, and verify, inspect or export the bundle sealed into a serve binary",
+    about = "Make release keys, sign model MANIFESTs, verify, inspect or export the bundle sealed into a serve binary, and publish bundles to S3 or OCI registries",
     after_help = format!("{AFTER_HELP}\n{}", exit::seal_help())
 )]
 struct Args {
@@ -63,17 +69,43 @@ enum Command {
         #[arg(long)]
         timestamp: Option<u64>,
     },
-    /// Verify a serve binary, or a folder made by `seal export`, exactly as serve does at startup
+    /// Verify a serve binary, a folder made by `seal export`, or a published bundle URL (s3://, oci://, https://, file://) exactly as serve does at startup
     Verify {
-        /// A serve binary or an exported bundle folder
-        target: PathBuf,
-        /// Trusted signing keys (64-hex fingerprints or PEM/minisign key files, comma separated)
+        /// A serve binary, an exported bundle folder, or a bundle URL as serve --model-url takes it
+        target: String,
+        /// Trusted signing keys (64-hex fingerprints or PEM/minisign key files, comma separated); required for a URL
         #[arg(
             long = "trusted-key",
             env = "SEALSERVE_TRUSTED_KEYS",
             value_delimiter = ','
         )]
         trusted_keys: Vec<String>,
+        /// For a URL: trust only the CA certificates in this PEM file
+        #[arg(long = "ca-file", env = "SEALSERVE_CA_FILE")]
+        ca_file: Option<PathBuf>,
+        /// For a URL: parallel range requests
+        #[arg(long = "fetch-connections", env = "SEALSERVE_FETCH_CONNECTIONS", default_value_t = remote::DEFAULT_CONNECTIONS)]
+        fetch_connections: usize,
+        /// For a URL: seconds the store may stay silent before a request is retried
+        #[arg(long = "fetch-timeout", env = "SEALSERVE_FETCH_TIMEOUT", default_value_t = remote::DEFAULT_READ_TIMEOUT.as_secs())]
+        fetch_timeout: u64,
+    },
+    /// Verify a bundle folder (as made by `seal export`) and upload it to s3://bucket/prefix/ or push it as an OCI artifact to oci://registry/repo[:tag]; prints the --model-url to serve it with
+    Publish {
+        /// The bundle folder
+        dir: PathBuf,
+        /// s3://bucket/prefix/, oci://registry/repo[:tag] or oci+http://registry/repo[:tag]
+        destination: String,
+        /// Also require the folder to be signed by one of these keys
+        #[arg(
+            long = "trusted-key",
+            env = "SEALSERVE_TRUSTED_KEYS",
+            value_delimiter = ','
+        )]
+        trusted_keys: Vec<String>,
+        /// Trust only the CA certificates in this PEM file
+        #[arg(long = "ca-file", env = "SEALSERVE_CA_FILE")]
+        ca_file: Option<PathBuf>,
     },
     /// Show what a serve binary carries, without trusting it
     Inspect {
@@ -94,11 +126,23 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Retries and failures of remote stores are logged as warnings; RUST_LOG=info adds progress.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("seal: {}", seal::error_line(&error));
-            Exit::of(&error).into()
+            // TODO(lead): fold the remote codes (18 no pin, 20 fetch) into Exit::of.
+            match error.downcast_ref::<remote::RemoteError>() {
+                Some(remote_error) => ExitCode::from(remote_error.exit_code()),
+                None => Exit::of(&error).into(),
+            }
         }
     }
 }
@@ -146,7 +190,33 @@ fn run(args: Args) -> Result<()> {
         Command::Verify {
             target,
             trusted_keys,
-        } => println!("{}", seal::verify(&target, &trusted_keys)?),
+            ca_file,
+            fetch_connections,
+            fetch_timeout,
+        } => {
+            let line = if target.contains("://") {
+                let options = remote::FetchOptions {
+                    ca_file,
+                    connections: fetch_connections.max(1),
+                    read_timeout: std::time::Duration::from_secs(fetch_timeout.max(1)),
+                };
+                seal::verify_url(&target, &trusted_keys, &options)?
+            } else {
+                seal::verify(std::path::Path::new(&target), &trusted_keys)?
+            };
+            println!("{line}");
+        }
+        Command::Publish {
+            dir,
+            destination,
+            trusted_keys,
+            ca_file,
+        } => {
+            let published = seal::publish(&dir, &destination, &trusted_keys, ca_file.as_deref())?;
+            println!("{}", published.verified);
+            println!("published {} files; serve them with:", published.files);
+            println!("  serve --trusted-key <fingerprint> --model-url {}", published.url);
+        }
         Command::Inspect { binary, json } => {
             let inspection = seal::inspect(&binary)?;
             if json {

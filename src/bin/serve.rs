@@ -1,5 +1,6 @@
-//! `serve`: verify the embedded bundle, load it, warm up, harden, serve. Wiring only; every step
-//! lives in the library. Any failure is one line on stderr and a documented exit code.
+//! `serve`: verify the embedded bundle (or fetch and verify the `--model-url` one), load it, warm
+//! up, harden, serve. Wiring only; every step lives in the library. Any failure is one line on
+//! stderr and a documented exit code.
 
 use clap::Parser;
 use sealserve::bundle::{Bundle, TrustPolicy, VerifiedBundle};
@@ -7,6 +8,7 @@ use sealserve::config::{LogFormat, ServeArgs};
 use sealserve::engine::{self, Engine, EngineConfig};
 use sealserve::exit::{self, Exit};
 use sealserve::http::{self, AppState, BundleInfo, Limits};
+use sealserve::remote::{self, LoadReport, ModelUrl};
 use sealserve::{batcher, harden, memory};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -88,7 +90,14 @@ fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
     args.validate().map_err(|e| Fatal::new(exit::CONFIG, e))?;
     let policy = sealserve::trust::policy_from_values(&args.trusted_keys)
         .map_err(|e| Fatal::new(exit::CONFIG, e))?;
-    let verified = verify(&policy)?;
+    let (verified, load) = match &args.model_url {
+        Some(url) => fetch_remote(args, url, &policy)?,
+        None => {
+            let verified = verify(&policy)?;
+            let load = LoadReport::embedded(&verified);
+            (verified, load)
+        }
+    };
     if args.verify_only {
         println!("{}", sealserve::seal::summary(&verified));
         return Ok(());
@@ -105,7 +114,7 @@ fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
 
     let engine = load_engine(args, &verified)?;
     let report = harden_process(args, &engine)?;
-    let state = app_state(args, &verified, &policy, &engine, report);
+    let state = app_state(args, &verified, &policy, &engine, report, load);
     let (rss, peak) = memory::resident_bytes().unwrap_or((0, 0));
     tracing::info!(
         startup_ms = started.elapsed().as_millis() as u64,
@@ -123,7 +132,13 @@ fn verify(policy: &TrustPolicy) -> Result<VerifiedBundle<'static>, Fatal> {
             format!("refusing to start: {e}"),
         )
     };
-    let bundle = Bundle::parse(SEALED_BUNDLE).map_err(refuse)?;
+    let Some(embedded) = SEALED_BUNDLE else {
+        return Err(Fatal::new(
+            exit::CONFIG,
+            "this serve was built without a model (SEALSERVE_MODEL=none): pass --model-url (or SEALSERVE_MODEL_URL) naming a signed bundle",
+        ));
+    };
+    let bundle = Bundle::parse(embedded).map_err(refuse)?;
     let verified = bundle
         .verify(policy, &mut |chunk| {
             memory::release_pages(chunk);
@@ -146,6 +161,60 @@ fn verify(policy: &TrustPolicy) -> Result<VerifiedBundle<'static>, Fatal> {
     Ok(verified)
 }
 
+/// Fetches the `--model-url` bundle into memory and verifies it by the embedded bundle's rules
+/// (see `sealserve::remote`); the bundle embedded in this binary, if any, is not used.
+fn fetch_remote(
+    args: &ServeArgs,
+    url: &str,
+    policy: &TrustPolicy,
+) -> Result<(VerifiedBundle<'static>, LoadReport), Fatal> {
+    let url: ModelUrl = url.parse().map_err(|e| Fatal::new(exit::CONFIG, e))?;
+    remote::require_pin(policy, &url).map_err(|e| Fatal::new(i32::from(e.exit_code()), e))?;
+    if SEALED_BUNDLE.is_some() {
+        tracing::info!("--model-url given: the bundle embedded in this binary is not used");
+    }
+    let options = remote::FetchOptions {
+        ca_file: args.ca_file.clone(),
+        connections: args.fetch_connections,
+        read_timeout: std::time::Duration::from_secs(args.fetch_timeout),
+    };
+    // A runtime of its own for the download, gone before the model is loaded.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sealserve-fetch")
+        .enable_all()
+        .build()
+        .map_err(|e| Fatal::new(exit::INTERNAL, format!("cannot start the fetch runtime: {e}")))?;
+    let fetched = runtime
+        .block_on(remote::fetch(&url, policy, &options))
+        .map_err(|e| {
+            let line = match &e {
+                remote::RemoteError::Refused(_) => format!("refusing to start: {url}: {e}"),
+                _ => e.to_string(),
+            };
+            Fatal::new(i32::from(e.exit_code()), line)
+        })?;
+    runtime.shutdown_background();
+    let verified = fetched.verified;
+    let load = fetched.report;
+    tracing::info!(
+        model = %verified.metadata.model_id,
+        revision = %verified.metadata.revision,
+        key = %verified.key_fingerprint,
+        manifest_sha256 = %verified.manifest_sha256,
+        source = %load.source,
+        fetched_mib = verified.bytes_hashed / (1 << 20),
+        load_ms = load.load_ms,
+        throughput_mib_s = load.throughput_mib_s,
+        retries = load.retries,
+        "bundle verified"
+    );
+    if verified.dev_signed {
+        tracing::warn!("THIS BUNDLE IS DEV-SIGNED: it was signed at build time by an ephemeral key.");
+    }
+    Ok((verified, load))
+}
+
 fn load_engine(args: &ServeArgs, verified: &VerifiedBundle<'static>) -> Result<Engine, Fatal> {
     let config = EngineConfig {
         device: args.device,
@@ -159,8 +228,13 @@ fn load_engine(args: &ServeArgs, verified: &VerifiedBundle<'static>) -> Result<E
         other => Fatal::new(exit::LOAD, other),
     })?;
     // The tensors hold their own copy (host or device); drop any embedded weight pages left.
-    if let Some(weights) = verified.file(&verified.metadata.weights) {
-        memory::release_pages(weights);
+    // Not for a --model-url bundle: its weights live in anonymous memory, where each tensor's
+    // pages were released as it was copied, and the rest (on CPU, the word-embedding table read
+    // in place) is still in use.
+    if args.model_url.is_none() {
+        if let Some(weights) = verified.file(&verified.metadata.weights) {
+            memory::release_pages(weights);
+        }
     }
     tracing::info!(
         device = %loaded.info.device,
@@ -234,6 +308,7 @@ fn app_state(
     policy: &TrustPolicy,
     engine: &Engine,
     report: harden::HardenReport,
+    load: LoadReport,
 ) -> impl FnOnce(batcher::Batcher) -> Arc<AppState> {
     let limits = Limits {
         max_client_batch_size: args.max_client_batch_size,
@@ -252,6 +327,7 @@ fn app_state(
             "signed"
         },
         trusted_keys_pinned: policy.is_pinned(),
+        load,
     };
     let tokenizer = engine.tokenizer().clone();
     let model = engine.info().clone();

@@ -323,112 +323,185 @@ impl<'a> Bundle<'a> {
         policy: &TrustPolicy,
         after_hash: &mut dyn FnMut(&'a [u8]),
     ) -> Result<VerifiedBundle<'a>, VerifyError> {
-        let key = self.public_key()?;
-        policy.check(&key, self.dev_signed)?;
-        let manifest_bytes = self
-            .get(MANIFEST_FILE)
-            .ok_or_else(|| VerifyError::Malformed(format!("no {MANIFEST_FILE} entry")))?;
-        self.verify_signatures(manifest_bytes, &key)?;
-        let manifest = Manifest::parse(manifest_bytes)?;
-        let payload = self.payload_matching(&manifest)?;
+        let signed = SignedManifest::verify(&|name| self.get(name), self.dev_signed, policy)?;
+        let payload: BTreeMap<String, &'a [u8]> = self
+            .entries()
+            .filter(|(name, _)| !SIGNING_FILES.contains(name))
+            .map(|(name, bytes)| (name.to_string(), bytes))
+            .collect();
+        signed.check_coverage(payload.keys().map(String::as_str))?;
         let started = Instant::now();
         let mut bytes_hashed = 0u64;
         for (name, bytes) in &payload {
-            let expected = manifest.digest(name).unwrap_or_default();
             let actual = hash_chunked(bytes, after_hash);
             bytes_hashed += bytes.len() as u64;
-            if actual != expected {
-                return Err(VerifyError::DigestMismatch {
-                    name: name.to_string(),
-                    expected: expected.to_string(),
-                    actual,
-                });
-            }
+            signed.check_digest(name, &actual)?;
         }
-        let hash_time = started.elapsed();
-        let metadata_bytes = payload
+        signed.into_verified(payload, bytes_hashed, started.elapsed())
+    }
+}
+
+/// The signing half of verification, the same wherever a bundle's bytes come from (the bundle
+/// embedded in `serve`, or a bundle fetched from S3, HTTPS or an OCI registry): the embedded
+/// public key parses (and both encodings agree), the trust policy accepts it, every signature
+/// present verifies over MANIFEST, and MANIFEST is canonical. What is left, checking the payload
+/// against MANIFEST, is done through [`SignedManifest::check_coverage`] and
+/// [`SignedManifest::check_digest`], so a remote bundle can be judged before a byte of its
+/// payload is downloaded and hashed while it arrives, by the very rules `Bundle::verify` applies.
+#[derive(Debug)]
+pub struct SignedManifest {
+    key: PublicKey,
+    manifest: Manifest,
+    manifest_sha256: String,
+    dev_signed: bool,
+}
+
+impl SignedManifest {
+    /// Key parse → trust → signatures → MANIFEST parse. `signing` returns the bytes of a signing
+    /// file ([`SIGNING_FILES`]) by name, `None` when the bundle has no such file.
+    pub fn verify(
+        signing: &dyn Fn(&str) -> Option<&[u8]>,
+        dev_signed: bool,
+        policy: &TrustPolicy,
+    ) -> Result<Self, VerifyError> {
+        let key = public_key(signing)?;
+        policy.check(&key, dev_signed)?;
+        let manifest_bytes = signing(MANIFEST_FILE)
+            .ok_or_else(|| VerifyError::Malformed(format!("no {MANIFEST_FILE} entry")))?;
+        verify_signatures(signing, manifest_bytes, &key)?;
+        let manifest = Manifest::parse(manifest_bytes)?;
+        Ok(Self {
+            key,
+            manifest,
+            manifest_sha256: sha256_hex(manifest_bytes),
+            dev_signed,
+        })
+    }
+
+    /// The verified MANIFEST: which files to fetch and what they must hash to.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Refuses a payload MANIFEST does not cover exactly. `present` names every file the bundle
+    /// carries apart from its signing files.
+    pub fn check_coverage<'n>(
+        &self,
+        present: impl IntoIterator<Item = &'n str>,
+    ) -> Result<(), VerifyError> {
+        let present: std::collections::BTreeSet<&str> = present.into_iter().collect();
+        if let Some((name, _)) = self
+            .manifest
+            .entries()
+            .find(|(name, _)| !present.contains(name))
+        {
+            return Err(missing_file(name));
+        }
+        if let Some(extra) = present.iter().find(|n| self.manifest.digest(n).is_none()) {
+            return Err(VerifyError::Manifest(format!(
+                "the bundle carries {extra}, which MANIFEST does not cover"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a file whose bytes hash to anything but what MANIFEST records for it.
+    pub fn check_digest(&self, name: &str, actual: &str) -> Result<(), VerifyError> {
+        let expected = self.manifest.digest(name).ok_or_else(|| {
+            VerifyError::Manifest(format!(
+                "the bundle carries {name}, which MANIFEST does not cover"
+            ))
+        })?;
+        if actual != expected {
+            return Err(VerifyError::DigestMismatch {
+                name: name.to_string(),
+                expected: expected.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The verified bundle, from the payload files whose digests were checked with
+    /// [`Self::check_digest`]; reads `sealserve.json` among them.
+    pub fn into_verified<'a>(
+        self,
+        files: BTreeMap<String, &'a [u8]>,
+        bytes_hashed: u64,
+        hash_time: Duration,
+    ) -> Result<VerifiedBundle<'a>, VerifyError> {
+        self.check_coverage(files.keys().map(String::as_str))?;
+        let metadata_bytes = files
             .get(METADATA_FILE)
             .ok_or_else(|| VerifyError::Manifest(format!("{METADATA_FILE} is not covered")))?;
         let metadata = BundleMetadata::from_bytes(metadata_bytes)
             .map_err(|e| VerifyError::Manifest(format!("{METADATA_FILE} is invalid: {e}")))?;
         Ok(VerifiedBundle {
             metadata,
-            manifest_sha256: sha256_hex(manifest_bytes),
-            key_fingerprint: key.fingerprint(),
-            key_id: key.key_id_hex(),
+            manifest_sha256: self.manifest_sha256,
+            key_fingerprint: self.key.fingerprint(),
+            key_id: self.key.key_id_hex(),
             dev_signed: self.dev_signed,
-            files: payload,
+            files,
             bytes_hashed,
             hash_time,
         })
     }
+}
 
-    fn public_key(&self) -> Result<PublicKey, VerifyError> {
-        let key_error = |file, source| VerifyError::PublicKey { file, source };
-        let pem = self.get(PUBLIC_KEY_FILE).ok_or_else(|| {
-            key_error(
-                PUBLIC_KEY_FILE,
-                SignatureError::BadPublicKey("the bundle has no such entry".into()),
-            )
-        })?;
-        let key = PublicKey::parse(pem).map_err(|e| key_error(PUBLIC_KEY_FILE, e))?;
-        match self.get(PUBLIC_KEY_MINISIGN_FILE) {
-            None => Ok(key),
-            Some(text) => {
-                let mini =
-                    PublicKey::parse(text).map_err(|e| key_error(PUBLIC_KEY_MINISIGN_FILE, e))?;
-                if mini.raw() != key.raw() {
-                    return Err(key_error(
-                        PUBLIC_KEY_MINISIGN_FILE,
-                        SignatureError::KeyMismatch {
-                            other: PUBLIC_KEY_FILE,
-                        },
-                    ));
-                }
-                Ok(mini)
+/// The refusal for a file MANIFEST lists but the bundle does not carry (also what a remote
+/// store's 404 for a listed file becomes).
+pub fn missing_file(name: &str) -> VerifyError {
+    VerifyError::Manifest(format!(
+        "it lists {name}, which the bundle does not carry"
+    ))
+}
+
+fn public_key(signing: &dyn Fn(&str) -> Option<&[u8]>) -> Result<PublicKey, VerifyError> {
+    let key_error = |file, source| VerifyError::PublicKey { file, source };
+    let pem = signing(PUBLIC_KEY_FILE).ok_or_else(|| {
+        key_error(
+            PUBLIC_KEY_FILE,
+            SignatureError::BadPublicKey("the bundle has no such entry".into()),
+        )
+    })?;
+    let key = PublicKey::parse(pem).map_err(|e| key_error(PUBLIC_KEY_FILE, e))?;
+    match signing(PUBLIC_KEY_MINISIGN_FILE) {
+        None => Ok(key),
+        Some(text) => {
+            let mini =
+                PublicKey::parse(text).map_err(|e| key_error(PUBLIC_KEY_MINISIGN_FILE, e))?;
+            if mini.raw() != key.raw() {
+                return Err(key_error(
+                    PUBLIC_KEY_MINISIGN_FILE,
+                    SignatureError::KeyMismatch {
+                        other: PUBLIC_KEY_FILE,
+                    },
+                ));
             }
+            Ok(mini)
         }
     }
+}
 
-    fn verify_signatures(&self, manifest: &[u8], key: &PublicKey) -> Result<(), VerifyError> {
-        let mut found = false;
-        for file in [SIGNATURE_RAW_FILE, SIGNATURE_MINISIGN_FILE] {
-            if let Some(bytes) = self.get(file) {
-                found = true;
-                Signature::parse(bytes)
-                    .and_then(|sig| sig.verify(manifest, key))
-                    .map_err(|source| VerifyError::Signature { file, source })?;
-            }
-        }
-        if found {
-            Ok(())
-        } else {
-            Err(VerifyError::MissingSignature)
+fn verify_signatures(
+    signing: &dyn Fn(&str) -> Option<&[u8]>,
+    manifest: &[u8],
+    key: &PublicKey,
+) -> Result<(), VerifyError> {
+    let mut found = false;
+    for file in [SIGNATURE_RAW_FILE, SIGNATURE_MINISIGN_FILE] {
+        if let Some(bytes) = signing(file) {
+            found = true;
+            Signature::parse(bytes)
+                .and_then(|sig| sig.verify(manifest, key))
+                .map_err(|source| VerifyError::Signature { file, source })?;
         }
     }
-
-    fn payload_matching(
-        &self,
-        manifest: &Manifest,
-    ) -> Result<BTreeMap<String, &'a [u8]>, VerifyError> {
-        let payload: BTreeMap<String, &'a [u8]> = self
-            .entries()
-            .filter(|(name, _)| !SIGNING_FILES.contains(name))
-            .map(|(name, bytes)| (name.to_string(), bytes))
-            .collect();
-        for (name, _) in manifest.entries() {
-            if !payload.contains_key(name) {
-                return Err(VerifyError::Manifest(format!(
-                    "it lists {name}, which the bundle does not carry"
-                )));
-            }
-        }
-        if let Some(extra) = payload.keys().find(|n| manifest.digest(n).is_none()) {
-            return Err(VerifyError::Manifest(format!(
-                "the bundle carries {extra}, which MANIFEST does not cover"
-            )));
-        }
-        Ok(payload)
+    if found {
+        Ok(())
+    } else {
+        Err(VerifyError::MissingSignature)
     }
 }
 
