@@ -69,6 +69,7 @@ die() {
 }
 
 COSIGN=${COSIGN:-cosign}
+COSIGN_MAJOR=""
 MINISIGN=${MINISIGN:-minisign}
 SEAL=${SEAL:-}
 MODE=""
@@ -121,7 +122,7 @@ cosign_major() {
 # cosign v3 writes Sigstore bundles as OCI referrers by default; NeuVector, and older Kyverno and
 # policy-controller releases, only find the v2-format .sig/.att tags.
 legacy_format_flags() {
-  if [[ "$(cosign_major)" == 3 ]]; then
+  if [[ "$COSIGN_MAJOR" == 3 ]]; then
     printf '%s\n' --new-bundle-format=false --use-signing-config=false
   fi
 }
@@ -213,6 +214,7 @@ sign_image() {
   [[ -f "$PROVENANCE" ]] || die "--provenance FILE (SLSA v1 predicate; see '$PROG provenance') is required"
   # Fail before signing anything when the result could not be verified.
   [[ "$MODE" == keyless ]] || verify_key >/dev/null
+  COSIGN_MAJOR=$(cosign_major)
   local -a legacy keyargs rekor=()
   mapfile -t legacy < <(legacy_format_flags)
   mapfile -t keyargs < <(sign_key_args)

@@ -152,33 +152,32 @@ fn file_and_ldd_agree_that_serve_is_static() {
     if !static_expected() {
         return;
     }
-    // Both tools are optional on a build machine; the ELF check above is the authority.
-    match Command::new("file").arg("-L").arg(SERVE).output() {
-        Ok(out) if out.status.success() => {
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                text.contains("static-pie linked") || text.contains("statically linked"),
-                "file says: {text}"
-            );
-        }
-        _ => eprintln!("`file` not available; skipped"),
-    }
-    match Command::new("ldd").arg(SERVE).output() {
-        Ok(out) => {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            // glibc's ldd: "not a dynamic executable" for static, "statically linked" for
-            // static-pie; never a list of "lib... => ..." lines.
-            assert!(
-                text.contains("not a dynamic executable") || text.contains("statically linked"),
-                "ldd says: {text}"
-            );
-        }
-        Err(_) => eprintln!("`ldd` not available; skipped"),
-    }
+    // Both tools are required (.ci/run installs file; ldd comes with glibc).
+    let out = Command::new("file")
+        .arg("-L")
+        .arg(SERVE)
+        .output()
+        .expect("`file` is required (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("static-pie linked") || text.contains("statically linked"),
+        "file says: {text}"
+    );
+    let out = Command::new("ldd")
+        .arg(SERVE)
+        .output()
+        .expect("`ldd` is required");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // glibc's ldd: "not a dynamic executable" for static, "statically linked" for static-pie;
+    // never a list of "lib... => ..." lines.
+    assert!(
+        text.contains("not a dynamic executable") || text.contains("statically linked"),
+        "ldd says: {text}"
+    );
 }
 
 #[test]
