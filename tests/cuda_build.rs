@@ -15,6 +15,16 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Runs a shell command line and fails the test with its stderr if it fails.
+fn sh(script: &str) {
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn require(tool: &str) {
     let found = Command::new("sh")
         .arg("-c")
@@ -101,21 +111,12 @@ fn check_cuda_needed_rejects_cuda_in_needed_and_accepts_serve() {
     // A program with DT_NEEDED libcudart.so.13 (against an empty stand-in library).
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
-    let built = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "printf 'int x;\\n' > {d}/fake.c && \
+    sh(&format!(
+        "printf 'int x;\\n' > {d}/fake.c && \
              cc -shared -fPIC -o {d}/libcudart.so -Wl,-soname,libcudart.so.13 {d}/fake.c && \
              printf 'int main(void){{return 0;}}\\n' > {d}/main.c && \
              cc -o {d}/prog {d}/main.c -L{d} -Wl,--no-as-needed -lcudart"
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    ));
     let bad = Command::new("bash")
         .arg(&script)
         .arg(dir.path().join("prog"))
@@ -134,18 +135,9 @@ fn check_glibc_floor_rejects_a_binary_that_needs_a_newer_glibc() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     // Linked against this machine's glibc (>= 2.34: __libc_start_main@GLIBC_2.34).
-    let built = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "printf 'int main(void){{return 0;}}\\n' > {d}/main.c && cc -o {d}/prog {d}/main.c"
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    sh(&format!(
+        "printf 'int main(void){{return 0;}}\\n' > {d}/main.c && cc -o {d}/prog {d}/main.c"
+    ));
     let check = |binary: &std::path::Path, floor: &str| {
         Command::new("bash")
             .arg(&script)

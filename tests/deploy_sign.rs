@@ -169,67 +169,40 @@ fn images_are_signed_and_attested_by_the_digest_the_build_recorded() {
 
 #[test]
 fn tags_unknown_cosign_and_keys_without_a_verification_key_are_refused() {
-    let stub = Stub::new("v3.1.2");
-    let common = ["--sbom", "sbom.cdx.json", "--provenance", "provenance.json"];
+    /// Runs `sign.sh image REF KEYS... --sbom .. --provenance ..`, expects a refusal naming why
+    /// and no cosign call at all.
+    fn refused(version: &str, reference: &str, keys: &[&str], why: &str) {
+        let stub = Stub::new(version);
+        let mut args = vec!["image", reference];
+        args.extend_from_slice(keys);
+        args.extend(["--sbom", "sbom.cdx.json", "--provenance", "provenance.json"]);
+        let out = stub.sign(&args);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(text(&out).contains(why), "{args:?}: {}", text(&out));
+        assert!(
+            stub.calls().is_empty(),
+            "cosign was called: {:?}",
+            stub.calls()
+        );
+    }
+    let pinned = format!("{REPO}@{DIGEST}");
+    let key_pair = ["--key", "cosign.key", "--pub", "cosign.pub"];
     // A tag: the digest must come from the build, not from whatever the tag points to now.
-    let out = stub.sign(
-        &[
-            &[
-                "image",
-                &format!("{REPO}:0.1.0"),
-                "--key",
-                "cosign.key",
-                "--pub",
-                "cosign.pub",
-            ],
-            &common[..],
-        ]
-        .concat(),
-    );
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("refusing to sign or verify a tag"),
-        "{}",
-        text(&out)
+    refused(
+        "v3.1.2",
+        &format!("{REPO}:0.1.0"),
+        &key_pair,
+        "refusing to sign or verify a tag",
     );
     // A key file and no --pub: never fall back to the .pub lying beside the private key.
-    let out = stub.sign(
-        &[
-            &["image", &format!("{REPO}@{DIGEST}"), "--key", "cosign.key"],
-            &common[..],
-        ]
-        .concat(),
-    );
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("never the file beside the private key"),
-        "{}",
-        text(&out)
-    );
-    assert!(
-        stub.calls().is_empty(),
-        "cosign was called: {:?}",
-        stub.calls()
+    refused(
+        "v3.1.2",
+        &pinned,
+        &["--key", "cosign.key"],
+        "never the file beside the private key",
     );
     // A cosign whose major version is unknown would sign in an unknown format.
-    let odd = Stub::new("devel");
-    let out = odd.sign(
-        &[
-            &[
-                "image",
-                &format!("{REPO}@{DIGEST}"),
-                "--key",
-                "cosign.key",
-                "--pub",
-                "cosign.pub",
-            ],
-            &common[..],
-        ]
-        .concat(),
-    );
-    assert!(!out.status.success());
-    assert!(text(&out).contains("major version"), "{}", text(&out));
-    assert!(odd.calls().is_empty());
+    refused("devel", &pinned, &key_pair, "major version");
 }
 
 #[test]
