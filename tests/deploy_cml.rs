@@ -216,3 +216,35 @@ fn launch_app_refuses_to_run_outside_a_cml_application() {
         text(&output)
     );
 }
+
+#[test]
+fn the_amp_tasks_name_files_and_functions_that_exist() {
+    let amp = yaml_doc(&repo().join(".project-metadata.yaml"));
+    let tasks = amp["tasks"].as_array().expect("tasks");
+    let task = |kind: &str| {
+        tasks
+            .iter()
+            .find(|t| t["type"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} task"))
+    };
+    let app = task("start_application");
+    assert!(repo().join(str_at(app, "/script")).is_file());
+    let build = task("build_model");
+    let file = repo().join(str_at(build, "/target_file_path"));
+    let function = str_at(build, "/target_function_name");
+    assert!(
+        read(&file).contains(&format!("\ndef {function}(")),
+        "{} defines no {function}()",
+        file.display()
+    );
+    let label = str_at(task("create_model"), "/entity_label");
+    assert_eq!(str_at(build, "/entity_label"), label);
+    assert_eq!(str_at(task("deploy_model"), "/entity_label"), label);
+    // The example request is one the adapter forwards to /embed.
+    assert!(build["examples"][0]["request"]["inputs"].is_array());
+    for t in tasks {
+        if let Some(gpu) = t["gpu"].as_u64() {
+            assert_eq!(gpu, 1, "{}: one GPU per server", t["type"]);
+        }
+    }
+}
