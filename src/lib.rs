@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod cuda_libs;
 pub mod engine;
+pub mod generate;
 pub mod harden;
 pub mod http;
 pub mod manifest;

@@ -144,3 +144,15 @@ pub fn confident_prefix(result: &GoldenResult) -> usize {
         .position(|s| s.top5_logits[0] - s.top5_logits[1] < 0.5)
         .unwrap_or(result.per_step_top5.len())
 }
+
+/// The engine's view of the model (model, tokenizer, chat template), loaded once.
+pub fn text_model() -> std::sync::Arc<sealserve::generate::TextModel> {
+    static MODEL: OnceLock<std::sync::Arc<sealserve::generate::TextModel>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            std::sync::Arc::new(
+                sealserve::generate::TextModel::from_gguf_bytes(gguf_bytes()).expect("loads"),
+            )
+        })
+        .clone()
+}

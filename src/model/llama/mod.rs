@@ -90,7 +90,10 @@ impl<'a> Gguf<'a> {
         let len = elems / dtype.block_size() * dtype.type_size();
         let start = usize::try_from(self.content.tensor_data_offset + info.offset)
             .ok()
-            .filter(|s| s.checked_add(len).is_some_and(|end| end <= self.bytes.len()))
+            .filter(|s| {
+                s.checked_add(len)
+                    .is_some_and(|end| end <= self.bytes.len())
+            })
             .ok_or_else(|| LlamaLoadError::Tensor {
                 name: name.to_string(),
                 reason: "data lies outside the file".into(),
@@ -169,12 +172,11 @@ impl Linear {
         }
         let mut mats = Vec::new();
         for (name, _, _, n) in parts {
-            let q = QMatMul::from_qtensor(gguf.qtensor(name)?).map_err(|e| {
-                LlamaLoadError::Tensor {
+            let q =
+                QMatMul::from_qtensor(gguf.qtensor(name)?).map_err(|e| LlamaLoadError::Tensor {
                     name: name.clone(),
                     reason: e.to_string(),
-                }
-            })?;
+                })?;
             mats.push((q, n));
         }
         Ok(Linear::Candle(mats))
@@ -336,7 +338,11 @@ impl LlamaModel {
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let name = |t: &str| format!("blk.{i}.{t}");
-            let qkv_names = [name("attn_q.weight"), name("attn_k.weight"), name("attn_v.weight")];
+            let qkv_names = [
+                name("attn_q.weight"),
+                name("attn_k.weight"),
+                name("attn_v.weight"),
+            ];
             let qkv = Linear::load(gguf, &qkv_names, hidden)?;
             let qkv_width = c.q_width() + 2 * c.kv_width();
             if qkv.outputs() != qkv_width {
@@ -345,14 +351,15 @@ impl LlamaModel {
                     reason: format!("{} outputs, expected {qkv_width}", qkv.outputs()),
                 });
             }
-            let qkv_bias = if c.architecture == Architecture::Qwen2 || gguf.has(&name("attn_q.bias")) {
-                let mut bias = gguf.vector(&name("attn_q.bias"), c.q_width())?;
-                bias.extend(gguf.vector(&name("attn_k.bias"), c.kv_width())?);
-                bias.extend(gguf.vector(&name("attn_v.bias"), c.kv_width())?);
-                Some(bias)
-            } else {
-                None
-            };
+            let qkv_bias =
+                if c.architecture == Architecture::Qwen2 || gguf.has(&name("attn_q.bias")) {
+                    let mut bias = gguf.vector(&name("attn_q.bias"), c.q_width())?;
+                    bias.extend(gguf.vector(&name("attn_k.bias"), c.kv_width())?);
+                    bias.extend(gguf.vector(&name("attn_v.bias"), c.kv_width())?);
+                    Some(bias)
+                } else {
+                    None
+                };
             let (q_norm, k_norm) = if gguf.has(&name("attn_q_norm.weight")) {
                 (
                     Some(gguf.vector(&name("attn_q_norm.weight"), c.head_dim)?),
@@ -367,8 +374,11 @@ impl LlamaModel {
                 (None, None)
             };
             let attn_out = Linear::load(gguf, &[name("attn_output.weight")], c.q_width())?;
-            let gate_up =
-                Linear::load(gguf, &[name("ffn_gate.weight"), name("ffn_up.weight")], hidden)?;
+            let gate_up = Linear::load(
+                gguf,
+                &[name("ffn_gate.weight"), name("ffn_up.weight")],
+                hidden,
+            )?;
             let down = Linear::load(gguf, &[name("ffn_down.weight")], c.intermediate)?;
             if attn_out.outputs() != hidden
                 || gate_up.outputs() != 2 * c.intermediate
@@ -481,14 +491,20 @@ impl LlamaModel {
                 r += n;
             }
             self.attention(batch, l, &s.qkv, &mut s.attn);
-            layer.attn_out.forward(&s.attn, qw, &mut s.quant, &mut s.proj)?;
+            layer
+                .attn_out
+                .forward(&s.attn, qw, &mut s.quant, &mut s.proj)?;
             ops::add_in_place(&mut s.x, &s.proj);
 
             ops::rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.h);
-            layer.gate_up.forward(&s.h, hidden, &mut s.quant, &mut s.gate_up)?;
+            layer
+                .gate_up
+                .forward(&s.h, hidden, &mut s.quant, &mut s.gate_up)?;
             s.act.resize(rows * c.intermediate, 0.0);
             ops::silu_mul(&s.gate_up, c.intermediate, &mut s.act);
-            layer.down.forward(&s.act, c.intermediate, &mut s.quant, &mut s.proj)?;
+            layer
+                .down
+                .forward(&s.act, c.intermediate, &mut s.quant, &mut s.proj)?;
             ops::add_in_place(&mut s.x, &s.proj);
         }
         for b in batch.iter_mut() {
@@ -510,7 +526,8 @@ impl LlamaModel {
         s.h.resize(last.len(), 0.0);
         ops::rms_norm(&last, &self.output_norm, c.rms_eps, &mut s.h);
         let mut logits = Vec::new();
-        self.lm_head.forward(&s.h, hidden, &mut s.quant, &mut logits)?;
+        self.lm_head
+            .forward(&s.h, hidden, &mut s.quant, &mut logits)?;
         Ok(logits
             .chunks_exact(self.lm_head.outputs())
             .map(<[f32]>::to_vec)
@@ -519,7 +536,10 @@ impl LlamaModel {
 
     fn embed(&self, batch: &[SeqInput<'_>], x: &mut Vec<f32>) -> Result<(), ForwardError> {
         let hidden = self.config.hidden;
-        let ids: Vec<u32> = batch.iter().flat_map(|b| b.tokens.iter().copied()).collect();
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|b| b.tokens.iter().copied())
+            .collect();
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
             return Err(ForwardError::Token(bad));
         }

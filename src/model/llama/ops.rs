@@ -45,7 +45,9 @@ impl RopeTable {
         let inv_freq = (0..dims / 2)
             .map(|i| {
                 let f = f64::from(theta).powf(-((2 * i) as f64) / dims as f64);
-                f / factors.and_then(|fs| fs.get(i)).map_or(1.0, |&x| f64::from(x))
+                f / factors
+                    .and_then(|fs| fs.get(i))
+                    .map_or(1.0, |&x| f64::from(x))
             })
             .collect();
         Self {
@@ -87,7 +89,10 @@ pub fn apply_rope(row: &mut [f32], head_dim: usize, angles: &[(f32, f32)], style
 
 /// `out = silu(gate) * up` for rows laid out as `[gate | up]` of width `2 * width`.
 pub fn silu_mul(gate_up: &[f32], width: usize, out: &mut [f32]) {
-    for (row, o) in gate_up.chunks_exact(2 * width).zip(out.chunks_exact_mut(width)) {
+    for (row, o) in gate_up
+        .chunks_exact(2 * width)
+        .zip(out.chunks_exact_mut(width))
+    {
         let (gate, up) = row.split_at(width);
         for ((o, g), u) in o.iter_mut().zip(gate).zip(up) {
             *o = g / (1.0 + (-g).exp()) * u;
@@ -127,9 +132,8 @@ pub fn attention_rows(
     #[cfg(target_arch = "x86_64")]
     {
         static FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *FMA.get_or_init(|| {
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-        }) {
+        if *FMA.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+        {
             // SAFETY: AVX2 and FMA were detected at run time.
             return unsafe { attention_rows_avx2(task, head_dim, out, scores) };
         }

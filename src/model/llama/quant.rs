@@ -166,7 +166,8 @@ impl PackedMatrix {
                         // Stored +128 so the weights are the unsigned operand of u8×i8 products.
                         for g in 0..BLOCK / 4 {
                             for j in 0..4 {
-                                out[(g * TILE + r) * 4 + j] = (quants[4 * g + j] as i8 as i32 + 128) as u8;
+                                out[(g * TILE + r) * 4 + j] =
+                                    (quants[4 * g + j] as i8 as i32 + 128) as u8;
                             }
                         }
                     }
@@ -340,31 +341,33 @@ pub fn matmul(w: &PackedMatrix, a: &QuantizedRows, out: &mut [f32]) {
     let per_task = tiles.div_ceil(threads * 4).max(1);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let isa = isa();
-    (0..tiles.div_ceil(per_task)).into_par_iter().for_each(|task| {
-        let first = task * per_task;
-        let last = tiles.min(first + per_task);
-        for tile in first..last {
-            let mut row0 = 0;
-            while row0 < a.rows {
-                let count = (a.rows - row0).min(ROWS);
-                let mut block = [[0f32; TILE]; ROWS];
-                tile_rows(isa, w, tile, a, row0, count, &mut block);
-                let cols = TILE.min(w.n - tile * TILE);
-                for (r, res) in block.iter().take(count).enumerate() {
-                    // SAFETY: each (row, tile) output range is written by exactly one task, and
-                    // the range lies inside `out` (checked by the asserts above).
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            res.as_ptr(),
-                            out_ptr.get().add((row0 + r) * w.n + tile * TILE),
-                            cols,
-                        );
+    (0..tiles.div_ceil(per_task))
+        .into_par_iter()
+        .for_each(|task| {
+            let first = task * per_task;
+            let last = tiles.min(first + per_task);
+            for tile in first..last {
+                let mut row0 = 0;
+                while row0 < a.rows {
+                    let count = (a.rows - row0).min(ROWS);
+                    let mut block = [[0f32; TILE]; ROWS];
+                    tile_rows(isa, w, tile, a, row0, count, &mut block);
+                    let cols = TILE.min(w.n - tile * TILE);
+                    for (r, res) in block.iter().take(count).enumerate() {
+                        // SAFETY: each (row, tile) output range is written by exactly one task, and
+                        // the range lies inside `out` (checked by the asserts above).
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                res.as_ptr(),
+                                out_ptr.get().add((row0 + r) * w.n + tile * TILE),
+                                cols,
+                            );
+                        }
                     }
+                    row0 += count;
                 }
-                row0 += count;
             }
-        }
-    });
+        });
 }
 
 #[derive(Clone, Copy)]
@@ -703,7 +706,11 @@ mod tests {
                     one.quantize(&x[r * k..(r + 1) * k], k);
                     let mut single = vec![0f32; w.rows()];
                     matmul(&w, &one, &mut single);
-                    assert_eq!(single, out[r * w.rows()..(r + 1) * w.rows()], "{kind:?} row {r}");
+                    assert_eq!(
+                        single,
+                        out[r * w.rows()..(r + 1) * w.rows()],
+                        "{kind:?} row {r}"
+                    );
                 }
             }
         }
@@ -715,7 +722,10 @@ mod tests {
         for kind in [QuantKind::Q4_0, QuantKind::Q4_1, QuantKind::Q8_0] {
             let raw = gguf(kind, 32, k, 5);
             let w = PackedMatrix::pack(kind, k, &[(&raw, 32)]).unwrap();
-            let x: Vec<f32> = bytes(77, 3 * k).iter().map(|&b| f32::from(b) / 50.0 - 2.5).collect();
+            let x: Vec<f32> = bytes(77, 3 * k)
+                .iter()
+                .map(|&b| f32::from(b) / 50.0 - 2.5)
+                .collect();
             let mut a = QuantizedRows::default();
             a.quantize(&x, k);
             let mut fast = [[0f32; TILE]; ROWS];
@@ -723,7 +733,10 @@ mod tests {
             tile_rows(isa(), &w, 1, &a, 0, 3, &mut fast);
             tile_rows(Isa::Scalar, &w, 1, &a, 0, 3, &mut slow);
             for (f, s) in fast.iter().flatten().zip(slow.iter().flatten()) {
-                assert!((f - s).abs() <= 1e-5 * (1.0 + s.abs()), "{kind:?}: {f} vs {s}");
+                assert!(
+                    (f - s).abs() <= 1e-5 * (1.0 + s.abs()),
+                    "{kind:?}: {f} vs {s}"
+                );
             }
         }
     }

@@ -139,16 +139,20 @@ impl TextTokenizer {
                 ByteLevel::new(false, true, true).into(),
             ])
             .into(),
-            "llama-bpe" | "llama3" | "smaug-bpe" => {
-                Sequence::new(vec![split(LLAMA3_SPLIT)?, ByteLevel::new(false, true, false).into()])
-                    .into()
-            }
+            "llama-bpe" | "llama3" | "smaug-bpe" => Sequence::new(vec![
+                split(LLAMA3_SPLIT)?,
+                ByteLevel::new(false, true, false).into(),
+            ])
+            .into(),
             "qwen2" => {
                 tokenizer
                     .with_normalizer(Some(NFC))
                     .map_err(|e| TokenizerError::Build(e.to_string()))?;
-                Sequence::new(vec![split(QWEN2_SPLIT)?, ByteLevel::new(false, true, false).into()])
-                    .into()
+                Sequence::new(vec![
+                    split(QWEN2_SPLIT)?,
+                    ByteLevel::new(false, true, false).into(),
+                ])
+                .into()
             }
             "gpt2" | "default" => ByteLevel::new(false, true, true).into(),
             other => return Err(TokenizerError::PreTokenizer(other.to_string())),
