@@ -136,10 +136,17 @@ fn greedy_tokens_match_the_references() {
         assert_eq!(reference.prompt_ids, result.prompt_ids);
         let (tokens, _) = greedy(&result.prompt_ids, result.generated_ids.len());
         if result.name == "chat_template" {
-            assert_eq!(tokens, reference.generated_ids, "same quantized weights as llama.cpp");
+            assert_eq!(
+                tokens, reference.generated_ids,
+                "same quantized weights as llama.cpp"
+            );
         } else {
             let n = confident_prefix(result);
-            assert!(n >= 3, "{}: the reference is confident for {n} steps", result.name);
+            assert!(
+                n >= 3,
+                "{}: the reference is confident for {n} steps",
+                result.name
+            );
             assert_eq!(tokens[..n], result.generated_ids[..n], "{}", result.name);
         }
     }

@@ -268,7 +268,7 @@ fn step(
     }
     // Finished sequences leave (highest index first; `remove` keeps the others in admission
     // order, which is the prefill priority).
-    finished.sort_by(|a, b| b.0.cmp(&a.0));
+    finished.sort_by_key(|f| std::cmp::Reverse(f.0));
     for (i, reason, stopped) in finished {
         let mut a = active.remove(i);
         let trailing = if stopped {

@@ -104,7 +104,7 @@ impl PackedMatrix {
     /// Repacks row-major GGUF blocks of one or more matrices with the same `k` and `kind`,
     /// stacked along the output dimension (e.g. Q, K and V into one `[q+k+v, hidden]`).
     pub fn pack(kind: QuantKind, k: usize, parts: &[(&[u8], usize)]) -> Result<Self, PackError> {
-        if k % BLOCK != 0 {
+        if !k.is_multiple_of(BLOCK) {
             return Err(PackError::Inputs { k });
         }
         let kb = k / BLOCK;
