@@ -362,13 +362,13 @@ impl Generator {
                 "token id {bad} is outside the vocabulary of {vocab}"
             )));
         }
-        let room = self.config.max_context.saturating_sub(prompt.len());
-        let max_tokens = request.max_tokens.unwrap_or(room);
-        if max_tokens == 0 {
+        if request.max_tokens == Some(0) {
             return Err(SubmitError::InvalidParameter(
                 "max_tokens must be at least 1".into(),
             ));
         }
+        let room = self.config.max_context.saturating_sub(prompt.len());
+        let max_tokens = request.max_tokens.unwrap_or(room.max(1));
         if max_tokens > room {
             return Err(SubmitError::ContextLength {
                 prompt_tokens: prompt.len(),
