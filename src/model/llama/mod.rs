@@ -643,7 +643,7 @@ mod tests {
             .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.1)
             .collect();
         let x: Vec<f32> = (0..rows * k)
-            .map(|i| ((i * 104_729 % 997) as f32 / 498.0 - 1.0))
+            .map(|i| (i * 104_729 % 997) as f32 / 498.0 - 1.0)
             .collect();
         let wt = Tensor::from_slice(&w, (n, k), &Device::Cpu).unwrap();
         let xt = Tensor::from_slice(&x, (rows, k), &Device::Cpu).unwrap();
