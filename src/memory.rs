@@ -44,8 +44,11 @@ pub fn release_pages(bytes: &[u8]) -> usize {
         // SAFETY: page aligned, inside one of our own anonymous mappings whose contents the
         // caller no longer reads; PROT_NONE turns any later read into a fault, never zeros.
         let rc = unsafe {
-            libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_DONTNEED)
-                | libc::mprotect(first as *mut libc::c_void, last - first, libc::PROT_NONE)
+            libc::madvise(
+                first as *mut libc::c_void,
+                last - first,
+                libc::MADV_DONTNEED,
+            ) | libc::mprotect(first as *mut libc::c_void, last - first, libc::PROT_NONE)
         };
         return if rc == 0 { last - first } else { 0 };
     }

@@ -13,8 +13,8 @@ use crate::bundle::{
     PUBLIC_KEY_MINISIGN_FILE, SIGNATURE_MINISIGN_FILE, SIGNATURE_RAW_FILE, SIGNING_FILES,
 };
 use crate::exit::Exit;
-use crate::remote;
 use crate::manifest::{is_plain_file_name, sha256_hex, Manifest};
+use crate::remote;
 use crate::signature::{signing_timestamp, PublicKey, SecretKey};
 use crate::source::read_optional;
 use crate::spec::{BundleMetadata, ModelSpec, METADATA_FILE};

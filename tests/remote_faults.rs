@@ -14,11 +14,7 @@ use std::time::{Duration, Instant};
 
 const WEIGHTS: &str = "model.safetensors";
 
-fn fetch(
-    url: &str,
-    release: &Release,
-    options: &FetchOptions,
-) -> Result<Fetched, RemoteError> {
+fn fetch(url: &str, release: &Release, options: &FetchOptions) -> Result<Fetched, RemoteError> {
     let url: ModelUrl = url.parse().unwrap();
     let policy = TrustPolicy::pinned([release.fingerprint.clone()]);
     tokio::runtime::Runtime::new()
@@ -55,8 +51,15 @@ fn http_500_and_a_reset_mid_body_are_retried_and_the_range_resumed() {
         .iter()
         .filter(|r| r.starts_with(&format!("GET {WEIGHTS}")))
         .collect();
-    let resumed = format!("GET {WEIGHTS} bytes={}-{}", weights.len() / 2, weights.len() - 1);
-    assert!(gets.iter().any(|r| **r == resumed), "{gets:?}, expected {resumed}");
+    let resumed = format!(
+        "GET {WEIGHTS} bytes={}-{}",
+        weights.len() / 2,
+        weights.len() - 1
+    );
+    assert!(
+        gets.iter().any(|r| **r == resumed),
+        "{gets:?}, expected {resumed}"
+    );
 }
 
 #[test]
@@ -69,19 +72,33 @@ fn http_403_and_404_fail_at_once_with_the_reason() {
     assert_eq!(error.kind, FetchErrorKind::Denied, "{error}");
     let line = error.to_string();
     assert!(line.contains("access denied (HTTP 403 Forbidden"), "{line}");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     let attempts = server
         .faults
         .seen()
         .iter()
         .filter(|r| r.contains(WEIGHTS))
         .count();
-    assert_eq!(attempts, 1, "a 403 is not retried: {:?}", server.faults.seen());
+    assert_eq!(
+        attempts,
+        1,
+        "a 403 is not retried: {:?}",
+        server.faults.seen()
+    );
 
     let wrong = format!("{}nothing-here/", server.base);
     let error = fetch_error(fetch(&wrong, &release, &FetchOptions::default()));
     assert_eq!(error.kind, FetchErrorKind::NotFound, "{error}");
-    assert!(error.to_string().contains("nothing-here/MANIFEST: not found"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("nothing-here/MANIFEST: not found"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -107,7 +124,10 @@ fn a_silent_store_times_out_with_one_clear_line() {
     ));
     assert_eq!(error.kind, FetchErrorKind::Timeout, "{error}");
     let line = error.to_string();
-    assert!(line.contains("timed out") && line.contains("network path"), "{line}");
+    assert!(
+        line.contains("timed out") && line.contains("network path"),
+        "{line}"
+    );
     assert!(!line.contains('\n'));
 }
 
@@ -127,12 +147,20 @@ fn s3_500_and_a_reset_mid_body_are_retried_through_a_faulty_proxy() {
     let proxy = S3Proxy::start(&moto.endpoint);
     // Publish straight to moto.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_seal"))
-        .args(["publish", &release.dir.path().display().to_string(), "s3://models/tiny/"])
+        .args([
+            "publish",
+            &release.dir.path().display().to_string(),
+            "s3://models/tiny/",
+        ])
         .env("HOME", "/nonexistent")
         .envs(moto.env())
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     proxy.faults.fail_once(WEIGHTS, 500);
     proxy.faults.cut_once(WEIGHTS);
@@ -149,7 +177,11 @@ fn s3_500_and_a_reset_mid_body_are_retried_through_a_faulty_proxy() {
         .iter()
         .filter(|r| r.starts_with(&format!("GET {WEIGHTS}")))
         .count();
-    assert!(gets >= 3, "500, cut, then success: {:?}", proxy.faults.seen());
+    assert!(
+        gets >= 3,
+        "500, cut, then success: {:?}",
+        proxy.faults.seen()
+    );
 
     proxy.faults.always(WEIGHTS, 403);
     let before = proxy.faults.seen().len();
@@ -161,5 +193,66 @@ fn s3_500_and_a_reset_mid_body_are_retried_through_a_faulty_proxy() {
         .iter()
         .filter(|r| r.contains(WEIGHTS))
         .count();
-    assert_eq!(weights_requests, 1, "a 403 is not retried: {:?}", proxy.faults.seen());
+    assert_eq!(
+        weights_requests,
+        1,
+        "a 403 is not retried: {:?}",
+        proxy.faults.seen()
+    );
+}
+
+#[test]
+fn an_unreachable_store_is_retried_then_named_in_one_line() {
+    // A port nothing listens on: every connection is refused.
+    let port = remote::free_port();
+    let release = Release::tiny();
+    let started = Instant::now();
+    let error = fetch_error(fetch(
+        &format!("http://127.0.0.1:{port}/bundle/"),
+        &release,
+        &FetchOptions::default(),
+    ));
+    assert_eq!(error.kind, FetchErrorKind::Transient, "{error}");
+    let line = error.to_string();
+    assert!(
+        line.starts_with(&format!(
+            "http://127.0.0.1:{port}/bundle/MANIFEST: failed ("
+        )),
+        "{line}"
+    );
+    assert!(line.contains("try again later"), "{line}");
+    assert!(!line.contains('\n'));
+    // Retried with backoff (5 waits of 0.2..5 s) rather than given up at once, and bounded.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed > Duration::from_secs(3) && elapsed < Duration::from_secs(30),
+        "{elapsed:?}"
+    );
+}
+
+#[test]
+fn a_body_that_is_always_cut_short_fails_after_the_retries_and_says_so() {
+    let release = Release::tiny();
+    let server = FileServer::start(release.dir.path(), None);
+    server.faults.cut_always(WEIGHTS);
+    let options = FetchOptions {
+        connections: 1,
+        ..FetchOptions::default()
+    };
+    let error = fetch_error(fetch(&server.base, &release, &options));
+    assert_eq!(error.kind, FetchErrorKind::Transient, "{error}");
+    let line = error.to_string();
+    assert!(
+        line.contains(WEIGHTS) && line.contains("try again later"),
+        "{line}"
+    );
+    assert!(!line.contains('\n'));
+    // Each retry resumed where the previous answer stopped, and none was taken as the file.
+    let gets = server
+        .faults
+        .seen()
+        .iter()
+        .filter(|r| r.starts_with(&format!("GET {WEIGHTS}")))
+        .count();
+    assert_eq!(gets, 6, "{:?}", server.faults.seen());
 }

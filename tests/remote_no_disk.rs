@@ -66,9 +66,16 @@ fn writes_during_load_and_first_request(args: &[&str], env: &[(String, String)])
     unsafe { libc::kill(serve_pid, libc::SIGTERM) };
     assert!(child.wait().expect("strace exits").success());
     let text = std::fs::read_to_string(&trace).expect("read trace");
-    assert!(text.lines().count() > 5, "the trace recorded opens:\n{text}");
+    assert!(
+        text.lines().count() > 5,
+        "the trace recorded opens:\n{text}"
+    );
     let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert_eq!(entries.len(), 1, "only the trace appeared in the working directory");
+    assert_eq!(
+        entries.len(),
+        1,
+        "only the trace appeared in the working directory"
+    );
     text.lines()
         .filter(|line| {
             let succeeded = !line.contains("= -1");
@@ -77,8 +84,15 @@ fn writes_during_load_and_first_request(args: &[&str], env: &[(String, String)])
                 .any(|flag| line.contains(flag))
                 && !line.contains("\"/dev/null\"");
             let creates = [
-                "memfd_create(", "creat(", "mkdir", "rename", "unlink", "link(", "linkat(",
-                "symlink", "truncate(",
+                "memfd_create(",
+                "creat(",
+                "mkdir",
+                "rename",
+                "unlink",
+                "link(",
+                "linkat(",
+                "symlink",
+                "truncate(",
             ]
             .iter()
             .any(|call| line.contains(call));
@@ -93,24 +107,52 @@ fn minilm_from_s3_and_https_is_loaded_without_touching_the_disk() {
     let release = Release::minilm();
     let moto = Moto::start(&["models"]);
     let published = Command::new(env!("CARGO_BIN_EXE_seal"))
-        .args(["publish", &release.dir.path().display().to_string(), "s3://models/minilm/"])
+        .args([
+            "publish",
+            &release.dir.path().display().to_string(),
+            "s3://models/minilm/",
+        ])
         .env("HOME", "/nonexistent")
         .envs(moto.env())
         .output()
         .unwrap();
-    assert!(published.status.success(), "{}", String::from_utf8_lossy(&published.stderr));
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
     let violations = writes_during_load_and_first_request(
-        &["--trusted-key", &release.fingerprint, "--model-url", "s3://models/minilm/"],
+        &[
+            "--trusted-key",
+            &release.fingerprint,
+            "--model-url",
+            "s3://models/minilm/",
+        ],
         &moto.env(),
     );
-    assert!(violations.is_empty(), "S3 load wrote:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "S3 load wrote:\n{}",
+        violations.join("\n")
+    );
 
     let pki = Pki::new();
     let files = FileServer::start(release.dir.path(), Some(&pki));
     let ca = pki.ca.display().to_string();
     let violations = writes_during_load_and_first_request(
-        &["--trusted-key", &release.fingerprint, "--model-url", &files.base, "--ca-file", &ca],
+        &[
+            "--trusted-key",
+            &release.fingerprint,
+            "--model-url",
+            &files.base,
+            "--ca-file",
+            &ca,
+        ],
         &[],
     );
-    assert!(violations.is_empty(), "HTTPS load wrote:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "HTTPS load wrote:\n{}",
+        violations.join("\n")
+    );
 }

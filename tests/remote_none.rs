@@ -17,7 +17,10 @@ use remote::{serve_refuses, Release};
 fn the_model_less_build_carries_no_bundle_and_no_key() {
     let binary = std::fs::read(env!("CARGO_BIN_EXE_serve")).expect("read serve");
     let located = sealserve::bundle::Bundle::locate(&binary);
-    assert!(located.is_err(), "seal would find a bundle in the model-less serve");
+    assert!(
+        located.is_err(),
+        "seal would find a bundle in the model-less serve"
+    );
     // An embedded PEM public key (dev or release) starts with the Ed25519 SPKI header.
     let pem_key = b"MCowBQYDK2VwAyEA";
     assert!(
@@ -49,7 +52,12 @@ fn it_serves_a_pinned_remote_bundle() {
     let status = std::process::Command::new("curl")
         .args(["-sf", "-o", "/dev/null", "-w", "%{http_code}", "-XPOST"])
         .arg(server.url("/embed"))
-        .args(["-H", "content-type: application/json", "-d", r#"{"inputs":"hello world"}"#])
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"inputs":"hello world"}"#,
+        ])
         .output()
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&status.stdout), "200");

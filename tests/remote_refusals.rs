@@ -103,7 +103,11 @@ fn every_trust_rule_holds_for_a_bundle_in_a_folder() {
     std::fs::write(release.path(WEIGHTS), &weights).unwrap();
     // Marked dev-signed while a key is pinned.
     std::fs::write(release.path(bundle::DEV_SIGNED_MARKER), "dev").unwrap();
-    assert_refused(&refuse(&release, &url, Some(&pin), &[]), 16, &["dev-signed"]);
+    assert_refused(
+        &refuse(&release, &url, Some(&pin), &[]),
+        16,
+        &["dev-signed"],
+    );
     std::fs::remove_file(release.path(bundle::DEV_SIGNED_MARKER)).unwrap();
     // Signed by another key than the one it carries.
     sign_with_other_key(&release);
@@ -141,7 +145,9 @@ fn an_untrusted_bundle_over_https_is_refused_before_its_payload_is_downloaded() 
     let seen = server.faults.seen();
     assert!(seen.iter().any(|r| r == "GET MANIFEST"), "{seen:?}");
     assert!(
-        !seen.iter().any(|r| r.contains(WEIGHTS) || r.contains("config.json")),
+        !seen
+            .iter()
+            .any(|r| r.contains(WEIGHTS) || r.contains("config.json")),
         "payload requested although the key was refused: {seen:?}"
     );
 

@@ -8,9 +8,9 @@ mod common;
 #[path = "common/remote.rs"]
 mod remote;
 
-use remote::{Moto, Pki, Registry, Release};
 use common::server::Server;
 use common::{golden, max_abs_diff};
+use remote::{Moto, Pki, Registry, Release};
 use std::process::{Command, Output};
 
 const TOLERANCE: f32 = 1e-4;
@@ -88,7 +88,10 @@ fn assert_golden(server: &Server, url: &str, model_bytes: u64) {
     let load = &info["bundle_load"];
     assert_eq!(load["source"], url, "{info}");
     assert_eq!(load["bytes"], model_bytes, "{info}");
-    assert!(load["throughput_mib_s"].as_f64().unwrap_or(0.0) > 0.0, "{info}");
+    assert!(
+        load["throughput_mib_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{info}"
+    );
     assert_eq!(info["trusted_keys_pinned"], true);
 }
 
@@ -106,8 +109,15 @@ fn minilm_published_to_s3_is_served_with_golden_answers() {
         &moto.env(),
     );
     let line = String::from_utf8_lossy(&verified.stdout);
-    assert!(verified.status.success(), "{line}{}", String::from_utf8_lossy(&verified.stderr));
-    assert!(line.starts_with("s3://models/minilm/v1/: OK sentence-transformers/all-MiniLM-L6-v2"), "{line}");
+    assert!(
+        verified.status.success(),
+        "{line}{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert!(
+        line.starts_with("s3://models/minilm/v1/: OK sentence-transformers/all-MiniLM-L6-v2"),
+        "{line}"
+    );
 
     let server = start(
         &["--trusted-key", &release.fingerprint, "--model-url", &url],
@@ -133,10 +143,20 @@ fn minilm_pushed_to_an_oci_registry_is_pulled_by_digest_and_served() {
         "{url}"
     );
     // Publishing the same bundle again gives the same artifact.
-    assert_eq!(publish(&dir, &destination, &["--ca-file", &ca], &registry.env()), url);
+    assert_eq!(
+        publish(&dir, &destination, &["--ca-file", &ca], &registry.env()),
+        url
+    );
 
     let server = start(
-        &["--trusted-key", &release.fingerprint, "--model-url", &url, "--ca-file", &ca],
+        &[
+            "--trusted-key",
+            &release.fingerprint,
+            "--model-url",
+            &url,
+            "--ca-file",
+            &ca,
+        ],
         &registry.env(),
     );
     assert_golden(&server, &url, release.payload_bytes());
@@ -144,7 +164,14 @@ fn minilm_pushed_to_an_oci_registry_is_pulled_by_digest_and_served() {
 
     // The registry requires the login: without it, serve stops with one clear line.
     let refusal = remote::serve_refuses(
-        &["--trusted-key", &release.fingerprint, "--model-url", &url, "--ca-file", &ca],
+        &[
+            "--trusted-key",
+            &release.fingerprint,
+            "--model-url",
+            &url,
+            "--ca-file",
+            &ca,
+        ],
         &[],
     );
     assert_eq!(refusal.code, 20, "{}", refusal.stderr);
@@ -164,18 +191,36 @@ fn tiny_bundle_over_https_with_a_private_ca_answers_like_the_same_bundle_loaded_
 
     // Without the CA the TLS handshake fails, and the line says what to do.
     let refusal = remote::serve_refuses(
-        &["--trusted-key", &release.fingerprint, "--model-url", &files.base],
+        &[
+            "--trusted-key",
+            &release.fingerprint,
+            "--model-url",
+            &files.base,
+        ],
         &[],
     );
     assert_eq!(refusal.code, 20, "{}", refusal.stderr);
     let line = remote::last_line(&refusal.stderr);
-    assert!(line.contains("TLS error") && line.contains("--ca-file"), "{line}");
+    assert!(
+        line.contains("TLS error") && line.contains("--ca-file"),
+        "{line}"
+    );
 
     let server = start(
-        &["--trusted-key", &release.fingerprint, "--model-url", &files.base, "--ca-file", &ca],
+        &[
+            "--trusted-key",
+            &release.fingerprint,
+            "--model-url",
+            &files.base,
+            "--ca-file",
+            &ca,
+        ],
         &[],
     );
-    let texts = vec!["hello world".to_string(), "the cat sat on the mat".to_string()];
+    let texts = vec![
+        "hello world".to_string(),
+        "the cat sat on the mat".to_string(),
+    ];
     let served = post_embed(&server.base, &texts);
 
     // The same folder, fetched in-process through file:// and loaded on CPU.
@@ -200,6 +245,13 @@ fn tiny_bundle_over_https_with_a_private_ca_answers_like_the_same_bundle_loaded_
     }
     // Files were fetched with ranged GETs after HEADs sized them.
     let seen = files.faults.seen();
-    assert!(seen.iter().any(|r| r.starts_with("HEAD model.safetensors")), "{seen:?}");
-    assert!(seen.iter().any(|r| r.starts_with("GET model.safetensors bytes=0-")), "{seen:?}");
+    assert!(
+        seen.iter().any(|r| r.starts_with("HEAD model.safetensors")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|r| r.starts_with("GET model.safetensors bytes=0-")),
+        "{seen:?}"
+    );
 }

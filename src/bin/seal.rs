@@ -215,7 +215,10 @@ fn run(args: Args) -> Result<()> {
             let published = seal::publish(&dir, &destination, &trusted_keys, ca_file.as_deref())?;
             println!("{}", published.verified);
             println!("published {} files; serve them with:", published.files);
-            println!("  serve --trusted-key <fingerprint> --model-url {}", published.url);
+            println!(
+                "  serve --trusted-key <fingerprint> --model-url {}",
+                published.url
+            );
         }
         Command::Inspect { binary, json } => {
             let inspection = seal::inspect(&binary)?;

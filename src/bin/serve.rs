@@ -184,7 +184,12 @@ fn fetch_remote(
         .thread_name("sealserve-fetch")
         .enable_all()
         .build()
-        .map_err(|e| Fatal::new(exit::INTERNAL, format!("cannot start the fetch runtime: {e}")))?;
+        .map_err(|e| {
+            Fatal::new(
+                exit::INTERNAL,
+                format!("cannot start the fetch runtime: {e}"),
+            )
+        })?;
     let fetched = runtime
         .block_on(remote::fetch(&url, policy, &options))
         .map_err(|e| {
@@ -210,7 +215,9 @@ fn fetch_remote(
         "bundle verified"
     );
     if verified.dev_signed {
-        tracing::warn!("THIS BUNDLE IS DEV-SIGNED: it was signed at build time by an ephemeral key.");
+        tracing::warn!(
+            "THIS BUNDLE IS DEV-SIGNED: it was signed at build time by an ephemeral key."
+        );
     }
     Ok((verified, load))
 }

@@ -127,7 +127,10 @@ mod tests {
         let frozen = region.freeze();
         assert!(frozen.iter().all(|b| *b == 7));
         // Whole pages inside the range go; the partial first and last page stay readable.
-        assert_eq!(crate::memory::release_pages(&frozen[1..3 * page + 5]), 2 * page);
+        assert_eq!(
+            crate::memory::release_pages(&frozen[1..3 * page + 5]),
+            2 * page
+        );
         assert_eq!(frozen[0], 7);
         assert_eq!(frozen[3 * page + 9], 7);
         assert!(Region::new(0).unwrap().freeze().is_empty());

@@ -161,7 +161,11 @@ pub async fn download_all(
     let mut states = Vec::with_capacity(jobs.len());
     for Job { name, mut region } in jobs {
         let size = region.len() as u64;
-        let step = if connections == 1 { size.max(1) } else { RANGE_BYTES };
+        let step = if connections == 1 {
+            size.max(1)
+        } else {
+            RANGE_BYTES
+        };
         let ranges = (0..size.div_ceil(step))
             .map(|i| i * step..((i + 1) * step).min(size))
             .collect::<Vec<_>>();
@@ -429,10 +433,15 @@ mod tests {
                     region: Region::new(0).unwrap(),
                 },
             ];
-            let (fetched, stats) =
-                download_all(&store, jobs, connections, &RetryPolicy::default(), &progress)
-                    .await
-                    .unwrap();
+            let (fetched, stats) = download_all(
+                &store,
+                jobs,
+                connections,
+                &RetryPolicy::default(),
+                &progress,
+            )
+            .await
+            .unwrap();
             assert_eq!(stats.bytes, size as u64);
             assert_eq!(fetched[0].sha256, crate::manifest::sha256_hex(&data));
             assert_eq!(fetched[0].region.as_slice(), &data[..]);

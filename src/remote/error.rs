@@ -249,11 +249,17 @@ mod tests {
         ] {
             assert_eq!(FetchErrorKind::of_status(status), kind, "{status}");
         }
-        let denied = FetchError::status("s3://b/p/MANIFEST", 403, "<Error><Code>AccessDenied</Code>\n</Error>");
+        let denied = FetchError::status(
+            "s3://b/p/MANIFEST",
+            403,
+            "<Error><Code>AccessDenied</Code>\n</Error>",
+        );
         let line = denied.to_string();
         assert!(!line.contains('\n'), "{line}");
         assert!(
-            line.starts_with("s3://b/p/MANIFEST: access denied (HTTP 403 Forbidden: <Error><Code>AccessDenied"),
+            line.starts_with(
+                "s3://b/p/MANIFEST: access denied (HTTP 403 Forbidden: <Error><Code>AccessDenied"
+            ),
             "{line}"
         );
         assert!(line.contains("AWS_ACCESS_KEY_ID"), "{line}");
@@ -266,7 +272,11 @@ mod tests {
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         );
         assert!(chain_has_tls_error(&tls));
-        assert!(error_chain(&tls).contains("UnknownIssuer"), "{}", error_chain(&tls));
+        assert!(
+            error_chain(&tls).contains("UnknownIssuer"),
+            "{}",
+            error_chain(&tls)
+        );
         let plain = std::io::Error::other("connection reset");
         assert!(!chain_has_tls_error(&plain));
     }

@@ -35,7 +35,11 @@ impl FileStore {
             std::io::ErrorKind::PermissionDenied => FetchErrorKind::Denied,
             _ => FetchErrorKind::Permanent,
         };
-        FetchError::new(kind, self.dir.join(name).display().to_string(), e.to_string())
+        FetchError::new(
+            kind,
+            self.dir.join(name).display().to_string(),
+            e.to_string(),
+        )
     }
 
     /// The regular files directly in the folder, by name.
@@ -64,7 +68,13 @@ impl FileStore {
             Ok(listed)
         })
         .await
-        .map_err(|e| FetchError::new(FetchErrorKind::Permanent, self.dir.display().to_string(), e.to_string()))?;
+        .map_err(|e| {
+            FetchError::new(
+                FetchErrorKind::Permanent,
+                self.dir.display().to_string(),
+                e.to_string(),
+            )
+        })?;
         listed.map_err(|e| self.error("", &e))
     }
 
@@ -111,16 +121,18 @@ impl FileStore {
                 }
                 let want = remaining.min(READ_CHUNK as u64) as usize;
                 let mut chunk = BytesMut::zeroed(want);
-                let read = file
-                    .read(&mut chunk)
-                    .await
-                    .map_err(|e| FetchError::new(FetchErrorKind::Permanent, &what, e.to_string()))?;
+                let read = file.read(&mut chunk).await.map_err(|e| {
+                    FetchError::new(FetchErrorKind::Permanent, &what, e.to_string())
+                })?;
                 if read == 0 {
                     // Shorter than listed: the downloader reports it.
                     return Ok(None);
                 }
                 chunk.truncate(read);
-                Ok(Some((chunk.freeze(), (file, remaining - read as u64, what))))
+                Ok(Some((
+                    chunk.freeze(),
+                    (file, remaining - read as u64, what),
+                )))
             },
         );
         Ok(Box::pin(stream))

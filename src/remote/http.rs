@@ -109,7 +109,10 @@ impl HttpStore {
     }
 }
 
-async fn check_status(url: &str, response: reqwest::Response) -> Result<reqwest::Response, FetchError> {
+async fn check_status(
+    url: &str,
+    response: reqwest::Response,
+) -> Result<reqwest::Response, FetchError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);

@@ -149,7 +149,13 @@ pub async fn fetch(
     let started = Instant::now();
     let roots = tls::Roots::load(options.ca_file.as_deref())?;
     if matches!(url, ModelUrl::Http { base } if base.starts_with("http://"))
-        || matches!(url, ModelUrl::Oci { plain_http: true, .. })
+        || matches!(
+            url,
+            ModelUrl::Oci {
+                plain_http: true,
+                ..
+            }
+        )
     {
         tracing::warn!(url = %url, "plain HTTP: the signature still guards the bundle's integrity, but anyone on the path sees what is fetched");
     }
@@ -175,8 +181,9 @@ pub async fn fetch(
 
     let mut jobs = Vec::with_capacity(sizes.len());
     for (name, size) in &sizes {
-        let len = usize::try_from(*size)
-            .map_err(|_| RemoteError::Config(format!("{name}: {size} bytes do not fit in memory")))?;
+        let len = usize::try_from(*size).map_err(|_| {
+            RemoteError::Config(format!("{name}: {size} bytes do not fit in memory"))
+        })?;
         jobs.push(download::Job {
             name: name.clone(),
             region: buffer::Region::new(len).map_err(RemoteError::Memory)?,
@@ -185,8 +192,7 @@ pub async fn fetch(
     let progress = Arc::new(progress::Progress::new(total));
     let (fetched, stats) = {
         let _logger = progress.spawn_logger();
-        download::download_all(&store, jobs, options.connections, &policy_retry, &progress)
-            .await?
+        download::download_all(&store, jobs, options.connections, &policy_retry, &progress).await?
     };
     // Every digest is checked before any region is handed out.
     for file in &fetched {

@@ -17,7 +17,9 @@ use super::tls::{Roots, CONNECT_TIMEOUT};
 use super::url::ModelUrl;
 use crate::manifest::{is_plain_file_name, sha256_hex};
 use futures_util::StreamExt;
-use oci_client::client::{BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::client::{
+    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol,
+};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OCI_IMAGE_MEDIA_TYPE};
 use oci_client::secrets::RegistryAuth;
@@ -198,7 +200,11 @@ impl OciStore {
     pub async fn stream(&self, name: &str, range: Range<u64>) -> Result<ByteStream, FetchError> {
         let what = self.what(name);
         let layer = self.layers.get(name).ok_or_else(|| {
-            FetchError::new(FetchErrorKind::NotFound, &what, "the artifact has no such layer")
+            FetchError::new(
+                FetchErrorKind::NotFound,
+                &what,
+                "the artifact has no such layer",
+            )
         })?;
         let response = self
             .client
@@ -315,7 +321,11 @@ pub async fn push(
     for (name, path) in config.chain(blobs) {
         let data = match name {
             Some(_) => std::fs::read(path).map_err(|e| {
-                FetchError::new(FetchErrorKind::Permanent, path.display().to_string(), e.to_string())
+                FetchError::new(
+                    FetchErrorKind::Permanent,
+                    path.display().to_string(),
+                    e.to_string(),
+                )
             })?,
             None => EMPTY_CONFIG.to_vec(),
         };
@@ -339,7 +349,9 @@ pub async fn push(
     let digest = format!("sha256:{}", sha256_hex(&manifest));
     let target = match tag {
         Some(_) => by_tag.clone(),
-        None => Reference::with_digest(registry.to_string(), repository.to_string(), digest.clone()),
+        None => {
+            Reference::with_digest(registry.to_string(), repository.to_string(), digest.clone())
+        }
     };
     client
         .push_manifest_raw(
@@ -387,7 +399,10 @@ fn classify(what: &str, error: &OciDistributionError) -> FetchError {
                 .any(|c| matches!(c, OciErrorCode::Denied | OciErrorCode::Unauthorized))
             {
                 FetchErrorKind::Denied
-            } else if codes.iter().any(|c| matches!(c, OciErrorCode::Toomanyrequests)) {
+            } else if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Toomanyrequests))
+            {
                 FetchErrorKind::Transient
             } else {
                 FetchErrorKind::Permanent
@@ -413,7 +428,10 @@ mod tests {
         assert_eq!(bytes, manifest_bytes(&files));
         let layers = layers_of(&bytes).unwrap();
         assert_eq!(layers.len(), 2);
-        assert_eq!(layers["model.safetensors"].digest, format!("sha256:{}", "cd".repeat(32)));
+        assert_eq!(
+            layers["model.safetensors"].digest,
+            format!("sha256:{}", "cd".repeat(32))
+        );
         assert_eq!(layers["MANIFEST"].size, 120);
     }
 
@@ -422,14 +440,23 @@ mod tests {
         let good = String::from_utf8(manifest_bytes(&[("a".into(), "ab".repeat(32), 1)])).unwrap();
         for (bad, reason) in [
             (good.replace(ARTIFACT_TYPE, "application/x"), "artifactType"),
-            (good.replace(TITLE_ANNOTATION, "other"), "has no org.opencontainers.image.title"),
-            (good.replace(LAYER_MEDIA_TYPE, "application/x"), "media type"),
+            (
+                good.replace(TITLE_ANNOTATION, "other"),
+                "has no org.opencontainers.image.title",
+            ),
+            (
+                good.replace(LAYER_MEDIA_TYPE, "application/x"),
+                "media type",
+            ),
             (good.replace("\"a\"", "\"../a\""), "plain file name"),
         ] {
             let err = layers_of(bad.as_bytes()).unwrap_err();
             assert!(err.contains(reason), "{err}");
         }
-        let twice = manifest_bytes(&[("a".into(), "ab".repeat(32), 1), ("a".into(), "cd".repeat(32), 1)]);
+        let twice = manifest_bytes(&[
+            ("a".into(), "ab".repeat(32), 1),
+            ("a".into(), "cd".repeat(32), 1),
+        ]);
         assert!(layers_of(&twice).unwrap_err().contains("two layers"));
     }
 }

@@ -41,7 +41,11 @@ impl Progress {
         let elapsed = self.started.elapsed().as_secs_f64().max(1e-9);
         let rate = done as f64 / elapsed;
         let left = self.total.saturating_sub(done) as f64;
-        let eta = if rate > 0.0 { left / rate } else { f64::INFINITY };
+        let eta = if rate > 0.0 {
+            left / rate
+        } else {
+            f64::INFINITY
+        };
         tracing::info!(
             fetched_mib = format!("{:.1}", mib(done)),
             total_mib = format!("{:.1}", mib(self.total)),

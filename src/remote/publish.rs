@@ -47,7 +47,10 @@ impl std::str::FromStr for Destination {
             // Reuse the pull-URL rules for the registry and repository names.
             let probe = format!("oci://{registry}/{repository}@sha256:{}", "0".repeat(64));
             probe.parse::<ModelUrl>()?;
-            if tag.as_deref().is_some_and(|t| t.is_empty() || t.contains('@')) {
+            if tag
+                .as_deref()
+                .is_some_and(|t| t.is_empty() || t.contains('@'))
+            {
                 return Err(RemoteError::Config(format!(
                     "{value}: a tag is letters, digits, '.', '_', '-'; the digest is what `seal publish` prints"
                 )));
@@ -120,7 +123,9 @@ mod tests {
     #[test]
     fn destinations_parse_with_or_without_a_tag() {
         assert_eq!(
-            "oci://127.0.0.1:5000/team/minilm:v1".parse::<Destination>().unwrap(),
+            "oci://127.0.0.1:5000/team/minilm:v1"
+                .parse::<Destination>()
+                .unwrap(),
             Destination::Oci {
                 plain_http: false,
                 registry: "127.0.0.1:5000".into(),
@@ -129,8 +134,14 @@ mod tests {
             }
         );
         assert!(matches!(
-            "oci+http://localhost:5000/minilm".parse::<Destination>().unwrap(),
-            Destination::Oci { plain_http: true, tag: None, .. }
+            "oci+http://localhost:5000/minilm"
+                .parse::<Destination>()
+                .unwrap(),
+            Destination::Oci {
+                plain_http: true,
+                tag: None,
+                ..
+            }
         ));
         assert_eq!(
             "s3://b/p".parse::<Destination>().unwrap(),

@@ -168,7 +168,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, String)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
     }
 
     #[test]
@@ -179,11 +182,17 @@ mod tests {
         let auth = base64::engine::general_purpose::STANDARD.encode("bob:s3cret");
         std::fs::write(
             docker.join("config.json"),
-            format!(r#"{{"auths": {{"https://registry.example:5000/v1/": {{"auth": "{auth}"}}}}}}"#),
+            format!(
+                r#"{{"auths": {{"https://registry.example:5000/v1/": {{"auth": "{auth}"}}}}}}"#
+            ),
         )
         .unwrap();
         let docker_dir = docker.display().to_string();
-        let found = for_registry("registry.example:5000", &env(&[("DOCKER_CONFIG", docker_dir.clone())])).unwrap();
+        let found = for_registry(
+            "registry.example:5000",
+            &env(&[("DOCKER_CONFIG", docker_dir.clone())]),
+        )
+        .unwrap();
         assert_eq!(
             found,
             Credentials::Basic {

@@ -106,7 +106,11 @@ impl S3Store {
 
     /// A whole small object, `None` when absent.
     pub async fn read_small(&self, name: &str, limit: u64) -> Result<Option<Vec<u8>>, FetchError> {
-        let result = match self.store.get_opts(&self.path(name), GetOptions::default()).await {
+        let result = match self
+            .store
+            .get_opts(&self.path(name), GetOptions::default())
+            .await
+        {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(classify(self.url(name), &e)),
@@ -150,7 +154,11 @@ impl S3Store {
         const PART: usize = 16 << 20;
         let url = self.url(name);
         let io_error = |e: std::io::Error| {
-            FetchError::new(FetchErrorKind::Permanent, path.display().to_string(), e.to_string())
+            FetchError::new(
+                FetchErrorKind::Permanent,
+                path.display().to_string(),
+                e.to_string(),
+            )
         };
         let size = std::fs::metadata(path).map_err(io_error)?.len();
         if size <= SINGLE_PUT_LIMIT {
@@ -224,8 +232,10 @@ fn builder(
 ) -> Result<AmazonS3Builder, RemoteError> {
     let get = |key: &str| env.get(key).filter(|v| !v.trim().is_empty()).cloned();
     let mut builder = AmazonS3Builder::new();
+    // Blank values count as unset (CML and Helm charts set optional variables to ""), so an
+    // empty key never becomes a credential that signs every request wrongly.
     for (key, value) in env {
-        if key.starts_with("AWS_") {
+        if key.starts_with("AWS_") && !value.trim().is_empty() {
             if let Ok(config_key) = key.to_ascii_lowercase().parse() {
                 builder = builder.with_config(config_key, value.clone());
             }
@@ -296,7 +306,10 @@ fn builder(
 }
 
 fn is_true(value: &str) -> bool {
-    matches!(value.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes")
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes"
+    )
 }
 
 /// The settings of one AWS profile, from the shared credentials file and the config file.
@@ -336,7 +349,10 @@ impl Profile {
         };
         for (file, section) in [
             (path("AWS_CONFIG_FILE", "config"), config_section.as_str()),
-            (path("AWS_SHARED_CREDENTIALS_FILE", "credentials"), name.as_str()),
+            (
+                path("AWS_SHARED_CREDENTIALS_FILE", "credentials"),
+                name.as_str(),
+            ),
         ] {
             let Some(file) = file else { continue };
             let text = match std::fs::read_to_string(&file) {
@@ -436,7 +452,8 @@ mod tests {
         vars.insert("AWS_PROFILE".into(), "ozone".into());
         let b = builder("models", &vars, client()).unwrap();
         assert_eq!(
-            b.get_config_value(&AmazonS3ConfigKey::AccessKeyId).as_deref(),
+            b.get_config_value(&AmazonS3ConfigKey::AccessKeyId)
+                .as_deref(),
             Some("OZONEKEY")
         );
         assert_eq!(
@@ -453,7 +470,8 @@ mod tests {
         vars.insert("AWS_SECRET_ACCESS_KEY".into(), "env-secret".into());
         let b = builder("models", &vars, client()).unwrap();
         assert_eq!(
-            b.get_config_value(&AmazonS3ConfigKey::AccessKeyId).as_deref(),
+            b.get_config_value(&AmazonS3ConfigKey::AccessKeyId)
+                .as_deref(),
             Some("ENVKEY")
         );
 

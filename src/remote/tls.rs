@@ -128,7 +128,10 @@ mod tests {
         std::fs::write(&path, "not a certificate\n").unwrap();
         let err = Roots::load(Some(&path)).unwrap_err();
         assert!(matches!(err, RemoteError::Config(_)), "{err}");
-        assert!(err.to_string().contains("holds no PEM certificate"), "{err}");
+        assert!(
+            err.to_string().contains("holds no PEM certificate"),
+            "{err}"
+        );
         let missing = Roots::load(Some(&dir.path().join("absent.pem"))).unwrap_err();
         assert!(missing.to_string().contains("absent.pem"), "{missing}");
     }

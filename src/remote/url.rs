@@ -249,7 +249,10 @@ mod tests {
             ("s3:///prefix/", "no bucket"),
             ("oci://registry/repo:latest", "by digest only"),
             ("oci://registry/repo@sha256:abc", "64 lowercase hex"),
-            ("oci://registry/Repo@sha256:{d}", "not a valid OCI repository"),
+            (
+                "oci://registry/Repo@sha256:{d}",
+                "not a valid OCI repository",
+            ),
             ("file://relative/dir", "absolute path"),
         ] {
             let url = url.replace("{d}", &"ab".repeat(32));

@@ -34,7 +34,9 @@ pub fn free_port() -> u16 {
 
 /// Runs a command, panicking with its output if it fails.
 pub fn run(command: &mut Command) -> String {
-    let output = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
     assert!(
         output.status.success(),
         "{command:?} failed: {}\n{}",
@@ -56,15 +58,42 @@ impl Pki {
     pub fn new() -> Pki {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = |name: &str| dir.path().join(name);
-        let openssl = |args: &[&str]| run(Command::new("openssl").args(args).current_dir(dir.path()));
+        let openssl =
+            |args: &[&str]| run(Command::new("openssl").args(args).current_dir(dir.path()));
         openssl(&[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=sealserve test CA",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=sealserve test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
         ]);
         openssl(&[
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-            "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
         ]);
         std::fs::write(
             p("ext.cnf"),
@@ -72,8 +101,21 @@ impl Pki {
         )
         .expect("ext.cnf");
         openssl(&[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
         ]);
         Pki {
             ca: p("ca.pem"),
@@ -112,7 +154,10 @@ impl Release {
     pub fn from_bundle(bundle: &[u8]) -> Release {
         let parsed = Bundle::parse(bundle).expect("parse bundle");
         let key = SecretKey::generate();
-        let manifest = parsed.get(bundle::MANIFEST_FILE).expect("MANIFEST").to_vec();
+        let manifest = parsed
+            .get(bundle::MANIFEST_FILE)
+            .expect("MANIFEST")
+            .to_vec();
         let signature = key.sign(&manifest, bundle::MANIFEST_FILE, 1_700_000_000);
         let dir = tempfile::tempdir().expect("tempdir");
         for (name, bytes) in parsed.entries() {
@@ -166,6 +211,7 @@ impl Release {
 pub struct Faults {
     fail_once: Mutex<HashMap<String, u16>>,
     cut_once: Mutex<HashSet<String>>,
+    cut_always: Mutex<HashSet<String>>,
     always: Mutex<HashMap<String, u16>>,
     seen: Mutex<Vec<String>>,
 }
@@ -179,6 +225,11 @@ impl Faults {
     /// The next GET for `name` sends half of its body, then the connection is reset.
     pub fn cut_once(&self, name: &str) {
         self.cut_once.lock().unwrap().insert(name.into());
+    }
+
+    /// Every GET for `name` sends half of its body, then the connection is reset.
+    pub fn cut_always(&self, name: &str) {
+        self.cut_always.lock().unwrap().insert(name.into());
     }
 
     /// Every request for `name` is answered with `status`.
@@ -207,7 +258,9 @@ impl Faults {
         if let Some(status) = self.fail_once.lock().unwrap().remove(name) {
             return (Some(status), false);
         }
-        let cut = *method == Method::GET && self.cut_once.lock().unwrap().remove(name);
+        let cut = *method == Method::GET
+            && (self.cut_once.lock().unwrap().remove(name)
+                || self.cut_always.lock().unwrap().contains(name));
         (None, cut)
     }
 }
@@ -304,17 +357,24 @@ impl FileServer {
             dir: dir.to_path_buf(),
             faults: faults.clone(),
         });
-        let app = axum::Router::new()
-            .fallback(serve_file)
-            .with_state(state);
+        let app = axum::Router::new().fallback(serve_file).with_state(state);
         let acceptor = tls.map(Pki::acceptor);
         let port = background.runtime().block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
             let port = listener.local_addr().expect("addr").port();
             match acceptor {
                 Some(acceptor) => {
                     tokio::spawn(async move {
-                        let _ = axum::serve(TlsListener { inner: listener, acceptor }, app).await;
+                        let _ = axum::serve(
+                            TlsListener {
+                                inner: listener,
+                                acceptor,
+                            },
+                            app,
+                        )
+                        .await;
                     });
                 }
                 None => {
@@ -339,7 +399,9 @@ async fn serve_file(State(state): State<Arc<FileState>>, request: Request) -> Re
     let Some(name) = path.strip_prefix("/bundle/") else {
         return error_response(404);
     };
-    let (status, cut) = state.faults.decide(request.method(), name, request.headers());
+    let (status, cut) = state
+        .faults
+        .decide(request.method(), name, request.headers());
     if let Some(status) = status {
         return error_response(status);
     }
@@ -382,7 +444,10 @@ async fn serve_file(State(state): State<Arc<FileState>>, request: Request) -> Re
     headers.insert("content-length", HeaderValue::from(len));
     headers.insert("accept-ranges", HeaderValue::from_static("bytes"));
     if let Some(range) = content_range {
-        headers.insert("content-range", HeaderValue::from_str(&range).expect("header"));
+        headers.insert(
+            "content-range",
+            HeaderValue::from_str(&range).expect("header"),
+        );
     }
     response
 }
@@ -414,7 +479,9 @@ impl S3Proxy {
         });
         let app = axum::Router::new().fallback(proxy).with_state(state);
         let port = background.runtime().block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
             let port = listener.local_addr().expect("addr").port();
             tokio::spawn(async move {
                 let _ = axum::serve(listener, app).await;
@@ -571,17 +638,32 @@ impl Moto {
                 .header("authorization", unsigned("s3"))
                 .send()
                 .expect("moto create bucket");
-            assert!(response.status().is_success(), "create bucket {bucket}: {}", response.status());
+            assert!(
+                response.status().is_success(),
+                "create bucket {bucket}: {}",
+                response.status()
+            );
         }
-        iam(&[("Action", "CreateUser"), ("UserName", "sealserve"), ("Version", "2010-05-08")]);
+        iam(&[
+            ("Action", "CreateUser"),
+            ("UserName", "sealserve"),
+            ("Version", "2010-05-08"),
+        ]);
         iam(&[
             ("Action", "PutUserPolicy"),
             ("UserName", "sealserve"),
             ("PolicyName", "s3"),
-            ("PolicyDocument", r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#),
+            (
+                "PolicyDocument",
+                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#,
+            ),
             ("Version", "2010-05-08"),
         ]);
-        let keys = iam(&[("Action", "CreateAccessKey"), ("UserName", "sealserve"), ("Version", "2010-05-08")]);
+        let keys = iam(&[
+            ("Action", "CreateAccessKey"),
+            ("UserName", "sealserve"),
+            ("Version", "2010-05-08"),
+        ]);
         let field = |tag: &str| {
             keys.split(&format!("<{tag}>"))
                 .nth(1)
@@ -688,7 +770,10 @@ pub fn serve_refuses(args: &[&str], env: &[(String, String)]) -> Refusal {
     }
     let mut child = command.spawn().expect("spawn serve");
     let stderr = child.stderr.take().expect("stderr");
-    let lines: Vec<String> = BufReader::new(stderr).lines().map_while(Result::ok).collect();
+    let lines: Vec<String> = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
     let status = child.wait().expect("serve exits");
     let stderr = lines.join("\n");
     assert!(

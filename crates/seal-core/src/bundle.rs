@@ -359,8 +359,8 @@ pub struct SignedManifest {
 impl SignedManifest {
     /// Key parse → trust → signatures → MANIFEST parse. `signing` returns the bytes of a signing
     /// file ([`SIGNING_FILES`]) by name, `None` when the bundle has no such file.
-    pub fn verify(
-        signing: &dyn Fn(&str) -> Option<&[u8]>,
+    pub fn verify<'b>(
+        signing: &dyn Fn(&str) -> Option<&'b [u8]>,
         dev_signed: bool,
         policy: &TrustPolicy,
     ) -> Result<Self, VerifyError> {
@@ -452,12 +452,10 @@ impl SignedManifest {
 /// The refusal for a file MANIFEST lists but the bundle does not carry (also what a remote
 /// store's 404 for a listed file becomes).
 pub fn missing_file(name: &str) -> VerifyError {
-    VerifyError::Manifest(format!(
-        "it lists {name}, which the bundle does not carry"
-    ))
+    VerifyError::Manifest(format!("it lists {name}, which the bundle does not carry"))
 }
 
-fn public_key(signing: &dyn Fn(&str) -> Option<&[u8]>) -> Result<PublicKey, VerifyError> {
+fn public_key<'b>(signing: &dyn Fn(&str) -> Option<&'b [u8]>) -> Result<PublicKey, VerifyError> {
     let key_error = |file, source| VerifyError::PublicKey { file, source };
     let pem = signing(PUBLIC_KEY_FILE).ok_or_else(|| {
         key_error(
@@ -484,8 +482,8 @@ fn public_key(signing: &dyn Fn(&str) -> Option<&[u8]>) -> Result<PublicKey, Veri
     }
 }
 
-fn verify_signatures(
-    signing: &dyn Fn(&str) -> Option<&[u8]>,
+fn verify_signatures<'b>(
+    signing: &dyn Fn(&str) -> Option<&'b [u8]>,
     manifest: &[u8],
     key: &PublicKey,
 ) -> Result<(), VerifyError> {
