@@ -1,5 +1,9 @@
-//! Prometheus metrics: names in one place, recorder installed once per process, rendered by
-//! `GET /metrics` through metrics-exporter-prometheus (no hand-written exposition text).
+//! Prometheus metrics: every metric name in one place, the recorder installed once per process,
+//! and the text rendering `GET /metrics` serves (metrics-exporter-prometheus, no hand-written
+//! exposition text).
+//!
+//! Why a bottom-layer module: the batcher, the core layer and http all record metrics; keeping the
+//! names here (and not in `http`) lets every layer record without importing the one above it.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -22,7 +26,7 @@ pub const TOKENIZATION_SECONDS: &str = "sealserve_tokenization_seconds";
 pub const QUEUE_SECONDS: &str = "sealserve_queue_seconds";
 /// Time one engine batch took.
 pub const INFERENCE_SECONDS: &str = "sealserve_inference_seconds";
-/// Constant 1 with the model, device and dtype as labels.
+/// Constant 1 with the model, revision, device and dtype as labels (set by `infer::Infer::new`).
 pub const MODEL_INFO: &str = "sealserve_model_info";
 
 const LATENCY_BUCKETS: &[f64] = &[
