@@ -481,7 +481,7 @@ mod tests {
             extra.path()
         );
         let nope = extra.path().join("nope");
-        assert!(!candidate_dirs(&[nope.clone()], &[]).contains(&nope));
+        assert!(!candidate_dirs(std::slice::from_ref(&nope), &[]).contains(&nope));
     }
 
     #[test]

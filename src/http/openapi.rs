@@ -87,6 +87,8 @@ pub struct Bounds {
     pub dimensions: usize,
     /// The model's prompt names.
     pub prompt_names: Vec<String>,
+    /// The model id `/v1/models/{id}` answers for.
+    pub model_id: String,
 }
 
 /// The document served at /openapi.json: [`openapi_document`] with the bounds of `infer`.
@@ -95,12 +97,17 @@ pub fn document_for(infer: &Infer) -> Value {
         max_inputs: infer.limits().max_client_batch_size.get(),
         dimensions: infer.model().dimensions,
         prompt_names: infer.model().prompts.keys().cloned().collect(),
+        model_id: infer.model().model_id.clone(),
     })
 }
 
 /// [`openapi_document`] made exact for `bounds`.
 pub fn document_with(bounds: &Bounds) -> Value {
     let mut document = serde_json::to_value(openapi_document()).unwrap_or(Value::Null);
+    if let Some(id) = document.pointer_mut("/paths/~1v1~1models~1{id}/get/parameters/0/schema") {
+        // The one id there is (other ids get 404).
+        *id = json!({"type": "string", "enum": [bounds.model_id]});
+    }
     let Some(schemas) = document
         .pointer_mut("/components/schemas")
         .and_then(Value::as_object_mut)
@@ -201,6 +208,7 @@ mod tests {
             max_inputs: 8,
             dimensions: 384,
             prompt_names: vec!["query".into()],
+            model_id: "org/model".into(),
         }
     }
 

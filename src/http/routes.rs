@@ -50,7 +50,14 @@ fn parse_body<T: DeserializeOwned>(family: ApiFamily, body: Body) -> Result<T, A
     parse_json(family, &bytes)
 }
 
+/// Every request body is a JSON object (serde's derive would also take an array of the fields).
 fn parse_json<T: DeserializeOwned>(family: ApiFamily, bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::validation(
+            family,
+            "request body must be a JSON object",
+        ));
+    }
     serde_json::from_slice(bytes).map_err(|e| {
         ApiError::validation(
             family,

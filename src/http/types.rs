@@ -7,7 +7,7 @@ use crate::engine::{ComputeDType, DeviceKind, EngineHealth, TokenInfo};
 use crate::harden::HardenReport;
 use crate::infer::ModelKind;
 use crate::limits::Limits;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, DeserializeOwned, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -82,15 +82,54 @@ impl<'de> Deserialize<'de> for TextItem {
     }
 }
 
+/// A nested object field: a JSON object only. serde's derive would also take a struct from an
+/// array of its fields in order, which the OpenAPI document does not allow.
+fn object<'de, D: Deserializer<'de>, T: DeserializeOwned>(deserializer: D) -> Result<T, D::Error> {
+    let map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+    serde_json::from_value(serde_json::Value::Object(map)).map_err(de::Error::custom)
+}
+
+/// [`object`] or `null`.
+fn object_or_null<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    Option::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)?
+        .map(|map| {
+            serde_json::from_value(serde_json::Value::Object(map)).map_err(de::Error::custom)
+        })
+        .transpose()
+}
+
+/// A non-negative whole number or `null`. JSON Schema counts `384.0` as an integer, so a client
+/// may send it; serde's `usize` alone would refuse it.
+fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    match Option::<serde_json::Number>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(number) => {
+            if let Some(n) = number.as_u64() {
+                return usize::try_from(n).map(Some).map_err(de::Error::custom);
+            }
+            match number.as_f64() {
+                Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= usize::MAX as f64 => {
+                    Ok(Some(f as usize))
+                }
+                _ => Err(de::Error::custom(format!(
+                    "expected a non-negative whole number, got {number}"
+                ))),
+            }
+        }
+    }
+}
+
 /// Which end of an over-long input is cut (TEI's `truncation_direction`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ToSchema)]
 pub enum TruncationDirection {
     /// Cut the start, keep the end.
-    #[serde(alias = "left", alias = "LEFT")]
+    #[serde(alias = "left")]
     Left,
     /// Cut the end, keep the start.
     #[default]
-    #[serde(alias = "right", alias = "RIGHT")]
+    #[serde(alias = "right")]
     Right,
 }
 
@@ -125,7 +164,7 @@ pub struct EmbedRequest {
     #[schema(nullable)]
     pub prompt_name: Option<String>,
     /// Keep only the first N components (then renormalise if normalising).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     #[schema(nullable, minimum = 1)]
     pub dimensions: Option<usize>,
 }
@@ -188,8 +227,9 @@ pub struct SimilarityParameters {
 /// `POST /similarity` (TEI), also `POST /` when `inputs` is an object.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct SimilarityRequest {
+    #[serde(deserialize_with = "object")]
     pub inputs: SimilarityInput,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_or_null")]
     #[schema(nullable)]
     pub parameters: Option<SimilarityParameters>,
 }
@@ -241,7 +281,7 @@ pub struct OpenAiEmbeddingsRequest {
     #[schema(nullable)]
     pub encoding_format: Option<EncodingFormat>,
     /// Keep only the first N components, renormalised.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     #[schema(nullable, minimum = 1)]
     pub dimensions: Option<usize>,
     /// Accepted for compatibility; unused.
@@ -358,11 +398,39 @@ impl From<TokenInfo> for SimpleToken {
 pub struct TokenizeResponse(pub Vec<Vec<SimpleToken>>);
 
 /// One id sequence or a list of them.
-#[derive(Clone, Debug, Deserialize, ToSchema)]
-#[serde(untagged)]
+#[derive(Clone, Debug, PartialEq, Eq, ToSchema)]
 pub enum InputIds {
     Single(Vec<u32>),
     Batch(Vec<Vec<u32>>),
+}
+
+impl<'de> Deserialize<'de> for InputIds {
+    /// `[1, 2]` is one sequence, `[[1, 2], [3]]` several; `[]` is one empty sequence. Ids are
+    /// whole numbers (`7.0` included, as JSON Schema's `integer` allows).
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let items = Vec::<serde_json::Value>::deserialize(deserializer)?;
+        let id = |value: &serde_json::Value| -> Result<u32, D::Error> {
+            whole_number(value)
+                .ok()
+                .flatten()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    de::Error::custom(format!(
+                        "token ids are whole numbers up to 2^32-1, got {value}"
+                    ))
+                })
+        };
+        let ids = |values: &[serde_json::Value]| values.iter().map(id).collect();
+        if items.iter().all(serde_json::Value::is_array) && !items.is_empty() {
+            items
+                .iter()
+                .map(|item| ids(item.as_array().map_or(&[][..], Vec::as_slice)))
+                .collect::<Result<_, _>>()
+                .map(InputIds::Batch)
+        } else {
+            ids(&items).map(InputIds::Single)
+        }
+    }
 }
 
 /// `POST /decode` (TEI).
@@ -388,6 +456,7 @@ pub struct CmlModelRequest {
     #[schema(nullable)]
     pub access_key: Option<String>,
     /// The same fields as `POST /embed`.
+    #[serde(deserialize_with = "object")]
     pub request: EmbedRequest,
 }
 
@@ -514,6 +583,25 @@ mod tests {
         );
         let err = serde_json::from_str::<EmbedRequest>(r#"{"inputs":[[1,2]]}"#).unwrap_err();
         assert!(err.to_string().contains("token-id arrays"), "{err}");
+    }
+
+    #[test]
+    fn nested_objects_must_be_objects_and_whole_floats_are_integers() {
+        let arrays = r#"{"inputs": {"source_sentence": "a", "sentences": ["b"]}, "parameters": [null, null]}"#;
+        assert!(serde_json::from_str::<SimilarityRequest>(arrays).is_err());
+        let null =
+            r#"{"inputs": {"source_sentence": "a", "sentences": ["b"]}, "parameters": null}"#;
+        assert!(serde_json::from_str::<SimilarityRequest>(null).is_ok());
+        let request: EmbedRequest =
+            serde_json::from_str(r#"{"inputs": "x", "dimensions": 12.0}"#).unwrap();
+        assert_eq!(request.dimensions, Some(12));
+        for bad in ["12.5", "-1", "\"12\""] {
+            let body = format!(r#"{{"inputs": "x", "dimensions": {bad}}}"#);
+            assert!(
+                serde_json::from_str::<EmbedRequest>(&body).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
