@@ -11,40 +11,8 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Exit codes of `serve`, one per kind of failure (documented in README and `serve --help`).
-pub mod exit {
-    /// Unexpected internal error.
-    pub const INTERNAL: i32 = 1;
-    /// Bad flag, environment variable or configuration value (clap uses 2 as well).
-    pub const CONFIG: i32 = 2;
-    /// The requested device (CUDA) is not available.
-    pub const DEVICE: i32 = 3;
-    /// The verified model could not be loaded or warmed up.
-    pub const LOAD: i32 = 4;
-    /// The listening socket could not be bound, or the server failed.
-    pub const SERVE: i32 = 5;
-    /// Hardening was requested and could not be applied.
-    pub const HARDEN: i32 = 6;
-}
-
-/// Shown under `serve --help`.
-pub const EXIT_CODES_HELP: &str = "\
-Exit codes:
-   0  success (clean shutdown, or --verify-only passed)
-   1  internal error
-   2  configuration error (bad flag or environment variable)
-   3  requested device unavailable (e.g. --device cuda without a usable GPU)
-   4  model could not be loaded or warmed up
-   5  could not bind the listening address, or the server failed
-   6  hardening could not be applied (--harden strict|basic)
-  10  bundle malformed
-  11  an embedded file does not match its MANIFEST digest
-  12  MANIFEST (or sealserve.json) invalid or not covering the bundle
-  13  signature over MANIFEST invalid
-  14  embedded public key invalid
-  15  bundle signed by a key that is not trusted (--trusted-key)
-  16  bundle is dev-signed but trusted keys are configured
-  17  bundle carries no signature";
+/// The exit-code table lives in `crate::exit`; kept reachable as `config::exit` as well.
+pub use crate::exit;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -59,7 +27,7 @@ pub enum LogFormat {
     name = "serve",
     version,
     about = "Serve the signed embedding model carried inside this binary (TEI-, OpenAI- and CML-compatible HTTP API)",
-    after_help = EXIT_CODES_HELP
+    after_help = exit::help()
 )]
 pub struct ServeArgs {
     /// Address to listen on [default: 0.0.0.0, or 127.0.0.1 when CDSW_APP_PORT decides the port]

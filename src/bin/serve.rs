@@ -3,8 +3,9 @@
 
 use clap::Parser;
 use sealserve::bundle::{Bundle, TrustPolicy, VerifiedBundle};
-use sealserve::config::{exit, LogFormat, ServeArgs};
+use sealserve::config::{LogFormat, ServeArgs};
 use sealserve::engine::{self, DeviceKind, Engine, EngineConfig};
+use sealserve::exit::{self, Exit};
 use sealserve::http::{self, AppState, BundleInfo, SignatureKind};
 use sealserve::infer::Infer;
 use sealserve::{batcher, harden, memory};
@@ -91,11 +92,11 @@ fn init_logging(format: LogFormat) {
 
 fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
     args.validate().map_err(|e| Fatal::new(exit::CONFIG, e))?;
-    let policy =
-        TrustPolicy::from_specs(&args.trusted_keys).map_err(|e| Fatal::new(exit::CONFIG, e))?;
+    let policy = sealserve::trust::policy_from_values(&args.trusted_keys)
+        .map_err(|e| Fatal::new(exit::CONFIG, e))?;
     let verified = verify(&policy)?;
     if args.verify_only {
-        println!("{}", sealserve::cli::summary(&verified));
+        println!("{}", sealserve::seal::summary(&verified));
         return Ok(());
     }
     let binding = args.binding();
@@ -123,7 +124,10 @@ fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
 
 fn verify(policy: &TrustPolicy) -> Result<VerifiedBundle<'static>, Fatal> {
     let refuse = |e: sealserve::bundle::VerifyError| {
-        Fatal::new(e.exit_code(), format!("refusing to start: {e}"))
+        Fatal::new(
+            i32::from(Exit::from(&e).code()),
+            format!("refusing to start: {e}"),
+        )
     };
     let bundle = Bundle::parse(SEALED_BUNDLE).map_err(refuse)?;
     let verified = bundle

@@ -11,6 +11,7 @@
 //! Knows nothing about tokenizers, batching, pooling or HTTP.
 
 pub mod bert;
+pub mod llama;
 pub mod plan;
 
 use crate::spec::Family;
