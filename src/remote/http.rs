@@ -85,7 +85,7 @@ impl HttpStore {
     }
 
     /// The bytes of `range`. A server that ignores `Range` (200 instead of 206) is still read
-    /// correctly: the bytes before the range are skipped.
+    /// correctly: the bytes before the range are skipped, and the answer is cut at its end.
     pub async fn stream(&self, name: &str, range: Range<u64>) -> Result<ByteStream, FetchError> {
         let url = self.url(name);
         let response = self
@@ -96,16 +96,17 @@ impl HttpStore {
             .await
             .map_err(|e| FetchError::from_reqwest(&url, &e))?;
         let response = check_status(&url, response).await?;
-        let skip = if response.status() == StatusCode::PARTIAL_CONTENT {
-            0
-        } else {
-            range.start
-        };
+        let whole_object = response.status() != StatusCode::PARTIAL_CONTENT;
         let error_url = url.clone();
         let stream = response
             .bytes_stream()
-            .map(move |chunk| chunk.map_err(|e| FetchError::from_reqwest(&error_url, &e)));
-        Ok(super::store::skip_bytes(stream.boxed(), skip))
+            .map(move |chunk| chunk.map_err(|e| FetchError::from_reqwest(&error_url, &e)))
+            .boxed();
+        Ok(if whole_object {
+            super::store::window(stream, range.start, range.end - range.start)
+        } else {
+            stream
+        })
     }
 }
 

@@ -216,15 +216,19 @@ impl OciStore {
             )
             .await
             .map_err(|e| classify(&what, &e))?;
-        let (stream, skip) = match response {
-            BlobResponse::Full(stream) => (stream, range.start),
-            BlobResponse::Partial(stream) => (stream, 0),
+        let (stream, whole_object) = match response {
+            BlobResponse::Full(stream) => (stream, true),
+            BlobResponse::Partial(stream) => (stream, false),
         };
         let error_what = what.clone();
         let stream = stream
             .map(move |chunk| chunk.map_err(|e| classify_body(&error_what, &e)))
             .boxed();
-        Ok(super::store::skip_bytes(stream, skip))
+        Ok(if whole_object {
+            super::store::window(stream, range.start, range.end - range.start)
+        } else {
+            stream
+        })
     }
 }
 

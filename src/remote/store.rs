@@ -107,19 +107,21 @@ impl Store {
     }
 }
 
-/// Drops the first `skip` bytes of a stream: for servers that answer a range request with the
-/// whole object.
-pub fn skip_bytes(stream: ByteStream, skip: u64) -> ByteStream {
-    if skip == 0 {
-        return stream;
-    }
+/// Bytes `skip..skip + len` of a stream, for servers that answer a range request with the
+/// whole object (200 instead of 206): what comes before is dropped, and the answer is ended
+/// once `len` bytes were passed on (the rest of the object is never read).
+pub fn window(stream: ByteStream, skip: u64, len: u64) -> ByteStream {
     stream
-        .scan(skip, |left, chunk| {
+        .scan((skip, len), |(skip, left), chunk| {
             let out = match chunk {
+                Ok(_) if *left == 0 => None,
                 Ok(mut bytes) => {
-                    let drop = (*left).min(bytes.len() as u64) as usize;
-                    *left -= drop as u64;
-                    Some(Ok(bytes.split_off(drop)))
+                    let drop = (*skip).min(bytes.len() as u64) as usize;
+                    *skip -= drop as u64;
+                    let mut rest = bytes.split_off(drop);
+                    rest.truncate((*left).min(rest.len() as u64) as usize);
+                    *left -= rest.len() as u64;
+                    Some(Ok(rest))
                 }
                 Err(e) => Some(Err(e)),
             };
@@ -134,16 +136,26 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn skipping_drops_exactly_the_leading_bytes_across_chunks() {
-        let chunks: Vec<Result<Bytes, FetchError>> = vec![
-            Ok(Bytes::from_static(b"abc")),
-            Ok(Bytes::from_static(b"defg")),
-            Ok(Bytes::from_static(b"hi")),
-        ];
-        let out: Vec<u8> = skip_bytes(futures_util::stream::iter(chunks).boxed(), 5)
-            .map(|c| c.unwrap().to_vec())
-            .concat()
-            .await;
-        assert_eq!(out, b"fghi");
+    async fn a_window_is_exactly_the_asked_bytes_across_chunks() {
+        let chunks = || -> ByteStream {
+            let chunks: Vec<Result<Bytes, FetchError>> = vec![
+                Ok(Bytes::from_static(b"abc")),
+                Ok(Bytes::from_static(b"defg")),
+                Ok(Bytes::from_static(b"hi")),
+            ];
+            futures_util::stream::iter(chunks).boxed()
+        };
+        for (skip, len, expected) in [
+            (5, 4, &b"fghi"[..]),
+            (0, 9, b"abcdefghi"),
+            (2, 3, b"cde"),
+            (4, 1, b"e"),
+        ] {
+            let out: Vec<u8> = window(chunks(), skip, len)
+                .map(|c| c.unwrap().to_vec())
+                .concat()
+                .await;
+            assert_eq!(out, expected, "skip {skip} len {len}");
+        }
     }
 }

@@ -275,7 +275,7 @@ fn cut_body(bytes: bytes::Bytes, cut: usize) -> Body {
     let first: Result<bytes::Bytes, std::io::Error> = Ok(bytes.slice(..cut));
     let then: Result<bytes::Bytes, std::io::Error> =
         Err(std::io::Error::other("injected connection reset"));
-    Body::from_stream(futures::stream::iter([first, then]))
+    Body::from_stream(futures_util::stream::iter([first, then]))
 }
 
 /// A server running on a tokio runtime of its own (so blocking tests can use it too).
