@@ -600,7 +600,7 @@ impl FastLayer {
     }
 }
 
-mod cpu_f32;
+pub(crate) mod cpu_f32;
 
 #[cfg(test)]
 mod tests {

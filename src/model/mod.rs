@@ -4,6 +4,14 @@
 //! Knows nothing about batching, pooling or HTTP.
 
 pub mod bert;
+pub mod bert_like;
+pub mod families;
+pub mod gte;
+pub mod heads;
+pub mod layers;
+pub mod modernbert;
+pub mod network;
+pub mod qwen;
 
 use crate::spec::Family;
 use candle_core::Shape;

@@ -1,0 +1,194 @@
+//! Builds a network, classifier or sparse encoder of any new family from `config.json` bytes and
+//! in-memory safetensors (no file is read): the family and task come from the config
+//! ([`Architecture`]), so a checkpoint can only be loaded as what it is.
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use super::bert_like::{BertLike, BertLikeConfig};
+use super::gte::{Gte, GteConfig};
+use super::heads::{
+    self, Classifier, ClassifierHead, HeadActivation, HeadPooling, HeadSpec, MaskedLmHead,
+    SparseEncoder,
+};
+use super::layers::Activation;
+use super::modernbert::{ModernBert, ModernBertConfig};
+use super::network::{self, Architecture, FamilyKind, Network, Task};
+use super::qwen::{Qwen, QwenConfig};
+use super::LoadError;
+
+/// A loaded checkpoint of any new family, as its task says.
+pub enum Loaded {
+    Embedding(Box<dyn Network>),
+    Classifier(Classifier),
+    Sparse(SparseEncoder),
+}
+
+/// Loads whatever `config.json` describes.
+pub fn load(
+    config_json: &[u8],
+    safetensors: &[u8],
+    dtype: DType,
+    device: &Device,
+) -> Result<Loaded, LoadError> {
+    let value = network::parse_config(config_json)?;
+    let architecture = Architecture::from_config(&value)?;
+    let config = BodyConfig::parse(architecture.family, &value)?;
+    let vb = network::var_builder(safetensors, dtype, device)?;
+    Ok(match architecture.task {
+        Task::Embedding => Loaded::Embedding(config.build(&vb)?),
+        Task::SequenceClassification => Loaded::Classifier(classifier(config, &value, &vb)?),
+        Task::MaskedLm => Loaded::Sparse(sparse(config, &vb)?),
+    })
+}
+
+/// Loads the body of a checkpoint as an embedding network, whatever head it carries.
+pub fn load_network(
+    config_json: &[u8],
+    safetensors: &[u8],
+    dtype: DType,
+    device: &Device,
+) -> Result<Box<dyn Network>, LoadError> {
+    let value = network::parse_config(config_json)?;
+    let architecture = Architecture::from_config(&value)?;
+    let config = BodyConfig::parse(architecture.family, &value)?;
+    let vb = network::var_builder(safetensors, dtype, device)?;
+    Ok(config.build(&vb)?)
+}
+
+/// A family's parsed config: checked before any weight is read, so a config the code cannot
+/// run is refused with its own message.
+enum BodyConfig {
+    BertLike(BertLikeConfig),
+    ModernBert(ModernBertConfig),
+    Qwen(QwenConfig),
+    Gte(GteConfig),
+}
+
+impl BodyConfig {
+    fn parse(family: FamilyKind, value: &serde_json::Value) -> Result<Self, LoadError> {
+        Ok(match family {
+            FamilyKind::Bert
+            | FamilyKind::XlmRoberta
+            | FamilyKind::DistilBert
+            | FamilyKind::MpNet => Self::BertLike(BertLikeConfig::from_json(family, value)?),
+            FamilyKind::ModernBert => Self::ModernBert(ModernBertConfig::from_json(value)?),
+            FamilyKind::Qwen2 | FamilyKind::Qwen3 => {
+                Self::Qwen(QwenConfig::from_json(family, value)?)
+            }
+            FamilyKind::Gte | FamilyKind::NomicBert => {
+                Self::Gte(GteConfig::from_json(family, value)?)
+            }
+        })
+    }
+
+    fn build(&self, vb: &VarBuilder) -> candle_core::Result<Box<dyn Network>> {
+        Ok(match self {
+            Self::BertLike(c) => Box::new(BertLike::load(vb, c.clone())?),
+            Self::ModernBert(c) => Box::new(ModernBert::load(vb, c.clone())?),
+            Self::Qwen(c) => Box::new(Qwen::load(vb, c.clone())?),
+            Self::Gte(c) => Box::new(Gte::load(vb, c.clone())?),
+        })
+    }
+}
+
+/// A `*ForSequenceClassification` checkpoint: body, head and label names.
+fn classifier(
+    config: BodyConfig,
+    value: &serde_json::Value,
+    vb: &VarBuilder,
+) -> Result<Classifier, LoadError> {
+    let labels = heads::label_names(value);
+    let network = config.build(vb)?;
+    let hidden = network.hidden_size();
+    let tanh = HeadActivation::Tanh;
+    let gte_pooler;
+    let spec = match &config {
+        BodyConfig::BertLike(c) if c.kind == FamilyKind::Bert => HeadSpec {
+            pooling: HeadPooling::First,
+            dense: Some(("bert.pooler.dense", true, tanh)),
+            norm: None,
+            output: ("classifier", true),
+        },
+        BodyConfig::BertLike(c) if c.kind == FamilyKind::DistilBert => HeadSpec {
+            pooling: HeadPooling::First,
+            dense: Some((
+                "pre_classifier",
+                true,
+                HeadActivation::Other(Activation::Relu),
+            )),
+            norm: None,
+            output: ("classifier", true),
+        },
+        BodyConfig::BertLike(_) => HeadSpec {
+            pooling: HeadPooling::First,
+            dense: Some(("classifier.dense", true, tanh)),
+            norm: None,
+            output: ("classifier.out_proj", true),
+        },
+        BodyConfig::ModernBert(c) => HeadSpec {
+            pooling: if c.classifier_pooling == "mean" {
+                HeadPooling::Mean
+            } else {
+                HeadPooling::First
+            },
+            dense: Some((
+                "head.dense",
+                c.classifier_bias,
+                HeadActivation::Other(c.classifier_activation),
+            )),
+            norm: Some(("head.norm", c.norm_eps, c.norm_bias)),
+            output: ("classifier", true),
+        },
+        BodyConfig::Qwen(c) => HeadSpec {
+            pooling: HeadPooling::LastNonPad(c.pad_token_id),
+            dense: None,
+            norm: None,
+            output: ("score", false),
+        },
+        BodyConfig::Gte(c) if !c.nomic => {
+            gte_pooler = ["gte", "new"]
+                .into_iter()
+                .map(|p| format!("{p}.pooler.dense"))
+                .find(|name| vb.contains_tensor(&format!("{name}.weight")))
+                .unwrap_or_else(|| "gte.pooler.dense".into());
+            HeadSpec {
+                pooling: HeadPooling::First,
+                dense: Some((gte_pooler.as_str(), true, tanh)),
+                norm: None,
+                output: ("classifier", true),
+            }
+        }
+        BodyConfig::Gte(_) => {
+            return Err(LoadError::Config(
+                "NomicBERT checkpoints with a classification head are not supported".into(),
+            ))
+        }
+    };
+    let head = ClassifierHead::load(&spec, hidden, labels.len(), vb)?;
+    Ok(Classifier::new(network, head, labels))
+}
+
+/// A `*ForMaskedLM` checkpoint as a SPLADE sparse encoder (BERT family).
+fn sparse(config: BodyConfig, vb: &VarBuilder) -> Result<SparseEncoder, LoadError> {
+    let config = match config {
+        BodyConfig::BertLike(c) if c.kind == FamilyKind::Bert => c,
+        _ => {
+            return Err(LoadError::Config(
+                "masked-LM checkpoints are supported for BERT (SPLADE) only".into(),
+            ))
+        }
+    };
+    let network: Box<dyn Network> = Box::new(BertLike::load(vb, config.clone())?);
+    let root = network::under_prefix(vb, "bert", "embeddings.word_embeddings.weight");
+    let (h, vocab) = (config.hidden_size, config.vocab_size);
+    let head = MaskedLmHead::load_bert(
+        vb,
+        h,
+        vocab,
+        config.activation,
+        config.layer_norm_eps,
+        || root.get((vocab, h), "embeddings.word_embeddings.weight"),
+    )?;
+    Ok(SparseEncoder::new(network, head))
+}
