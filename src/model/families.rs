@@ -1,6 +1,12 @@
 //! Builds a network, classifier or sparse encoder of any new family from `config.json` bytes and
 //! in-memory safetensors (no file is read): the family and task come from the config
 //! ([`Architecture`]), so a checkpoint can only be loaded as what it is.
+//!
+//! Why our own implementations rather than candle-transformers' models: those take padded
+//! batches only (no packed form), mask with `f32::MIN`/`-inf` (NaN in f16 for the BERT family,
+//! see `bert.rs`), and its decoders are KV-cached generators with a mutable forward rather than
+//! batch encoders with padding; sharing `layers` here keeps one mask, softmax and rotary
+//! convention that tests/families.rs holds to `transformers` within 1e-5 for every family.
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
