@@ -176,11 +176,19 @@ pub fn bundle_bytes(weights: &[u8], dev_signed: bool) -> (Vec<u8>, SecretKey) {
         ("tokenizer.json", FileRole::Tokenizer, &tokenizer),
         ("config.json", FileRole::Config, &config),
     ];
-    let spec = spec(&files);
+    seal(&spec(&files), &files, dev_signed)
+}
+
+/// Seals `files` under `spec` into a signed bundle (dev-signed flag as given), with a fresh key.
+pub fn seal(
+    spec: &ModelSpec,
+    files: &[(&str, FileRole, &[u8])],
+    dev_signed: bool,
+) -> (Vec<u8>, SecretKey) {
     let metadata = spec.metadata().to_canonical_bytes();
     let mut manifest = Manifest::new();
     let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
-    for (name, _, bytes) in &files {
+    for (name, _, bytes) in files {
         manifest.insert_bytes(*name, bytes);
         entries.push((name.to_string(), bytes.to_vec()));
     }
