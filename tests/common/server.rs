@@ -5,6 +5,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// The waiver every test that starts the dev-signed `serve` passes (there is no release key to
+/// pin); the trust tests start it without.
+pub const UNPINNED: (&str, &str) = ("SEALSERVE_ALLOW_UNPINNED", "1");
+
 /// A running `serve` process; killed on drop.
 pub struct Server {
     pub child: Child,
@@ -15,8 +19,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `serve --log-format json --host 127.0.0.1 --port 0 <args>` with extra environment,
-    /// and waits until it listens and /ready answers 200.
+    /// Starts `serve --log-format json --host 127.0.0.1 --port 0 <args>` with extra environment
+    /// (and the [`UNPINNED`] waiver, which `env` may override), and waits until it listens and
+    /// /ready answers 200.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_serve"));
         command
@@ -27,6 +32,8 @@ impl Server {
         if !args.contains(&"--port") && !env.iter().any(|(k, _)| *k == "CDSW_APP_PORT") {
             command.args(["--host", "127.0.0.1", "--port", "0"]);
         }
+        // The tests run the dev-signed build, which has no release key to pin.
+        command.env(UNPINNED.0, UNPINNED.1);
         for (key, value) in env {
             command.env(key, value);
         }
