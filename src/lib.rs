@@ -14,6 +14,7 @@ pub mod config;
 pub mod cuda_libs;
 pub mod engine;
 pub mod exit;
+pub mod generate;
 pub mod harden;
 pub mod http;
 pub mod memory;
