@@ -48,6 +48,7 @@ async fn start_tiny_server() -> String {
             key_id: bundle.key_id.clone(),
             signature: "dev-signed",
             trusted_keys_pinned: false,
+            trust: bundle.trust,
         },
         hardening: json!({"level": "off"}),
         api_key: None,

@@ -4,14 +4,9 @@
 
 mod common;
 
-use common::binary::{
-    bundle_of, outcome, read_at, seal_with, serve_copy, serve_verify_only, write_at,
-};
+use common::binary::{outcome, release_signed_copy, seal_with, serve_verify_only};
 use common::server::Server;
-use sealserve::bundle::{self, Bundle, MANIFEST_FILE, PUBLIC_KEY_MINISIGN_FILE};
-use sealserve::manifest::{sha256_hex, Manifest};
-use sealserve::signature::{SecretKey, Signature};
-use sealserve::spec::METADATA_FILE;
+use sealserve::signature::SecretKey;
 use std::path::Path;
 use std::process::Command;
 
@@ -27,11 +22,17 @@ fn both_exit(binary: &Path, args: &[&str], env: &[(&str, &str)], code: i32, ment
         ("seal verify", seal_with(&seal_args, env)),
     ] {
         let (status, stderr) = outcome(&output);
-        println!("{what} {args:?} {env:?}: exit {status:?}: {}", stderr.trim());
+        println!(
+            "{what} {args:?} {env:?}: exit {status:?}: {}",
+            stderr.trim()
+        );
         assert_eq!(status, Some(code), "{what} {args:?} {env:?}: {stderr}");
         if code != 0 {
             assert_eq!(stderr.lines().count(), 1, "{what}: one line: {stderr}");
-            assert!(stderr.contains(mentions), "{what}: {stderr:?} lacks {mentions:?}");
+            assert!(
+                stderr.contains(mentions),
+                "{what}: {stderr:?} lacks {mentions:?}"
+            );
         }
     }
 }
@@ -249,59 +250,8 @@ fn a_deployment_bound_to_one_model_and_manifest_refuses_any_other() {
 #[test]
 fn an_attacker_resigned_binary_needs_a_pin_to_be_refused_and_never_starts_silently() {
     let dir = tempfile::tempdir().unwrap();
-    let copy = serve_copy(dir.path(), "serve.attacked");
-    let (placement, entries) = bundle_of(&copy);
-    let section = read_at(&copy, placement.offset, placement.len as usize);
-    let read = |name: &str| {
-        let entry = entries.iter().find(|e| e.name == name).unwrap();
-        section[entry.offset as usize..(entry.offset + entry.len) as usize].to_vec()
-    };
-
-    // The attacker's sealserve.json says "release" (same length), the MANIFEST follows it.
-    let metadata = String::from_utf8(read(METADATA_FILE))
-        .unwrap()
-        .replace("\"dev_signed\": true", "\"dev_signed\":false");
-    let mut manifest = Manifest::parse(&read(MANIFEST_FILE)).unwrap();
-    manifest.insert(METADATA_FILE, sha256_hex(metadata.as_bytes()));
-    let manifest = manifest.to_bytes();
-    // A key whose minisign id prints as long as the original's, so every entry keeps its length.
-    let original_id = String::from_utf8(read(PUBLIC_KEY_MINISIGN_FILE)).unwrap();
-    let attacker = loop {
-        let key = SecretKey::generate();
-        if key.public_key().to_minisign().len() == original_id.len() {
-            break key;
-        }
-    };
-    let original_sig = Signature::parse(&read(bundle::SIGNATURE_MINISIGN_FILE)).unwrap();
-    let timestamp: u64 = original_sig
-        .trusted
-        .as_ref()
-        .and_then(|t| t.text.strip_prefix("timestamp:"))
-        .and_then(|t| t.split('\t').next())
-        .and_then(|t| t.parse().ok())
-        .expect("timestamp in the trusted comment");
-    let signature = attacker.sign(&manifest, MANIFEST_FILE, timestamp);
-    let mut forged: Vec<(String, Vec<u8>)> = entries
-        .iter()
-        .map(|e| (e.name.clone(), read(&e.name)))
-        .collect();
-    let signing = bundle::signing_entries(&manifest, &signature, &attacker.public_key());
-    for (name, bytes) in forged.iter_mut() {
-        if name == METADATA_FILE {
-            *bytes = metadata.clone().into_bytes();
-        } else if let Some((_, new)) = signing.iter().find(|(n, _)| n == name) {
-            *bytes = new.clone();
-        }
-    }
-    let mut image = Vec::new();
-    bundle::write_bundle(&mut image, &forged).unwrap();
-    assert_eq!(
-        image.len(),
-        section.len(),
-        "the forged bundle fits serve's section"
-    );
-    Bundle::parse(&image).expect("a well-formed bundle");
-    write_at(&copy, placement.offset, &image);
+    // The attacker's sealserve.json even says "release"; MANIFEST and signature follow it.
+    let (copy, attacker) = release_signed_copy(dir.path(), "serve.attacked");
 
     let release = SecretKey::generate().public_key().fingerprint();
     // Today's default: refused for want of a pin (it used to start with one WARN line).
@@ -326,12 +276,91 @@ fn an_attacker_resigned_binary_needs_a_pin_to_be_refused_and_never_starts_silent
     assert!(stderr.contains("running UNPINNED"), "{stderr}");
 }
 
+/// A release build pinned by its key file, folder or fingerprint starts; the same key's
+/// signature over another bundle (here: the dev build's MANIFEST differs from this one's) is
+/// refused where the deployment is bound to one MANIFEST (issue 11, "anything ever signed by
+/// the pinned key").
+#[test]
+fn a_pinned_release_starts_and_a_binding_refuses_anything_else_that_key_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (release, key) = release_signed_copy(dir.path(), "serve.release");
+    let public = key.public_key();
+    let keys = dir.path().join("trust");
+    std::fs::create_dir(&keys).unwrap();
+    std::fs::write(keys.join("model.pub"), public.to_pem()).unwrap();
+    let keys_arg = keys.to_str().unwrap();
+    let key_file = keys.join("model.pub");
+    let fingerprint = public.fingerprint();
+    both_accept(&release, &["--trusted-keys-dir", keys_arg], &[]);
+    both_accept(
+        &release,
+        &["--trusted-key", key_file.to_str().unwrap()],
+        &[],
+    );
+    both_accept(
+        &release,
+        &[],
+        &[("SEALSERVE_TRUSTED_KEYS", fingerprint.as_str())],
+    );
+    let report = inspect(&release);
+    assert_eq!(report["dev_signed"], false, "{report}");
+    let this_manifest = report["manifest_sha256"].as_str().unwrap().to_string();
+    let dev_manifest = inspect(Path::new(SERVE))["manifest_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(this_manifest, dev_manifest);
+    both_accept(
+        &release,
+        &[
+            "--trusted-keys-dir",
+            keys_arg,
+            "--expect-manifest",
+            &this_manifest,
+        ],
+        &[],
+    );
+    both_exit(
+        &release,
+        &[
+            "--trusted-keys-dir",
+            keys_arg,
+            "--expect-manifest",
+            &dev_manifest,
+        ],
+        &[],
+        19,
+        &this_manifest,
+    );
+    // Another key in the folder instead: untrusted.
+    std::fs::write(
+        keys.join("model.pub"),
+        SecretKey::generate().public_key().to_pem(),
+    )
+    .unwrap();
+    both_exit(
+        &release,
+        &["--trusted-keys-dir", keys_arg],
+        &[],
+        15,
+        &fingerprint,
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_waiver_is_loud_in_the_log_and_the_metrics() {
     let server = Server::start(&[], &[]);
     let logs = server.drain_logs().join("\n");
     assert!(logs.contains("running UNPINNED"), "{logs}");
     assert!(logs.contains("\"trust\":\"unpinned\""), "{logs}");
+    let info: serde_json::Value = reqwest::get(server.url("/info"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["trust"], "unpinned", "{info}");
+    assert_eq!(info["trusted_keys_pinned"], false, "{info}");
     let metrics = reqwest::get(server.url("/metrics"))
         .await
         .unwrap()
@@ -366,4 +395,41 @@ fn bearer_scheme_is_case_insensitive() {
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
         assert_eq!(sealserve::http::bearer_token(&headers), expected, "{value}");
     }
+}
+
+/// Issue 11, "README's pin recipe on a tampered binary": the recipe pins the fingerprint of the
+/// release key file, and `seal fingerprint` refuses to read one out of a binary, so the value
+/// pinned can never come from the binary being trusted.
+#[test]
+fn the_pin_recipe_reads_the_key_file_never_the_binary() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        readme.contains(r#"--trusted-key "$(target/release/seal fingerprint keys/model.pub)""#),
+        "README's pin recipe changed"
+    );
+    for line in readme.lines().filter(|l| l.contains("--trusted-key")) {
+        assert!(
+            !line.contains("inspect") && !line.contains("key_fingerprint"),
+            "README pins a value read from a binary: {line}"
+        );
+    }
+    let refused = seal_with(&["fingerprint", SERVE], &[]);
+    let (status, stderr) = outcome(&refused);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(refused.stdout.is_empty(), "no fingerprint printed");
+    let dir = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().public_key();
+    std::fs::write(dir.path().join("model.pub"), key.to_pem()).unwrap();
+    let printed = seal_with(
+        &[
+            "fingerprint",
+            dir.path().join("model.pub").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&printed.stdout).trim(),
+        key.fingerprint()
+    );
 }

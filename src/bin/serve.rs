@@ -281,6 +281,7 @@ fn app_state(
             "signed"
         },
         trusted_keys_pinned: policy.is_pinned(),
+        trust: verified.trust,
     };
     let tokenizer = engine.tokenizer().clone();
     let model = engine.info().clone();

@@ -44,6 +44,8 @@ pub struct BundleInfo {
     /// "signed" or "dev-signed".
     pub signature: &'static str,
     pub trusted_keys_pinned: bool,
+    /// How the signing key was accepted: `pinned`, or `unpinned` under `--allow-unpinned`.
+    pub trust: crate::bundle::TrustState,
 }
 
 /// Everything handlers share.
@@ -76,6 +78,7 @@ impl AppState {
             "key_id": self.bundle.key_id,
             "signature": self.bundle.signature,
             "trusted_keys_pinned": self.bundle.trusted_keys_pinned,
+            "trust": self.bundle.trust,
             "device": self.model.device,
             "device_reason": self.model.device_reason,
             "dtype": self.model.dtype,

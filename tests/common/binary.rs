@@ -1,7 +1,10 @@
 //! Running the real `serve` and `seal` binaries, and altering copies of `serve` in place.
 
-use sealserve::bundle::{Bundle, Entry};
+use sealserve::bundle::{self, Bundle, Entry, MANIFEST_FILE, SIGNATURE_MINISIGN_FILE};
+use sealserve::manifest::{sha256_hex, Manifest};
 use sealserve::placement::{self, Placement};
+use sealserve::signature::{SecretKey, Signature};
+use sealserve::spec::METADATA_FILE;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -108,4 +111,71 @@ pub fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
 /// The exit code and the one stderr line, for assertions.
 pub fn outcome(output: &Output) -> (Option<i32>, String) {
     (output.status.code(), text(&output.stderr))
+}
+
+/// Re-signs the bundle inside the serve binary at `binary`, in place, with `key`, and marks it a
+/// release build (`"dev_signed":false`) in its signed sealserve.json: what an attacker who
+/// swaps the key produces, and also what a release build looks like to everything that checks
+/// it, so tests can pin a key without a second (release) build. The new bundle must fill
+/// serve's section exactly; `false` (nothing written) when it does not, because this key's
+/// encodings are longer or shorter than the original's: the caller tries another key.
+pub fn resign_in_place(binary: &Path, key: &SecretKey) -> bool {
+    let (placement, entries) = bundle_of(binary);
+    let section = read_at(binary, placement.offset, placement.len as usize);
+    let read = |name: &str| {
+        let entry = entries.iter().find(|e| e.name == name).expect(name);
+        section[entry.offset as usize..(entry.offset + entry.len) as usize].to_vec()
+    };
+    // Same length as the canonical `"dev_signed": true`, and still valid JSON.
+    let metadata = String::from_utf8(read(METADATA_FILE))
+        .expect("sealserve.json is text")
+        .replace("\"dev_signed\": true", "\"dev_signed\":false");
+    let mut manifest = Manifest::parse(&read(MANIFEST_FILE)).expect("MANIFEST");
+    manifest.insert(METADATA_FILE, sha256_hex(metadata.as_bytes()));
+    let manifest = manifest.to_bytes();
+    // The original trusted comment's timestamp, so the minisig keeps its length.
+    let original = Signature::parse(&read(SIGNATURE_MINISIGN_FILE)).expect("minisig");
+    let timestamp: u64 = original
+        .trusted
+        .as_ref()
+        .and_then(|t| t.text.strip_prefix("timestamp:"))
+        .and_then(|t| t.split('\t').next())
+        .and_then(|t| t.parse().ok())
+        .expect("timestamp in the trusted comment");
+    let signature = key.sign(&manifest, MANIFEST_FILE, timestamp);
+    let signing = bundle::signing_entries(&manifest, &signature, &key.public_key());
+    let forged: Vec<(String, Vec<u8>)> = entries
+        .iter()
+        .map(|e| {
+            let bytes = if e.name == METADATA_FILE {
+                metadata.clone().into_bytes()
+            } else if let Some((_, new)) = signing.iter().find(|(n, _)| *n == e.name) {
+                new.clone()
+            } else {
+                read(&e.name)
+            };
+            (e.name.clone(), bytes)
+        })
+        .collect();
+    let mut image = Vec::new();
+    bundle::write_bundle(&mut image, &forged).expect("write bundle");
+    if image.len() != section.len() {
+        return false;
+    }
+    Bundle::parse(&image).expect("a well-formed bundle");
+    write_at(binary, placement.offset, &image);
+    true
+}
+
+/// A copy of the built serve at `dir/name`, re-signed by a fresh key as a release build (see
+/// [`resign_in_place`]); returns the key.
+pub fn release_signed_copy(dir: &Path, name: &str) -> (PathBuf, SecretKey) {
+    let copy = serve_copy(dir, name);
+    for _ in 0..64 {
+        let key = SecretKey::generate();
+        if resign_in_place(&copy, &key) {
+            return (copy, key);
+        }
+    }
+    panic!("no key of 64 gave a bundle of the original length");
 }
