@@ -166,15 +166,24 @@ fn file_or_inline(var: &str) -> Option<Result<Vec<u8>, String>> {
     Some(Ok(value.into_bytes()))
 }
 
+/// A release build's signature over its MANIFEST and the public key that made it, as given.
+struct ReleasePair {
+    signature: Vec<u8>,
+    public_key: Vec<u8>,
+}
+
 /// `SEALSERVE_SIGNATURE` and `SEALSERVE_PUBLIC_KEY` (a release build), neither (a dev build), or
 /// an error for one without the other.
-fn release_pair() -> Result<Option<(Vec<u8>, Vec<u8>)>, String> {
+fn release_pair() -> Result<Option<ReleasePair>, String> {
     match (
         file_or_inline("SEALSERVE_SIGNATURE"),
         file_or_inline("SEALSERVE_PUBLIC_KEY"),
     ) {
         (None, None) => Ok(None),
-        (Some(sig), Some(key)) => Ok(Some((sig?, key?))),
+        (Some(signature), Some(public_key)) => Ok(Some(ReleasePair {
+            signature: signature?,
+            public_key: public_key?,
+        })),
         _ => Err(
             "set both SEALSERVE_SIGNATURE and SEALSERVE_PUBLIC_KEY (release build) or neither (dev build)"
                 .into(),
@@ -186,7 +195,7 @@ fn release_pair() -> Result<Option<(Vec<u8>, Vec<u8>)>, String> {
 /// MANIFEST this build embeds.
 fn signature_for(
     manifest_bytes: &[u8],
-    release: Option<(Vec<u8>, Vec<u8>)>,
+    release: Option<ReleasePair>,
     model_name: &str,
 ) -> Result<(signature::Signature, signature::PublicKey), String> {
     match release {
@@ -196,7 +205,7 @@ fn signature_for(
             let sig = key.sign(manifest_bytes, bundle::MANIFEST_FILE, timestamp);
             Ok((sig, key.public_key()))
         }
-        Some((sig, key)) => signature::verify_detached(&sig, &key, manifest_bytes).map_err(|e| {
+        Some(pair) => signature::verify_detached(&pair.signature, &pair.public_key, manifest_bytes).map_err(|e| {
             format!(
                 "SEALSERVE_SIGNATURE / SEALSERVE_PUBLIC_KEY rejected for this build's MANIFEST: {e}. \
                  Sign the output of `seal manifest models/{model_name}` (of this sealserve version) with the matching key"

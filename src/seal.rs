@@ -227,7 +227,7 @@ pub fn sign_files(
 fn read_secret_key(path: &Path) -> Result<SecretKey> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(SecretKey::from_pkcs8_pem(&text).with_context(|| path.display().to_string())?)
+    SecretKey::from_pkcs8_pem(&text).with_context(|| path.display().to_string())
 }
 
 fn file_name(path: &Path) -> Result<&str> {

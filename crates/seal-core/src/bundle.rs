@@ -665,7 +665,7 @@ pub struct HeapCopies {
 
 impl<'v> Copies<'v> for &'v HeapCopies {
     fn allocate(&mut self, len: usize) -> std::io::Result<&'v mut [u8]> {
-        let copies: &'v HeapCopies = *self;
+        let copies = *self;
         Ok(copies.arena.alloc_slice_fill_copy(len, 0u8))
     }
 }
