@@ -3,15 +3,27 @@
 
 use crate::engine::{DTypeRequest, DeviceRequest};
 use crate::harden::HardenLevel;
+use crate::limits::Limits;
 use crate::spec::Pooling;
 use crate::trust::TrustArgs;
 use clap::{Parser, ValueEnum};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// The exit-code table lives in `crate::exit`; kept reachable as `config::exit` as well.
 pub use crate::exit;
+
+/// Parses a count flag that must be positive, with an error that says so (clap's own
+/// `NonZeroUsize` message, "number would be zero for non-zero type", does not say what to do).
+fn at_least_one(value: &str) -> Result<NonZeroUsize, String> {
+    let n: usize = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("must be a whole number of at least 1, got {value:?}"))?;
+    NonZeroUsize::new(n).ok_or_else(|| "must be at least 1".to_string())
+}
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -46,7 +58,13 @@ pub struct ServeArgs {
     pub device: DeviceRequest,
 
     /// Compute dtype: auto (f32 on CPU, f16 on CUDA), f32, f16 or bf16
-    #[arg(long, env = "SEALSERVE_DTYPE", default_value = "auto")]
+    #[arg(
+        long,
+        env = "SEALSERVE_DTYPE",
+        value_enum,
+        ignore_case = true,
+        default_value = "auto"
+    )]
     pub dtype: DTypeRequest,
 
     /// Override the pooling recorded in the signed metadata (mean, cls, last_token)
@@ -54,28 +72,28 @@ pub struct ServeArgs {
     pub pooling: Option<Pooling>,
 
     /// Most tokens (sum over inputs) packed into one batch
-    #[arg(long, env = "SEALSERVE_MAX_BATCH_TOKENS", default_value_t = 16384)]
-    pub max_batch_tokens: usize,
+    #[arg(long, env = "SEALSERVE_MAX_BATCH_TOKENS", value_parser = at_least_one, default_value_t = Limits::DEFAULT.max_batch_tokens)]
+    pub max_batch_tokens: NonZeroUsize,
 
     /// Most inputs packed into one batch (1 disables batching across requests)
-    #[arg(long, env = "SEALSERVE_MAX_BATCH_SIZE", default_value_t = 256)]
-    pub max_batch_size: usize,
+    #[arg(long, env = "SEALSERVE_MAX_BATCH_SIZE", value_parser = at_least_one, default_value_t = Limits::DEFAULT.max_batch_size)]
+    pub max_batch_size: NonZeroUsize,
 
     /// Requests in flight (queued or running) before new ones get 429 at once
-    #[arg(long, env = "SEALSERVE_MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
-    pub max_concurrent_requests: usize,
+    #[arg(long, env = "SEALSERVE_MAX_CONCURRENT_REQUESTS", value_parser = at_least_one, default_value_t = Limits::DEFAULT.max_concurrent_requests)]
+    pub max_concurrent_requests: NonZeroUsize,
 
     /// Most inputs one request may carry (422 beyond)
-    #[arg(long, env = "SEALSERVE_MAX_CLIENT_BATCH_SIZE", default_value_t = 64)]
-    pub max_client_batch_size: usize,
+    #[arg(long, env = "SEALSERVE_MAX_CLIENT_BATCH_SIZE", value_parser = at_least_one, default_value_t = Limits::DEFAULT.max_client_batch_size)]
+    pub max_client_batch_size: NonZeroUsize,
 
     /// Padded tokens per forward pass [default: 1024 on CPU, 32768 on CUDA]; bounds activation memory
-    #[arg(long, env = "SEALSERVE_MAX_FORWARD_TOKENS")]
-    pub max_forward_tokens: Option<usize>,
+    #[arg(long, env = "SEALSERVE_MAX_FORWARD_TOKENS", value_parser = at_least_one)]
+    pub max_forward_tokens: Option<NonZeroUsize>,
 
     /// Largest request body in bytes (413 beyond)
-    #[arg(long, env = "SEALSERVE_PAYLOAD_LIMIT", default_value_t = 2 * 1024 * 1024)]
-    pub payload_limit: usize,
+    #[arg(long, env = "SEALSERVE_PAYLOAD_LIMIT", value_parser = at_least_one, default_value_t = Limits::DEFAULT.payload_limit)]
+    pub payload_limit: NonZeroUsize,
 
     /// Require `Authorization: Bearer <key>` on every route except /health and /ready
     #[arg(long, env = "SEALSERVE_API_KEY", hide_env_values = true)]
@@ -142,21 +160,19 @@ impl ServeArgs {
         Duration::from_secs(self.shutdown_grace)
     }
 
-    /// Checks values clap cannot (ranges that depend on each other).
+    /// The request, batching and concurrency limits the flags set.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_client_batch_size: self.max_client_batch_size,
+            payload_limit: self.payload_limit,
+            max_batch_tokens: self.max_batch_tokens,
+            max_batch_size: self.max_batch_size,
+            max_concurrent_requests: self.max_concurrent_requests,
+        }
+    }
+
+    /// Checks values clap cannot (zero limits are refused by their non-zero types already).
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("--max-batch-tokens", self.max_batch_tokens),
-            ("--max-batch-size", self.max_batch_size),
-            ("--max-concurrent-requests", self.max_concurrent_requests),
-            ("--max-client-batch-size", self.max_client_batch_size),
-            ("--payload-limit", self.payload_limit),
-        ];
-        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{name} must be at least 1"));
-        }
-        if self.max_forward_tokens == Some(0) {
-            return Err("--max-forward-tokens must be at least 1".into());
-        }
         if self.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
             return Err("--api-key / SEALSERVE_API_KEY is set but empty".into());
         }
@@ -186,7 +202,27 @@ mod tests {
 
     #[test]
     fn zero_limits_are_refused() {
-        assert!(parse(&["--max-batch-size", "0"]).validate().is_err());
+        for flag in [
+            "--max-batch-size",
+            "--max-batch-tokens",
+            "--max-concurrent-requests",
+            "--max-client-batch-size",
+            "--payload-limit",
+            "--max-forward-tokens",
+        ] {
+            assert!(
+                ServeArgs::try_parse_from(["serve", flag, "0"]).is_err(),
+                "{flag} 0"
+            );
+        }
         assert!(parse(&[]).validate().is_ok());
+        assert_eq!(parse(&[]).limits(), Limits::DEFAULT);
+    }
+
+    #[test]
+    fn dtype_parses_case_insensitively_with_aliases() {
+        assert_eq!(parse(&["--dtype", "BF16"]).dtype, DTypeRequest::Bf16);
+        assert_eq!(parse(&["--dtype", "half"]).dtype, DTypeRequest::F16);
+        assert!(ServeArgs::try_parse_from(["serve", "--dtype", "f64"]).is_err());
     }
 }

@@ -13,10 +13,8 @@ pub use seal_core::trust::ModelRef;
 use seal_core::trust::{fingerprints_in_file, parse_sha256};
 use std::path::{Path, PathBuf};
 
-/// Gauge set to 1 at startup, labelled `state` (`pinned`/`unpinned`) and `signature`
-/// (`signed`/`dev-signed`), so an unpinned or dev-signed deployment shows up on dashboards.
-/// TODO(lead): move into src/telemetry.rs with the other metric names.
-pub const TRUST_METRIC: &str = "sealserve_trust";
+/// The trust gauge's name (kept with the other metric names in `telemetry`).
+pub use crate::telemetry::TRUST as TRUST_METRIC;
 
 /// The trust flags, flattened into `serve`'s and `seal verify`'s arguments.
 #[derive(Args, Debug, Clone, Default)]

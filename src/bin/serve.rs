@@ -4,11 +4,13 @@
 use clap::Parser;
 use sealserve::bundle::{Bundle, TrustPolicy, TrustState, VerifiedBundle, VerifyError};
 use sealserve::config::{LogFormat, ServeArgs};
-use sealserve::engine::{self, Engine, EngineConfig};
+use sealserve::engine::{self, DeviceKind, Engine, EngineConfig};
 use sealserve::exit::{self, Exit};
-use sealserve::http::{self, AppState, BundleInfo, Limits};
+use sealserve::http::{self, AppState, BundleInfo, SignatureKind};
+use sealserve::infer::Infer;
 use sealserve::placement::{self, Container};
 use sealserve::{batcher, harden, memory};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -73,11 +75,15 @@ fn pin_compute_threads() {
     }
 }
 
+/// Logs go to stderr: JSON lines, or text that is coloured only when stderr is a terminal and
+/// `NO_COLOR` is unset (`kubectl logs` and CML show raw escape codes otherwise).
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -167,7 +173,7 @@ fn verify(policy: &TrustPolicy) -> Result<VerifiedBundle<'static>, Fatal> {
         tracing::warn!("running UNPINNED (--allow-unpinned): any correctly self-signed bundle would have been accepted; pin the release key with --trusted-key or --trusted-keys-dir");
     }
     // Installs the recorder now, so the gauge is recorded before anything else.
-    sealserve::http::metrics::handle();
+    sealserve::telemetry::handle();
     metrics::gauge!(
         sealserve::trust::TRUST_METRIC,
         "state" => verified.trust.to_string(),
@@ -181,7 +187,7 @@ fn load_engine(args: &ServeArgs, verified: &VerifiedBundle<'static>) -> Result<E
     let config = EngineConfig {
         device: args.device,
         dtype: args.dtype,
-        max_forward_tokens: args.max_forward_tokens,
+        max_forward_tokens: args.max_forward_tokens.map(std::num::NonZeroUsize::get),
         pooling: args.pooling,
         cuda_lib_dirs: args.cuda_lib_dirs.clone(),
     };
@@ -212,11 +218,12 @@ fn load_engine(args: &ServeArgs, verified: &VerifiedBundle<'static>) -> Result<E
 
 fn harden_process(args: &ServeArgs, engine: &Engine) -> Result<harden::HardenReport, Fatal> {
     let mut readable = harden::default_readable_paths();
-    if engine.info().device == "cuda" {
+    if engine.info().device == DeviceKind::Cuda {
         // Libraries loaded lazily by name after startup need the loader cache and their folders.
         readable.push("/etc/ld.so.cache".into());
         readable.extend(sealserve::engine::device::cuda_library_dirs(
             &args.cuda_lib_dirs,
+            &engine.info().library_dirs,
         ));
     }
     if args.harden == harden::HardenLevel::Strict {
@@ -264,37 +271,27 @@ fn app_state(
     engine: &Engine,
     report: harden::HardenReport,
 ) -> impl FnOnce(batcher::Batcher) -> Arc<AppState> {
-    let limits = Limits {
-        max_client_batch_size: args.max_client_batch_size,
-        payload_limit: args.payload_limit,
-        max_batch_tokens: args.max_batch_tokens,
-        max_batch_size: args.max_batch_size,
-        max_concurrent_requests: args.max_concurrent_requests,
-    };
+    let limits = args.limits();
     let bundle = BundleInfo {
         manifest_sha256: verified.manifest_sha256.clone(),
         key_fingerprint: verified.key_fingerprint.clone(),
         key_id: verified.key_id.clone(),
         signature: if verified.dev_signed {
-            "dev-signed"
+            SignatureKind::DevSigned
         } else {
-            "signed"
+            SignatureKind::Signed
         },
         trusted_keys_pinned: policy.is_pinned(),
         trust: verified.trust,
     };
     let tokenizer = engine.tokenizer().clone();
     let model = engine.info().clone();
-    let hardening = serde_json::to_value(&report).unwrap_or(serde_json::Value::Null);
     let api_key = args.api_key.clone();
     move |batcher| {
         Arc::new(AppState {
-            batcher,
-            tokenizer,
-            model,
-            limits,
+            infer: Infer::new(batcher, tokenizer, model, limits),
             bundle,
-            hardening,
+            hardening: report,
             api_key,
             ready: Arc::new(AtomicBool::new(false)),
         })
@@ -318,11 +315,7 @@ fn serve_forever(
             )
         })?;
     let engine = Arc::new(engine);
-    let config = batcher::BatcherConfig {
-        max_batch_tokens: args.max_batch_tokens,
-        max_batch_size: args.max_batch_size,
-        max_concurrent_requests: args.max_concurrent_requests,
-    };
+    let limits = args.limits();
     let grace = args.shutdown_grace();
     runtime.block_on(async move {
         listener
@@ -330,7 +323,7 @@ fn serve_forever(
             .map_err(|e| Fatal::new(exit::SERVE, e))?;
         let listener =
             tokio::net::TcpListener::from_std(listener).map_err(|e| Fatal::new(exit::SERVE, e))?;
-        let batcher = batcher::Batcher::start(engine.clone(), config);
+        let batcher = batcher::Batcher::start(engine.clone(), &limits);
         http::serve(listener, state(batcher), grace)
             .await
             .map_err(|e| Fatal::new(exit::SERVE, format!("server failed: {e}")))

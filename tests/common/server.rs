@@ -9,6 +9,14 @@ use std::time::Duration;
 /// pin); the trust tests start it without.
 pub const UNPINNED: (&str, &str) = ("SEALSERVE_ALLOW_UNPINNED", "1");
 
+/// The `serve` binary of this build, as every test launches it, with the [`UNPINNED`] waiver:
+/// the one place for launch settings every test needs.
+pub fn serve_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_serve"));
+    command.env(UNPINNED.0, UNPINNED.1);
+    command
+}
+
 /// A running `serve` process; killed on drop.
 pub struct Server {
     pub child: Child,
@@ -23,7 +31,7 @@ impl Server {
     /// (and the [`UNPINNED`] waiver, which `env` may override), and waits until it listens and
     /// /ready answers 200.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_serve"));
+        let mut command = serve_command();
         command
             .args(["--log-format", "json"])
             .args(args)
@@ -32,8 +40,6 @@ impl Server {
         if !args.contains(&"--port") && !env.iter().any(|(k, _)| *k == "CDSW_APP_PORT") {
             command.args(["--host", "127.0.0.1", "--port", "0"]);
         }
-        // The tests run the dev-signed build, which has no release key to pin.
-        command.env(UNPINNED.0, UNPINNED.1);
         for (key, value) in env {
             command.env(key, value);
         }
@@ -72,7 +78,7 @@ impl Server {
 
     fn wait_ready(&self) {
         for _ in 0..600 {
-            if let Ok(response) = ureq_get(&format!("{}/ready", self.base)) {
+            if let Ok(response) = status_of_get(&format!("{}/ready", self.base)) {
                 if response == 200 {
                     return;
                 }
@@ -108,8 +114,9 @@ impl Drop for Server {
     }
 }
 
-/// Minimal blocking GET returning the status (used before an async client exists).
-fn ureq_get(url: &str) -> std::io::Result<u16> {
+/// Minimal blocking GET returning the status, for polling /ready from synchronous code (the
+/// async reqwest client needs a runtime, which `Server::start` callers may not be in).
+fn status_of_get(url: &str) -> std::io::Result<u16> {
     use std::io::{Read, Write};
     let rest = url.trim_start_matches("http://");
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));

@@ -8,6 +8,7 @@
 
 use crate::manifest::{is_lower_hex, is_plain_file_name, Manifest};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
@@ -117,6 +118,13 @@ pub struct ModelSection {
     pub max_seq_length: usize,
     #[serde(default)]
     pub license: Option<String>,
+    /// sentence-transformers prompts (`config_sentence_transformers.json`): name → text put
+    /// before an input when a request names the prompt.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt applied when a request names none (must be a key of `prompts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_prompt_name: Option<String>,
 }
 
 /// Kinds of package registry a mirror can be; a kind build.rs cannot fetch from is a parse error
@@ -170,6 +178,12 @@ pub struct BundleMetadata {
     pub weights: String,
     pub tokenizer: String,
     pub config: String,
+    /// See [`ModelSection::prompts`]; absent from the JSON when empty, so bundles without
+    /// prompts keep their bytes (and signatures).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prompts: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_prompt_name: Option<String>,
     /// Version of sealserve whose build.rs sealed it.
     pub sealserve_version: String,
     /// Signed by an ephemeral key generated at build time (no release key was given). Lives
@@ -237,6 +251,13 @@ impl ModelSpec {
         if self.model.max_seq_length == 0 {
             return Err(invalid("max_seq_length must be > 0".into()));
         }
+        if let Some(name) = &self.model.default_prompt_name {
+            if !self.model.prompts.contains_key(name) {
+                return Err(invalid(format!(
+                    "default_prompt_name {name:?} is not a key of [model.prompts]"
+                )));
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for file in &self.files {
             if !is_lower_hex(&file.sha256, 64) {
@@ -287,6 +308,8 @@ impl ModelSpec {
             weights: self.file_with_role(FileRole::Weights).name.clone(),
             tokenizer: self.file_with_role(FileRole::Tokenizer).name.clone(),
             config: self.file_with_role(FileRole::Config).name.clone(),
+            prompts: self.model.prompts.clone(),
+            default_prompt_name: self.model.default_prompt_name.clone(),
             sealserve_version: build.sealserve_version.clone(),
             dev_signed: build.dev_signed,
         }
