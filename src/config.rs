@@ -5,6 +5,7 @@ use crate::engine::{DTypeRequest, DeviceRequest};
 use crate::harden::HardenLevel;
 use crate::limits::Limits;
 use crate::spec::Pooling;
+use crate::trust::TrustArgs;
 use clap::{Parser, ValueEnum};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroUsize;
@@ -98,13 +99,9 @@ pub struct ServeArgs {
     #[arg(long, env = "SEALSERVE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
-    /// Trusted signing keys (64-hex fingerprints or PEM/minisign key files, comma separated); any other key, and dev-signed bundles, are refused
-    #[arg(
-        long = "trusted-key",
-        env = "SEALSERVE_TRUSTED_KEYS",
-        value_delimiter = ','
-    )]
-    pub trusted_keys: Vec<String>,
+    /// Trust anchors and bindings (see `crate::trust`); without one, serve refuses to start.
+    #[command(flatten)]
+    pub trust: TrustArgs,
 
     /// Verify the embedded bundle, print what it carries, and exit
     #[arg(long, env = "SEALSERVE_VERIFY_ONLY")]
