@@ -8,7 +8,6 @@
 mod common;
 
 use common::tiny;
-use sealserve::bundle::{Bundle, TrustPolicy};
 use sealserve::engine::{self, EngineConfig, EngineError};
 use sealserve::model::LoadError;
 use sealserve::spec::{Family, FileRole, Pooling};
@@ -43,11 +42,7 @@ fn load(
     spec.model.pooling = pooling;
     spec.model.max_seq_length = 40;
     let (bytes, _key) = tiny::seal(&spec, &files, true);
-    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-    let verified = Bundle::parse(bytes)
-        .expect("parse bundle")
-        .verify(&TrustPolicy::unpinned(), &mut |_| {})
-        .expect("verify bundle");
+    let verified = common::verify_static(&bytes);
     let config = EngineConfig {
         device: "cpu".parse().expect("device"),
         dtype: "f32".parse().expect("dtype"),

@@ -2,12 +2,13 @@
 //! lives in the library. Any failure is one line on stderr and a documented exit code.
 
 use clap::Parser;
-use sealserve::bundle::{Bundle, TrustPolicy, VerifiedBundle};
+use sealserve::bundle::{Bundle, TrustPolicy, TrustState, VerifiedBundle, VerifyError};
 use sealserve::config::{LogFormat, ServeArgs};
 use sealserve::engine::{self, DeviceKind, Engine, EngineConfig};
 use sealserve::exit::{self, Exit};
 use sealserve::http::{self, AppState, BundleInfo, SignatureKind};
 use sealserve::infer::Infer;
+use sealserve::placement::{self, Container};
 use sealserve::{batcher, harden, memory};
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -92,8 +93,10 @@ fn init_logging(format: LogFormat) {
 
 fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
     args.validate().map_err(|e| Fatal::new(exit::CONFIG, e))?;
-    let policy = sealserve::trust::policy_from_values(&args.trusted_keys)
-        .map_err(|e| Fatal::new(exit::CONFIG, e))?;
+    let policy = args
+        .trust
+        .policy()
+        .map_err(|e| Fatal::new(i32::from(Exit::from(&e).code()), e))?;
     let verified = verify(&policy)?;
     if args.verify_only {
         println!("{}", sealserve::seal::summary(&verified));
@@ -122,23 +125,42 @@ fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
     serve_forever(args, listener, engine, state)
 }
 
+/// Verifies the bundle exactly as `seal verify` does: found in this executable's file at its
+/// `.sealserve` section (the only bundle marker in the file), every file copied out of the file
+/// into memory of our own and hashed there. The loader only ever sees those copies, so nothing
+/// is read from the executable after it was hashed.
 fn verify(policy: &TrustPolicy) -> Result<VerifiedBundle<'static>, Fatal> {
-    let refuse = |e: sealserve::bundle::VerifyError| {
+    let refuse = |e: VerifyError| {
         Fatal::new(
             i32::from(Exit::from(&e).code()),
             format!("refusing to start: {e}"),
         )
     };
-    let bundle = Bundle::parse(SEALED_BUNDLE).map_err(refuse)?;
+    let exe = std::fs::File::open("/proc/self/exe").map_err(|e| {
+        refuse(VerifyError::Malformed(format!(
+            "cannot read this executable through /proc/self/exe ({e}); serve verifies the bundle from its own file and needs /proc"
+        )))
+    })?;
+    let found = placement::locate(&exe).map_err(refuse)?;
+    // Only the static's address is taken (size_of_val of a sized type reads nothing): that keeps
+    // the section linked without touching its pages.
+    let built_len = std::mem::size_of_val(std::hint::black_box(&SEALED_BUNDLE)) as u64;
+    if found.container != Container::Elf || found.len != built_len {
+        return Err(refuse(VerifyError::Malformed(format!(
+            "this executable's {} section holds {} bytes, but it was built with a {built_len}-byte bundle",
+            sealserve::bundle::SECTION,
+            found.len
+        ))));
+    }
+    let bundle = Bundle::read(found.source(&exe)).map_err(refuse)?;
     let verified = bundle
-        .verify(policy, &mut |chunk| {
-            memory::release_pages(chunk);
-        })
+        .verify(policy, &mut memory::VerifiedCopies)
         .map_err(refuse)?;
     tracing::info!(
         model = %verified.metadata.model_id,
         revision = %verified.metadata.revision,
         key = %verified.key_fingerprint,
+        trust = %verified.trust,
         manifest_sha256 = %verified.manifest_sha256,
         hashed_mib = verified.bytes_hashed / (1 << 20),
         hash_ms = format!("{:.1}", verified.hash_time.as_secs_f64() * 1000.0),
@@ -146,9 +168,18 @@ fn verify(policy: &TrustPolicy) -> Result<VerifiedBundle<'static>, Fatal> {
     );
     if verified.dev_signed {
         tracing::warn!("THIS BUNDLE IS DEV-SIGNED: it was signed at build time by an ephemeral key. Build releases with SEALSERVE_SIGNATURE and SEALSERVE_PUBLIC_KEY, and pin the key with --trusted-key.");
-    } else if !policy.is_pinned() {
-        tracing::warn!("no --trusted-key configured: any correctly self-signed bundle would be accepted; pin the release key");
     }
+    if verified.trust == TrustState::Unpinned {
+        tracing::warn!("running UNPINNED (--allow-unpinned): any correctly self-signed bundle would have been accepted; pin the release key with --trusted-key or --trusted-keys-dir");
+    }
+    // Installs the recorder now, so the gauge is recorded before anything else.
+    sealserve::telemetry::handle();
+    metrics::gauge!(
+        sealserve::trust::TRUST_METRIC,
+        "state" => verified.trust.to_string(),
+        "signature" => if verified.dev_signed { "dev-signed" } else { "signed" }
+    )
+    .set(1.0);
     Ok(verified)
 }
 
@@ -164,10 +195,8 @@ fn load_engine(args: &ServeArgs, verified: &VerifiedBundle<'static>) -> Result<E
         engine::EngineError::Device(_) => Fatal::new(exit::DEVICE, e),
         other => Fatal::new(exit::LOAD, other),
     })?;
-    // The tensors hold their own copy (host or device); drop any embedded weight pages left.
-    if let Some(weights) = verified.file(&verified.metadata.weights) {
-        memory::release_pages(weights);
-    }
+    // Each tensor's source pages were released as it was loaded; what is left of the weights'
+    // copy (on CPU, the word-embedding table the model reads in place) stays.
     tracing::info!(
         device = %loaded.info.device,
         dtype = %loaded.info.dtype,
@@ -253,6 +282,7 @@ fn app_state(
             SignatureKind::Signed
         },
         trusted_keys_pinned: policy.is_pinned(),
+        trust: verified.trust,
     };
     let tokenizer = engine.tokenizer().clone();
     let model = engine.info().clone();

@@ -35,6 +35,8 @@ pub struct BundleInfo {
     pub key_id: String,
     pub signature: SignatureKind,
     pub trusted_keys_pinned: bool,
+    /// How the signing key was accepted: `pinned`, or `unpinned` under `--allow-unpinned`.
+    pub trust: crate::bundle::TrustState,
 }
 
 /// Everything handlers share.

@@ -5,10 +5,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// The `serve` binary of this build, as every test launches it. The one place to add launch
-/// flags every test needs (e.g. a trust pin once `serve` refuses to start unpinned).
+/// The waiver every test that starts the dev-signed `serve` passes (there is no release key to
+/// pin); the trust tests start it without.
+pub const UNPINNED: (&str, &str) = ("SEALSERVE_ALLOW_UNPINNED", "1");
+
+/// The `serve` binary of this build, as every test launches it, with the [`UNPINNED`] waiver:
+/// the one place for launch settings every test needs.
 pub fn serve_command() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_serve"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_serve"));
+    command.env(UNPINNED.0, UNPINNED.1);
+    command
 }
 
 /// A running `serve` process; killed on drop.
@@ -21,8 +27,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `serve --log-format json --host 127.0.0.1 --port 0 <args>` with extra environment,
-    /// and waits until it listens and /ready answers 200.
+    /// Starts `serve --log-format json --host 127.0.0.1 --port 0 <args>` with extra environment
+    /// (and the [`UNPINNED`] waiver, which `env` may override), and waits until it listens and
+    /// /ready answers 200.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = serve_command();
         command
