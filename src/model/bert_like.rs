@@ -158,7 +158,7 @@ impl BertLikeConfig {
                 )))
             }
         };
-        if config.num_heads == 0 || config.hidden_size % config.num_heads != 0 {
+        if config.num_heads == 0 || !config.hidden_size.is_multiple_of(config.num_heads) {
             return Err(LoadError::Config(format!(
                 "config.json: hidden size {} is not divisible by {} heads",
                 config.hidden_size, config.num_heads

@@ -60,7 +60,10 @@ impl GteConfig {
         let default_theta = if config.nomic { 1000.0 } else { 10_000.0 };
         config.rope_theta = layers::rope_theta(value, default_theta).map_err(LoadError::Config)?;
         if config.num_attention_heads == 0
-            || (config.head_dim.is_none() && config.hidden_size % config.num_attention_heads != 0)
+            || (config.head_dim.is_none()
+                && !config
+                    .hidden_size
+                    .is_multiple_of(config.num_attention_heads))
         {
             return Err(LoadError::Config(
                 "config.json: hidden_size is not divisible by num_attention_heads".into(),

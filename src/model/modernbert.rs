@@ -101,7 +101,11 @@ impl ModernBertConfig {
         };
         config.global_theta = theta("full_attention", "global_rope_theta", 160_000.0)?;
         config.local_theta = theta("sliding_attention", "local_rope_theta", 10_000.0)?;
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
+        {
             return Err(LoadError::Config(
                 "config.json: hidden_size is not divisible by num_attention_heads".into(),
             ));
@@ -122,7 +126,9 @@ impl ModernBertConfig {
     fn layer_kind(&self, layer: usize) -> LayerKind {
         match &self.layer_types {
             Some(kinds) if layer < kinds.len() => kinds[layer],
-            _ if layer % self.global_attn_every_n_layers.max(1) == 0 => LayerKind::FullAttention,
+            _ if layer.is_multiple_of(self.global_attn_every_n_layers.max(1)) => {
+                LayerKind::FullAttention
+            }
             _ => LayerKind::SlidingAttention,
         }
     }

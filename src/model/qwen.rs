@@ -70,13 +70,15 @@ impl QwenConfig {
             ));
         }
         let heads = config.num_attention_heads;
-        if heads == 0 || config.num_key_value_heads == 0 || heads % config.num_key_value_heads != 0
+        if heads == 0
+            || config.num_key_value_heads == 0
+            || !heads.is_multiple_of(config.num_key_value_heads)
         {
             return Err(LoadError::Config(
                 "config.json: num_attention_heads must be a multiple of num_key_value_heads".into(),
             ));
         }
-        if config.head_dim.is_none() && config.hidden_size % heads != 0 {
+        if config.head_dim.is_none() && !config.hidden_size.is_multiple_of(heads) {
             return Err(LoadError::Config(
                 "config.json: hidden_size is not divisible by num_attention_heads".into(),
             ));
