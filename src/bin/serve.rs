@@ -1,7 +1,6 @@
 //! `serve`: verify the embedded bundle, load it, warm up, harden, serve. Wiring only; every step
 //! lives in the library. Any failure is one line on stderr and a documented exit code.
 
-use clap::Parser;
 use sealserve::bundle::{Bundle, TrustPolicy, VerifiedBundle};
 use sealserve::config::{exit, LogFormat, ServeArgs};
 use sealserve::engine::{self, Engine, EngineConfig};
@@ -34,7 +33,7 @@ fn main() -> ExitCode {
     pin_compute_threads();
     // First thing: other same-uid processes must not read or write our memory, even while we load.
     let dumpable_error = harden::set_not_dumpable().err();
-    let args = match ServeArgs::try_parse() {
+    let args = match ServeArgs::parse_recording_sources() {
         Ok(args) => args,
         Err(e) if !e.use_stderr() => e.exit(), // --help / --version
         Err(e) => {
@@ -51,6 +50,25 @@ fn main() -> ExitCode {
     init_logging(args.log_format);
     if let Some(e) = dumpable_error {
         tracing::warn!("could not mark the process non-dumpable: {e}");
+    }
+    // Still one thread, nothing secret read yet: fork, and serve from the child (a fresh memory
+    // map that a descriptor opened during the start-up window cannot reach). The parent stays
+    // behind as the supervisor and never returns from `detach`.
+    match harden::detach(args.harden) {
+        Ok(harden::Detached {
+            supervisor: Some(supervisor),
+        }) => tracing::debug!(supervisor, "serving from a forked process"),
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("serve: refusing to start: {e}");
+            return ExitCode::from(exit::HARDEN as u8);
+        }
+    }
+    if args.api_key_on_command_line {
+        tracing::warn!(
+            "the API key was given on the command line: every local user can read it in \
+             /proc/<pid>/cmdline; pass it with --api-key-file (or SEALSERVE_API_KEY) instead"
+        );
     }
     match run(&args, started) {
         Ok(()) => ExitCode::SUCCESS,
@@ -85,8 +103,14 @@ fn init_logging(format: LogFormat) {
 
 fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
     args.validate().map_err(|e| Fatal::new(exit::CONFIG, e))?;
+    let api_key = args.api_key().map_err(|e| Fatal::new(exit::CONFIG, e))?;
     let policy =
         TrustPolicy::from_specs(&args.trusted_keys).map_err(|e| Fatal::new(exit::CONFIG, e))?;
+    // Every file the configuration names is read by now, and no thread exists yet: from here
+    // on, this thread and every thread started later may read only what loading, warm-up and
+    // serving need, and write nothing.
+    harden::restrict_startup(args.harden, &startup_allow(args))
+        .map_err(|e| Fatal::new(exit::HARDEN, e))?;
     let verified = verify(&policy)?;
     if args.verify_only {
         println!("{}", sealserve::cli::summary(&verified));
@@ -104,7 +128,7 @@ fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
 
     let engine = load_engine(args, &verified)?;
     let report = harden_process(args, &engine)?;
-    let state = app_state(args, &verified, &policy, &engine, report);
+    let state = app_state(args, api_key, &verified, &policy, &engine, report);
     let (rss, peak) = memory::resident_bytes().unwrap_or((0, 0));
     tracing::info!(
         startup_ms = started.elapsed().as_millis() as u64,
@@ -177,55 +201,62 @@ fn load_engine(args: &ServeArgs, verified: &VerifiedBundle<'static>) -> Result<E
     })
 }
 
+/// What the server reads from start-up on, before any thread exists: on a CUDA build that may
+/// use the GPU, also the driver's libraries, its /proc and /sys files and /dev/nvidia*.
+fn startup_allow(args: &ServeArgs) -> harden::FsAllow {
+    if candle_core::utils::cuda_is_available() && args.device != engine::DeviceRequest::Cpu {
+        harden::FsAllow::cuda(&engine::device::cuda_library_dirs(&args.cuda_lib_dirs))
+    } else {
+        harden::FsAllow::cpu()
+    }
+}
+
+/// The inference thread, as a pool of one for per-thread hardening.
+struct EngineThread<'a>(&'a Engine);
+
+impl harden::ThreadRunner for EngineThread<'_> {
+    fn name(&self) -> &'static str {
+        "engine"
+    }
+
+    fn run_on_each(&self, task: harden::ThreadTask) -> Result<(), String> {
+        self.0
+            .run_on_engine_thread(Box::new(move || task()))
+            .map_err(|e| e.to_string())
+    }
+}
+
 fn harden_process(args: &ServeArgs, engine: &Engine) -> Result<harden::HardenReport, Fatal> {
+    let cuda = engine.info().device == "cuda";
     let mut readable = harden::default_readable_paths();
-    if engine.info().device == "cuda" {
+    if cuda {
         // Libraries loaded lazily by name after startup need the loader cache and their folders.
         readable.push("/etc/ld.so.cache".into());
         readable.extend(sealserve::engine::device::cuda_library_dirs(
             &args.cuda_lib_dirs,
         ));
     }
-    if args.harden == harden::HardenLevel::Strict {
-        // Landlock binds per thread: restrict the inference thread too (it exists already).
-        let paths = readable.clone();
-        let result = Arc::new(std::sync::Mutex::new(None));
-        let slot = result.clone();
-        engine
-            .run_on_engine_thread(Box::new(move || {
-                let outcome = harden::restrict_filesystem(&paths);
-                if let Ok(mut slot) = slot.lock() {
-                    *slot = Some(outcome);
-                }
-            }))
-            .map_err(|e| Fatal::new(exit::HARDEN, e))?;
-        let outcome = result.lock().ok().and_then(|mut s| s.take());
-        if let Some(Err(e)) = outcome {
-            return Err(Fatal::new(
-                exit::HARDEN,
-                format!("hardening the inference thread failed: {e}"),
-            ));
-        }
-        // The compute pool's threads were started during warm-up: restrict each of them as well.
-        let failures: Vec<String> =
-            rayon::broadcast(|_| harden::restrict_filesystem(&readable).err())
-                .into_iter()
-                .flatten()
-                .map(|e| e.to_string())
-                .collect();
-        if let Some(first) = failures.first() {
-            return Err(Fatal::new(
-                exit::HARDEN,
-                format!("hardening the compute threads failed: {first}"),
-            ));
-        }
+    let plan = harden::Plan {
+        allow: harden::FsAllow::read_only(&readable),
+        // Not validated with the CUDA driver (no GPU where this was written): the driver and
+        // its JIT may need to create executable memory after warm-up.
+        w_xor_x: cuda.then(|| "not validated with the CUDA driver".to_owned()),
+    };
+    // The start-up domain already covers every thread; these add the narrower after-warm-up
+    // domain to each pool we know of (defence in depth). candle's barrier pool exists on CPU
+    // only (on CUDA, asking for it would start it).
+    let engine_thread = EngineThread(engine);
+    let mut runners: Vec<&dyn harden::ThreadRunner> =
+        vec![&engine_thread, &harden::RayonGlobalPool];
+    if !cuda {
+        runners.push(&harden::CandleBarrierPool);
     }
-    let report = harden::apply(args.harden, &readable).map_err(|e| Fatal::new(exit::HARDEN, e))?;
-    Ok(report)
+    harden::apply_on(args.harden, &plan, &runners).map_err(|e| Fatal::new(exit::HARDEN, e))
 }
 
 fn app_state(
     args: &ServeArgs,
+    api_key: Option<String>,
     verified: &VerifiedBundle,
     policy: &TrustPolicy,
     engine: &Engine,
@@ -252,7 +283,6 @@ fn app_state(
     let tokenizer = engine.tokenizer().clone();
     let model = engine.info().clone();
     let hardening = serde_json::to_value(&report).unwrap_or(serde_json::Value::Null);
-    let api_key = args.api_key.clone();
     move |batcher| {
         Arc::new(AppState {
             batcher,
