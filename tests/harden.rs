@@ -10,17 +10,18 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
+mod common;
+
+use common::child::{drop_to_nobody, emit, errno, get_dumpable, next_result, result_json};
 use sealserve::harden::{self, HardenLevel, LandlockStatus};
 use serde_json::{json, Value};
 
 const CHILD_ENV: &str = "SEALSERVE_HARDEN_CHILD";
-const RESULT_PREFIX: &str = "SEALSERVE_HARDEN_RESULT ";
-const NOBODY: u32 = 65534;
 
 // ---------------------------------------------------------------------------------------------
 // Plumbing
@@ -67,40 +68,6 @@ fn run_child(mut cmd: Command) -> Value {
         })
 }
 
-/// Reads lines from a running child until the next result line.
-fn next_result(reader: &mut BufReader<ChildStdout>) -> Value {
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        let n = reader.read_line(&mut line).expect("read child stdout");
-        assert!(
-            n > 0,
-            "child exited before printing a result; its output:\n{seen}"
-        );
-        if let Some(json) = result_json(&line) {
-            return serde_json::from_str(json).expect("result line is JSON");
-        }
-        seen.push_str(&line);
-    }
-}
-
-/// The JSON after the marker. libtest prints `test <name> ... ` without a newline before
-/// running the test, so the marker need not start the line.
-fn result_json(line: &str) -> Option<&str> {
-    let at = line.find(RESULT_PREFIX)?;
-    Some(line[at + RESULT_PREFIX.len()..].trim_end())
-}
-
-fn emit(value: Value) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{RESULT_PREFIX}{value}").expect("write result");
-    out.flush().expect("flush result");
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
 fn errno_name(e: i64) -> &'static str {
     match e as i32 {
         0 => "none",
@@ -120,67 +87,6 @@ fn get_i64(v: &Value, key: &str) -> i64 {
     v[key]
         .as_i64()
         .unwrap_or_else(|| panic!("`{key}` missing or not an integer in {v}"))
-}
-
-/// Drops to uid/gid 65534 with no supplementary groups when running as root, the way an
-/// unprivileged neighbour runs. Must happen before any hardening: a uid change resets the
-/// dumpable flag.
-///
-/// A uid change also leaves the process non-dumpable (`fs.suid_dumpable`, normally 0). A server
-/// started directly as an unprivileged user is dumpable, so that is restored here; otherwise
-/// the tests would credit `harden` with what the uid change did.
-fn drop_to_nobody() -> Value {
-    // SAFETY: plain libc calls with valid arguments.
-    unsafe {
-        // No child may hang the parent: SIGALRM's default action ends it after a minute, and
-        // the parent then sees EOF instead of waiting forever.
-        libc::alarm(60);
-        let was_root = libc::geteuid() == 0;
-        if was_root {
-            assert_eq!(
-                libc::setgroups(0, std::ptr::null()),
-                0,
-                "setgroups: {}",
-                errno()
-            );
-            assert_eq!(
-                libc::setresgid(NOBODY, NOBODY, NOBODY),
-                0,
-                "setresgid: {}",
-                errno()
-            );
-            assert_eq!(
-                libc::setresuid(NOBODY, NOBODY, NOBODY),
-                0,
-                "setresuid: {}",
-                errno()
-            );
-            assert_eq!((libc::getuid(), libc::geteuid()), (NOBODY, NOBODY));
-            assert_eq!((libc::getgid(), libc::getegid()), (NOBODY, NOBODY));
-        }
-        let rc = libc::prctl(
-            libc::PR_SET_DUMPABLE,
-            1 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        );
-        assert_eq!(rc, 0, "PR_SET_DUMPABLE 1: {}", errno());
-        json!({ "dropped_from_root": was_root, "uid": libc::getuid(), "gid": libc::getgid() })
-    }
-}
-
-fn get_dumpable() -> i32 {
-    // SAFETY: PR_GET_DUMPABLE takes no arguments.
-    unsafe {
-        libc::prctl(
-            libc::PR_GET_DUMPABLE,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    }
 }
 
 /// `Seccomp:` and `NoNewPrivs:` of a `/proc/.../status` file, parsed independently of the

@@ -96,5 +96,6 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
+pub mod child;
 pub mod server;
 pub mod tiny;
