@@ -80,7 +80,17 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
-    /// Sends SIGTERM.
+    /// The pid of the process that serves: with `--harden strict|basic` (the default) `serve`
+    /// forks once at start-up and `child` is the supervisor; with `--harden off` it is `child`.
+    pub fn serving_pid(&self) -> u32 {
+        let pid = self.child.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok())
+            .unwrap_or(pid)
+    }
+
+    /// Sends SIGTERM (to the supervisor, which forwards it).
     pub fn terminate(&self) {
         // SAFETY: plain kill(2) on our own child.
         unsafe {
