@@ -34,7 +34,7 @@ Exit codes:
    3  requested device unavailable (e.g. --device cuda without a usable GPU)
    4  model could not be loaded or warmed up
    5  could not bind the listening address, or the server failed
-   6  hardening could not be applied (--harden strict|basic)
+   6  hardening could not be applied, or a tracer is attached (--harden strict|basic)
   10  bundle malformed
   11  an embedded file does not match its MANIFEST digest
   12  MANIFEST (or sealserve.json) invalid or not covering the bundle
