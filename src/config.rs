@@ -132,7 +132,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SEALSERVE_VERIFY_ONLY")]
     pub verify_only: bool,
 
-    /// Self-hardening after warm-up: strict (not dumpable + seccomp + Landlock), basic (not dumpable + seccomp), off
+    /// Self-hardening: strict (not dumpable, start-up fork, Landlock from start-up, W^X, seccomp), basic (the same without Landlock), off (also needed under strace/gdb: the others refuse a tracer)
     #[arg(long, env = "SEALSERVE_HARDEN", default_value = "strict")]
     pub harden: HardenLevel,
 

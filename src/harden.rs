@@ -318,7 +318,8 @@ pub enum WxorX {
 pub struct PoolCoverage {
     /// [`ThreadRunner::name`].
     pub pool: String,
-    /// On how many threads the domain was applied.
+    /// On how many threads the domain was applied (candle's barrier pool also runs the task on
+    /// the calling thread, which is counted).
     pub threads: usize,
 }
 
