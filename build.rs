@@ -13,24 +13,9 @@
 //! builds — the signature is checked here so a bad pair fails the build, not the deployment. With
 //! neither set, an ephemeral key signs and the bundle is marked dev-signed.
 
-#[path = "src/bundle.rs"]
-#[allow(dead_code)]
-mod bundle;
-#[path = "src/manifest.rs"]
-#[allow(dead_code)]
-mod manifest;
-#[path = "src/signature.rs"]
-#[allow(dead_code)]
-mod signature;
-#[path = "src/source.rs"]
-#[allow(dead_code)]
-mod source;
-#[path = "src/spec.rs"]
-#[allow(dead_code)]
-mod spec;
-
-use source::{BlobCache, FileSource, LocalDir, PypiMirror};
-use spec::{FileSpec, ModelSpec};
+use seal_core::source::{self, BlobCache, FileSource, LocalDir, PypiMirror};
+use seal_core::spec::{self, FileSpec, MirrorKind, ModelSpec};
+use seal_core::{bundle, signature};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -75,10 +60,8 @@ fn run() -> Result<(), String> {
     for var in WATCHED_ENV {
         println!("cargo:rerun-if-env-changed={var}");
     }
+    // seal-core is a build-dependency: cargo reruns this script when it changes.
     println!("cargo:rerun-if-changed=build.rs");
-    for module in ["bundle", "manifest", "signature", "source", "spec"] {
-        println!("cargo:rerun-if-changed=src/{module}.rs");
-    }
 
     let model_name = env("SEALSERVE_MODEL").unwrap_or_else(|| DEFAULT_MODEL.to_string());
     let model_dir = root.join("models").join(&model_name);
@@ -140,12 +123,12 @@ fn resolve_files(spec: &ModelSpec, out_dir: &Path) -> Result<source::Resolved, S
     let mut cache_reader = cache_dir.clone().map(|dir| BlobCache { dir });
     let cache_writer = cache_dir.map(|dir| BlobCache { dir });
     let mut hub = HubSource::new(spec);
-    let mut mirror = spec.mirror.clone().map(|m| {
-        PypiMirror::new(
+    let mut mirror = spec.mirror.clone().map(|m| match m.kind {
+        MirrorKind::Pypi => PypiMirror::new(
             m,
             out_dir.join("mirror"),
             env("SEALSERVE_PYTHON").unwrap_or_else(|| "python3".into()),
-        )
+        ),
     });
 
     let mut sources: Vec<&mut dyn FileSource> = Vec::new();
@@ -184,9 +167,7 @@ fn signature_for(
     ) {
         (None, None) => {
             let key = signature::SecretKey::generate();
-            let timestamp = env("SOURCE_DATE_EPOCH")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or_else(unix_now);
+            let timestamp = signature::signing_timestamp();
             let sig = key.sign(manifest_bytes, bundle::MANIFEST_FILE, timestamp);
             Ok((sig, key.public_key(), true))
         }
@@ -204,13 +185,6 @@ fn signature_for(
                 .into(),
         ),
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn write_bundle_file(

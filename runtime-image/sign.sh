@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sign and verify what sealserve ships: the model MANIFEST embedded in the binary, and the
-# container images, by digest, with cosign (a key pair, or keyless through Sigstore/OIDC).
+# Sign, attest and verify what sealserve ships, with cosign: the container images (by digest,
+# from the build's own metadata, never a tag), their SBOM and SLSA provenance, and the released
+# `serve` executable.
 set -euo pipefail
 
 PROG=${0##*/}
@@ -8,41 +9,57 @@ PROG=${0##*/}
 usage() {
   cat <<EOF
 Usage:
-  $PROG manifest [--model-dir DIR] [--model-key FILE] [--out DIR] [KEY OPTIONS]
-      seal manifest DIR > OUT/MANIFEST; seal sign (ed25519, writes MANIFEST.sig and
-      MANIFEST.minisig); check MANIFEST.sig with cosign verify-blob and the model's public key.
-      With --keyless also records MANIFEST in the transparency log (MANIFEST.sigstore.json).
-  $PROG image IMAGE [KEY OPTIONS]
-      Resolve IMAGE to its digest and cosign sign REPO@sha256:... in the cosign v2 signature
-      format (a .sig tag beside the image; NeuVector reads no other), then verify it.
-  $PROG verify-image IMAGE [KEY OPTIONS]
-      cosign verify REPO@sha256:... .
-  $PROG verify-binary BINARY [--out DIR]
-      seal verify BINARY, then seal export BINARY DIR (default: ./out) and cosign verify-blob
-      the exported MANIFEST against the exported public key.
+  $PROG image (--metadata-file build.json | --digest-file FILE REPO | REPO@sha256:...) \\
+        --sbom FILE --provenance FILE [KEY OPTIONS]
+      Sign the image digest the build recorded (docker buildx --metadata-file: image.name +
+      containerimage.digest; podman push --digestfile) in cosign's v2 signature format (the
+      .sig tag NeuVector reads), attest the CycloneDX SBOM (--type cyclonedx) and the SLSA v1
+      provenance predicate (--type slsaprovenance1), then verify all three. A tag is refused:
+      signing what a tag points to after the push races with anyone who can push that tag.
+      Prints REPO@sha256:... on its last line.
+  $PROG provenance (--metadata-file build.json | --digest-file FILE REPO | REPO@sha256:...) \\
+        --dockerfile PATH [--builder-id URI] [--build-arg K=V ...]
+      Write an SLSA v1 provenance predicate for that image to stdout (source commit, Dockerfile,
+      build arguments, base images from the Dockerfile's FROM lines).
+  $PROG verify-image REPO@sha256:... [KEY OPTIONS]
+      cosign verify plus verify-attestation (cyclonedx, slsaprovenance1).
+  $PROG zarf-args REPO@sha256:...
+      Print the zarf package create --set arguments: IMAGE and cosign's signature and
+      attestation tags for it (they travel in the package as images of their own).
+  $PROG verify-binary DIR [--release-pub FILE]
+      Check a downloaded standalone release before running it: SHA256SUMS against
+      SHA256SUMS.sig (cosign verify-blob) and SHA256SUMS.minisig (minisign, when the .pub is
+      there), every file listed in SHA256SUMS (sha256sum -c), serve against serve.sig and
+      serve.minisig; then seal verify on serve. DIR holds serve, serve.sig, serve.minisig,
+      SHA256SUMS, SHA256SUMS.sig, SHA256SUMS.minisig; --release-pub is the release public key
+      (PEM; a .minisign file beside it, if present, is used by minisign).
 
-Key options (one of):
-  --key FILE            cosign private key for signing (cosign generate-key-pair); for the
-                        verify steps the matching public key is FILE with .key replaced by .pub,
-                        or --pub FILE.
-  --pub FILE            public key for verification.
-  --keyless             Sigstore keyless: sign with an OIDC identity (Fulcio + Rekor);
-                        verify with --identity and --issuer.
-  --identity ID         expected signer identity (keyless verify), e.g. release@example.com.
-  --issuer URL          expected OIDC issuer (keyless verify).
-  --tlog                with --key: also upload to the transparency log (default: off, for
-                        air-gapped registries; verification then uses --insecure-ignore-tlog).
-  --rekor-url URL       private Rekor instance (implies --tlog).
+Key options:
+  --key REF             signing key: a cosign key file, or a KMS/HSM reference cosign accepts
+                        (awskms://, azurekms://, gcpkms://, hashivault://, k8s://, pkcs11:...).
+  --pub REF             verification key (a public key file or the same KMS/HSM reference).
+                        Required with a key FILE: the verification key is never taken from the
+                        file lying next to the private key. With a KMS/HSM --key and no --pub,
+                        the same reference verifies.
+  --keyless             Sigstore keyless (Fulcio + Rekor with an OIDC identity); verify with
+                        --identity and --issuer.
+  --identity ID, --issuer URL
+                        expected signer identity and OIDC issuer (keyless verification).
+  --tlog                with --key: also upload to the transparency log (default off, for
+                        air-gapped registries; verification then skips the log lookup).
+  --rekor-url URL       a Rekor you run (implies --tlog).
 
-Environment: COSIGN (default: cosign), SEAL (default: seal, else target/release/seal),
-COSIGN_PASSWORD (key password, read by cosign).
+Environment: COSIGN (default cosign), SEAL (default: seal, else target/release/seal),
+MINISIGN (default minisign), COSIGN_PASSWORD (key password, read by cosign).
+cosign v2 and v3 are supported; an unknown cosign major version is refused.
 
 Examples:
-  $PROG manifest --model-key keys/model.key
-  $PROG image registry.example.internal/sealserve/serve:0.1.0 --key cosign.key
-  $PROG image registry.example.internal/sealserve/serve:0.1.0 --keyless
-  $PROG verify-image registry.example.internal/sealserve/serve:0.1.0 --pub cosign.pub
-  $PROG verify-binary target/cuda/release/serve
+  docker buildx build -f runtime-image/Dockerfile --push --metadata-file build.json -t REPO:0.1.0 .
+  $PROG provenance --metadata-file build.json --dockerfile runtime-image/Dockerfile > provenance.json
+  $PROG image --metadata-file build.json --sbom image.cdx.json --provenance provenance.json \\
+    --key awskms:///alias/sealserve-release
+  $PROG verify-image REPO@sha256:... --pub cosign.pub
+  $PROG verify-binary ./sealserve-0.1.0 --release-pub release.pub
 EOF
 }
 
@@ -52,6 +69,8 @@ die() {
 }
 
 COSIGN=${COSIGN:-cosign}
+COSIGN_MAJOR=""
+MINISIGN=${MINISIGN:-minisign}
 SEAL=${SEAL:-}
 MODE=""
 KEY=""
@@ -60,10 +79,15 @@ IDENTITY=""
 ISSUER=""
 TLOG=0
 REKOR_URL=""
-MODEL_DIR=models/all-MiniLM-L6-v2
-MODEL_KEY=keys/model.key
-MODEL_PUB=""
-OUT=""
+METADATA_FILE=""
+DIGEST_FILE=""
+SBOM=""
+PROVENANCE=""
+DOCKERFILE=""
+BUILDER_ID=""
+RELEASE_PUB=""
+BUILD_ARGS=()
+POSITIONAL=()
 
 need() {
   command -v "$1" >/dev/null 2>&1 || die "$1 not found in PATH"
@@ -81,74 +105,128 @@ seal_cmd() {
   fi
 }
 
-cosign_major() {
-  "$COSIGN" version 2>/dev/null | sed -n 's/^GitVersion:[[:space:]]*v\{0,1\}\([0-9][0-9]*\).*/\1/p' | head -n1
+# A KMS/HSM reference, as cosign's --key accepts it: never a file on disk.
+is_key_ref() {
+  [[ "$1" == *://* || "$1" == pkcs11:* ]]
 }
 
-# cosign v3 writes the new Sigstore bundle as an OCI referrer by default; NeuVector, and older
-# Kyverno and policy-controller releases, only find the v2-format .sig tag.
-legacy_format_flags() {
+cosign_major() {
   local major
-  major=$(cosign_major)
-  if [[ -n "$major" && "$major" -ge 3 ]]; then
+  major=$("$COSIGN" version 2>/dev/null | sed -n 's/^GitVersion:[[:space:]]*v\{0,1\}\([0-9][0-9]*\).*/\1/p' | head -n1)
+  case "$major" in
+    2 | 3) printf '%s' "$major" ;;
+    *) die "cannot tell cosign's major version (got '${major}'); v2 or v3 is required" ;;
+  esac
+}
+
+# cosign v3 writes Sigstore bundles as OCI referrers by default; NeuVector, and older Kyverno and
+# policy-controller releases, only find the v2-format .sig/.att tags.
+legacy_format_flags() {
+  if [[ "$COSIGN_MAJOR" == 3 ]]; then
     printf '%s\n' --new-bundle-format=false --use-signing-config=false
   fi
 }
 
-pub_for_verify() {
+# REPO@sha256:<64 hex> from the build's record, never from a registry lookup of a tag.
+image_ref() {
+  local ref="" repo digest
+  if [[ -n "$METADATA_FILE" ]]; then
+    [[ -f "$METADATA_FILE" ]] || die "--metadata-file $METADATA_FILE: no such file"
+    need python3
+    ref=$(python3 - "$METADATA_FILE" <<'PY'
+import json, sys
+meta = json.load(open(sys.argv[1]))
+digest = meta.get("containerimage.digest", "")
+names = [n for n in meta.get("image.name", "").split(",") if n]
+if not digest or not names:
+    sys.exit("no containerimage.digest / image.name in the metadata file (docker buildx --push --metadata-file)")
+name = names[0]
+if "@" in name:
+    name = name.split("@", 1)[0]
+last = name.rsplit("/", 1)[-1]
+if ":" in last:
+    name = name[: len(name) - len(last)] + last.split(":", 1)[0]
+print(name + "@" + digest)
+PY
+    ) || die "cannot read the image digest from $METADATA_FILE"
+  elif [[ -n "$DIGEST_FILE" ]]; then
+    [[ ${#POSITIONAL[@]} -eq 1 ]] || die "--digest-file needs the repository (REPO, no tag) as its argument"
+    [[ -f "$DIGEST_FILE" ]] || die "--digest-file $DIGEST_FILE: no such file"
+    digest=$(tr -d '[:space:]' <"$DIGEST_FILE")
+    repo=${POSITIONAL[0]}
+    [[ "${repo##*/}" != *:* ]] || die "$repo: give the repository without a tag with --digest-file"
+    ref="$repo@$digest"
+  else
+    [[ ${#POSITIONAL[@]} -eq 1 ]] || die "name the image: --metadata-file FILE, --digest-file FILE REPO, or REPO@sha256:..."
+    ref=${POSITIONAL[0]}
+  fi
+  [[ "$ref" =~ ^[^@[:space:]]+@sha256:[0-9a-f]{64}$ ]] ||
+    die "$ref is not REPO@sha256:<digest>: refusing to sign or verify a tag (take the digest from the build: --metadata-file or --digest-file)"
+  printf '%s' "$ref"
+}
+
+# Arguments that select the signing key.
+sign_key_args() {
+  if [[ "$MODE" == keyless ]]; then
+    return
+  fi
+  [[ -n "$KEY" ]] || die "signing needs --key FILE|KMS-REF or --keyless"
+  if ! is_key_ref "$KEY"; then
+    [[ -f "$KEY" ]] || die "--key $KEY: no such file (or give a KMS/HSM reference)"
+  fi
+  local tlog=false
+  [[ "$TLOG" == 1 ]] && tlog=true
+  printf '%s\n' --key "$KEY" "--tlog-upload=$tlog"
+}
+
+verify_key() {
   if [[ -n "$PUB" ]]; then
     printf '%s' "$PUB"
-  elif [[ -n "$KEY" ]]; then
-    printf '%s' "${KEY%.key}.pub"
+  elif [[ -n "$KEY" ]] && is_key_ref "$KEY"; then
+    printf '%s' "$KEY"
   else
-    die "verification needs --pub FILE (or --key FILE with FILE.pub beside it), or --keyless"
+    die "verification needs --pub FILE|KMS-REF (never the file beside the private key), or --keyless"
   fi
 }
 
-# REPO[:TAG|@DIGEST] -> REPO@sha256:...  Signing a tag would sign whatever the tag points at
-# when cosign looks; the digest is what admission controllers pin.
-resolve_digest() {
-  local ref=$1 repo digest=""
-  if [[ "$ref" == *@sha256:* ]]; then
-    printf '%s' "$ref"
-    return
-  fi
-  repo=$ref
-  # Strip a tag (a ':' after the last '/'), not a registry port.
-  if [[ "${ref##*/}" == *:* ]]; then
-    repo=${ref%:*}
-  fi
-  if command -v crane >/dev/null 2>&1; then
-    digest=$(crane digest "$ref")
-  elif command -v skopeo >/dev/null 2>&1; then
-    digest=$(skopeo inspect --format '{{.Digest}}' "docker://$ref")
-  elif command -v docker >/dev/null 2>&1; then
-    digest=$(docker buildx imagetools inspect "$ref" --format '{{json .Manifest.Digest}}' | tr -d '"')
+# Arguments that select the verification key or identity.
+verify_args() {
+  if [[ "$MODE" == keyless ]]; then
+    [[ -n "$IDENTITY" && -n "$ISSUER" ]] || die "keyless verification needs --identity and --issuer"
+    printf '%s\n' --certificate-identity "$IDENTITY" --certificate-oidc-issuer "$ISSUER"
+    [[ -n "$REKOR_URL" ]] && printf '%s\n' --rekor-url "$REKOR_URL"
   else
-    die "cannot resolve $ref to a digest: install crane or skopeo, or pass REPO@sha256:..."
+    printf '%s\n' --key "$(verify_key)"
+    if [[ "$TLOG" == 1 ]]; then
+      [[ -n "$REKOR_URL" ]] && printf '%s\n' --rekor-url "$REKOR_URL"
+    else
+      printf '%s\n' --insecure-ignore-tlog=true
+    fi
   fi
-  [[ "$digest" == sha256:* ]] || die "could not resolve $ref to a digest (got '$digest')"
-  printf '%s@%s' "$repo" "$digest"
+  return 0
 }
 
 sign_image() {
   local ref
   need "$COSIGN"
-  ref=$(resolve_digest "$1")
-  local -a args
-  mapfile -t args < <(legacy_format_flags)
-  if [[ "$MODE" == keyless ]]; then
-    echo "$PROG: signing $ref (keyless)" >&2
-    "$COSIGN" sign --yes "${args[@]}" ${REKOR_URL:+--rekor-url "$REKOR_URL"} "$ref"
-  else
-    [[ -f "$KEY" ]] || die "--key $KEY: no such file"
-    local tlog=false
-    [[ "$TLOG" == 1 ]] && tlog=true
-    echo "$PROG: signing $ref with $KEY (tlog upload: $tlog)" >&2
-    "$COSIGN" sign --yes --key "$KEY" --tlog-upload="$tlog" "${args[@]}" \
-      ${REKOR_URL:+--rekor-url "$REKOR_URL"} "$ref"
-  fi
-  if [[ "$MODE" == keyless && ( -z "$IDENTITY" || -z "$ISSUER" ) ]]; then
+  ref=$(image_ref)
+  [[ -f "$SBOM" ]] || die "--sbom FILE (CycloneDX JSON of the image) is required"
+  [[ -f "$PROVENANCE" ]] || die "--provenance FILE (SLSA v1 predicate; see '$PROG provenance') is required"
+  # Fail before signing anything when the result could not be verified.
+  [[ "$MODE" == keyless ]] || verify_key >/dev/null
+  COSIGN_MAJOR=$(cosign_major)
+  local -a legacy keyargs rekor=()
+  mapfile -t legacy < <(legacy_format_flags)
+  mapfile -t keyargs < <(sign_key_args)
+  [[ -n "$REKOR_URL" ]] && rekor=(--rekor-url "$REKOR_URL")
+  echo "$PROG: signing $ref" >&2
+  "$COSIGN" sign --yes "${keyargs[@]}" "${legacy[@]}" "${rekor[@]}" "$ref"
+  echo "$PROG: attesting the SBOM ($SBOM) and provenance ($PROVENANCE) of $ref" >&2
+  "$COSIGN" attest --yes "${keyargs[@]}" "${legacy[@]}" "${rekor[@]}" \
+    --type cyclonedx --predicate "$SBOM" "$ref"
+  "$COSIGN" attest --yes "${keyargs[@]}" "${legacy[@]}" "${rekor[@]}" \
+    --type slsaprovenance1 --predicate "$PROVENANCE" "$ref"
+  if [[ "$MODE" == keyless && (-z "$IDENTITY" || -z "$ISSUER") ]]; then
     echo "$PROG: signed; verify with: $PROG verify-image $ref --keyless --identity ID --issuer URL" >&2
   else
     verify_image "$ref"
@@ -157,68 +235,91 @@ sign_image() {
 }
 
 verify_image() {
-  local ref
+  local ref=${1:-}
   need "$COSIGN"
-  ref=$(resolve_digest "$1")
-  if [[ "$MODE" == keyless ]]; then
-    [[ -n "$IDENTITY" && -n "$ISSUER" ]] || die "keyless verification needs --identity and --issuer"
-    "$COSIGN" verify --certificate-identity "$IDENTITY" --certificate-oidc-issuer "$ISSUER" \
-      ${REKOR_URL:+--rekor-url "$REKOR_URL"} "$ref" >/dev/null
-  else
-    local pub
-    pub=$(pub_for_verify)
-    if [[ "$TLOG" == 1 ]]; then
-      "$COSIGN" verify --key "$pub" ${REKOR_URL:+--rekor-url "$REKOR_URL"} "$ref" >/dev/null
-    else
-      "$COSIGN" verify --key "$pub" --insecure-ignore-tlog=true "$ref" >/dev/null
-    fi
-  fi
-  echo "$PROG: verified $ref" >&2
+  [[ -n "$ref" ]] || ref=$(image_ref)
+  local -a args
+  mapfile -t args < <(verify_args)
+  "$COSIGN" verify "${args[@]}" "$ref" >/dev/null
+  "$COSIGN" verify-attestation "${args[@]}" --type cyclonedx "$ref" >/dev/null
+  "$COSIGN" verify-attestation "${args[@]}" --type slsaprovenance1 "$ref" >/dev/null
+  echo "$PROG: verified the signature, SBOM and provenance attestations of $ref" >&2
 }
 
-# The model MANIFEST is signed with the model's ed25519 key by seal (that signature is what
-# serve checks at startup); cosign, minisign and openssl can all check it independently.
-sign_manifest() {
-  local out=${OUT:-.}
-  local pub=${MODEL_PUB:-${MODEL_KEY%.key}.pub}
-  [[ -d "$MODEL_DIR" ]] || die "--model-dir $MODEL_DIR: no such directory"
-  [[ -f "$MODEL_KEY" ]] || die "--model-key $MODEL_KEY: no such file (seal keygen --out keys/)"
-  mkdir -p "$out"
-  seal_cmd manifest "$MODEL_DIR" >"$out/MANIFEST"
-  seal_cmd sign --key "$MODEL_KEY" "$out/MANIFEST"
-  [[ -f "$out/MANIFEST.sig" ]] || die "seal sign wrote no $out/MANIFEST.sig"
-  if command -v "$COSIGN" >/dev/null 2>&1 && [[ -f "$pub" ]]; then
-    "$COSIGN" verify-blob --key "$pub" --signature "$out/MANIFEST.sig" \
-      --insecure-ignore-tlog=true "$out/MANIFEST"
-  else
-    echo "$PROG: cosign or $pub missing; skipped the cosign verify-blob cross-check" >&2
-  fi
-  if [[ "$MODE" == keyless ]]; then
-    need "$COSIGN"
-    "$COSIGN" sign-blob --yes --bundle "$out/MANIFEST.sigstore.json" \
-      ${REKOR_URL:+--rekor-url "$REKOR_URL"} "$out/MANIFEST"
-  fi
-  cat <<EOF >&2
-$PROG: $out/MANIFEST signed. Release build:
-  SEALSERVE_SIGNATURE=$out/MANIFEST.sig SEALSERVE_PUBLIC_KEY=$pub cargo build --release
-EOF
+provenance() {
+  local ref
+  ref=$(image_ref)
+  [[ -f "$DOCKERFILE" ]] || die "--dockerfile PATH is required"
+  need python3
+  local commit="" remote=""
+  commit=$(git rev-parse HEAD 2>/dev/null || true)
+  remote=$(git config --get remote.origin.url 2>/dev/null || true)
+  python3 - "$ref" "$DOCKERFILE" "${BUILDER_ID:-${SEALSERVE_BUILDER_ID:-local}}" "$commit" "$remote" \
+    "${BUILD_ARGS[@]}" <<'PY'
+import datetime, json, re, sys
+ref, dockerfile, builder, commit, remote, *build_args = sys.argv[1:]
+args = dict(a.split("=", 1) for a in build_args)
+text = open(dockerfile).read()
+defaults = dict(re.findall(r"^ARG\s+([A-Za-z_][A-Za-z0-9_]*)=(\S+)", text, re.M))
+defaults.update(args)
+deps = []
+if commit:
+    deps.append({"uri": "git+" + (remote or "unknown"), "digest": {"gitCommit": commit}})
+for image in re.findall(r"^FROM\s+(?:--\S+\s+)*(\S+)", text, re.M):
+    resolved = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: defaults.get(m.group(1), m.group(0)), image)
+    if "@sha256:" in resolved:
+        name, digest = resolved.split("@sha256:", 1)
+        deps.append({"uri": "pkg:docker/" + name, "digest": {"sha256": digest}})
+now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+predicate = {
+    "buildDefinition": {
+        "buildType": "urn:sealserve:buildtype:dockerfile:v1",
+        "externalParameters": {"dockerfile": dockerfile, "buildArgs": args, "image": ref},
+        "internalParameters": {},
+        "resolvedDependencies": deps,
+    },
+    "runDetails": {"builder": {"id": builder}, "metadata": {"finishedOn": now}},
+}
+json.dump(predicate, sys.stdout, indent=2)
+print()
+PY
 }
 
+zarf_args() {
+  local ref digest repo
+  ref=$(image_ref)
+  repo=${ref%@*}
+  digest=${ref#*@sha256:}
+  printf -- '--set IMAGE=%s --set SIGNATURE=%s:sha256-%s.sig --set ATTESTATIONS=%s:sha256-%s.att\n' \
+    "$ref" "$repo" "$digest" "$repo" "$digest"
+}
+
+# The standalone release (scripts/release-sign on branch trust): SHA256SUMS and serve are each
+# signed twice (raw Ed25519, which cosign verify-blob and openssl check, and minisign).
 verify_binary() {
-  local bin=$1 out=${OUT:-out}
-  [[ -f "$bin" ]] || die "$bin: no such file"
-  seal_cmd verify "$bin"
-  seal_cmd export "$bin" "$out"
-  if command -v "$COSIGN" >/dev/null 2>&1; then
-    local pub=""
-    for candidate in "$out/model.pub" "$out/MANIFEST.pub"; do
-      [[ -f "$candidate" ]] && pub=$candidate && break
-    done
-    if [[ -n "$pub" && -f "$out/MANIFEST.sig" ]]; then
-      "$COSIGN" verify-blob --key "$pub" --signature "$out/MANIFEST.sig" \
-        --insecure-ignore-tlog=true "$out/MANIFEST"
-    fi
+  local dir=$1
+  [[ -d "$dir" ]] || die "$dir: no such directory"
+  [[ -n "$RELEASE_PUB" ]] || die "verify-binary needs --release-pub FILE (the release public key, obtained out of band)"
+  [[ -f "$RELEASE_PUB" ]] || die "--release-pub $RELEASE_PUB: no such file"
+  local name
+  for name in serve serve.sig serve.minisig SHA256SUMS SHA256SUMS.sig SHA256SUMS.minisig; do
+    [[ -f "$dir/$name" ]] || die "$dir/$name is missing"
+  done
+  need "$COSIGN"
+  "$COSIGN" verify-blob --key "$RELEASE_PUB" --signature "$dir/SHA256SUMS.sig" \
+    --insecure-ignore-tlog=true "$dir/SHA256SUMS"
+  "$COSIGN" verify-blob --key "$RELEASE_PUB" --signature "$dir/serve.sig" \
+    --insecure-ignore-tlog=true "$dir/serve"
+  local minisign_pub="${RELEASE_PUB%.pub}.pub.minisign"
+  if [[ -f "$minisign_pub" ]]; then
+    need "$MINISIGN"
+    "$MINISIGN" -V -q -p "$minisign_pub" -m "$dir/SHA256SUMS" -x "$dir/SHA256SUMS.minisig"
+    "$MINISIGN" -V -q -p "$minisign_pub" -m "$dir/serve" -x "$dir/serve.minisig"
   fi
+  (cd "$dir" && sha256sum --check --strict SHA256SUMS)
+  grep -Eq '^[0-9a-f]{64} [ *]serve$' "$dir/SHA256SUMS" || die "$dir/SHA256SUMS does not list serve"
+  seal_cmd verify "$dir/serve"
+  echo "$PROG: $dir/serve: release signature, SHA256SUMS and embedded bundle verified" >&2
 }
 
 [[ $# -ge 1 ]] || {
@@ -227,7 +328,6 @@ verify_binary() {
 }
 CMD=$1
 shift
-POSITIONAL=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h | --help)
@@ -235,12 +335,12 @@ while [[ $# -gt 0 ]]; do
       exit 0
       ;;
     --key)
-      KEY=${2:?--key needs a file}
+      KEY=${2:?--key needs a file or a KMS/HSM reference}
       MODE=key
       shift 2
       ;;
     --pub)
-      PUB=${2:?--pub needs a file}
+      PUB=${2:?--pub needs a file or a KMS/HSM reference}
       [[ -z "$MODE" ]] && MODE=key
       shift 2
       ;;
@@ -265,20 +365,36 @@ while [[ $# -gt 0 ]]; do
       TLOG=1
       shift 2
       ;;
-    --model-dir)
-      MODEL_DIR=${2:?--model-dir needs a directory}
+    --metadata-file)
+      METADATA_FILE=${2:?--metadata-file needs a file}
       shift 2
       ;;
-    --model-key)
-      MODEL_KEY=${2:?--model-key needs a file}
+    --digest-file)
+      DIGEST_FILE=${2:?--digest-file needs a file}
       shift 2
       ;;
-    --model-pub)
-      MODEL_PUB=${2:?--model-pub needs a file}
+    --sbom)
+      SBOM=${2:?--sbom needs a file}
       shift 2
       ;;
-    --out)
-      OUT=${2:?--out needs a directory}
+    --provenance)
+      PROVENANCE=${2:?--provenance needs a file}
+      shift 2
+      ;;
+    --dockerfile)
+      DOCKERFILE=${2:?--dockerfile needs a path}
+      shift 2
+      ;;
+    --builder-id)
+      BUILDER_ID=${2:?--builder-id needs a URI}
+      shift 2
+      ;;
+    --build-arg)
+      BUILD_ARGS+=("${2:?--build-arg needs K=V}")
+      shift 2
+      ;;
+    --release-pub)
+      RELEASE_PUB=${2:?--release-pub needs a file}
       shift 2
       ;;
     -*)
@@ -295,21 +411,22 @@ case "$CMD" in
   -h | --help | help)
     usage
     ;;
-  manifest)
-    sign_manifest
-    ;;
   image)
-    [[ ${#POSITIONAL[@]} -eq 1 ]] || die "image needs exactly one IMAGE"
-    [[ -n "$MODE" ]] || die "image needs --key FILE or --keyless"
-    sign_image "${POSITIONAL[0]}"
+    [[ -n "$MODE" ]] || die "image needs --key FILE|KMS-REF or --keyless"
+    sign_image
     ;;
   verify-image)
-    [[ ${#POSITIONAL[@]} -eq 1 ]] || die "verify-image needs exactly one IMAGE"
-    [[ -n "$MODE" ]] || die "verify-image needs --pub FILE, --key FILE or --keyless"
-    verify_image "${POSITIONAL[0]}"
+    [[ -n "$MODE" ]] || die "verify-image needs --pub FILE|KMS-REF or --keyless"
+    verify_image
+    ;;
+  provenance)
+    provenance
+    ;;
+  zarf-args)
+    zarf_args
     ;;
   verify-binary)
-    [[ ${#POSITIONAL[@]} -eq 1 ]] || die "verify-binary needs exactly one BINARY"
+    [[ ${#POSITIONAL[@]} -eq 1 ]] || die "verify-binary needs exactly one DIR"
     verify_binary "${POSITIONAL[0]}"
     ;;
   *)

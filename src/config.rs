@@ -9,40 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Exit codes of `serve`, one per kind of failure (documented in README and `serve --help`).
-pub mod exit {
-    /// Unexpected internal error.
-    pub const INTERNAL: i32 = 1;
-    /// Bad flag, environment variable or configuration value (clap uses 2 as well).
-    pub const CONFIG: i32 = 2;
-    /// The requested device (CUDA) is not available.
-    pub const DEVICE: i32 = 3;
-    /// The verified model could not be loaded or warmed up.
-    pub const LOAD: i32 = 4;
-    /// The listening socket could not be bound, or the server failed.
-    pub const SERVE: i32 = 5;
-    /// Hardening was requested and could not be applied.
-    pub const HARDEN: i32 = 6;
-}
-
-/// Shown under `serve --help`.
-pub const EXIT_CODES_HELP: &str = "\
-Exit codes:
-   0  success (clean shutdown, or --verify-only passed)
-   1  internal error
-   2  configuration error (bad flag or environment variable)
-   3  requested device unavailable (e.g. --device cuda without a usable GPU)
-   4  model could not be loaded or warmed up
-   5  could not bind the listening address, or the server failed
-   6  hardening could not be applied, or a tracer is attached (--harden strict|basic)
-  10  bundle malformed
-  11  an embedded file does not match its MANIFEST digest
-  12  MANIFEST (or sealserve.json) invalid or not covering the bundle
-  13  signature over MANIFEST invalid
-  14  embedded public key invalid
-  15  bundle signed by a key that is not trusted (--trusted-key)
-  16  bundle is dev-signed but trusted keys are configured
-  17  bundle carries no signature";
+/// The exit-code table lives in `crate::exit`; kept reachable as `config::exit` as well.
+pub use crate::exit;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -57,7 +25,7 @@ pub enum LogFormat {
     name = "serve",
     version,
     about = "Serve the signed embedding model carried inside this binary (TEI-, OpenAI- and CML-compatible HTTP API)",
-    after_help = EXIT_CODES_HELP
+    after_help = exit::help()
 )]
 pub struct ServeArgs {
     /// Address to listen on [default: 0.0.0.0, or 127.0.0.1 when CDSW_APP_PORT decides the port]
@@ -144,6 +112,22 @@ pub struct ServeArgs {
     #[arg(long, env = "SEALSERVE_SHUTDOWN_GRACE", default_value_t = 30)]
     pub shutdown_grace: u64,
 
+    /// Seconds a client has to send a complete request head; also how long an idle HTTP/1 keep-alive connection waits for its next request
+    #[arg(long, env = "SEALSERVE_HEADER_READ_TIMEOUT", default_value_t = 10)]
+    pub header_read_timeout: u64,
+
+    /// Seconds a request body has to arrive in full (a total, not a gap between chunks)
+    #[arg(long, env = "SEALSERVE_BODY_READ_TIMEOUT", default_value_t = 30)]
+    pub body_read_timeout: u64,
+
+    /// Seconds a connection with no request in flight stays open (HTTP/2 too)
+    #[arg(long, env = "SEALSERVE_IDLE_TIMEOUT", default_value_t = 60)]
+    pub idle_timeout: u64,
+
+    /// Client connections open at once (more wait in the listen backlog); lowered to fit the open-file limit
+    #[arg(long, env = "SEALSERVE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
     /// Extra folders holding libcuda/libcublas/libcublasLt/libcurand (colon separated)
     #[arg(
         long = "cuda-lib-dirs",
@@ -214,6 +198,16 @@ impl ServeArgs {
         }
     }
 
+    /// Timeouts and the connection cap of the HTTP listener.
+    pub fn connection_limits(&self) -> crate::http::connections::ConnectionLimits {
+        crate::http::connections::ConnectionLimits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            body_read_timeout: Duration::from_secs(self.body_read_timeout),
+            max_connections: self.max_connections,
+        }
+    }
+
     /// Time granted to in-flight requests on shutdown.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace)
@@ -227,6 +221,10 @@ impl ServeArgs {
             ("--max-concurrent-requests", self.max_concurrent_requests),
             ("--max-client-batch-size", self.max_client_batch_size),
             ("--payload-limit", self.payload_limit),
+            ("--max-connections", self.max_connections),
+            ("--header-read-timeout", self.header_read_timeout as usize),
+            ("--body-read-timeout", self.body_read_timeout as usize),
+            ("--idle-timeout", self.idle_timeout as usize),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be at least 1"));

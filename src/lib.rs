@@ -3,18 +3,21 @@
 //! Data flows one way: build.rs (`source`, `spec`) → `bundle` (+ `manifest`, `signature`) →
 //! verification → `model` load → `engine` → `batcher` → `http`. The library works on byte
 //! slices; only the `serve` binary embeds the model, so tests and benches never link it.
+//!
+//! The bundle format and its checks live in the `seal-core` crate, which build.rs links as a
+//! build-dependency; they are re-exported here so `sealserve::bundle::…` paths stay valid.
+
+pub use seal_core::{bundle, manifest, signature, source, spec};
 
 pub mod batcher;
-pub mod bundle;
-pub mod cli;
 pub mod config;
 pub mod cuda_libs;
 pub mod engine;
+pub mod exit;
+pub mod generate;
 pub mod harden;
 pub mod http;
-pub mod manifest;
 pub mod memory;
 pub mod model;
-pub mod signature;
-pub mod source;
-pub mod spec;
+pub mod seal;
+pub mod trust;

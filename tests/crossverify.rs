@@ -126,7 +126,7 @@ fn release_bundle(signature: &Signature, key: &PublicKey) -> Vec<u8> {
 }
 
 fn verify_pinned(bytes: &[u8], key: &PublicKey) -> Result<(), VerifyError> {
-    let policy = TrustPolicy::from_specs(&[key.fingerprint()]).unwrap();
+    let policy = TrustPolicy::pinned([key.fingerprint()]);
     let verified = Bundle::parse(bytes)?.verify(&policy, &mut |_| {})?;
     assert!(!verified.dev_signed);
     assert_eq!(verified.key_fingerprint, key.fingerprint());

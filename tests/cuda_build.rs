@@ -3,7 +3,10 @@
 //!
 //! - `scripts/build-cuda --prepare-only` still finds what it patches in the candle sources
 //!   pinned by Cargo.lock (a candle upgrade that moves them fails here, not 30 minutes in);
-//! - `scripts/check-cuda-needed` accepts a binary without CUDA in NEEDED and rejects one with.
+//! - `scripts/check-cuda-needed` accepts a binary without CUDA in NEEDED and rejects one with;
+//! - `scripts/check-glibc-floor` rejects a binary that needs a newer glibc than the floor.
+//!
+//! python3, readelf, objdump and cc are required (.ci/run installs them): a missing tool fails.
 
 use std::path::Path;
 use std::process::Command;
@@ -12,20 +15,28 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
+/// Runs a shell command line and fails the test with its stderr if it fails.
+fn sh(script: &str) {
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn require(tool: &str) {
+    let found = Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {tool}"))
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    assert!(found, "{tool} is required (.ci/run installs it)");
 }
 
 #[test]
 fn build_cuda_patches_apply_to_the_pinned_candle_sources() {
-    if !have("python3") {
-        eprintln!("python3 not found; skipped");
-        return;
-    }
+    require("python3");
     let build = tempfile::tempdir().unwrap();
     let out = Command::new("bash")
         .arg(repo().join("scripts/build-cuda"))
@@ -82,10 +93,7 @@ fn build_cuda_patches_apply_to_the_pinned_candle_sources() {
 
 #[test]
 fn check_cuda_needed_rejects_cuda_in_needed_and_accepts_serve() {
-    if !have("readelf") {
-        eprintln!("readelf not found; skipped");
-        return;
-    }
+    require("readelf");
     let script = repo().join("scripts/check-cuda-needed");
     let ok = Command::new("bash")
         .arg(&script)
@@ -99,28 +107,16 @@ fn check_cuda_needed_rejects_cuda_in_needed_and_accepts_serve() {
         String::from_utf8_lossy(&ok.stderr)
     );
 
-    if !have("cc") {
-        eprintln!("cc not found; negative case skipped");
-        return;
-    }
+    require("cc");
     // A program with DT_NEEDED libcudart.so.13 (against an empty stand-in library).
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
-    let built = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "printf 'int x;\\n' > {d}/fake.c && \
+    sh(&format!(
+        "printf 'int x;\\n' > {d}/fake.c && \
              cc -shared -fPIC -o {d}/libcudart.so -Wl,-soname,libcudart.so.13 {d}/fake.c && \
              printf 'int main(void){{return 0;}}\\n' > {d}/main.c && \
              cc -o {d}/prog {d}/main.c -L{d} -Wl,--no-as-needed -lcudart"
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    ));
     let bad = Command::new("bash")
         .arg(&script)
         .arg(dir.path().join("prog"))
@@ -129,4 +125,43 @@ fn check_cuda_needed_rejects_cuda_in_needed_and_accepts_serve() {
     let text = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(bad.status.code(), Some(1), "{text}");
     assert!(text.contains("libcudart.so.13"), "{text}");
+}
+
+#[test]
+fn check_glibc_floor_rejects_a_binary_that_needs_a_newer_glibc() {
+    require("objdump");
+    require("cc");
+    let script = repo().join("scripts/check-glibc-floor");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    // Linked against this machine's glibc (>= 2.34: __libc_start_main@GLIBC_2.34).
+    sh(&format!(
+        "printf 'int main(void){{return 0;}}\\n' > {d}/main.c && cc -o {d}/prog {d}/main.c"
+    ));
+    let check = |binary: &std::path::Path, floor: &str| {
+        Command::new("bash")
+            .arg(&script)
+            .arg(binary)
+            .arg(floor)
+            .output()
+            .unwrap()
+    };
+    let prog = dir.path().join("prog");
+    let too_new = check(&prog, "2.28");
+    assert_eq!(
+        too_new.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&too_new.stderr)
+    );
+    assert!(String::from_utf8_lossy(&too_new.stderr).contains("newer than the floor 2.28"));
+    let fine = check(&prog, "9.99");
+    assert!(
+        fine.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fine.stderr)
+    );
+    // A static binary imports no glibc symbol at all: not what the CUDA build must be.
+    let static_serve = check(std::path::Path::new(env!("CARGO_BIN_EXE_serve")), "2.28");
+    assert_eq!(static_serve.status.code(), Some(1));
 }

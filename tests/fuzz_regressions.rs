@@ -47,7 +47,11 @@ fn every_seed_and_every_saved_finding_passes_its_check() {
             check(&data);
             ran += 1;
         }
-        println!("{target}: {} seeds, {} findings", seeds.len(), findings.len());
+        println!(
+            "{target}: {} seeds, {} findings",
+            seeds.len(),
+            findings.len()
+        );
     }
     assert!(ran >= TARGETS.len());
 }

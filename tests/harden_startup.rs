@@ -17,7 +17,7 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-use common::child::{drop_to_nobody, emit, errno, next_result};
+use common::child::{drop_to_nobody, emit, next_result};
 use sealserve::harden::{self, FsAllow, HardenLevel};
 use serde_json::{json, Value};
 

@@ -8,8 +8,6 @@
 //! glibc-dynamic with no CUDA library in NEEDED. (Building with `RUSTC_WORKSPACE_WRAPPER=`
 //! turns the static link off, and this test fails on purpose.)
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::process::Command;
 
@@ -24,89 +22,46 @@ struct ElfLinkage {
     needed: Vec<String>,
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes(b[at..at + 2].try_into().unwrap())
-}
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
-}
-
-fn read_at(file: &mut File, offset: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0; len];
-    file.seek(SeekFrom::Start(offset)).unwrap();
-    file.read_exact(&mut buf).unwrap();
-    buf
-}
-
-/// Reads the linkage of a 64-bit little-endian ELF file (x86_64, aarch64) without external tools.
-fn elf_linkage(path: &Path) -> ElfLinkage {
-    const PT_DYNAMIC: u32 = 2;
-    const PT_INTERP: u32 = 3;
-    const PT_LOAD: u32 = 1;
-    const DT_NULL: u64 = 0;
-    const DT_NEEDED: u64 = 1;
-    const DT_STRTAB: u64 = 5;
-
-    let mut file = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let header = read_at(&mut file, 0, 64);
-    assert_eq!(&header[..4], b"\x7fELF", "{} is not ELF", path.display());
-    assert_eq!(header[4], 2, "64-bit ELF expected");
-    assert_eq!(header[5], 1, "little-endian ELF expected");
-    let (phoff, phentsize, phnum) = (
-        u64_at(&header, 0x20),
-        u16_at(&header, 0x36) as usize,
-        u16_at(&header, 0x38) as usize,
+/// `readelf -W ARGS PATH` (binutils; required, .ci/run installs it).
+fn readelf(args: &[&str], path: &Path) -> String {
+    let out = Command::new("readelf")
+        .arg("-W")
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("readelf is required (binutils; .ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "readelf {args:?} {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
     );
-    let phdrs = read_at(&mut file, phoff, phentsize * phnum);
-    let mut interpreter = None;
-    let mut dynamic = None;
-    let mut loads = Vec::new(); // (vaddr, offset, filesz) to map DT_STRTAB's address to a file offset
-    for i in 0..phnum {
-        let ph = &phdrs[i * phentsize..(i + 1) * phentsize];
-        let (kind, offset, vaddr, filesz) = (
-            u32_at(ph, 0),
-            u64_at(ph, 0x08),
-            u64_at(ph, 0x10),
-            u64_at(ph, 0x20),
-        );
-        match kind {
-            PT_INTERP => {
-                let raw = read_at(&mut file, offset, filesz as usize);
-                interpreter = Some(
-                    String::from_utf8_lossy(raw.split(|&b| b == 0).next().unwrap()).into_owned(),
-                );
-            }
-            PT_DYNAMIC => dynamic = Some((offset, filesz)),
-            PT_LOAD => loads.push((vaddr, offset, filesz)),
-            _ => {}
-        }
-    }
-    let mut needed = Vec::new();
-    if let Some((offset, size)) = dynamic {
-        let raw = read_at(&mut file, offset, size as usize);
-        let entries: Vec<(u64, u64)> = raw
-            .chunks_exact(16)
-            .map(|e| (u64_at(e, 0), u64_at(e, 8)))
-            .take_while(|(tag, _)| *tag != DT_NULL)
-            .collect();
-        let strtab = entries.iter().find(|(t, _)| *t == DT_STRTAB).map(|e| e.1);
-        for (_, name_offset) in entries.iter().filter(|(t, _)| *t == DT_NEEDED) {
-            let addr = strtab.expect("DT_NEEDED without DT_STRTAB") + name_offset;
-            let (vaddr, off, _) = loads
-                .iter()
-                .find(|(v, _, sz)| addr >= *v && addr < v + sz)
-                .expect("DT_STRTAB inside a PT_LOAD segment");
-            let raw = read_at(&mut file, addr - vaddr + off, 256);
-            needed
-                .push(String::from_utf8_lossy(raw.split(|&b| b == 0).next().unwrap()).into_owned());
-        }
-    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The text between `[` and `]` after `marker` on each line that has it.
+fn bracketed(text: &str, marker: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.split_once(marker))
+        .filter_map(|(_, rest)| {
+            let start = rest.find('[')? + 1;
+            let end = rest[start..].find(']')? + start;
+            Some(rest[start..end].to_string())
+        })
+        .collect()
+}
+
+/// The linkage of an ELF file, as binutils' readelf reports it.
+fn elf_linkage(path: &Path) -> ElfLinkage {
+    let headers = readelf(&["--program-headers"], path);
+    let dynamic = readelf(&["--dynamic"], path);
     ElfLinkage {
-        interpreter,
-        needed,
+        // "[Requesting program interpreter: /lib64/ld-linux-x86-64.so.2]"
+        interpreter: headers.lines().find_map(|l| {
+            let rest = l.split_once("Requesting program interpreter: ")?.1;
+            Some(rest.trim_end().trim_end_matches(']').to_string())
+        }),
+        needed: bracketed(&dynamic, "(NEEDED)"),
     }
 }
 
@@ -152,33 +107,32 @@ fn file_and_ldd_agree_that_serve_is_static() {
     if !static_expected() {
         return;
     }
-    // Both tools are optional on a build machine; the ELF check above is the authority.
-    match Command::new("file").arg("-L").arg(SERVE).output() {
-        Ok(out) if out.status.success() => {
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                text.contains("static-pie linked") || text.contains("statically linked"),
-                "file says: {text}"
-            );
-        }
-        _ => eprintln!("`file` not available; skipped"),
-    }
-    match Command::new("ldd").arg(SERVE).output() {
-        Ok(out) => {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            // glibc's ldd: "not a dynamic executable" for static, "statically linked" for
-            // static-pie; never a list of "lib... => ..." lines.
-            assert!(
-                text.contains("not a dynamic executable") || text.contains("statically linked"),
-                "ldd says: {text}"
-            );
-        }
-        Err(_) => eprintln!("`ldd` not available; skipped"),
-    }
+    // Both tools are required (.ci/run installs file; ldd comes with glibc).
+    let out = Command::new("file")
+        .arg("-L")
+        .arg(SERVE)
+        .output()
+        .expect("`file` is required (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("static-pie linked") || text.contains("statically linked"),
+        "file says: {text}"
+    );
+    let out = Command::new("ldd")
+        .arg(SERVE)
+        .output()
+        .expect("`ldd` is required");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // glibc's ldd: "not a dynamic executable" for static, "statically linked" for static-pie;
+    // never a list of "lib... => ..." lines.
+    assert!(
+        text.contains("not a dynamic executable") || text.contains("statically linked"),
+        "ldd says: {text}"
+    );
 }
 
 #[test]
@@ -201,5 +155,24 @@ fn serve_verifies_with_an_empty_environment_from_an_empty_directory() {
     assert!(
         std::fs::read_dir(empty.path()).unwrap().next().is_none(),
         "serve --verify-only wrote into its working directory"
+    );
+}
+
+#[test]
+fn the_linkage_reader_sees_a_dynamic_executable() {
+    // This test harness is linked dynamically (only the package's executables get +crt-static),
+    // so the reader must report an interpreter and libc here, or the checks above prove nothing.
+    let me = std::env::current_exe().expect("current_exe");
+    let linkage = elf_linkage(&me);
+    assert!(
+        linkage
+            .interpreter
+            .as_deref()
+            .is_some_and(|i| i.contains("ld-linux")),
+        "{linkage:?}"
+    );
+    assert!(
+        linkage.needed.iter().any(|n| n.starts_with("libc.so")),
+        "{linkage:?}"
     );
 }

@@ -6,6 +6,7 @@ use sealserve::bundle::{
     self, Bundle, TrustPolicy, VerifyError, MANIFEST_FILE, PUBLIC_KEY_FILE,
     PUBLIC_KEY_MINISIGN_FILE, SIGNATURE_MINISIGN_FILE, SIGNATURE_RAW_FILE,
 };
+use sealserve::exit::Exit;
 use sealserve::manifest::sha256_hex;
 use sealserve::signature::{PublicKey, SecretKey};
 use sealserve::spec::{ModelSpec, METADATA_FILE};
@@ -62,6 +63,11 @@ fn assemble(entries: &Entries, dev_signed: bool) -> Vec<u8> {
     let mut bytes = Vec::new();
     bundle::write_bundle(&mut bytes, dev_signed, entries).expect("write bundle");
     bytes
+}
+
+/// The process exit code a refusal gets (`sealserve::exit`).
+fn code_of(err: &VerifyError) -> i32 {
+    i32::from(Exit::from(err).code())
 }
 
 fn check(bytes: &[u8], policy: &TrustPolicy) -> Result<(), VerifyError> {
@@ -138,8 +144,8 @@ fn flip_plan(name: &str, bytes: &[u8]) -> (usize, u8, i32, &'static str) {
 fn untouched_tiny_bundle_verifies_with_and_without_a_pinned_key() {
     let key = SecretKey::generate();
     let bytes = assemble(&tiny_entries(&key, &key.public_key()), false);
-    check(&bytes, &TrustPolicy::default()).expect("untouched bundle verifies");
-    let pinned = TrustPolicy::from_specs(&[key.public_key().fingerprint()]).unwrap();
+    check(&bytes, &TrustPolicy::unpinned()).expect("untouched bundle verifies");
+    let pinned = TrustPolicy::pinned([key.public_key().fingerprint()]);
     let verified = Bundle::parse(&bytes)
         .unwrap()
         .verify(&pinned, &mut |_| {})
@@ -159,11 +165,11 @@ fn one_flipped_byte_in_any_entry_is_refused_naming_it() {
         let (at, mask, code, names) = flip_plan(name, original);
         let mut entries = pristine.clone();
         entry_mut(&mut entries, name)[at] ^= mask;
-        let err = check(&assemble(&entries, false), &TrustPolicy::default())
+        let err = check(&assemble(&entries, false), &TrustPolicy::unpinned())
             .expect_err(&format!("flipped byte {at} of {name} was accepted"));
         let message = err.to_string();
-        println!("{name}: exit {} — {message}", err.exit_code());
-        assert_eq!(err.exit_code(), code, "{name}: {message}");
+        println!("{name}: exit {} — {message}", code_of(&err));
+        assert_eq!(code_of(&err), code, "{name}: {message}");
         assert!(
             message.contains(names),
             "{name}: {message:?} lacks {names:?}"
@@ -189,8 +195,8 @@ fn garbled_signature_encodings_are_refused_naming_the_file() {
 
     let mut entries = pristine.clone();
     entry_mut(&mut entries, SIGNATURE_RAW_FILE)[5] = b'!';
-    let err = check(&assemble(&entries, false), &TrustPolicy::default()).unwrap_err();
-    assert_eq!(err.exit_code(), 13, "{err}");
+    let err = check(&assemble(&entries, false), &TrustPolicy::unpinned()).unwrap_err();
+    assert_eq!(code_of(&err), 13, "{err}");
     assert!(err.to_string().contains(SIGNATURE_RAW_FILE), "{err}");
 
     // The trusted comment is covered by the global signature.
@@ -198,8 +204,8 @@ fn garbled_signature_encodings_are_refused_naming_the_file() {
     let minisig = entry_mut(&mut entries, SIGNATURE_MINISIGN_FILE);
     let at = line_start(minisig, 2) + "trusted comment: timestamp:".len();
     minisig[at] ^= 0x01;
-    let err = check(&assemble(&entries, false), &TrustPolicy::default()).unwrap_err();
-    assert_eq!(err.exit_code(), 13, "{err}");
+    let err = check(&assemble(&entries, false), &TrustPolicy::unpinned()).unwrap_err();
+    assert_eq!(code_of(&err), 13, "{err}");
     assert!(err.to_string().contains("trusted comment"), "{err}");
 
     // The key id in the minisign signature must match the embedded minisign key.
@@ -207,8 +213,8 @@ fn garbled_signature_encodings_are_refused_naming_the_file() {
     let minisig = entry_mut(&mut entries, SIGNATURE_MINISIGN_FILE);
     let at = letter_at_or_after(minisig, line_start(minisig, 1) + 4);
     minisig[at] ^= 0x20;
-    let err = check(&assemble(&entries, false), &TrustPolicy::default()).unwrap_err();
-    assert_eq!(err.exit_code(), 13, "{err}");
+    let err = check(&assemble(&entries, false), &TrustPolicy::unpinned()).unwrap_err();
+    assert_eq!(code_of(&err), 13, "{err}");
     assert!(err.to_string().contains("key id"), "{err}");
 }
 
@@ -217,9 +223,9 @@ fn signed_by_another_key_than_the_embedded_one_is_refused() {
     let embedded = SecretKey::generate();
     let signer = SecretKey::generate();
     let entries = tiny_entries(&signer, &embedded.public_key());
-    let err = check(&assemble(&entries, false), &TrustPolicy::default()).unwrap_err();
+    let err = check(&assemble(&entries, false), &TrustPolicy::unpinned()).unwrap_err();
     assert!(matches!(err, VerifyError::Signature { .. }), "{err:?}");
-    assert_eq!(err.exit_code(), 13);
+    assert_eq!(code_of(&err), 13);
     assert!(
         err.to_string()
             .contains(&embedded.public_key().fingerprint()),
@@ -234,9 +240,9 @@ fn bundle_without_any_signature_is_refused() {
         .into_iter()
         .filter(|(n, _)| n != SIGNATURE_RAW_FILE && n != SIGNATURE_MINISIGN_FILE)
         .collect();
-    let err = check(&assemble(&entries, false), &TrustPolicy::default()).unwrap_err();
+    let err = check(&assemble(&entries, false), &TrustPolicy::unpinned()).unwrap_err();
     assert!(matches!(err, VerifyError::MissingSignature), "{err:?}");
-    assert_eq!(err.exit_code(), 17);
+    assert_eq!(code_of(&err), 17);
     assert!(err.to_string().contains("no signature"), "{err}");
 }
 
@@ -245,13 +251,9 @@ fn bundle_signed_by_a_key_that_is_not_pinned_is_refused() {
     let key = SecretKey::generate();
     let other = SecretKey::generate().public_key().fingerprint();
     let bytes = assemble(&tiny_entries(&key, &key.public_key()), false);
-    let err = check(
-        &bytes,
-        &TrustPolicy::from_specs(std::slice::from_ref(&other)).unwrap(),
-    )
-    .unwrap_err();
+    let err = check(&bytes, &TrustPolicy::pinned([other.clone()])).unwrap_err();
     assert!(matches!(err, VerifyError::Untrusted { .. }), "{err:?}");
-    assert_eq!(err.exit_code(), 15);
+    assert_eq!(code_of(&err), 15);
     let message = err.to_string();
     assert!(
         message.contains(&key.public_key().fingerprint()),
@@ -265,15 +267,15 @@ fn dev_signed_bundle_is_refused_once_any_key_is_pinned() {
     let key = SecretKey::generate();
     let fingerprint = key.public_key().fingerprint();
     let bytes = assemble(&tiny_entries(&key, &key.public_key()), true);
-    check(&bytes, &TrustPolicy::default()).expect("dev-signed is fine without pinning");
+    check(&bytes, &TrustPolicy::unpinned()).expect("dev-signed is fine without pinning");
     // Even pinning the dev key itself does not let a dev build through.
     for pinned in [
         fingerprint.clone(),
         SecretKey::generate().public_key().fingerprint(),
     ] {
-        let err = check(&bytes, &TrustPolicy::from_specs(&[pinned]).unwrap()).unwrap_err();
+        let err = check(&bytes, &TrustPolicy::pinned([pinned])).unwrap_err();
         assert!(matches!(err, VerifyError::DevSigned { .. }), "{err:?}");
-        assert_eq!(err.exit_code(), 16);
+        assert_eq!(code_of(&err), 16);
         assert!(err.to_string().contains(&fingerprint), "{err}");
     }
 }
@@ -285,8 +287,8 @@ fn uncovered_or_missing_payload_and_broken_index_are_refused() {
 
     let mut extra = pristine.clone();
     extra.insert(0, ("extra.bin".into(), b"smuggled".to_vec()));
-    let err = check(&assemble(&extra, false), &TrustPolicy::default()).unwrap_err();
-    assert_eq!(err.exit_code(), 12, "{err}");
+    let err = check(&assemble(&extra, false), &TrustPolicy::unpinned()).unwrap_err();
+    assert_eq!(code_of(&err), 12, "{err}");
     assert!(err.to_string().contains("extra.bin"), "{err}");
 
     let dropped: Entries = pristine
@@ -294,15 +296,15 @@ fn uncovered_or_missing_payload_and_broken_index_are_refused() {
         .filter(|(n, _)| n != CONFIG)
         .cloned()
         .collect();
-    let err = check(&assemble(&dropped, false), &TrustPolicy::default()).unwrap_err();
-    assert_eq!(err.exit_code(), 12, "{err}");
+    let err = check(&assemble(&dropped, false), &TrustPolicy::unpinned()).unwrap_err();
+    assert_eq!(code_of(&err), 12, "{err}");
     assert!(err.to_string().contains(CONFIG), "{err}");
 
     let mut bytes = assemble(&pristine, false);
     bytes[70] ^= 0x01; // inside the JSON index
-    let err = check(&bytes, &TrustPolicy::default()).unwrap_err();
+    let err = check(&bytes, &TrustPolicy::unpinned()).unwrap_err();
     assert!(matches!(err, VerifyError::Malformed(_)), "{err:?}");
-    assert_eq!(err.exit_code(), 10);
+    assert_eq!(code_of(&err), 10);
 }
 
 #[test]
@@ -335,7 +337,7 @@ fn every_refusal_has_its_own_exit_code() {
         },
         VerifyError::MissingSignature,
     ];
-    let codes: Vec<i32> = all.iter().map(VerifyError::exit_code).collect();
+    let codes: Vec<i32> = all.iter().map(code_of).collect();
     assert_eq!(codes, (10..=17).collect::<Vec<_>>());
 }
 
@@ -398,7 +400,7 @@ fn real_serve_binary_refuses_each_altered_entry_with_its_exit_code() {
     let base = image.as_ptr() as usize;
     let bundle_offset = bundle.bytes().as_ptr() as usize - base;
     let fingerprint = bundle
-        .verify(&TrustPolicy::default(), &mut |_| {})
+        .verify(&TrustPolicy::unpinned(), &mut |_| {})
         .expect("the built bundle verifies")
         .key_fingerprint;
 

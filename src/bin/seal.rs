@@ -1,9 +1,10 @@
 //! `seal`: release keys, offline MANIFEST signing, and checking the bundle inside a `serve`
-//! binary. Wiring only; what each subcommand does lives in `sealserve::cli`.
+//! binary. Wiring only; what each subcommand does lives in `sealserve::seal`.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use sealserve::cli;
+use sealserve::exit::{self, Exit};
+use sealserve::seal;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,16 +16,14 @@ Release flow (the private key never meets the build machine):
   seal sign --key keys/model.key MANIFEST
   SEALSERVE_SIGNATURE=MANIFEST.minisig SEALSERVE_PUBLIC_KEY=keys/model.pub cargo build --release
   serve --trusted-key <fingerprint printed by keygen>
-
-`seal verify` exits with the same codes as `serve` (10-17 for a refused bundle, 2 for a bad
---trusted-key, 1 for anything else).";
+";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "seal",
     version,
     about = "Make release keys, sign model MANIFESTs, and verify, inspect or export the bundle sealed into a serve binary",
-    after_help = AFTER_HELP
+    after_help = format!("{AFTER_HELP}\n{}", exit::seal_help())
 )]
 struct Args {
     #[command(subcommand)]
@@ -98,8 +97,8 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("seal: {}", cli::error_line(&error));
-            ExitCode::from(u8::try_from(cli::exit_code(&error)).unwrap_or(1))
+            eprintln!("seal: {}", seal::error_line(&error));
+            Exit::of(&error).into()
         }
     }
 }
@@ -107,7 +106,7 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<()> {
     match args.command {
         Command::Keygen { out, force } => {
-            let pair = cli::keygen(&out, force)?;
+            let pair = seal::keygen(&out, force)?;
             for path in &pair.written {
                 println!("wrote {}", path.display());
             }
@@ -117,7 +116,7 @@ fn run(args: Args) -> Result<()> {
             );
         }
         Command::Manifest { dir, out } => {
-            let manifest = cli::manifest_for_dir(&dir)?;
+            let manifest = seal::manifest_for_dir(&dir)?;
             match out {
                 Some(path) => std::fs::write(&path, &manifest)
                     .with_context(|| format!("cannot write {}", path.display()))?,
@@ -133,13 +132,7 @@ fn run(args: Args) -> Result<()> {
             out_dir,
             timestamp,
         } => {
-            // Read by hand, not with clap's `env`: reproducible-build setups often export it empty.
-            let timestamp = timestamp.or_else(|| {
-                std::env::var("SOURCE_DATE_EPOCH")
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok())
-            });
-            let signed = cli::sign(&key, &manifest, out_dir.as_deref(), timestamp)?;
+            let signed = seal::sign(&key, &manifest, out_dir.as_deref(), timestamp)?;
             for path in &signed.written {
                 println!("wrote {}", path.display());
             }
@@ -153,9 +146,9 @@ fn run(args: Args) -> Result<()> {
         Command::Verify {
             target,
             trusted_keys,
-        } => println!("{}", cli::verify(&target, &trusted_keys)?),
+        } => println!("{}", seal::verify(&target, &trusted_keys)?),
         Command::Inspect { binary, json } => {
-            let inspection = cli::inspect(&binary)?;
+            let inspection = seal::inspect(&binary)?;
             if json {
                 let text = serde_json::to_string_pretty(&inspection)
                     .context("cannot encode the report as JSON")?;
@@ -165,7 +158,7 @@ fn run(args: Args) -> Result<()> {
             }
         }
         Command::Export { binary, dir } => {
-            let export = cli::export(&binary, &dir)?;
+            let export = seal::export(&binary, &dir)?;
             for path in &export.written {
                 println!("wrote {}", path.display());
             }

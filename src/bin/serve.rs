@@ -2,8 +2,9 @@
 //! lives in the library. Any failure is one line on stderr and a documented exit code.
 
 use sealserve::bundle::{Bundle, TrustPolicy, VerifiedBundle};
-use sealserve::config::{exit, LogFormat, ServeArgs};
+use sealserve::config::{LogFormat, ServeArgs};
 use sealserve::engine::{self, Engine, EngineConfig};
+use sealserve::exit::{self, Exit};
 use sealserve::http::{self, AppState, BundleInfo, Limits};
 use sealserve::{batcher, harden, memory};
 use std::process::ExitCode;
@@ -104,8 +105,8 @@ fn init_logging(format: LogFormat) {
 fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
     args.validate().map_err(|e| Fatal::new(exit::CONFIG, e))?;
     let api_key = args.api_key().map_err(|e| Fatal::new(exit::CONFIG, e))?;
-    let policy =
-        TrustPolicy::from_specs(&args.trusted_keys).map_err(|e| Fatal::new(exit::CONFIG, e))?;
+    let policy = sealserve::trust::policy_from_values(&args.trusted_keys)
+        .map_err(|e| Fatal::new(exit::CONFIG, e))?;
     // Every file the configuration names is read by now, and no thread exists yet: from here
     // on, this thread and every thread started later may read only what loading, warm-up and
     // serving need, and write nothing.
@@ -113,7 +114,7 @@ fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
         .map_err(|e| Fatal::new(exit::HARDEN, e))?;
     let verified = verify(&policy)?;
     if args.verify_only {
-        println!("{}", sealserve::cli::summary(&verified));
+        println!("{}", sealserve::seal::summary(&verified));
         return Ok(());
     }
     let binding = args.binding();
@@ -141,7 +142,10 @@ fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
 
 fn verify(policy: &TrustPolicy) -> Result<VerifiedBundle<'static>, Fatal> {
     let refuse = |e: sealserve::bundle::VerifyError| {
-        Fatal::new(e.exit_code(), format!("refusing to start: {e}"))
+        Fatal::new(
+            i32::from(Exit::from(&e).code()),
+            format!("refusing to start: {e}"),
+        )
     };
     let bundle = Bundle::parse(SEALED_BUNDLE).map_err(refuse)?;
     let verified = bundle
@@ -320,6 +324,13 @@ fn serve_forever(
         max_concurrent_requests: args.max_concurrent_requests,
     };
     let grace = args.shutdown_grace();
+    let (connection_limits, lowered) = args.connection_limits().fitted_to_nofile();
+    if lowered {
+        tracing::warn!(
+            max_connections = connection_limits.max_connections,
+            "--max-connections lowered to fit the open-file limit (ulimit -n)"
+        );
+    }
     runtime.block_on(async move {
         listener
             .set_nonblocking(true)
@@ -327,7 +338,7 @@ fn serve_forever(
         let listener =
             tokio::net::TcpListener::from_std(listener).map_err(|e| Fatal::new(exit::SERVE, e))?;
         let batcher = batcher::Batcher::start(engine.clone(), config);
-        http::serve(listener, state(batcher), grace)
+        http::serve(listener, state(batcher), grace, connection_limits)
             .await
             .map_err(|e| Fatal::new(exit::SERVE, format!("server failed: {e}")))
     })?;

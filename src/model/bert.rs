@@ -83,7 +83,11 @@ impl BertConfig {
     pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
         let config: BertConfig =
             serde_json::from_slice(bytes).map_err(|e| format!("config.json: {e}"))?;
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
+        {
             return Err(format!(
                 "config.json: hidden_size {} is not divisible by num_attention_heads {}",
                 config.hidden_size, config.num_attention_heads

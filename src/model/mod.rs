@@ -4,6 +4,7 @@
 //! Knows nothing about batching, pooling or HTTP.
 
 pub mod bert;
+pub mod llama;
 
 use crate::spec::Family;
 use candle_core::Shape;

@@ -18,6 +18,15 @@ impl Server {
     /// Starts `serve --log-format json --host 127.0.0.1 --port 0 <args>` with extra environment,
     /// and waits until it listens and /ready answers 200.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_with(args, env, |_| {})
+    }
+
+    /// [`Server::start`] with a last say on the command (e.g. its resource limits).
+    pub fn start_with(
+        args: &[&str],
+        env: &[(&str, &str)],
+        customize: impl FnOnce(&mut Command),
+    ) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_serve"));
         command
             .args(["--log-format", "json"])
@@ -30,6 +39,7 @@ impl Server {
         for (key, value) in env {
             command.env(key, value);
         }
+        customize(&mut command);
         let mut child = command.spawn().expect("spawn serve");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, logs) = mpsc::channel();

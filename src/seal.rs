@@ -8,34 +8,23 @@
 //! folders both go through `Bundle::verify`, the code `serve` runs at startup.
 
 use crate::bundle::{
-    self, Bundle, TrustKeyError, TrustPolicy, VerifiedBundle, VerifyError, MANIFEST_FILE,
-    PUBLIC_KEY_FILE, PUBLIC_KEY_MINISIGN_FILE, SIGNATURE_MINISIGN_FILE, SIGNATURE_RAW_FILE,
-    SIGNING_FILES,
+    self, Bundle, TrustPolicy, VerifiedBundle, MANIFEST_FILE, PUBLIC_KEY_FILE,
+    PUBLIC_KEY_MINISIGN_FILE, SIGNATURE_MINISIGN_FILE, SIGNATURE_RAW_FILE, SIGNING_FILES,
 };
-use crate::config::exit;
-use crate::manifest::{sha256_hex, Manifest};
-use crate::signature::{PublicKey, SecretKey};
-use crate::spec::{is_plain_file_name, BundleMetadata, ModelSpec, METADATA_FILE};
+use crate::exit::Exit;
+use crate::manifest::{is_plain_file_name, sha256_hex, Manifest};
+use crate::signature::{signing_timestamp, PublicKey, SecretKey};
+use crate::source::read_optional;
+use crate::spec::{BundleMetadata, ModelSpec, METADATA_FILE};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The private key file `seal keygen` writes; never embedded, never needed by the build.
 pub const SECRET_KEY_FILE: &str = "model.key";
-
-/// Exit code for an error that reached `seal`'s edge: a bundle refusal keeps the code `serve`
-/// would exit with, so scripts can treat `seal verify` and `serve --verify-only` alike.
-pub fn exit_code(error: &anyhow::Error) -> i32 {
-    if let Some(refusal) = error.downcast_ref::<VerifyError>() {
-        return refusal.exit_code();
-    }
-    if error.downcast_ref::<TrustKeyError>().is_some() {
-        return exit::CONFIG;
-    }
-    exit::INTERNAL
-}
 
 /// The error chain on one line: stderr gets exactly one line per failure, even when a cause
 /// (a TOML parse error, say) spans several.
@@ -192,7 +181,11 @@ pub fn sign(
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or(MANIFEST_FILE);
-    let signature = key.sign(&manifest, file_name, timestamp.unwrap_or_else(unix_now));
+    let signature = key.sign(
+        &manifest,
+        file_name,
+        timestamp.unwrap_or_else(signing_timestamp),
+    );
     let out_dir = match out_dir {
         Some(dir) => dir.to_path_buf(),
         None => parent_dir(manifest_path),
@@ -225,17 +218,10 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Verifies a `serve` binary (the bundle inside it) or an exported bundle folder, with the same
 /// checks and exit codes as `serve` at startup. Returns the one-line summary.
 pub fn verify(target: &Path, trusted_keys: &[String]) -> Result<String> {
-    let policy = TrustPolicy::from_specs(trusted_keys)?;
+    let policy = crate::trust::policy_from_values(trusted_keys)?;
     let (bytes, from_dir) = if target.is_dir() {
         (bundle_from_dir(target)?, true)
     } else {
@@ -281,11 +267,7 @@ pub fn summary(verified: &VerifiedBundle) -> String {
 fn bundle_from_dir(dir: &Path) -> Result<Vec<u8>> {
     let read = |name: &str| -> Result<Option<Vec<u8>>> {
         let path = dir.join(name);
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
+        read_optional(&path).with_context(|| format!("cannot read {}", path.display()))
     };
     let mut entries = Vec::new();
     for name in SIGNING_FILES {
@@ -336,7 +318,7 @@ pub struct Inspection {
     pub verified: bool,
     /// Why verification failed, and the exit code `serve` would stop with.
     pub verify_error: Option<String>,
-    pub verify_exit_code: Option<i32>,
+    pub verify_exit_code: Option<u8>,
 }
 
 /// Reads a binary's bundle for display. Only a bundle that cannot be found at all is an error;
@@ -364,7 +346,7 @@ pub fn inspect(binary: &Path) -> Result<Inspection> {
                 .map(str::to_string),
         })
         .collect();
-    let outcome = bundle.verify(&TrustPolicy::default(), &mut |_| {});
+    let outcome = bundle.verify(&TrustPolicy::unpinned(), &mut |_| {});
     Ok(Inspection {
         model_id: metadata.as_ref().map(|m| m.model_id.clone()),
         revision: metadata.as_ref().map(|m| m.revision.clone()),
@@ -374,7 +356,7 @@ pub fn inspect(binary: &Path) -> Result<Inspection> {
         manifest_sha256: manifest_bytes.map(sha256_hex),
         files,
         verified: outcome.is_ok(),
-        verify_exit_code: outcome.as_ref().err().map(VerifyError::exit_code),
+        verify_exit_code: outcome.as_ref().err().map(|e| Exit::from(e).code()),
         verify_error: outcome.err().map(|e| e.to_string()),
     })
 }
@@ -383,35 +365,31 @@ impl Inspection {
     /// The human-readable report `seal inspect` prints.
     pub fn to_text(&self) -> String {
         let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "(unreadable)".into());
+        let signed = if self.dev_signed {
+            "dev-signed (ephemeral build key; not for production)"
+        } else {
+            "release key"
+        };
         let mut out = String::new();
-        out.push_str(&format!(
-            "model:           {}\n",
-            or_unknown(&self.model_id)
-        ));
-        out.push_str(&format!(
-            "revision:        {}\n",
-            or_unknown(&self.revision)
-        ));
-        out.push_str(&format!(
-            "signed:          {}\n",
-            if self.dev_signed {
-                "dev-signed (ephemeral build key; not for production)"
-            } else {
-                "release key"
-            }
-        ));
-        out.push_str(&format!(
-            "key fingerprint: {}\n",
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "model:           {}", or_unknown(&self.model_id));
+        let _ = writeln!(out, "revision:        {}", or_unknown(&self.revision));
+        let _ = writeln!(out, "signed:          {signed}");
+        let _ = writeln!(
+            out,
+            "key fingerprint: {}",
             or_unknown(&self.key_fingerprint)
-        ));
-        out.push_str(&format!(
-            "minisign key id: {}\n",
+        );
+        let _ = writeln!(
+            out,
+            "minisign key id: {}",
             or_unknown(&self.minisign_key_id)
-        ));
-        out.push_str(&format!(
-            "manifest sha256: {}\n",
+        );
+        let _ = writeln!(
+            out,
+            "manifest sha256: {}",
             or_unknown(&self.manifest_sha256)
-        ));
+        );
         out.push_str("files:\n");
         for file in &self.files {
             let digest = match &file.sha256 {
@@ -419,11 +397,11 @@ impl Inspection {
                 None if SIGNING_FILES.contains(&file.name.as_str()) => "(signing material)",
                 None => "(not in MANIFEST)",
             };
-            out.push_str(&format!("  {:>10}  {digest}  {}\n", file.size, file.name));
+            let _ = writeln!(out, "  {:>10}  {digest}  {}", file.size, file.name);
         }
         match (&self.verify_error, self.verify_exit_code) {
             (Some(reason), Some(code)) => {
-                out.push_str(&format!("verified:        no ({reason}; exit code {code})\n"))
+                let _ = writeln!(out, "verified:        no ({reason}; exit code {code})");
             }
             _ => out.push_str(
                 "verified:        yes (every digest and the signature check out; the key is not pinned here, compare the fingerprint)\n",
@@ -452,18 +430,20 @@ pub fn export(binary: &Path, dir: &Path) -> Result<Export> {
     let has = |name: &str| bundle.get(name).is_some();
     let mut commands = vec![
         format!("cd {}", dir.display()),
-        "sha256sum -c MANIFEST".into(),
+        format!("sha256sum -c {MANIFEST_FILE}"),
     ];
     if has(SIGNATURE_MINISIGN_FILE) && has(PUBLIC_KEY_MINISIGN_FILE) {
-        commands.push("minisign -Vm MANIFEST -p model.pub.minisign".into());
+        commands.push(format!(
+            "minisign -Vm {MANIFEST_FILE} -x {SIGNATURE_MINISIGN_FILE} -p {PUBLIC_KEY_MINISIGN_FILE}"
+        ));
     }
     if has(SIGNATURE_RAW_FILE) && has(PUBLIC_KEY_FILE) {
-        commands.push(
-            "base64 -d MANIFEST.sig > MANIFEST.sig.bin && openssl pkeyutl -verify -pubin -inkey model.pub -rawin -in MANIFEST -sigfile MANIFEST.sig.bin".into(),
-        );
-        commands.push(
-            "cosign verify-blob --key model.pub --signature MANIFEST.sig --insecure-ignore-tlog MANIFEST".into(),
-        );
+        commands.push(format!(
+            "base64 -d {SIGNATURE_RAW_FILE} > {SIGNATURE_RAW_FILE}.bin && openssl pkeyutl -verify -pubin -inkey {PUBLIC_KEY_FILE} -rawin -in {MANIFEST_FILE} -sigfile {SIGNATURE_RAW_FILE}.bin"
+        ));
+        commands.push(format!(
+            "cosign verify-blob --key {PUBLIC_KEY_FILE} --signature {SIGNATURE_RAW_FILE} --insecure-ignore-tlog {MANIFEST_FILE}"
+        ));
     }
     Ok(Export { written, commands })
 }
@@ -471,6 +451,7 @@ pub fn export(binary: &Path, dir: &Path) -> Result<Export> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::VerifyError;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -566,10 +547,10 @@ mod tests {
     #[test]
     fn refusals_keep_serves_exit_codes() {
         let refusal = anyhow::Error::new(VerifyError::MissingSignature).context("some/binary");
-        assert_eq!(exit_code(&refusal), 17);
-        let bad_key = TrustPolicy::from_specs(&["/nonexistent/key.pub"]).unwrap_err();
-        assert_eq!(exit_code(&anyhow::Error::new(bad_key)), exit::CONFIG);
-        assert_eq!(exit_code(&anyhow!("disk on fire")), exit::INTERNAL);
+        assert_eq!(Exit::of(&refusal), Exit::Unsigned);
+        let bad_key = crate::trust::policy_from_values(&["/nonexistent/key.pub"]).unwrap_err();
+        assert_eq!(Exit::of(&anyhow::Error::new(bad_key)), Exit::Config);
+        assert_eq!(Exit::of(&anyhow!("disk on fire")), Exit::Internal);
         let multi = anyhow!("line one\nline two").context("ctx");
         assert_eq!(error_line(&multi), "ctx: line one line two");
     }

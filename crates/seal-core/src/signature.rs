@@ -7,7 +7,7 @@
 //! - minisign: the `.minisig` text format with a trusted comment and a global signature, either
 //!   legacy ("Ed", signs the message) or prehashed ("ED", signs BLAKE2b-512 of the message).
 //!
-//! This module parses and produces bytes; it never reads files itself. Compiled into build.rs too.
+//! This module parses and produces bytes; it never reads files itself.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -155,7 +155,7 @@ impl PublicKey {
     /// Key id as minisign prints it in its key files (uppercase hex of the little-endian u64, no
     /// zero padding).
     pub fn key_id_hex(&self) -> String {
-        format!("{:X}", u64::from_le_bytes(self.key_id()))
+        key_id_text(self.key_id())
     }
 
     /// PKIX PEM, as cosign and openssl read it.
@@ -188,11 +188,34 @@ impl PublicKey {
     }
 }
 
+/// A minisign key id as minisign prints it: uppercase hex of the little-endian u64, unpadded.
+fn key_id_text(id: [u8; 8]) -> String {
+    format!("{:X}", u64::from_le_bytes(id))
+}
+
 fn derived_key_id(raw: &[u8; 32]) -> [u8; 8] {
     let digest = Sha256::digest(raw);
     let mut id = [0u8; 8];
     id.copy_from_slice(&digest[..8]);
     id
+}
+
+/// The time a new signature's minisign trusted comment records: `$SOURCE_DATE_EPOCH` when it is
+/// set to a number (reproducible builds and releases), else now. The one place either is read,
+/// for build.rs's dev signature and `seal sign` alike.
+pub fn signing_timestamp() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(unix_now)
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// An Ed25519 private key. Never embedded, never needed by build.rs for release builds.
@@ -369,7 +392,7 @@ impl Signature {
         if let (Some(sig_id), Some(key_id)) = (self.key_id, key.minisign_key_id) {
             if sig_id != key_id {
                 return Err(SignatureError::KeyIdMismatch {
-                    signature_key_id: format!("{:X}", u64::from_le_bytes(sig_id)),
+                    signature_key_id: key_id_text(sig_id),
                     public_key_id: key.key_id_hex(),
                 });
             }

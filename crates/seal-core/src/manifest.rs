@@ -5,7 +5,9 @@
 //! by name, names are plain file names (no paths), so the bytes are canonical: the same files
 //! always give the same MANIFEST, whoever builds it.
 //!
-//! Knows nothing about keys or signatures. Compiled into build.rs too (`#[path]`).
+//! Also the one home of the name and hex rules every other module applies (plain file names,
+//! lowercase hex digests), so a MANIFEST line, a bundle entry and a model.toml pin can never
+//! disagree about what a valid name or digest is. Knows nothing about keys or signatures.
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -91,11 +93,7 @@ impl Manifest {
                 text: line.chars().take(120).collect(),
             };
             let (digest, name) = line.split_once("  ").ok_or_else(bad)?;
-            let digest_ok = digest.len() == 64
-                && digest
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-            if !digest_ok || !crate::spec::is_plain_file_name(name) {
+            if !is_lower_hex(digest, 64) || !is_plain_file_name(name) {
                 return Err(bad());
             }
             if manifest.entries.contains_key(name) {
@@ -120,4 +118,21 @@ impl Manifest {
 /// is what keeps verification of a 90 MB model well under 150 ms on one core.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// True for exactly `len` lowercase hex digits: the form of every digest and commit id we store.
+pub fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Names that are safe as a single path component and in a sha256sum line.
+pub fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }

@@ -15,11 +15,12 @@
 //! candidate whose header and index checksum are consistent; the index checksum is for locating
 //! and diagnostics only, security comes from MANIFEST + signature.
 //!
-//! Knows nothing about model formats. Compiled into build.rs too (`#[path]`).
+//! Knows nothing about model formats. Which keys may sign is the `trust` module's business.
 
-use crate::manifest::{sha256_hex, Manifest, ManifestError};
+use crate::manifest::{is_plain_file_name, sha256_hex, Manifest, ManifestError};
 use crate::signature::{PublicKey, Signature, SignatureError};
-use crate::spec::{is_plain_file_name, BundleMetadata, METADATA_FILE};
+use crate::spec::{BundleMetadata, METADATA_FILE};
+pub use crate::trust::{TrustKeyError, TrustPolicy};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -60,7 +61,8 @@ pub const SIGNING_FILES: [&str; 5] = [
     PUBLIC_KEY_MINISIGN_FILE,
 ];
 
-/// Why a bundle was refused. Each variant maps to its own process exit code (see README).
+/// Why a bundle was refused. Each variant has its own process exit code (sealserve's `exit`
+/// table).
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error("bundle is malformed: {0}")]
@@ -92,22 +94,6 @@ pub enum VerifyError {
     DevSigned { fingerprint: String },
     #[error("bundle carries no signature ({SIGNATURE_RAW_FILE} or {SIGNATURE_MINISIGN_FILE}); refusing to run an unsigned model")]
     MissingSignature,
-}
-
-impl VerifyError {
-    /// Process exit code for this refusal; documented in README.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            VerifyError::Malformed(_) => 10,
-            VerifyError::DigestMismatch { .. } => 11,
-            VerifyError::Manifest(_) => 12,
-            VerifyError::Signature { .. } => 13,
-            VerifyError::PublicKey { .. } => 14,
-            VerifyError::Untrusted { .. } => 15,
-            VerifyError::DevSigned { .. } => 16,
-            VerifyError::MissingSignature => 17,
-        }
-    }
 }
 
 impl From<ManifestError> for VerifyError {
@@ -481,77 +467,5 @@ impl<'a> VerifiedBundle<'a> {
     /// A verified file by name.
     pub fn file(&self, name: &str) -> Option<&'a [u8]> {
         self.files.get(name).copied()
-    }
-}
-
-/// Which signing keys may sign the bundle. Empty = accept the embedded key (integrity only);
-/// production deployments pin their release key here.
-#[derive(Clone, Debug, Default)]
-pub struct TrustPolicy {
-    fingerprints: Vec<String>,
-}
-
-/// A `--trusted-key` value that is neither a fingerprint nor a readable key file.
-#[derive(Debug, thiserror::Error)]
-#[error("--trusted-key {value:?}: {reason}")]
-pub struct TrustKeyError {
-    pub value: String,
-    pub reason: String,
-}
-
-impl TrustPolicy {
-    /// Builds a policy from `--trusted-key` values: 64-hex fingerprints (optionally `sha256:`
-    /// prefixed) or paths to PEM/minisign public key files.
-    pub fn from_specs<S: AsRef<str>>(values: &[S]) -> Result<Self, TrustKeyError> {
-        let mut fingerprints = Vec::new();
-        for value in values {
-            let value = value.as_ref().trim();
-            if value.is_empty() {
-                continue;
-            }
-            let hexpart = value.strip_prefix("sha256:").unwrap_or(value);
-            if hexpart.len() == 64 && hexpart.bytes().all(|b| b.is_ascii_hexdigit()) {
-                fingerprints.push(hexpart.to_ascii_lowercase());
-                continue;
-            }
-            let bytes = std::fs::read(value).map_err(|e| TrustKeyError {
-                value: value.to_string(),
-                reason: format!("not a 64-hex key fingerprint and not a readable key file ({e})"),
-            })?;
-            let key = PublicKey::parse(&bytes).map_err(|e| TrustKeyError {
-                value: value.to_string(),
-                reason: e.to_string(),
-            })?;
-            fingerprints.push(key.fingerprint());
-        }
-        Ok(Self { fingerprints })
-    }
-
-    /// True when at least one key is pinned.
-    pub fn is_pinned(&self) -> bool {
-        !self.fingerprints.is_empty()
-    }
-
-    /// The pinned fingerprints.
-    pub fn fingerprints(&self) -> &[String] {
-        &self.fingerprints
-    }
-
-    fn check(&self, key: &PublicKey, dev_signed: bool) -> Result<(), VerifyError> {
-        let fingerprint = key.fingerprint();
-        if !self.is_pinned() {
-            return Ok(());
-        }
-        // A pinned deployment never runs a dev build, whatever key it carries.
-        if dev_signed {
-            return Err(VerifyError::DevSigned { fingerprint });
-        }
-        if self.fingerprints.contains(&fingerprint) {
-            return Ok(());
-        }
-        Err(VerifyError::Untrusted {
-            fingerprint,
-            trusted: self.fingerprints.join(", "),
-        })
     }
 }

@@ -1,0 +1,145 @@
+//! Generation throughput on the pinned SmolLM2 Q4_1 GGUF, measured the same way as
+//! scripts/bench_llama_cpp.py measures llama.cpp (scripts/bench-generate runs both):
+//! - model level: prefill each stream's prompt in one step, then decode all streams together
+//!   one token per step (greedy) — prefill tok/s, decode tok/s, time to first token;
+//! - engine level: the same streams submitted at once to the `Generator` (scheduler thread,
+//!   sampling, streaming): aggregate generated tok/s end to end.
+//!
+//! `cargo bench --bench generate` (threads: RAYON_NUM_THREADS). Env: BENCH_PROMPT_TOKENS (128),
+//! BENCH_DECODE_TOKENS (64), BENCH_STREAMS (8). Prints one JSON object per measurement.
+
+#[path = "../tests/generate_support/mod.rs"]
+mod generate_support;
+
+use sealserve::generate::{GenerateRequest, Generator, GeneratorConfig, Prompt};
+use sealserve::model::llama::{Scratch, SeqInput};
+use std::time::Instant;
+
+const TEXT: &str = "The history of the city is long and complicated. ";
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn argmax(xs: &[f32]) -> u32 {
+    sealserve::generate::sampling::argmax(xs)
+}
+
+fn model_level(prompt: &[u32], decode: usize, streams: usize) -> serde_json::Value {
+    let model = &generate_support::text_model().model;
+    let mut scratch = Scratch::default();
+    let mut caches: Vec<_> = (0..streams).map(|_| model.new_cache()).collect();
+    let start = Instant::now();
+    let mut ttft = 0.0;
+    let mut next = Vec::new();
+    for (s, cache) in caches.iter_mut().enumerate() {
+        let logits = model
+            .forward(
+                &mut [SeqInput {
+                    cache,
+                    tokens: prompt,
+                    logits: true,
+                }],
+                &mut scratch,
+            )
+            .expect("prefill");
+        next.push(argmax(&logits[0]));
+        if s == 0 {
+            ttft = start.elapsed().as_secs_f64();
+        }
+    }
+    let prefill = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for _ in 0..decode - 1 {
+        let tokens: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let mut inputs: Vec<SeqInput<'_>> = caches
+            .iter_mut()
+            .zip(&tokens)
+            .map(|(cache, t)| SeqInput {
+                cache,
+                tokens: t,
+                logits: true,
+            })
+            .collect();
+        let logits = model.forward(&mut inputs, &mut scratch).expect("decode");
+        next = logits.iter().map(|l| argmax(l)).collect();
+    }
+    let decode_s = start.elapsed().as_secs_f64();
+    serde_json::json!({
+        "engine": "sealserve (model level)",
+        "threads": rayon::current_num_threads(),
+        "streams": streams,
+        "prompt_tokens": prompt.len(),
+        "decode_tokens": decode,
+        "prefill_tok_s": (streams * prompt.len()) as f64 / prefill,
+        "decode_tok_s": (streams * (decode - 1)) as f64 / decode_s,
+        "ttft_s": ttft,
+    })
+}
+
+fn engine_level(prompt: &[u32], decode: usize, streams: usize) -> serde_json::Value {
+    let generator = Generator::start(
+        generate_support::text_model(),
+        GeneratorConfig {
+            max_batch: streams,
+            prefill_chunk: 512,
+            max_step_tokens: 512 + streams,
+            ..GeneratorConfig::default()
+        },
+    )
+    .expect("generator");
+    let request = GenerateRequest {
+        max_tokens: Some(decode),
+        ignore_eos: true,
+        ..GenerateRequest::new(Prompt::Tokens(prompt.to_vec()))
+    };
+    let start = Instant::now();
+    let receivers: Vec<_> = (0..streams)
+        .map(|_| generator.submit(request.clone()).expect("submit"))
+        .collect();
+    let mut ttfts = Vec::new();
+    let mut tokens = 0;
+    for mut rx in receivers {
+        while let Some(event) = rx.blocking_recv() {
+            if let sealserve::generate::Event::Done(done) = event {
+                ttfts.push(done.time_to_first_token);
+                tokens += done.tokens.len();
+                break;
+            }
+        }
+    }
+    let total = start.elapsed().as_secs_f64();
+    serde_json::json!({
+        "engine": "sealserve (Generator, end to end)",
+        "threads": rayon::current_num_threads(),
+        "streams": streams,
+        "prompt_tokens": prompt.len(),
+        "decode_tokens": decode,
+        "generated_tok_s": tokens as f64 / total,
+        "mean_ttft_s": ttfts.iter().sum::<f64>() / ttfts.len() as f64,
+        "max_occupancy": generator.stats().max_occupancy,
+    })
+}
+
+fn main() {
+    let prompt_tokens = env("BENCH_PROMPT_TOKENS", 128);
+    let decode = env("BENCH_DECODE_TOKENS", 64).max(2);
+    let streams = env("BENCH_STREAMS", 8);
+    let tm = generate_support::text_model();
+    let mut prompt = tm
+        .tokenizer
+        .encode(&TEXT.repeat(64), false)
+        .expect("tokenize");
+    prompt.truncate(prompt_tokens);
+    // Warm-up (page faults, thread pool).
+    model_level(&prompt[..16], 4, 1);
+    for s in [1, streams] {
+        println!("{}", model_level(&prompt, decode, s));
+    }
+    for s in [1, streams] {
+        println!("{}", engine_level(&prompt, decode, s));
+    }
+}

@@ -1,0 +1,478 @@
+//! Text generation: requests in, token/text events out, with continuous batching.
+//!
+//! A [`Generator`] owns a scheduler thread (see `scheduler`). Callers submit a
+//! [`GenerateRequest`]; tokenization and validation happen in the caller's thread, then the
+//! request waits in a bounded queue until a batch slot is free. Each step of the scheduler runs
+//! every active sequence's next token (plus a bounded chunk of one waiting prompt) through the
+//! model as one batch; finished sequences leave and queued ones join between steps. Events
+//! stream back over an unbounded channel per request; dropping the receiver cancels the request
+//! at the next step and frees its slot.
+//!
+//! Typed errors for the HTTP layer: [`SubmitError`] (422 for bad input, 429 for a full queue,
+//! 503 when shutting down).
+
+pub mod chat;
+pub mod sampling;
+mod scheduler;
+pub mod stop;
+
+use crate::model::llama::tokenizer::{TextTokenizer, TokenizerError};
+use crate::model::llama::{Gguf, LlamaLoadError, LlamaModel};
+pub use chat::{ChatError, ChatMessage, ChatTemplate};
+pub use sampling::{SamplingParams, TokenLogprob};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Metric names (Prometheus), kept here until the lead moves them into `telemetry`.
+pub mod metric_names {
+    /// Histogram: seconds from submission to the first generated token.
+    pub const TIME_TO_FIRST_TOKEN: &str = "sealserve_generate_time_to_first_token_seconds";
+    /// Histogram: seconds between consecutive tokens of one sequence.
+    pub const INTER_TOKEN_LATENCY: &str = "sealserve_generate_inter_token_latency_seconds";
+    /// Counter: tokens generated.
+    pub const GENERATED_TOKENS: &str = "sealserve_generate_generated_tokens_total";
+    /// Counter: prompt tokens processed (prefill).
+    pub const PROMPT_TOKENS: &str = "sealserve_generate_prompt_tokens_total";
+    /// Gauge: tokens generated per second over the last step (all sequences).
+    pub const TOKENS_PER_SECOND: &str = "sealserve_generate_tokens_per_second";
+    /// Histogram: sequences in a step (batch occupancy).
+    pub const BATCH_OCCUPANCY: &str = "sealserve_generate_batch_occupancy";
+    /// Gauge: requests waiting for a batch slot.
+    pub const QUEUE_DEPTH: &str = "sealserve_generate_queue_depth";
+    /// Histogram: seconds per scheduler step.
+    pub const STEP_SECONDS: &str = "sealserve_generate_step_seconds";
+    /// Counter: finished requests, label `reason` = stop | length | cancelled | error.
+    pub const REQUESTS: &str = "sealserve_generate_requests_total";
+}
+
+/// Scheduler limits.
+#[derive(Clone, Debug)]
+pub struct GeneratorConfig {
+    /// Sequences decoded together (batch slots).
+    pub max_batch: usize,
+    /// Requests allowed to wait for a slot; more are refused (429).
+    pub max_queue: usize,
+    /// Longest sequence (prompt + generated), capped by the model's own context length.
+    pub max_context: usize,
+    /// Prompt tokens one step may process for one sequence, so a long prompt is prefilled in
+    /// chunks between decode steps of the others instead of stalling them.
+    pub prefill_chunk: usize,
+    /// Tokens one step may process in total (decode tokens count first).
+    pub max_step_tokens: usize,
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 16,
+            max_queue: 64,
+            max_context: 4096,
+            prefill_chunk: 128,
+            max_step_tokens: 256,
+        }
+    }
+}
+
+/// What to generate from.
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    /// Raw text, tokenized as is (special-token text becomes special tokens).
+    Text(String),
+    /// A conversation rendered through the model's chat template.
+    Chat(Vec<ChatMessage>),
+    /// Token ids.
+    Tokens(Vec<u32>),
+}
+
+/// One generation request.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    pub sampling: SamplingParams,
+    /// Tokens to generate at most; `None` = up to the context limit.
+    pub max_tokens: Option<usize>,
+    /// Stop strings: generation ends before the first occurrence; it is not in the text.
+    pub stop: Vec<String>,
+    /// Extra token ids that end generation (EOS always does unless `ignore_eos`).
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+}
+
+impl GenerateRequest {
+    /// Greedy, no limits beyond the context.
+    pub fn new(prompt: Prompt) -> Self {
+        Self {
+            prompt,
+            sampling: SamplingParams::greedy(),
+            max_tokens: None,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// EOS, a stop token or a stop string.
+    Stop,
+    /// `max_tokens` or the context limit.
+    Length,
+}
+
+impl FinishReason {
+    /// OpenAI's `finish_reason` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Token counts (OpenAI `usage`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// The end of a request.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    /// The whole generated text, decoded from all tokens at once (not from the deltas), up to a
+    /// stop string.
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+    /// Seconds from submission to the first token.
+    pub time_to_first_token: f64,
+    /// Seconds from submission to the end.
+    pub total_time: f64,
+}
+
+/// What a request's channel carries, in order: `Token`s, then exactly one `Done` or `Error`.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Token {
+        id: u32,
+        /// Final text this token completed (may be empty: half a character, or text that could
+        /// still be the start of a stop string).
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    Done(Completion),
+    Error(String),
+}
+
+/// Why a request was refused at submission.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// 429.
+    #[error("the generation queue is full ({limit} requests waiting); retry later")]
+    QueueFull { limit: usize },
+    /// 422.
+    #[error("prompt has {prompt_tokens} tokens and {max_tokens} more were asked for, over the {max_context}-token context limit")]
+    ContextLength {
+        prompt_tokens: usize,
+        max_tokens: usize,
+        max_context: usize,
+    },
+    /// 422.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    /// 422.
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(String),
+    /// 422.
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+    /// 422.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// 503.
+    #[error("the generator is shutting down")]
+    ShuttingDown,
+}
+
+/// Why the engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Load(#[from] LlamaLoadError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error("cannot start the scheduler thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Counters of the scheduler, readable at any time (tests, health, logs).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub queued: AtomicUsize,
+    pub active: AtomicUsize,
+    pub completed: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub errors: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub steps: AtomicU64,
+    /// Largest number of sequences seen in one step.
+    pub max_occupancy: AtomicUsize,
+}
+
+/// A snapshot of [`Stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub queued: usize,
+    pub active: usize,
+    pub completed: u64,
+    pub cancelled: u64,
+    pub errors: u64,
+    pub generated_tokens: u64,
+    pub prompt_tokens: u64,
+    pub steps: u64,
+    pub max_occupancy: usize,
+}
+
+/// A request after validation, waiting for a slot.
+struct Queued {
+    prompt: Vec<u32>,
+    request: GenerateRequest,
+    max_tokens: usize,
+    events: mpsc::UnboundedSender<Event>,
+    submitted: std::time::Instant,
+}
+
+/// State shared by the handle and the scheduler thread.
+struct Shared {
+    queue: Mutex<std::collections::VecDeque<Queued>>,
+    wake: Condvar,
+    shutdown: std::sync::atomic::AtomicBool,
+    stats: Stats,
+}
+
+/// The model, its tokenizer and chat template: what the scheduler runs and what callers need
+/// to prepare requests.
+pub struct TextModel {
+    pub model: LlamaModel,
+    pub tokenizer: TextTokenizer,
+    pub chat_template: Option<ChatTemplate>,
+}
+
+impl TextModel {
+    /// Loads everything from GGUF bytes held in memory.
+    pub fn from_gguf_bytes(bytes: &[u8]) -> Result<Self, EngineError> {
+        let gguf = Gguf::read(bytes)?;
+        let model = LlamaModel::load(&gguf)?;
+        let tokenizer = TextTokenizer::from_gguf(&gguf)?;
+        let token_text = |id: Option<u32>| {
+            id.map(|id| String::from_utf8_lossy(tokenizer.token_bytes(id)).into_owned())
+                .unwrap_or_default()
+        };
+        let chat_template = gguf.metadata_str("tokenizer.chat_template").map(|source| {
+            ChatTemplate::new(
+                source.to_string(),
+                token_text(tokenizer.bos()),
+                token_text(tokenizer.eos()),
+            )
+        });
+        Ok(Self {
+            model,
+            tokenizer,
+            chat_template,
+        })
+    }
+}
+
+/// Handle to the generation engine. Cheap to share behind an `Arc`; dropping the last handle
+/// stops the scheduler after the current step.
+pub struct Generator {
+    model: Arc<TextModel>,
+    config: GeneratorConfig,
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Generator {
+    /// Starts the scheduler thread.
+    pub fn start(model: Arc<TextModel>, mut config: GeneratorConfig) -> Result<Self, EngineError> {
+        config.max_context = config
+            .max_context
+            .min(model.model.config().context_length)
+            .max(1);
+        config.max_batch = config.max_batch.max(1);
+        config.prefill_chunk = config.prefill_chunk.max(1);
+        config.max_step_tokens = config.max_step_tokens.max(config.max_batch + 1);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Default::default()),
+            wake: Condvar::new(),
+            shutdown: Default::default(),
+            stats: Stats::default(),
+        });
+        let thread = std::thread::Builder::new()
+            .name("sealserve-generate".into())
+            .spawn({
+                let (model, shared, config) = (model.clone(), shared.clone(), config.clone());
+                move || scheduler::run(&model, &shared, &config)
+            })
+            .map_err(EngineError::Thread)?;
+        Ok(Self {
+            model,
+            config,
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The loaded model (tokenizer, chat template, config).
+    pub fn model(&self) -> &TextModel {
+        &self.model
+    }
+
+    /// The effective limits.
+    pub fn config(&self) -> &GeneratorConfig {
+        &self.config
+    }
+
+    /// Validates and queues a request; its events arrive on the returned receiver. Dropping
+    /// the receiver cancels the request.
+    pub fn submit(
+        &self,
+        request: GenerateRequest,
+    ) -> Result<mpsc::UnboundedReceiver<Event>, SubmitError> {
+        if self.shared.shutdown.load(Ordering::Acquire) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        request
+            .sampling
+            .validate()
+            .map_err(SubmitError::InvalidParameter)?;
+        let prompt = self.prompt_tokens(&request.prompt)?;
+        if prompt.is_empty() {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        let vocab = self.model.tokenizer.vocab_size();
+        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(SubmitError::InvalidParameter(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        if request.max_tokens == Some(0) {
+            return Err(SubmitError::InvalidParameter(
+                "max_tokens must be at least 1".into(),
+            ));
+        }
+        let room = self.config.max_context.saturating_sub(prompt.len());
+        let max_tokens = request.max_tokens.unwrap_or(room.max(1));
+        if max_tokens > room {
+            return Err(SubmitError::ContextLength {
+                prompt_tokens: prompt.len(),
+                max_tokens,
+                max_context: self.config.max_context,
+            });
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            let mut queue = self
+                .shared
+                .queue
+                .lock()
+                .map_err(|_| SubmitError::ShuttingDown)?;
+            if queue.len() >= self.config.max_queue {
+                return Err(SubmitError::QueueFull {
+                    limit: self.config.max_queue,
+                });
+            }
+            queue.push_back(Queued {
+                prompt,
+                request,
+                max_tokens,
+                events: tx,
+                submitted: std::time::Instant::now(),
+            });
+            self.shared
+                .stats
+                .queued
+                .store(queue.len(), Ordering::Relaxed);
+            metrics::gauge!(metric_names::QUEUE_DEPTH).set(queue.len() as f64);
+        }
+        self.shared.wake.notify_one();
+        Ok(rx)
+    }
+
+    /// Submits and waits for the whole completion (no streaming); blocking, for callers on
+    /// ordinary threads (async callers drain the receiver of [`Generator::submit`]).
+    pub fn generate_blocking(&self, request: GenerateRequest) -> Result<Completion, String> {
+        let mut rx = self.submit(request).map_err(|e| e.to_string())?;
+        while let Some(event) = rx.blocking_recv() {
+            match event {
+                Event::Token { .. } => {}
+                Event::Done(done) => return Ok(done),
+                Event::Error(e) => return Err(e),
+            }
+        }
+        Err("the generator stopped before the request finished".into())
+    }
+
+    /// Token ids of a prompt (chat prompts rendered through the template first).
+    pub fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<u32>, SubmitError> {
+        Ok(match prompt {
+            Prompt::Tokens(ids) => ids.clone(),
+            Prompt::Text(text) => self.model.tokenizer.encode(text, true)?,
+            Prompt::Chat(messages) => {
+                let template = self
+                    .model
+                    .chat_template
+                    .as_ref()
+                    .ok_or(ChatError::NoTemplate)?;
+                let text = template.render(messages, true)?;
+                // The template writes any BOS itself.
+                self.model.tokenizer.encode(&text, false)?
+            }
+        })
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.shared.stats;
+        StatsSnapshot {
+            queued: s.queued.load(Ordering::Relaxed),
+            active: s.active.load(Ordering::Relaxed),
+            completed: s.completed.load(Ordering::Relaxed),
+            cancelled: s.cancelled.load(Ordering::Relaxed),
+            errors: s.errors.load(Ordering::Relaxed),
+            generated_tokens: s.generated_tokens.load(Ordering::Relaxed),
+            prompt_tokens: s.prompt_tokens.load(Ordering::Relaxed),
+            steps: s.steps.load(Ordering::Relaxed),
+            max_occupancy: s.max_occupancy.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until no request is queued or active (tests, graceful shutdown), at most `limit`.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let end = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < end {
+            let s = self.stats();
+            if s.queued == 0 && s.active == 0 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

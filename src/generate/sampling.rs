@@ -1,0 +1,354 @@
+//! Choosing the next token from logits: penalties, then greedy or temperature sampling with
+//! top-k, top-p and min-p, from a seeded generator. Same order as llama.cpp and vLLM: penalties
+//! on the raw logits, temperature, then the truncations, then the draw.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+
+/// Decoding settings of one request (OpenAI / TGI names and meanings).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy (argmax; ties go to the lowest id).
+    pub temperature: f32,
+    /// Nucleus: keep the most likely tokens whose probabilities sum to at least this. 1 = off.
+    pub top_p: f32,
+    /// Keep only the k most likely tokens. 0 = off.
+    pub top_k: usize,
+    /// Drop tokens less likely than `min_p` × the most likely one. 0 = off.
+    pub min_p: f32,
+    /// CTRL-style: logits of tokens already in prompt or output are divided (if positive) or
+    /// multiplied (if negative) by this. 1 = off.
+    pub repetition_penalty: f32,
+    /// OpenAI: minus `frequency_penalty` × times the token was generated. 0 = off.
+    pub frequency_penalty: f32,
+    /// OpenAI: minus `presence_penalty` if the token was generated at all. 0 = off.
+    pub presence_penalty: f32,
+    /// Seed of the draw; the same seed, prompt and settings give the same tokens.
+    pub seed: Option<u64>,
+    /// Log-probabilities of this many most likely alternatives per token (0 = only the
+    /// chosen token's), `None` = none.
+    pub logprobs: Option<usize>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            seed: None,
+            logprobs: None,
+        }
+    }
+}
+
+/// Most alternatives `logprobs` may ask for (OpenAI allows 20).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+impl SamplingParams {
+    /// Greedy decoding.
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
+    }
+
+    /// Checks ranges; the message names the field and the allowed range.
+    pub fn validate(&self) -> Result<(), String> {
+        let finite = |v: f32| v.is_finite();
+        if !finite(self.temperature) || self.temperature < 0.0 {
+            return Err(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            ));
+        }
+        if !finite(self.top_p) || self.top_p <= 0.0 || self.top_p > 1.0 {
+            return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if !finite(self.min_p) || !(0.0..=1.0).contains(&self.min_p) {
+            return Err(format!("min_p must be in [0, 1], got {}", self.min_p));
+        }
+        if !finite(self.repetition_penalty) || self.repetition_penalty <= 0.0 {
+            return Err(format!(
+                "repetition_penalty must be > 0, got {}",
+                self.repetition_penalty
+            ));
+        }
+        for (name, v) in [
+            ("frequency_penalty", self.frequency_penalty),
+            ("presence_penalty", self.presence_penalty),
+        ] {
+            if !finite(v) || !(-2.0..=2.0).contains(&v) {
+                return Err(format!("{name} must be in [-2, 2], got {v}"));
+            }
+        }
+        if self.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return Err(format!("top_logprobs must be at most {MAX_TOP_LOGPROBS}"));
+        }
+        Ok(())
+    }
+}
+
+/// The chosen token's log-probability and the most likely alternatives'.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    /// `(id, logprob)`, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Per-sequence sampling state: the generator and token counts for the penalties.
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+    /// Times each token was generated.
+    counts: HashMap<u32, u32>,
+    /// Tokens of the prompt (for the repetition penalty).
+    prompt: Vec<u32>,
+}
+
+impl Sampler {
+    /// A sampler for a sequence whose prompt is `prompt`.
+    pub fn new(params: SamplingParams, prompt: &[u32]) -> Self {
+        let rng = match params.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        let prompt = if params.repetition_penalty != 1.0 {
+            let mut p = prompt.to_vec();
+            p.sort_unstable();
+            p.dedup();
+            p
+        } else {
+            Vec::new()
+        };
+        Self {
+            params,
+            rng,
+            counts: HashMap::new(),
+            prompt,
+        }
+    }
+
+    /// Picks the next token from `logits` (modified in place) and records it.
+    pub fn sample(&mut self, logits: &mut [f32]) -> (u32, Option<TokenLogprob>) {
+        self.apply_penalties(logits);
+        let logprobs = self.params.logprobs.map(|n| (n, log_softmax(logits)));
+        let id = if self.params.temperature == 0.0 {
+            argmax(logits)
+        } else {
+            self.draw(logits)
+        };
+        *self.counts.entry(id).or_insert(0) += 1;
+        let logprob = logprobs.map(|(n, lp)| {
+            let mut order: Vec<u32> = (0..lp.len() as u32).collect();
+            let n = n.min(order.len());
+            if n > 0 {
+                order.select_nth_unstable_by(n - 1, |a, b| {
+                    lp[*b as usize].total_cmp(&lp[*a as usize])
+                });
+                order.truncate(n);
+                order.sort_by(|a, b| lp[*b as usize].total_cmp(&lp[*a as usize]).then(a.cmp(b)));
+            } else {
+                order.clear();
+            }
+            TokenLogprob {
+                id,
+                logprob: lp[id as usize],
+                top: order.into_iter().map(|t| (t, lp[t as usize])).collect(),
+            }
+        });
+        (id, logprob)
+    }
+
+    fn apply_penalties(&self, logits: &mut [f32]) {
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 {
+            let seen = self.prompt.iter().chain(self.counts.keys());
+            for &t in seen {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty
+                    } else {
+                        *l * p.repetition_penalty
+                    };
+                }
+            }
+        }
+        if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+            for (&t, &n) in &self.counts {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= p.frequency_penalty * n as f32 + p.presence_penalty;
+                }
+            }
+        }
+    }
+
+    /// Temperature, top-k, top-p, min-p, then a draw.
+    fn draw(&mut self, logits: &[f32]) -> u32 {
+        let p = &self.params;
+        let mut cands: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.is_finite())
+            .map(|(i, &l)| (i as u32, l / p.temperature))
+            .collect();
+        if cands.is_empty() {
+            return argmax(logits);
+        }
+        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if p.top_k > 0 && p.top_k < cands.len() {
+            cands.select_nth_unstable_by(p.top_k - 1, by_logit);
+            cands.truncate(p.top_k);
+        }
+        cands.sort_unstable_by(by_logit);
+        let max = cands[0].1;
+        let mut probs: Vec<f32> = cands.iter().map(|c| (c.1 - max).exp()).collect();
+        let total: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|x| *x /= total);
+        let mut keep = probs.len();
+        if p.top_p < 1.0 {
+            let mut sum = 0.0;
+            for (i, x) in probs.iter().enumerate() {
+                sum += x;
+                if sum >= p.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        if p.min_p > 0.0 {
+            let floor = p.min_p * probs[0];
+            keep = keep.min(probs.iter().take_while(|&&x| x >= floor).count().max(1));
+        }
+        let total: f32 = probs[..keep].iter().sum();
+        let mut r = self.rng.random::<f32>() * total;
+        for (c, x) in cands.iter().zip(&probs[..keep]) {
+            if r < *x {
+                return c.0;
+            }
+            r -= x;
+        }
+        cands[keep - 1].0
+    }
+}
+
+/// Index of the largest value; ties go to the lowest index.
+pub fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn log_softmax(xs: &[f32]) -> Vec<f32> {
+    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = xs.iter().map(|x| (x - max).exp()).sum();
+    let log_sum = sum.ln() + max;
+    xs.iter().map(|x| x - log_sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampler(params: SamplingParams) -> Sampler {
+        Sampler::new(params, &[])
+    }
+
+    #[test]
+    fn greedy_picks_the_largest_and_ties_go_low() {
+        let mut s = sampler(SamplingParams::greedy());
+        assert_eq!(s.sample(&mut [0.0, 3.0, 1.0, 3.0]).0, 1);
+    }
+
+    #[test]
+    fn same_seed_same_tokens_and_truncations_are_respected() {
+        let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
+        let params = SamplingParams {
+            temperature: 0.9,
+            seed: Some(42),
+            ..SamplingParams::default()
+        };
+        let run = |p: SamplingParams| {
+            let mut s = sampler(p);
+            (0..30)
+                .map(|_| s.sample(&mut logits.clone()).0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(params.clone()), run(params.clone()));
+        // top_k = 1 is greedy whatever the temperature.
+        let top1 = run(SamplingParams {
+            top_k: 1,
+            ..params.clone()
+        });
+        assert!(top1.iter().all(|&t| t == argmax(&logits)));
+        // min_p = 1 keeps only the tokens as likely as the best (ties: ids 6, 13, 20, …).
+        let minp = run(SamplingParams {
+            min_p: 1.0,
+            ..params.clone()
+        });
+        assert!(minp.iter().all(|t| t % 7 == 6), "{minp:?}");
+        // A tiny top_p keeps only the single most likely token.
+        let nucleus = run(SamplingParams {
+            top_p: 1e-6,
+            ..params
+        });
+        assert!(nucleus.iter().all(|&t| t == 6), "{nucleus:?}");
+    }
+
+    #[test]
+    fn penalties_push_repeated_tokens_down() {
+        let mut s = sampler(SamplingParams {
+            frequency_penalty: 2.0,
+            ..SamplingParams::greedy()
+        });
+        let logits = [1.0, 0.5, 0.0];
+        assert_eq!(s.sample(&mut logits.clone()).0, 0);
+        // Token 0 now has 1 - 2 = -1 < 0.5.
+        assert_eq!(s.sample(&mut logits.clone()).0, 1);
+        let mut r = Sampler::new(
+            SamplingParams {
+                repetition_penalty: 3.0,
+                ..SamplingParams::greedy()
+            },
+            &[0],
+        );
+        // 1.0 / 3 < 0.5: the prompt's token is penalised too.
+        assert_eq!(r.sample(&mut logits.clone()).0, 1);
+    }
+
+    #[test]
+    fn logprobs_are_normalised_and_sorted() {
+        let mut s = sampler(SamplingParams {
+            logprobs: Some(2),
+            ..SamplingParams::greedy()
+        });
+        let (id, lp) = s.sample(&mut [0.0, 2.0, 1.0]);
+        let lp = lp.unwrap();
+        assert_eq!((id, lp.id), (1, 1));
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2]);
+        let total: f32 = [0.0f32, 2.0, 1.0].iter().map(|x| x.exp()).sum();
+        assert!((lp.logprob - (2.0 - total.ln())).abs() < 1e-5);
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let bad = SamplingParams {
+            top_p: 0.0,
+            ..SamplingParams::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("top_p"));
+        assert!(SamplingParams::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,755 @@
+//! CPU matrix products of GGUF block-quantized weights (Q4_0, Q4_1, Q8_0) with many activation
+//! rows at once.
+//!
+//! Why our own kernel: candle 0.11's CPU `QMatMul` has no SIMD dot product for Q4_1 at all (it
+//! runs `vec_dot_unopt`, scalar), and for every block type it decodes each weight block again for
+//! every activation row (`vec_dot_4` per row inside its row tiles). Decoding many sequences at
+//! once only pays off if a weight block is read and unpacked once and then multiplied with every
+//! row of the step: that is what turns one step of 8 streams into one pass over the weights.
+//!
+//! Layout: weights are repacked at load into tiles of 16 output rows. For one 32-value block of a
+//! tile, byte group `g` holds 4 consecutive values of each of the 16 rows side by side
+//! (`[g][row][4]`), so one 512-bit load feeds one `vpdpbusd` that advances 16 output columns by 4
+//! values each, against 4 activation bytes broadcast to every lane. Nothing is reduced
+//! horizontally. 4-bit values keep their nibble packing (byte = v[8g+j] | v[8g+4+j] << 4), so the
+//! repacked weights are as small as the GGUF ones; scales stay f16.
+//!
+//! Activations are quantized per 32-value block to i8 with an f32 scale, as llama.cpp does
+//! (Q8_0/Q8_1). The integer block sums are exact on every path; per block the float update is
+//! `acc = fma(isum, d_w * d_a, acc)` (+ `fma(m_w, d_a * Σq_a, acc)` for Q4_1), in block order,
+//! whatever the number of rows in the call. So a row's result never depends on which other rows
+//! share the step: batching cannot change a sequence's tokens.
+
+use half::f16;
+use rayon::prelude::*;
+
+/// Values per quantization block (all supported types).
+pub const BLOCK: usize = 32;
+/// Output rows per tile.
+pub const TILE: usize = 16;
+/// Activation rows one kernel call keeps in registers.
+const ROWS: usize = 8;
+
+/// The GGUF block types with a native kernel here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantKind {
+    /// `d * (q - 8)`, q in 0..16.
+    Q4_0,
+    /// `d * q + m`, q in 0..16.
+    Q4_1,
+    /// `d * q`, q in -128..128.
+    Q8_0,
+}
+
+impl QuantKind {
+    /// Bytes of one GGUF block of this type.
+    pub fn gguf_block_bytes(self) -> usize {
+        match self {
+            QuantKind::Q4_0 => 18,
+            QuantKind::Q4_1 => 20,
+            QuantKind::Q8_0 => 34,
+        }
+    }
+
+    /// Bytes of repacked quants per tile block (16 rows × 32 values).
+    fn tile_qs_bytes(self) -> usize {
+        match self {
+            QuantKind::Q4_0 | QuantKind::Q4_1 => TILE * BLOCK / 2,
+            QuantKind::Q8_0 => TILE * BLOCK,
+        }
+    }
+
+    /// The constant subtracted from stored quants (times the activation block sum) to get the
+    /// real integer dot product.
+    fn offset(self) -> i32 {
+        match self {
+            QuantKind::Q4_0 => 8,
+            QuantKind::Q4_1 => 0,
+            QuantKind::Q8_0 => 128,
+        }
+    }
+}
+
+/// A weight matrix `[n, k]` (n outputs, k inputs) repacked into 16-row tiles.
+pub struct PackedMatrix {
+    kind: QuantKind,
+    n: usize,
+    k: usize,
+    /// Blocks per row (`k / 32`).
+    kb: usize,
+    /// `[tile][block][tile_qs_bytes]`.
+    qs: Vec<u8>,
+    /// Scales `[tile][block][16]`.
+    d: Vec<f16>,
+    /// Q4_1 minimums `[tile][block][16]`; empty for other kinds.
+    m: Vec<f16>,
+}
+
+/// Why raw GGUF bytes could not be repacked.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("{k} inputs is not a multiple of the {BLOCK}-value block")]
+    Inputs { k: usize },
+    #[error("expected {expected} bytes for a [{n}, {k}] {kind:?} matrix, got {got}")]
+    Size {
+        kind: QuantKind,
+        n: usize,
+        k: usize,
+        expected: usize,
+        got: usize,
+    },
+}
+
+impl PackedMatrix {
+    /// Repacks row-major GGUF blocks of one or more matrices with the same `k` and `kind`,
+    /// stacked along the output dimension (e.g. Q, K and V into one `[q+k+v, hidden]`).
+    pub fn pack(kind: QuantKind, k: usize, parts: &[(&[u8], usize)]) -> Result<Self, PackError> {
+        if !k.is_multiple_of(BLOCK) {
+            return Err(PackError::Inputs { k });
+        }
+        let kb = k / BLOCK;
+        let row_bytes = kb * kind.gguf_block_bytes();
+        let mut rows: Vec<&[u8]> = Vec::new();
+        for &(bytes, n) in parts {
+            if bytes.len() != n * row_bytes {
+                return Err(PackError::Size {
+                    kind,
+                    n,
+                    k,
+                    expected: n * row_bytes,
+                    got: bytes.len(),
+                });
+            }
+            rows.extend(bytes.chunks_exact(row_bytes));
+        }
+        let n = rows.len();
+        let tiles = n.div_ceil(TILE);
+        let qs_bytes = kind.tile_qs_bytes();
+        let mut qs = vec![0u8; tiles * kb * qs_bytes];
+        let mut d = vec![f16::ZERO; tiles * kb * TILE];
+        let mut m = if kind == QuantKind::Q4_1 {
+            vec![f16::ZERO; tiles * kb * TILE]
+        } else {
+            Vec::new()
+        };
+        let mut values = [0u8; BLOCK];
+        for (row, bytes) in rows.iter().enumerate() {
+            let (tile, r) = (row / TILE, row % TILE);
+            for b in 0..kb {
+                let block = &bytes[b * kind.gguf_block_bytes()..(b + 1) * kind.gguf_block_bytes()];
+                let at = (tile * kb + b) * TILE + r;
+                d[at] = f16::from_le_bytes([block[0], block[1]]);
+                let quants = match kind {
+                    QuantKind::Q4_0 => &block[2..],
+                    QuantKind::Q4_1 => {
+                        m[at] = f16::from_le_bytes([block[2], block[3]]);
+                        &block[4..]
+                    }
+                    QuantKind::Q8_0 => &block[2..],
+                };
+                let out = &mut qs[(tile * kb + b) * qs_bytes..(tile * kb + b + 1) * qs_bytes];
+                match kind {
+                    QuantKind::Q4_0 | QuantKind::Q4_1 => {
+                        // GGUF: value j in the low nibble of byte j, value j+16 in the high one.
+                        for j in 0..BLOCK / 2 {
+                            values[j] = quants[j] & 0x0F;
+                            values[j + BLOCK / 2] = quants[j] >> 4;
+                        }
+                        for g in 0..BLOCK / 8 {
+                            for j in 0..4 {
+                                out[(g * TILE + r) * 4 + j] =
+                                    values[8 * g + j] | (values[8 * g + 4 + j] << 4);
+                            }
+                        }
+                    }
+                    QuantKind::Q8_0 => {
+                        // Stored +128 so the weights are the unsigned operand of u8×i8 products.
+                        for g in 0..BLOCK / 4 {
+                            for j in 0..4 {
+                                out[(g * TILE + r) * 4 + j] =
+                                    (quants[4 * g + j] as i8 as i32 + 128) as u8;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            kind,
+            n,
+            k,
+            kb,
+            qs,
+            d,
+            m,
+        })
+    }
+
+    /// Output width.
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// Input width.
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// The block type.
+    pub fn kind(&self) -> QuantKind {
+        self.kind
+    }
+
+    /// Row `i` of the matrix as f32 (an embedding lookup when the matrix is a token table).
+    pub fn dequantize_row(&self, i: usize, out: &mut [f32]) {
+        let (tile, r) = (i / TILE, i % TILE);
+        let qs_bytes = self.kind.tile_qs_bytes();
+        for b in 0..self.kb {
+            let at = (tile * self.kb + b) * TILE + r;
+            let d = self.d[at].to_f32();
+            let m = if self.kind == QuantKind::Q4_1 {
+                self.m[at].to_f32()
+            } else {
+                0.0
+            };
+            let tq = &self.qs[(tile * self.kb + b) * qs_bytes..];
+            for j in 0..BLOCK {
+                let q = self.quant(tq, r, j);
+                out[b * BLOCK + j] = match self.kind {
+                    QuantKind::Q4_1 => q as f32 * d + m,
+                    _ => (q - self.kind.offset()) as f32 * d,
+                };
+            }
+        }
+    }
+
+    /// Stored quant of value `j` of row `r` in one tile block (before the offset).
+    #[inline(always)]
+    fn quant(&self, tile_block: &[u8], r: usize, j: usize) -> i32 {
+        match self.kind {
+            QuantKind::Q4_0 | QuantKind::Q4_1 => {
+                let (g, within) = (j / 8, j % 8);
+                let byte = tile_block[(g * TILE + r) * 4 + within % 4];
+                i32::from(if within < 4 { byte & 0x0F } else { byte >> 4 })
+            }
+            QuantKind::Q8_0 => i32::from(tile_block[((j / 4) * TILE + r) * 4 + j % 4]),
+        }
+    }
+}
+
+/// Activation rows quantized to i8 per 32-value block (llama.cpp's Q8_0/Q8_1 activations).
+#[derive(Default)]
+pub struct QuantizedRows {
+    rows: usize,
+    k: usize,
+    kb: usize,
+    /// `[row][k]`.
+    qs: Vec<i8>,
+    /// Block scales `[row][kb]`.
+    d: Vec<f32>,
+    /// Exact block sums of `qs` `[row][kb]`.
+    sums: Vec<i32>,
+}
+
+impl QuantizedRows {
+    /// Quantizes `x` (`rows × k`, row-major), reusing this buffer's allocations.
+    pub fn quantize(&mut self, x: &[f32], k: usize) {
+        debug_assert_eq!(k % BLOCK, 0);
+        let rows = x.len() / k;
+        self.rows = rows;
+        self.k = k;
+        self.kb = k / BLOCK;
+        self.qs.resize(rows * k, 0);
+        self.d.resize(rows * self.kb, 0.0);
+        self.sums.resize(rows * self.kb, 0);
+        quantize_blocks(x, &mut self.qs, &mut self.d, &mut self.sums);
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+/// Per block: `d = max|x| / 127`, `q = round(x / d)`.
+fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], sums: &mut [i32]) {
+    for (((xb, qb), db), sb) in x
+        .chunks_exact(BLOCK)
+        .zip(qs.chunks_exact_mut(BLOCK))
+        .zip(d.iter_mut())
+        .zip(sums.iter_mut())
+    {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, v) in qb.iter_mut().zip(xb) {
+            let r = (v * inv).round() as i32;
+            *q = r as i8;
+            sum += r;
+        }
+        *db = scale;
+        *sb = sum;
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Isa {
+    /// AVX-512 (F, BW) with VNNI `vpdpbusd`.
+    Vnni512,
+    /// AVX2 + FMA + F16C, u8×i8 products through `vpmaddubsw`.
+    Avx2,
+    /// Portable Rust.
+    Scalar,
+}
+
+#[allow(unreachable_code)]
+fn isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        return *ISA.get_or_init(|| {
+            if std::env::var_os("SEALSERVE_LLM_SCALAR").is_some() {
+                Isa::Scalar
+            } else if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+            {
+                Isa::Vnni512
+            } else if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                Isa::Avx2
+            } else {
+                Isa::Scalar
+            }
+        });
+    }
+    Isa::Scalar
+}
+
+/// `out[row][col] = Σ_k a[row][k] · w[col][k]` for every activation row: `out` is
+/// `a.rows() × w.rows()`. Tiles are spread over the rayon pool; each tile walks all rows.
+pub fn matmul(w: &PackedMatrix, a: &QuantizedRows, out: &mut [f32]) {
+    assert_eq!(a.k, w.k, "activation width does not match the weights");
+    assert_eq!(out.len(), a.rows * w.n, "output buffer has the wrong size");
+    let tiles = w.n.div_ceil(TILE);
+    let threads = rayon::current_num_threads().max(1);
+    // A few tasks per thread for balance, but whole tiles and not too small (a task switch costs
+    // more than a small tile's work).
+    let per_task = tiles.div_ceil(threads * 4).max(1);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let isa = isa();
+    (0..tiles.div_ceil(per_task))
+        .into_par_iter()
+        .for_each(|task| {
+            let first = task * per_task;
+            let last = tiles.min(first + per_task);
+            for tile in first..last {
+                let mut row0 = 0;
+                while row0 < a.rows {
+                    let count = (a.rows - row0).min(ROWS);
+                    let mut block = [[0f32; TILE]; ROWS];
+                    tile_rows(isa, w, tile, a, row0, count, &mut block);
+                    let cols = TILE.min(w.n - tile * TILE);
+                    for (r, res) in block.iter().take(count).enumerate() {
+                        // SAFETY: each (row, tile) output range is written by exactly one task, and
+                        // the range lies inside `out` (checked by the asserts above).
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                res.as_ptr(),
+                                out_ptr.get().add((row0 + r) * w.n + tile * TILE),
+                                cols,
+                            );
+                        }
+                    }
+                    row0 += count;
+                }
+            }
+        });
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to write disjoint output ranges from rayon tasks (see `matmul`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// One tile (16 outputs) for `count` (≤ 8) activation rows starting at `row0`.
+fn tile_rows(
+    isa: Isa,
+    w: &PackedMatrix,
+    tile: usize,
+    a: &QuantizedRows,
+    row0: usize,
+    count: usize,
+    out: &mut [[f32; TILE]; ROWS],
+) {
+    macro_rules! dispatch {
+        ($($f:ident)::+) => {
+            match count {
+                1 => $($f)::+::<1>(w, tile, a, row0, out),
+                2 => $($f)::+::<2>(w, tile, a, row0, out),
+                3 => $($f)::+::<3>(w, tile, a, row0, out),
+                4 => $($f)::+::<4>(w, tile, a, row0, out),
+                5 => $($f)::+::<5>(w, tile, a, row0, out),
+                6 => $($f)::+::<6>(w, tile, a, row0, out),
+                7 => $($f)::+::<7>(w, tile, a, row0, out),
+                _ => $($f)::+::<8>(w, tile, a, row0, out),
+            }
+        };
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU features were detected at run time (`isa`); all indices are checked by
+        // `matmul` (rows and tile in range, k equal).
+        Isa::Vnni512 => unsafe { dispatch!(x86::tile_vnni512) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { dispatch!(x86::tile_avx2) },
+        _ => dispatch!(tile_scalar),
+    }
+}
+
+/// Portable kernel with the same arithmetic (exact integer block sums, then the same fmas in the
+/// same order) as the SIMD ones.
+fn tile_scalar<const R: usize>(
+    w: &PackedMatrix,
+    tile: usize,
+    a: &QuantizedRows,
+    row0: usize,
+    out: &mut [[f32; TILE]; ROWS],
+) {
+    let kb = w.kb;
+    let qs_bytes = w.kind.tile_qs_bytes();
+    let offset = w.kind.offset();
+    let mut acc = [[0f32; TILE]; R];
+    for b in 0..kb {
+        let tq = &w.qs[(tile * kb + b) * qs_bytes..(tile * kb + b + 1) * qs_bytes];
+        let at = (tile * kb + b) * TILE;
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let row = row0 + i;
+            let aq = &a.qs[row * a.k + b * BLOCK..row * a.k + (b + 1) * BLOCK];
+            let da = a.d[row * kb + b];
+            let asum = a.sums[row * kb + b];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let mut isum = 0i32;
+                for (j, &q) in aq.iter().enumerate() {
+                    isum += w.quant(tq, r, j) * i32::from(q);
+                }
+                isum -= offset * asum;
+                let scale = w.d[at + r].to_f32() * da;
+                *acc = (isum as f32).mul_add(scale, *acc);
+                if w.kind == QuantKind::Q4_1 {
+                    *acc = w.m[at + r].to_f32().mul_add(da * asum as f32, *acc);
+                }
+            }
+        }
+    }
+    out[..R].copy_from_slice(&acc);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{PackedMatrix, QuantKind, QuantizedRows, BLOCK, ROWS, TILE};
+    use std::arch::x86_64::*;
+
+    /// 4 activation bytes of row `row`, block `b`, starting at value `j`, as one i32.
+    #[inline(always)]
+    unsafe fn act4(a: &QuantizedRows, row: usize, b: usize, j: usize) -> i32 {
+        let p = a.qs.as_ptr().add(row * a.k + b * BLOCK + j) as *const i32;
+        p.read_unaligned()
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma")]
+    pub(super) unsafe fn tile_vnni512<const R: usize>(
+        w: &PackedMatrix,
+        tile: usize,
+        a: &QuantizedRows,
+        row0: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        let kb = w.kb;
+        let qs_bytes = w.kind.tile_qs_bytes();
+        let offset = w.kind.offset();
+        let nibbles = w.kind != QuantKind::Q8_0;
+        let has_min = w.kind == QuantKind::Q4_1;
+        let low = _mm512_set1_epi8(0x0F);
+        let mut acc = [_mm512_setzero_ps(); R];
+        for b in 0..kb {
+            let tq = w.qs.as_ptr().add((tile * kb + b) * qs_bytes);
+            let mut isum = [_mm512_setzero_si512(); R];
+            if nibbles {
+                for g in 0..BLOCK / 8 {
+                    let v = _mm512_loadu_si512(tq.add(g * 64) as *const _);
+                    let lo = _mm512_and_si512(v, low);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                    for (i, s) in isum.iter_mut().enumerate() {
+                        let x0 = _mm512_set1_epi32(act4(a, row0 + i, b, 8 * g));
+                        let x1 = _mm512_set1_epi32(act4(a, row0 + i, b, 8 * g + 4));
+                        *s = _mm512_dpbusd_epi32(*s, lo, x0);
+                        *s = _mm512_dpbusd_epi32(*s, hi, x1);
+                    }
+                }
+            } else {
+                for g in 0..BLOCK / 4 {
+                    let v = _mm512_loadu_si512(tq.add(g * 64) as *const _);
+                    for (i, s) in isum.iter_mut().enumerate() {
+                        let x = _mm512_set1_epi32(act4(a, row0 + i, b, 4 * g));
+                        *s = _mm512_dpbusd_epi32(*s, v, x);
+                    }
+                }
+            }
+            let at = (tile * kb + b) * TILE;
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(w.d.as_ptr().add(at) as *const _));
+            let mw = if has_min {
+                _mm512_cvtph_ps(_mm256_loadu_si256(w.m.as_ptr().add(at) as *const _))
+            } else {
+                _mm512_setzero_ps()
+            };
+            for i in 0..R {
+                let row = row0 + i;
+                let da = *a.d.get_unchecked(row * kb + b);
+                let asum = *a.sums.get_unchecked(row * kb + b);
+                let s = _mm512_sub_epi32(isum[i], _mm512_set1_epi32(offset * asum));
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(da));
+                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[i]);
+                if has_min {
+                    acc[i] = _mm512_fmadd_ps(mw, _mm512_set1_ps(da * asum as f32), acc[i]);
+                }
+            }
+        }
+        for i in 0..R {
+            _mm512_storeu_ps(out[i].as_mut_ptr(), acc[i]);
+        }
+    }
+
+    /// u8×i8 dot products of 4 adjacent bytes per i32 lane, accumulated (what `vpdpbusd`
+    /// does). Callers keep each pair sum inside i16: 4-bit weights (15·127·2) or sign-folded
+    /// 8-bit ones (128·127·2), see `tile_avx2`.
+    #[inline(always)]
+    unsafe fn dot4(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        let pairs = _mm256_maddubs_epi16(w, x);
+        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tile_avx2<const R: usize>(
+        w: &PackedMatrix,
+        tile: usize,
+        a: &QuantizedRows,
+        row0: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        let kb = w.kb;
+        let qs_bytes = w.kind.tile_qs_bytes();
+        let nibbles = w.kind != QuantKind::Q8_0;
+        let has_min = w.kind == QuantKind::Q4_1;
+        // 8-bit weights are stored +128; `vpmaddubsw` would saturate on 255·127·2, so they are
+        // turned back into signed values and the sign moved onto the activation
+        // (|w| · sign(x, w) ≤ 128·127 per product, pairs fit i16), which makes the offset
+        // correction unnecessary.
+        let offset = if nibbles { w.kind.offset() } else { 0 };
+        let low = _mm256_set1_epi8(0x0F);
+        let flip = _mm256_set1_epi8(-128);
+        // Two halves of the tile: rows 0..8 and 8..16.
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for b in 0..kb {
+            let tq = w.qs.as_ptr().add((tile * kb + b) * qs_bytes);
+            let mut isum = [[_mm256_setzero_si256(); 2]; R];
+            if nibbles {
+                for g in 0..BLOCK / 8 {
+                    for h in 0..2 {
+                        let v = _mm256_loadu_si256(tq.add(g * 64 + h * 32) as *const _);
+                        let lo = _mm256_and_si256(v, low);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                        for (i, s) in isum.iter_mut().enumerate() {
+                            let x0 = _mm256_set1_epi32(act4(a, row0 + i, b, 8 * g));
+                            let x1 = _mm256_set1_epi32(act4(a, row0 + i, b, 8 * g + 4));
+                            s[h] = dot4(s[h], lo, x0);
+                            s[h] = dot4(s[h], hi, x1);
+                        }
+                    }
+                }
+            } else {
+                for g in 0..BLOCK / 4 {
+                    for h in 0..2 {
+                        let v = _mm256_loadu_si256(tq.add(g * 64 + h * 32) as *const _);
+                        let signed = _mm256_xor_si256(v, flip);
+                        let magnitude = _mm256_sign_epi8(signed, signed);
+                        for (i, s) in isum.iter_mut().enumerate() {
+                            let x = _mm256_set1_epi32(act4(a, row0 + i, b, 4 * g));
+                            s[h] = dot4(s[h], magnitude, _mm256_sign_epi8(x, signed));
+                        }
+                    }
+                }
+            }
+            let at = (tile * kb + b) * TILE;
+            for h in 0..2 {
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(w.d.as_ptr().add(at + 8 * h) as *const _));
+                let mw = if has_min {
+                    _mm256_cvtph_ps(_mm_loadu_si128(w.m.as_ptr().add(at + 8 * h) as *const _))
+                } else {
+                    _mm256_setzero_ps()
+                };
+                for i in 0..R {
+                    let row = row0 + i;
+                    let da = *a.d.get_unchecked(row * kb + b);
+                    let asum = *a.sums.get_unchecked(row * kb + b);
+                    let s = _mm256_sub_epi32(isum[i][h], _mm256_set1_epi32(offset * asum));
+                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(da));
+                    acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[i][h]);
+                    if has_min {
+                        acc[i][h] =
+                            _mm256_fmadd_ps(mw, _mm256_set1_ps(da * asum as f32), acc[i][h]);
+                    }
+                }
+            }
+        }
+        for i in 0..R {
+            _mm256_storeu_ps(out[i].as_mut_ptr(), acc[i][0]);
+            _mm256_storeu_ps(out[i].as_mut_ptr().add(8), acc[i][1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random bytes (xorshift), so the test needs no RNG crate.
+    fn bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut s = seed | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// GGUF blocks with sane f16 scales and random quants.
+    fn gguf(kind: QuantKind, n: usize, k: usize, seed: u64) -> Vec<u8> {
+        let mut raw = bytes(seed, n * k / BLOCK * kind.gguf_block_bytes());
+        for (i, block) in raw.chunks_exact_mut(kind.gguf_block_bytes()).enumerate() {
+            let d = f16::from_f32(0.001 + (i % 7) as f32 * 0.0007);
+            block[..2].copy_from_slice(&d.to_le_bytes());
+            if kind == QuantKind::Q4_1 {
+                let m = f16::from_f32(-0.01 * (i % 5) as f32);
+                block[2..4].copy_from_slice(&m.to_le_bytes());
+            }
+        }
+        raw
+    }
+
+    /// Reference: dequantize the whole matrix, quantize activations the same way, and sum the
+    /// block products in f64.
+    fn reference(w: &PackedMatrix, a: &QuantizedRows) -> Vec<f32> {
+        let mut out = vec![0f32; a.rows * w.n];
+        let mut row = vec![0f32; w.k];
+        for col in 0..w.n {
+            w.dequantize_row(col, &mut row);
+            for r in 0..a.rows {
+                let mut sum = 0f64;
+                for b in 0..a.kb {
+                    let d = f64::from(a.d[r * a.kb + b]);
+                    for j in 0..BLOCK {
+                        let x = f64::from(a.qs[r * a.k + b * BLOCK + j]) * d;
+                        sum += x * f64::from(row[b * BLOCK + j]);
+                    }
+                }
+                out[r * w.n + col] = sum as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn kernels_match_dequantized_reference_for_every_type_and_row_count() {
+        for kind in [QuantKind::Q4_0, QuantKind::Q4_1, QuantKind::Q8_0] {
+            // 40 outputs: two full tiles and a partial one; 3 parts stacked like Q/K/V.
+            let k = 96;
+            let parts: Vec<(Vec<u8>, usize)> = [(16, 1), (8, 2), (16, 3)]
+                .iter()
+                .map(|&(n, seed)| (gguf(kind, n, k, seed), n))
+                .collect();
+            let refs: Vec<(&[u8], usize)> = parts.iter().map(|(b, n)| (b.as_slice(), *n)).collect();
+            let w = PackedMatrix::pack(kind, k, &refs).unwrap();
+            assert_eq!(w.rows(), 40);
+            for rows in [1, 3, 8, 11] {
+                let x: Vec<f32> = bytes(rows as u64 + 9, rows * k)
+                    .iter()
+                    .map(|&b| (f32::from(b) - 128.0) / 37.0)
+                    .collect();
+                let mut a = QuantizedRows::default();
+                a.quantize(&x, k);
+                let mut out = vec![0f32; rows * w.rows()];
+                matmul(&w, &a, &mut out);
+                let want = reference(&w, &a);
+                for (i, (g, e)) in out.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                        "{kind:?} rows={rows} at {i}: {g} vs {e}"
+                    );
+                }
+                // Every row alone gives the same bits as inside the batch.
+                for r in 0..rows {
+                    let mut one = QuantizedRows::default();
+                    one.quantize(&x[r * k..(r + 1) * k], k);
+                    let mut single = vec![0f32; w.rows()];
+                    matmul(&w, &one, &mut single);
+                    assert_eq!(
+                        single,
+                        out[r * w.rows()..(r + 1) * w.rows()],
+                        "{kind:?} row {r}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_and_scalar_paths_agree() {
+        let k = 64;
+        for kind in [QuantKind::Q4_0, QuantKind::Q4_1, QuantKind::Q8_0] {
+            let raw = gguf(kind, 32, k, 5);
+            let w = PackedMatrix::pack(kind, k, &[(&raw, 32)]).unwrap();
+            let x: Vec<f32> = bytes(77, 3 * k)
+                .iter()
+                .map(|&b| f32::from(b) / 50.0 - 2.5)
+                .collect();
+            let mut a = QuantizedRows::default();
+            a.quantize(&x, k);
+            let mut fast = [[0f32; TILE]; ROWS];
+            let mut slow = [[0f32; TILE]; ROWS];
+            tile_rows(isa(), &w, 1, &a, 0, 3, &mut fast);
+            tile_rows(Isa::Scalar, &w, 1, &a, 0, 3, &mut slow);
+            for (f, s) in fast.iter().flatten().zip(slow.iter().flatten()) {
+                assert!(
+                    (f - s).abs() <= 1e-5 * (1.0 + s.abs()),
+                    "{kind:?}: {f} vs {s}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pack_rejects_wrong_sizes() {
+        assert!(matches!(
+            PackedMatrix::pack(QuantKind::Q4_1, 33, &[(&[], 0)]),
+            Err(PackError::Inputs { .. })
+        ));
+        assert!(matches!(
+            PackedMatrix::pack(QuantKind::Q8_0, 32, &[(&[0u8; 10], 1)]),
+            Err(PackError::Size { .. })
+        ));
+    }
+}

@@ -1,0 +1,153 @@
+//! The llama engine against the SmolLM2 references: tokenizer ids (llama.cpp and the reference
+//! tokenizer.json), the prompt's last-position logits (f32 transformers) and greedy decoding
+//! driven directly on the model (no scheduler).
+
+mod generate_support;
+
+use generate_support::{confident_prefix, golden, model, root};
+use sealserve::model::llama::{Scratch, SeqInput};
+
+fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Greedy decoding with one sequence, prefill in one step.
+fn greedy(prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<f32>) {
+    let (model, _) = model();
+    let mut cache = model.new_cache();
+    let mut scratch = Scratch::default();
+    let mut out = Vec::new();
+    let mut logits = model
+        .forward(
+            &mut [SeqInput {
+                cache: &mut cache,
+                tokens: prompt,
+                logits: true,
+            }],
+            &mut scratch,
+        )
+        .unwrap()
+        .remove(0);
+    let first = logits.clone();
+    for _ in 0..steps {
+        let next = argmax(&logits);
+        out.push(next);
+        if next == 2 {
+            break;
+        }
+        logits = model
+            .forward(
+                &mut [SeqInput {
+                    cache: &mut cache,
+                    tokens: &[next],
+                    logits: true,
+                }],
+                &mut scratch,
+            )
+            .unwrap()
+            .remove(0);
+    }
+    (out, first)
+}
+
+#[test]
+fn tokenizer_matches_llama_cpp_and_the_reference_tokenizer_json() {
+    let (_, tokenizer) = model();
+    let golden = golden();
+    for case in &golden.llama_cpp_gguf.tokenizer_agreement {
+        assert_eq!(
+            tokenizer.encode(&case.text, true).unwrap(),
+            case.llama_cpp_ids,
+            "{:?}",
+            case.text
+        );
+    }
+    let gz = std::fs::read(root().join("tests/data/reference/smollm2/tokenizer.json.gz")).unwrap();
+    let mut json = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut json).unwrap();
+    let reference = tokenizers::Tokenizer::from_bytes(&json).unwrap();
+    let texts = [
+        "Hello world",
+        "   three leading spaces, trailing  ",
+        "digits 0123456789 and 3.14159e-10, 1,000,000",
+        "unicode: Ünïcödé ß Ωμέγα Привет 你好世界 こんにちは 🎉👍🏽 ‍",
+        "<|im_start|>system\nBe brief<|im_end|>\n<|im_start|>user\nHi<|endoftext|>",
+        "tabs\tand\r\nwindows newlines\n\n\nand <not_a_special> token",
+        "code: fn main() { println!(\"{}\", x+1); } // done",
+        "",
+    ];
+    for text in texts {
+        let want = reference.encode(text, false).unwrap().get_ids().to_vec();
+        let got = tokenizer.encode(text, true).unwrap();
+        assert_eq!(got, want, "{text:?}");
+        // The byte table decodes back to the exact text.
+        assert_eq!(tokenizer.decode(&got, false), text);
+        assert_eq!(
+            tokenizer.decode(&got, false),
+            reference.decode(&want, false).unwrap()
+        );
+    }
+}
+
+#[test]
+fn prompt_logits_match_the_f32_reference() {
+    let (model, _) = model();
+    for result in golden().results {
+        let mut cache = model.new_cache();
+        let logits = model
+            .forward(
+                &mut [SeqInput {
+                    cache: &mut cache,
+                    tokens: &result.prompt_ids,
+                    logits: true,
+                }],
+                &mut Scratch::default(),
+            )
+            .unwrap()
+            .remove(0);
+        let top = &result.prompt_last_logits_top10;
+        for (id, want) in top.ids.iter().zip(&top.logits) {
+            let got = logits[*id as usize];
+            assert!(
+                (got - want).abs() < 0.5,
+                "{}: logit of {id} is {got}, reference {want}",
+                result.name
+            );
+        }
+    }
+}
+
+#[test]
+fn greedy_tokens_match_the_references() {
+    let golden = golden();
+    for result in &golden.results {
+        let reference = golden
+            .llama_cpp_gguf
+            .greedy
+            .iter()
+            .find(|g| g.name == result.name)
+            .unwrap();
+        assert_eq!(reference.prompt_ids, result.prompt_ids);
+        let (tokens, _) = greedy(&result.prompt_ids, result.generated_ids.len());
+        if result.name == "chat_template" {
+            assert_eq!(
+                tokens, reference.generated_ids,
+                "same quantized weights as llama.cpp"
+            );
+        } else {
+            let n = confident_prefix(result);
+            assert!(
+                n >= 3,
+                "{}: the reference is confident for {n} steps",
+                result.name
+            );
+            assert_eq!(tokens[..n], result.generated_ids[..n], "{}", result.name);
+        }
+    }
+}
