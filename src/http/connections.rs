@@ -210,12 +210,17 @@ async fn serve_connection(
     let body_timeout = limits.body_read_timeout;
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let in_flight = InFlight::enter(&service_activity);
+        let large = declared_length(&request) >= LARGE_REQUEST;
         let request = request.map(|body| Body::new(DeadlineBody::new(body, body_timeout)));
         let mut app = app.clone();
         async move {
             // Router is always ready (its poll_ready returns Ready), so no poll_ready first.
             let response = tower_service::Service::call(&mut app, request).await;
             drop(in_flight);
+            if large {
+                // Off the async workers: trimming walks the allocator's arenas.
+                tokio::task::spawn_blocking(crate::memory::release_free_heap);
+            }
             response
         }
     });
@@ -265,6 +270,20 @@ async fn serve_connection(
             }
         }
     }
+}
+
+/// Request bodies from this size on give their memory back to the kernel once answered
+/// ([`crate::memory::release_free_heap`]); smaller ones reuse what the allocator keeps.
+const LARGE_REQUEST: u64 = 1 << 20;
+
+/// The request's `Content-Length`, 0 when absent or not a number.
+fn declared_length(request: &Request<Incoming>) -> u64 {
+    request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A request body that must be read in full before a deadline set when the request arrived.

@@ -132,6 +132,11 @@ async fn tokenize(
     Ok((encoded.into_iter().map(|e| e.ids).collect(), elapsed))
 }
 
+/// Tokenizations running at once: one per core this process may use.
+static TOKENIZING: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, usize::from))
+});
+
 /// Runs tokenizer work on the blocking pool (long inputs take milliseconds; async worker
 /// threads must not stall on them) and maps its failures onto the service's errors.
 pub async fn with_tokenizer<T: Send + 'static>(
@@ -140,16 +145,30 @@ pub async fn with_tokenizer<T: Send + 'static>(
     work: impl FnOnce(&TextTokenizer) -> Result<T, TokenizeError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let tokenizer = state.tokenizer.clone();
-    tokio::task::spawn_blocking(move || work(&tokenizer))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                family,
-                ErrorKind::Internal,
-                format!("tokenizer task failed: {e}"),
-            )
-        })?
-        .map_err(|e| tokenize_error(family, e))
+    // At most one tokenization per core at a time: each may hold tens of MiB while it runs, and
+    // the blocking pool would otherwise run up to 512 at once (issue 12, memory amplification).
+    // The permit moves into the task, so a client that goes away does not free it early.
+    let slot = TOKENIZING.acquire().await.map_err(|e| {
+        ApiError::new(
+            family,
+            ErrorKind::Internal,
+            format!("tokenizer slots closed: {e}"),
+        )
+    })?;
+    tokio::task::spawn_blocking(move || {
+        let result = work(&tokenizer);
+        drop(slot);
+        result
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            family,
+            ErrorKind::Internal,
+            format!("tokenizer task failed: {e}"),
+        )
+    })?
+    .map_err(|e| tokenize_error(family, e))
 }
 
 /// Maps tokenizer failures onto the service's error kinds.
@@ -162,7 +181,7 @@ pub fn tokenize_error(family: ApiFamily, error: TokenizeError) -> ApiError {
     ApiError::new(family, kind, error.to_string())
 }
 
-fn batch_error(family: ApiFamily, error: BatchError) -> ApiError {
+pub(super) fn batch_error(family: ApiFamily, error: BatchError) -> ApiError {
     let kind = match error {
         BatchError::Overloaded { .. } => ErrorKind::Overloaded,
         BatchError::Inference(_) => ErrorKind::Internal,

@@ -158,7 +158,7 @@ pub async fn cml_model(
 
 /// TEI `POST /tokenize`: tokens per input.
 #[utoipa::path(post, path = "/tokenize", request_body = TokenizeRequest,
-    responses((status = 200, body = Vec<Vec<TokenInfo>>), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = Vec<Vec<TokenInfo>>), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     body: Body,
@@ -167,6 +167,11 @@ pub async fn tokenize(
     let request: TokenizeRequest = parse_body(family, body)?;
     let inputs = request.inputs.into_vec();
     embed::check_inputs(&state, family, &inputs)?;
+    // Admitted like /embed: tokenizing a request at the payload limit costs memory too.
+    let _admission = state
+        .batcher
+        .admit()
+        .map_err(|e| embed::batch_error(family, e))?;
     let truncate = request.truncate.unwrap_or(true);
     let tokens = embed::with_tokenizer(&state, family, move |tokenizer| {
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
