@@ -134,6 +134,8 @@ fn killing_the_supervisor_takes_the_server_down_and_frees_the_port() {
 
 /// Runs `serve <args>` under ptrace (`PTRACE_TRACEME`, as `strace` or `gdb` would), lets it run,
 /// and returns its exit code and stderr.
+// clippy cannot see the `waitpid` below, which reaps the child (ptrace stops need it, not `wait`).
+#[allow(clippy::zombie_processes)]
 fn run_traced(args: &[&str]) -> (i32, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_serve"));
     cmd.args(args)
