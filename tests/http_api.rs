@@ -632,7 +632,9 @@ async fn api_key_is_required_except_on_health_and_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
-    let mut server = Server::start(&[], &[]);
+    // A grace far above what the requests need: on a loaded 2-core machine the 128 inputs can
+    // take longer than the default 30 s, and this test is about draining, not about the limit.
+    let mut server = Server::start(&["--shutdown-grace", "600"], &[]);
     let client = client();
     let heavy: Vec<String> = (0..32)
         .map(|i| format!("{i} {}", "a sentence that takes a while ".repeat(12)))
