@@ -8,38 +8,39 @@
 //!   may span batches; its results are reassembled in input order.
 //! - Cancellation: inputs of requests whose caller went away are dropped before inference.
 //!
-//! Never touches tensors: it talks to the engine through [`EmbedBackend`].
+//! Never touches tensors: it talks to the engine through [`Backend`]. Metric names come from
+//! [`crate::telemetry`], limits from [`Limits`].
 
-use crate::engine::{BatchOutput, Engine, EngineError};
+use crate::engine::{
+    BatchOutput, Embedding, Engine, EngineBatch, EngineError, EngineHealth, Output,
+};
+use crate::limits::Limits;
+use crate::telemetry;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+/// A batch that runs longer than this is reported as stuck by [`Backend::health`]: the largest
+/// default batch (16384 tokens) takes seconds on two CPU cores, not a minute.
+pub const STUCK_AFTER: Duration = Duration::from_secs(60);
+
 /// What the batcher needs from an inference engine.
-pub trait EmbedBackend: Send + Sync + 'static {
-    /// Runs one batch; resolves with one raw vector per sequence.
-    fn submit(
-        &self,
-        sequences: Vec<Vec<u32>>,
-    ) -> oneshot::Receiver<Result<BatchOutput, EngineError>>;
+pub trait Backend: Send + Sync + 'static {
+    /// Runs one batch; resolves with one result per sequence.
+    fn submit(&self, batch: EngineBatch) -> oneshot::Receiver<Result<BatchOutput, EngineError>>;
+    /// Whether the backend can take work.
+    fn health(&self) -> EngineHealth;
 }
 
-impl EmbedBackend for Engine {
-    fn submit(
-        &self,
-        sequences: Vec<Vec<u32>>,
-    ) -> oneshot::Receiver<Result<BatchOutput, EngineError>> {
-        Engine::submit(self, sequences)
+impl Backend for Engine {
+    fn submit(&self, batch: EngineBatch) -> oneshot::Receiver<Result<BatchOutput, EngineError>> {
+        Engine::submit(self, batch)
     }
-}
 
-/// Batching limits.
-#[derive(Clone, Copy, Debug)]
-pub struct BatcherConfig {
-    pub max_batch_tokens: usize,
-    pub max_batch_size: usize,
-    pub max_concurrent_requests: usize,
+    fn health(&self) -> EngineHealth {
+        Engine::health(self, STUCK_AFTER)
+    }
 }
 
 /// Why a request could not be served by the batcher.
@@ -56,7 +57,8 @@ pub enum BatchError {
 /// A request's embeddings plus where its time went.
 #[derive(Debug)]
 pub struct Embedded {
-    pub vectors: Vec<Vec<f32>>,
+    /// One per input, in input order.
+    pub embeddings: Vec<Embedding>,
     /// From enqueue until the last of its inputs started inference.
     pub queue_time: Duration,
     /// Inference time of the batches it took part in.
@@ -69,7 +71,7 @@ pub struct Admission {
 }
 
 struct RequestState {
-    results: Vec<Option<Vec<f32>>>,
+    results: Vec<Option<Embedding>>,
     remaining: usize,
     queue_time: Duration,
     inference_time: Duration,
@@ -82,6 +84,7 @@ type SharedRequest = Arc<Mutex<RequestState>>;
 
 struct QueueItem {
     ids: Vec<u32>,
+    output: Output,
     position: usize,
     request: SharedRequest,
     enqueued: Instant,
@@ -93,26 +96,45 @@ pub struct Batcher {
     queue: mpsc::UnboundedSender<QueueItem>,
     permits: Arc<Semaphore>,
     depth: Arc<AtomicUsize>,
-    config: BatcherConfig,
+    backend: Arc<dyn Backend>,
+    max_concurrent_requests: usize,
+}
+
+/// The batching limits, as plain numbers.
+#[derive(Clone, Copy, Debug)]
+struct BatchLimits {
+    max_batch_tokens: usize,
+    max_batch_size: usize,
 }
 
 impl Batcher {
-    /// Starts the batching task on the current tokio runtime.
-    pub fn start(backend: Arc<dyn EmbedBackend>, config: BatcherConfig) -> Self {
+    /// Starts the batching task on the current tokio runtime, with the batching and concurrency
+    /// limits of `limits`.
+    pub fn start(backend: Arc<dyn Backend>, limits: &Limits) -> Self {
         let (queue, inbox) = mpsc::unbounded_channel();
         let depth = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(batching_loop(backend, inbox, config, depth.clone()));
+        let batch_limits = BatchLimits {
+            max_batch_tokens: limits.max_batch_tokens.get(),
+            max_batch_size: limits.max_batch_size.get(),
+        };
+        tokio::spawn(batching_loop(
+            backend.clone(),
+            inbox,
+            batch_limits,
+            depth.clone(),
+        ));
         Self {
             queue,
-            permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            permits: Arc::new(Semaphore::new(limits.max_concurrent_requests.get())),
             depth,
-            config,
+            backend,
+            max_concurrent_requests: limits.max_concurrent_requests.get(),
         }
     }
 
-    /// The limits in force.
-    pub fn config(&self) -> BatcherConfig {
-        self.config
+    /// The backend's health (a stopped or stuck engine cannot serve what is queued).
+    pub fn health(&self) -> EngineHealth {
+        self.backend.health()
     }
 
     /// Inputs waiting for the engine.
@@ -127,19 +149,21 @@ impl Batcher {
             .try_acquire_owned()
             .map(|permit| Admission { _permit: permit })
             .map_err(|_| BatchError::Overloaded {
-                limit: self.config.max_concurrent_requests,
+                limit: self.max_concurrent_requests,
             })
     }
 
-    /// Queues the request's token sequences and waits for their vectors (input order).
+    /// Queues the request's token sequences and waits for their results (input order), each
+    /// computed as `output` asks.
     pub async fn embed(
         &self,
         _admission: &Admission,
         sequences: Vec<Vec<u32>>,
+        output: Output,
     ) -> Result<Embedded, BatchError> {
         if sequences.is_empty() {
             return Ok(Embedded {
-                vectors: Vec::new(),
+                embeddings: Vec::new(),
                 queue_time: Duration::ZERO,
                 inference_time: Duration::ZERO,
             });
@@ -158,6 +182,7 @@ impl Batcher {
             self.depth.fetch_add(1, Ordering::Relaxed);
             let item = QueueItem {
                 ids,
+                output,
                 position,
                 request: request.clone(),
                 enqueued,
@@ -167,15 +192,15 @@ impl Batcher {
                 return Err(BatchError::Stopped);
             }
         }
-        metrics::gauge!(crate::http::metrics::QUEUE_DEPTH).set(self.queue_depth() as f64);
+        metrics::gauge!(telemetry::QUEUE_DEPTH).set(self.queue_depth() as f64);
         answer.await.map_err(|_| BatchError::Stopped)?
     }
 }
 
 async fn batching_loop(
-    backend: Arc<dyn EmbedBackend>,
+    backend: Arc<dyn Backend>,
     mut inbox: mpsc::UnboundedReceiver<QueueItem>,
-    config: BatcherConfig,
+    config: BatchLimits,
     depth: Arc<AtomicUsize>,
 ) {
     let mut carried: Option<QueueItem> = None;
@@ -209,8 +234,7 @@ async fn batching_loop(
             batch.push(item);
             next = inbox.try_recv().ok();
         }
-        metrics::gauge!(crate::http::metrics::QUEUE_DEPTH)
-            .set(depth.load(Ordering::Relaxed) as f64);
+        metrics::gauge!(telemetry::QUEUE_DEPTH).set(depth.load(Ordering::Relaxed) as f64);
         if !batch.is_empty() {
             batch_number += 1;
             run_batch(backend.as_ref(), batch, tokens, batch_number).await;
@@ -225,36 +249,40 @@ fn is_cancelled(request: &SharedRequest) -> bool {
         .unwrap_or(true)
 }
 
-async fn run_batch(backend: &dyn EmbedBackend, batch: Vec<QueueItem>, tokens: usize, number: u64) {
+async fn run_batch(backend: &dyn Backend, batch: Vec<QueueItem>, tokens: usize, number: u64) {
     let started = Instant::now();
-    metrics::histogram!(crate::http::metrics::BATCH_SIZE).record(batch.len() as f64);
-    metrics::histogram!(crate::http::metrics::BATCH_TOKENS).record(tokens as f64);
+    metrics::histogram!(telemetry::BATCH_SIZE).record(batch.len() as f64);
+    metrics::histogram!(telemetry::BATCH_TOKENS).record(tokens as f64);
     for item in &batch {
-        metrics::histogram!(crate::http::metrics::QUEUE_SECONDS)
+        metrics::histogram!(telemetry::QUEUE_SECONDS)
             .record(started.duration_since(item.enqueued).as_secs_f64());
     }
-    let (items, sequences): (Vec<_>, Vec<_>) = batch
+    let mut engine_batch = EngineBatch::default();
+    let items: Vec<_> = batch
         .into_iter()
         .map(|item| {
-            let ids = item.ids;
-            ((item.position, item.request, item.enqueued), ids)
+            engine_batch.sequences.push(item.ids);
+            engine_batch.outputs.push(item.output);
+            (item.position, item.request, item.enqueued)
         })
-        .unzip();
-    let outcome = match backend.submit(sequences).await {
+        .collect();
+    let outcome = match backend.submit(engine_batch).await {
         Ok(result) => result,
         Err(_) => Err(EngineError::Stopped),
     };
     match outcome {
         Ok(output) => {
-            metrics::histogram!(crate::http::metrics::INFERENCE_SECONDS)
+            metrics::histogram!(telemetry::INFERENCE_SECONDS)
                 .record(output.inference_time.as_secs_f64());
             let timing = BatchTiming {
                 number,
                 started,
                 inference_time: output.inference_time,
             };
-            for ((position, request, enqueued), vector) in items.into_iter().zip(output.vectors) {
-                deliver(&request, position, vector, enqueued, &timing);
+            for ((position, request, enqueued), embedding) in
+                items.into_iter().zip(output.embeddings)
+            {
+                deliver(&request, position, embedding, enqueued, &timing);
             }
         }
         Err(error) => {
@@ -275,7 +303,7 @@ struct BatchTiming {
 fn deliver(
     request: &SharedRequest,
     position: usize,
-    vector: Vec<f32>,
+    embedding: Embedding,
     enqueued: Instant,
     batch: &BatchTiming,
 ) {
@@ -283,7 +311,7 @@ fn deliver(
         return;
     };
     if let Some(slot) = state.results.get_mut(position) {
-        *slot = Some(vector);
+        *slot = Some(embedding);
     }
     state.remaining = state.remaining.saturating_sub(1);
     state.queue_time = state.queue_time.max(batch.started.duration_since(enqueued));
@@ -292,13 +320,16 @@ fn deliver(
         state.inference_time += batch.inference_time;
     }
     if state.remaining == 0 {
-        let vectors: Vec<Vec<f32>> = state
-            .results
-            .iter_mut()
-            .map(|v| v.take().unwrap_or_default())
-            .collect();
+        let Some(embeddings) = state.results.iter_mut().map(Option::take).collect() else {
+            let error =
+                BatchError::Inference("the engine returned fewer results than inputs".into());
+            if let Some(reply) = state.reply.take() {
+                let _ = reply.send(Err(error));
+            }
+            return;
+        };
         let embedded = Embedded {
-            vectors,
+            embeddings,
             queue_time: state.queue_time,
             inference_time: state.inference_time,
         };
@@ -328,27 +359,59 @@ mod tests {
         delay: Duration,
     }
 
-    impl EmbedBackend for EchoBackend {
+    impl Backend for EchoBackend {
         fn submit(
             &self,
-            sequences: Vec<Vec<u32>>,
+            batch: EngineBatch,
         ) -> oneshot::Receiver<Result<BatchOutput, EngineError>> {
-            let tokens = sequences.iter().map(Vec::len).sum();
+            let tokens = batch.sequences.iter().map(Vec::len).sum();
             if let Ok(mut batches) = self.batches.lock() {
-                batches.push((sequences.len(), tokens));
+                batches.push((batch.sequences.len(), tokens));
             }
             let (tx, rx) = oneshot::channel();
             let delay = self.delay;
             std::thread::spawn(move || {
                 std::thread::sleep(delay);
-                let vectors = sequences.iter().map(|s| vec![s[0] as f32]).collect();
+                let embeddings = batch
+                    .sequences
+                    .iter()
+                    .zip(&batch.outputs)
+                    .map(|(s, output)| match output {
+                        Output::Pooled => Embedding::Pooled(vec![s[0] as f32]),
+                        Output::Tokens => {
+                            Embedding::Tokens(s.iter().map(|id| vec![*id as f32]).collect())
+                        }
+                    })
+                    .collect();
                 let _ = tx.send(Ok(BatchOutput {
-                    vectors,
+                    embeddings,
                     inference_time: delay,
                 }));
             });
             rx
         }
+
+        fn health(&self) -> EngineHealth {
+            EngineHealth::Running
+        }
+    }
+
+    fn limits(batch_size: usize, batch_tokens: usize, concurrent: usize) -> Limits {
+        let n = |v| std::num::NonZeroUsize::new(v).unwrap();
+        Limits {
+            max_batch_tokens: n(batch_tokens),
+            max_batch_size: n(batch_size),
+            max_concurrent_requests: n(concurrent),
+            ..Limits::DEFAULT
+        }
+    }
+
+    fn pooled(embedded: Embedded) -> Vec<Vec<f32>> {
+        embedded
+            .embeddings
+            .into_iter()
+            .map(|e| e.into_pooled().expect("pooled"))
+            .collect()
     }
 
     fn start(
@@ -360,12 +423,8 @@ mod tests {
             batches: StdMutex::new(Vec::new()),
             delay: Duration::from_millis(delay_ms),
         });
-        let config = BatcherConfig {
-            max_batch_tokens,
-            max_batch_size,
-            max_concurrent_requests: 64,
-        };
-        (Batcher::start(backend.clone(), config), backend)
+        let limits = limits(max_batch_size, max_batch_tokens, 64);
+        (Batcher::start(backend.clone(), &limits), backend)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,10 +438,12 @@ mod tests {
                 let sequences: Vec<Vec<u32>> = (0..3).map(|i| vec![request * 10 + i; 4]).collect();
                 (
                     request,
-                    batcher
-                        .embed(&admission, sequences)
-                        .await
-                        .expect("embedded"),
+                    pooled(
+                        batcher
+                            .embed(&admission, sequences, Output::Pooled)
+                            .await
+                            .expect("embedded"),
+                    ),
                 )
             }));
         }
@@ -390,7 +451,7 @@ mod tests {
             let (request, embedded) = task.await.expect("task");
             let expected: Vec<Vec<f32>> = (0..3).map(|i| vec![(request * 10 + i) as f32]).collect();
             assert_eq!(
-                embedded.vectors, expected,
+                embedded, expected,
                 "results come back per request, in input order"
             );
         }
@@ -417,9 +478,12 @@ mod tests {
         let (batcher, backend) = start(4, 1000, 1);
         let admission = batcher.admit().unwrap();
         let sequences: Vec<Vec<u32>> = (0..10).map(|i| vec![i]).collect();
-        let embedded = batcher.embed(&admission, sequences).await.unwrap();
+        let embedded = batcher
+            .embed(&admission, sequences, Output::Pooled)
+            .await
+            .unwrap();
         assert_eq!(
-            embedded.vectors,
+            pooled(embedded),
             (0..10).map(|i| vec![i as f32]).collect::<Vec<_>>()
         );
         assert!(backend
@@ -436,12 +500,7 @@ mod tests {
             batches: StdMutex::new(Vec::new()),
             delay: Duration::ZERO,
         });
-        let config = BatcherConfig {
-            max_batch_tokens: 100,
-            max_batch_size: 4,
-            max_concurrent_requests: 2,
-        };
-        let batcher = Batcher::start(backend, config);
+        let batcher = Batcher::start(backend, &limits(4, 100, 2));
         let first = batcher.admit().unwrap();
         let _second = batcher.admit().unwrap();
         assert!(matches!(
@@ -450,5 +509,22 @@ mod tests {
         ));
         drop(first);
         assert!(batcher.admit().is_ok(), "a freed slot is reusable");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn token_outputs_come_back_per_input() {
+        let (batcher, _) = start(4, 1000, 1);
+        let admission = batcher.admit().unwrap();
+        let embedded = batcher
+            .embed(&admission, vec![vec![1, 2], vec![3]], Output::Tokens)
+            .await
+            .unwrap();
+        let tokens: Vec<Vec<Vec<f32>>> = embedded
+            .embeddings
+            .into_iter()
+            .map(|e| e.into_tokens().expect("tokens"))
+            .collect();
+        assert_eq!(tokens, vec![vec![vec![1.0], vec![2.0]], vec![vec![3.0]]]);
+        assert_eq!(batcher.health(), EngineHealth::Running);
     }
 }

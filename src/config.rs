@@ -3,14 +3,26 @@
 
 use crate::engine::{DTypeRequest, DeviceRequest};
 use crate::harden::HardenLevel;
+use crate::limits::Limits;
 use crate::spec::Pooling;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// The exit-code table lives in `crate::exit`; kept reachable as `config::exit` as well.
 pub use crate::exit;
+
+/// Parses a count flag that must be positive, with an error that says so (clap's own
+/// `NonZeroUsize` message, "number would be zero for non-zero type", does not say what to do).
+fn at_least_one(value: &str) -> Result<NonZeroUsize, String> {
+    let n: usize = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("must be a whole number of at least 1, got {value:?}"))?;
+    NonZeroUsize::new(n).ok_or_else(|| "must be at least 1".to_string())
+}
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -45,7 +57,13 @@ pub struct ServeArgs {
     pub device: DeviceRequest,
 
     /// Compute dtype: auto (f32 on CPU, f16 on CUDA), f32, f16 or bf16
-    #[arg(long, env = "SEALSERVE_DTYPE", default_value = "auto")]
+    #[arg(
+        long,
+        env = "SEALSERVE_DTYPE",
+        value_enum,
+        ignore_case = true,
+        default_value = "auto"
+    )]
     pub dtype: DTypeRequest,
 
     /// Override the pooling recorded in the signed metadata (mean, cls, last_token)
@@ -53,28 +71,28 @@ pub struct ServeArgs {
     pub pooling: Option<Pooling>,
 
     /// Most tokens (sum over inputs) packed into one batch
-    #[arg(long, env = "SEALSERVE_MAX_BATCH_TOKENS", default_value_t = 16384)]
-    pub max_batch_tokens: usize,
+    #[arg(long, env = "SEALSERVE_MAX_BATCH_TOKENS", value_parser = at_least_one, default_value_t = Limits::DEFAULT.max_batch_tokens)]
+    pub max_batch_tokens: NonZeroUsize,
 
     /// Most inputs packed into one batch (1 disables batching across requests)
-    #[arg(long, env = "SEALSERVE_MAX_BATCH_SIZE", default_value_t = 256)]
-    pub max_batch_size: usize,
+    #[arg(long, env = "SEALSERVE_MAX_BATCH_SIZE", value_parser = at_least_one, default_value_t = Limits::DEFAULT.max_batch_size)]
+    pub max_batch_size: NonZeroUsize,
 
     /// Requests in flight (queued or running) before new ones get 429 at once
-    #[arg(long, env = "SEALSERVE_MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
-    pub max_concurrent_requests: usize,
+    #[arg(long, env = "SEALSERVE_MAX_CONCURRENT_REQUESTS", value_parser = at_least_one, default_value_t = Limits::DEFAULT.max_concurrent_requests)]
+    pub max_concurrent_requests: NonZeroUsize,
 
     /// Most inputs one request may carry (422 beyond)
-    #[arg(long, env = "SEALSERVE_MAX_CLIENT_BATCH_SIZE", default_value_t = 64)]
-    pub max_client_batch_size: usize,
+    #[arg(long, env = "SEALSERVE_MAX_CLIENT_BATCH_SIZE", value_parser = at_least_one, default_value_t = Limits::DEFAULT.max_client_batch_size)]
+    pub max_client_batch_size: NonZeroUsize,
 
     /// Padded tokens per forward pass [default: 1024 on CPU, 32768 on CUDA]; bounds activation memory
-    #[arg(long, env = "SEALSERVE_MAX_FORWARD_TOKENS")]
-    pub max_forward_tokens: Option<usize>,
+    #[arg(long, env = "SEALSERVE_MAX_FORWARD_TOKENS", value_parser = at_least_one)]
+    pub max_forward_tokens: Option<NonZeroUsize>,
 
     /// Largest request body in bytes (413 beyond)
-    #[arg(long, env = "SEALSERVE_PAYLOAD_LIMIT", default_value_t = 2 * 1024 * 1024)]
-    pub payload_limit: usize,
+    #[arg(long, env = "SEALSERVE_PAYLOAD_LIMIT", value_parser = at_least_one, default_value_t = Limits::DEFAULT.payload_limit)]
+    pub payload_limit: NonZeroUsize,
 
     /// Require `Authorization: Bearer <key>` on every route except /health and /ready. On the command line every local user can read it (/proc/<pid>/cmdline): prefer --api-key-file
     #[arg(long, env = "SEALSERVE_API_KEY", hide_env_values = true)]
@@ -125,8 +143,8 @@ pub struct ServeArgs {
     pub idle_timeout: u64,
 
     /// Client connections open at once (more wait in the listen backlog); lowered to fit the open-file limit
-    #[arg(long, env = "SEALSERVE_MAX_CONNECTIONS", default_value_t = 1024)]
-    pub max_connections: usize,
+    #[arg(long, env = "SEALSERVE_MAX_CONNECTIONS", value_parser = at_least_one, default_value_t = NonZeroUsize::new(1024).expect("non-zero"))]
+    pub max_connections: NonZeroUsize,
 
     /// Extra folders holding libcuda/libcublas/libcublasLt/libcurand (colon separated)
     #[arg(
@@ -204,7 +222,7 @@ impl ServeArgs {
             header_read_timeout: Duration::from_secs(self.header_read_timeout),
             idle_timeout: Duration::from_secs(self.idle_timeout),
             body_read_timeout: Duration::from_secs(self.body_read_timeout),
-            max_connections: self.max_connections,
+            max_connections: self.max_connections.get(),
         }
     }
 
@@ -213,24 +231,26 @@ impl ServeArgs {
         Duration::from_secs(self.shutdown_grace)
     }
 
-    /// Checks values clap cannot (ranges that depend on each other).
-    pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("--max-batch-tokens", self.max_batch_tokens),
-            ("--max-batch-size", self.max_batch_size),
-            ("--max-concurrent-requests", self.max_concurrent_requests),
-            ("--max-client-batch-size", self.max_client_batch_size),
-            ("--payload-limit", self.payload_limit),
-            ("--max-connections", self.max_connections),
-            ("--header-read-timeout", self.header_read_timeout as usize),
-            ("--body-read-timeout", self.body_read_timeout as usize),
-            ("--idle-timeout", self.idle_timeout as usize),
-        ];
-        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{name} must be at least 1"));
+    /// The request, batching and concurrency limits the flags set.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_client_batch_size: self.max_client_batch_size,
+            payload_limit: self.payload_limit,
+            max_batch_tokens: self.max_batch_tokens,
+            max_batch_size: self.max_batch_size,
+            max_concurrent_requests: self.max_concurrent_requests,
         }
-        if self.max_forward_tokens == Some(0) {
-            return Err("--max-forward-tokens must be at least 1".into());
+    }
+
+    /// Checks values clap cannot (zero limits are refused by their non-zero types already).
+    pub fn validate(&self) -> Result<(), String> {
+        let seconds = [
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--body-read-timeout", self.body_read_timeout),
+            ("--idle-timeout", self.idle_timeout),
+        ];
+        if let Some((name, _)) = seconds.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be at least 1"));
         }
         if self.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
             return Err("--api-key / SEALSERVE_API_KEY is set but empty".into());
@@ -301,8 +321,28 @@ mod tests {
 
     #[test]
     fn zero_limits_are_refused() {
-        assert!(parse(&["--max-batch-size", "0"]).validate().is_err());
+        for flag in [
+            "--max-batch-size",
+            "--max-batch-tokens",
+            "--max-concurrent-requests",
+            "--max-client-batch-size",
+            "--payload-limit",
+            "--max-forward-tokens",
+        ] {
+            assert!(
+                ServeArgs::try_parse_from(["serve", flag, "0"]).is_err(),
+                "{flag} 0"
+            );
+        }
         assert!(parse(&[]).validate().is_ok());
+        assert_eq!(parse(&[]).limits(), Limits::DEFAULT);
+    }
+
+    #[test]
+    fn dtype_parses_case_insensitively_with_aliases() {
+        assert_eq!(parse(&["--dtype", "BF16"]).dtype, DTypeRequest::Bf16);
+        assert_eq!(parse(&["--dtype", "half"]).dtype, DTypeRequest::F16);
+        assert!(ServeArgs::try_parse_from(["serve", "--dtype", "f64"]).is_err());
     }
 
     fn key_file(contents: &[u8]) -> (tempfile::TempDir, PathBuf) {

@@ -130,19 +130,18 @@ pub enum Place {
 }
 
 /// Folders CUDA libraries may be loaded from, existing ones only (for Landlock's read rules).
-/// Includes the folders the libraries were actually loaded from by [`preload`], which may be
-/// loader-path folders not named anywhere else.
-pub fn candidate_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
+/// `loaded` are the folders [`preload`] actually loaded from ([`CudaLibraries::dirs`]), which may
+/// be loader-path folders not named anywhere else; the caller passes them on rather than this
+/// module remembering them in a global.
+pub fn candidate_dirs(extra: &[PathBuf], loaded: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = SearchPlan::from_env(extra)
         .dirs()
         .into_iter()
         .filter(|d| d.is_dir())
         .collect();
-    if let Ok(loaded) = LOADED_DIRS.lock() {
-        for dir in loaded.iter() {
-            if !dirs.contains(dir) {
-                dirs.push(dir.clone());
-            }
+    for dir in loaded {
+        if !dirs.contains(dir) {
+            dirs.push(dir.clone());
         }
     }
     dirs
@@ -277,8 +276,6 @@ impl CudaLibraries {
     }
 }
 
-static LOADED_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
-
 /// Loads every required library (production search plan) or reports all that are missing.
 pub fn preload(extra_dirs: &[PathBuf]) -> Result<CudaLibraries, CudaLibError> {
     preload_with(&SearchPlan::from_env(extra_dirs))
@@ -307,13 +304,6 @@ fn preload_libraries(
                 label: label.to_string(),
                 sonames: sonames.iter().map(|s| s.to_string()).collect(),
             }),
-        }
-    }
-    if let Ok(mut record) = LOADED_DIRS.lock() {
-        for dir in loaded.dirs() {
-            if !record.contains(&dir) {
-                record.push(dir);
-            }
         }
     }
     if missing.is_empty() {
@@ -487,10 +477,11 @@ mod tests {
             .contains(&PathBuf::from("/usr/local/cuda/lib64")));
         // candidate_dirs keeps existing folders only, in the same order.
         assert_eq!(
-            candidate_dirs(&[extra.path().to_path_buf()])[0],
+            candidate_dirs(&[extra.path().to_path_buf()], &[])[0],
             extra.path()
         );
-        assert!(!candidate_dirs(&[extra.path().join("nope")]).contains(&extra.path().join("nope")));
+        let nope = extra.path().join("nope");
+        assert!(!candidate_dirs(std::slice::from_ref(&nope), &[]).contains(&nope));
     }
 
     #[test]
@@ -576,7 +567,7 @@ mod tests {
     }
 
     #[test]
-    fn a_library_in_an_explicit_dir_is_loaded_and_its_folder_recorded() {
+    fn a_library_in_an_explicit_dir_is_loaded_and_its_folder_returned() {
         // Stand-in for a CUDA library: the system libm under another soname.
         let Some(libm) = [
             "/lib/x86_64-linux-gnu/libm.so.6",
@@ -606,8 +597,8 @@ mod tests {
         assert!(!loaded.dirs().is_empty());
         for dir in loaded.dirs() {
             assert!(
-                candidate_dirs(&[]).contains(&dir),
-                "{} recorded",
+                candidate_dirs(&[], &loaded.dirs()).contains(&dir),
+                "{} passed on",
                 dir.display()
             );
         }

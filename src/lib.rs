@@ -1,8 +1,11 @@
 //! sealserve: one binary that carries a signed Hugging Face model inside itself and serves it.
 //!
 //! Data flows one way: build.rs (`source`, `spec`) → `bundle` (+ `manifest`, `signature`) →
-//! verification → `model` load → `engine` → `batcher` → `http`. The library works on byte
-//! slices; only the `serve` binary embeds the model, so tests and benches never link it.
+//! verification → `model` load → `engine` → `batcher` → `infer` (the core layer) → `http`.
+//! Text generation (`generate`) is a second core beside `infer`, with its own scheduler over the
+//! decoder families. `telemetry` (metric names) and `limits` sit at the bottom, usable by every
+//! layer. The library works on byte slices; only the `serve` binary embeds the model, so tests
+//! and benches never link it.
 //!
 //! The bundle format and its checks live in the `seal-core` crate, which build.rs links as a
 //! build-dependency; they are re-exported here so `sealserve::bundle::…` paths stay valid.
@@ -17,7 +20,10 @@ pub mod exit;
 pub mod generate;
 pub mod harden;
 pub mod http;
+pub mod infer;
+pub mod limits;
 pub mod memory;
 pub mod model;
 pub mod seal;
+pub mod telemetry;
 pub mod trust;

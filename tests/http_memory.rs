@@ -68,7 +68,7 @@ fn cut_text_tokenizes_like_the_whole_text() {
         );
         let described = model
             .tokenizer
-            .describe(&[text.as_str()], true)
+            .describe(&[text.as_str()], true, true)
             .expect("describe");
         let offsets: Vec<(usize, usize)> = described[0].iter().map(|t| (t.start, t.stop)).collect();
         assert_eq!(offsets, whole.get_offsets(), "text {i}: offsets");

@@ -3,10 +3,12 @@
 
 use sealserve::bundle::{Bundle, TrustPolicy, VerifiedBundle};
 use sealserve::config::{LogFormat, ServeArgs};
-use sealserve::engine::{self, Engine, EngineConfig};
+use sealserve::engine::{self, DeviceKind, Engine, EngineConfig};
 use sealserve::exit::{self, Exit};
-use sealserve::http::{self, AppState, BundleInfo, Limits};
+use sealserve::http::{self, AppState, BundleInfo, SignatureKind};
+use sealserve::infer::Infer;
 use sealserve::{batcher, harden, memory};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -90,11 +92,15 @@ fn pin_compute_threads() {
     }
 }
 
+/// Logs go to stderr: JSON lines, or text that is coloured only when stderr is a terminal and
+/// `NO_COLOR` is unset (`kubectl logs` and CML show raw escape codes otherwise).
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -174,7 +180,7 @@ fn load_engine(args: &ServeArgs, verified: &VerifiedBundle<'static>) -> Result<E
     let config = EngineConfig {
         device: args.device,
         dtype: args.dtype,
-        max_forward_tokens: args.max_forward_tokens,
+        max_forward_tokens: args.max_forward_tokens.map(std::num::NonZeroUsize::get),
         pooling: args.pooling,
         cuda_lib_dirs: args.cuda_lib_dirs.clone(),
     };
@@ -231,13 +237,14 @@ impl harden::ThreadRunner for EngineThread<'_> {
 }
 
 fn harden_process(args: &ServeArgs, engine: &Engine) -> Result<harden::HardenReport, Fatal> {
-    let cuda = engine.info().device == "cuda";
+    let cuda = engine.info().device == DeviceKind::Cuda;
     let mut readable = harden::default_readable_paths();
     if cuda {
         // Libraries loaded lazily by name after startup need the loader cache and their folders.
         readable.push("/etc/ld.so.cache".into());
         readable.extend(sealserve::engine::device::cuda_library_dirs(
             &args.cuda_lib_dirs,
+            &engine.info().library_dirs,
         ));
     }
     let plan = harden::Plan {
@@ -266,35 +273,25 @@ fn app_state(
     engine: &Engine,
     report: harden::HardenReport,
 ) -> impl FnOnce(batcher::Batcher) -> Arc<AppState> {
-    let limits = Limits {
-        max_client_batch_size: args.max_client_batch_size,
-        payload_limit: args.payload_limit,
-        max_batch_tokens: args.max_batch_tokens,
-        max_batch_size: args.max_batch_size,
-        max_concurrent_requests: args.max_concurrent_requests,
-    };
+    let limits = args.limits();
     let bundle = BundleInfo {
         manifest_sha256: verified.manifest_sha256.clone(),
         key_fingerprint: verified.key_fingerprint.clone(),
         key_id: verified.key_id.clone(),
         signature: if verified.dev_signed {
-            "dev-signed"
+            SignatureKind::DevSigned
         } else {
-            "signed"
+            SignatureKind::Signed
         },
         trusted_keys_pinned: policy.is_pinned(),
     };
     let tokenizer = engine.tokenizer().clone();
     let model = engine.info().clone();
-    let hardening = serde_json::to_value(&report).unwrap_or(serde_json::Value::Null);
     move |batcher| {
         Arc::new(AppState {
-            batcher,
-            tokenizer,
-            model,
-            limits,
+            infer: Infer::new(batcher, tokenizer, model, limits),
             bundle,
-            hardening,
+            hardening: report,
             api_key,
             ready: Arc::new(AtomicBool::new(false)),
         })
@@ -318,11 +315,7 @@ fn serve_forever(
             )
         })?;
     let engine = Arc::new(engine);
-    let config = batcher::BatcherConfig {
-        max_batch_tokens: args.max_batch_tokens,
-        max_batch_size: args.max_batch_size,
-        max_concurrent_requests: args.max_concurrent_requests,
-    };
+    let limits = args.limits();
     let grace = args.shutdown_grace();
     let (connection_limits, lowered) = args.connection_limits().fitted_to_nofile();
     if lowered {
@@ -337,7 +330,7 @@ fn serve_forever(
             .map_err(|e| Fatal::new(exit::SERVE, e))?;
         let listener =
             tokio::net::TcpListener::from_std(listener).map_err(|e| Fatal::new(exit::SERVE, e))?;
-        let batcher = batcher::Batcher::start(engine.clone(), config);
+        let batcher = batcher::Batcher::start(engine.clone(), &limits);
         http::serve(listener, state(batcher), grace, connection_limits)
             .await
             .map_err(|e| Fatal::new(exit::SERVE, format!("server failed: {e}")))

@@ -45,39 +45,93 @@ impl fmt::Display for DeviceRequest {
 }
 
 /// `--dtype`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum DTypeRequest {
     /// f32 on CPU (exact match with the reference), f16 on CUDA (tensor cores).
     #[default]
     Auto,
+    #[value(alias = "float32")]
     F32,
+    #[value(alias = "float16", alias = "half")]
     F16,
-    BF16,
+    #[value(alias = "bfloat16")]
+    Bf16,
 }
 
 impl FromStr for DTypeRequest {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "auto" => Ok(Self::Auto),
-            "f32" | "float32" => Ok(Self::F32),
-            "f16" | "float16" | "half" => Ok(Self::F16),
-            "bf16" | "bfloat16" => Ok(Self::BF16),
-            _ => Err(format!(
-                "unknown dtype {s:?}; expected auto, f32, f16 or bf16"
-            )),
+        <Self as clap::ValueEnum>::from_str(s.trim(), true)
+            .map_err(|_| format!("unknown dtype {s:?}; expected auto, f32, f16 or bf16"))
+    }
+}
+
+/// The kind of device the model runs on (shown by /info, logged, used to pick hardening rules).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+impl DeviceKind {
+    /// The kind of a candle device.
+    pub fn of(device: &Device) -> Self {
+        if device.is_cuda() {
+            Self::Cuda
+        } else {
+            Self::Cpu
         }
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        })
+    }
+}
+
+/// The dtype the model computes in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDType {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl ComputeDType {
+    /// The candle dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+            Self::Bf16 => DType::BF16,
+        }
+    }
+}
+
+impl fmt::Display for ComputeDType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        })
     }
 }
 
 impl DTypeRequest {
     /// The concrete dtype for a device.
-    pub fn resolve(self, device: &Device) -> DType {
+    pub fn resolve(self, device: &Device) -> ComputeDType {
         match self {
-            Self::Auto if device.is_cuda() => DType::F16,
-            Self::Auto | Self::F32 => DType::F32,
-            Self::F16 => DType::F16,
-            Self::BF16 => DType::BF16,
+            Self::Auto if device.is_cuda() => ComputeDType::F16,
+            Self::Auto | Self::F32 => ComputeDType::F32,
+            Self::F16 => ComputeDType::F16,
+            Self::Bf16 => ComputeDType::Bf16,
         }
     }
 }
@@ -98,6 +152,8 @@ pub enum DeviceError {
 pub struct ChosenDevice {
     pub device: Device,
     pub reason: String,
+    /// Folders the CUDA libraries were loaded from (empty on CPU); hardening keeps them readable.
+    pub library_dirs: Vec<PathBuf>,
 }
 
 /// Picks the device; `cuda_lib_dirs` are extra folders to find CUDA libraries in.
@@ -126,6 +182,7 @@ pub fn choose(
 fn cpu(why: &str) -> ChosenDevice {
     ChosenDevice {
         device: Device::Cpu,
+        library_dirs: Vec::new(),
         reason: format!(
             "{why}; running on CPU with {} threads",
             candle_core::utils::get_num_threads()
@@ -150,6 +207,7 @@ fn open_cuda(ordinal: usize, dirs: &[PathBuf]) -> Result<ChosenDevice, String> {
     match opened {
         Ok(Ok(device)) => Ok(ChosenDevice {
             device,
+            library_dirs: libraries.dirs(),
             reason: format!(
                 "CUDA device {ordinal} opened (libraries: {})",
                 libraries
@@ -172,15 +230,16 @@ fn open_cuda(ordinal: usize, dirs: &[PathBuf]) -> Result<ChosenDevice, String> {
     }
 }
 
-/// Folders CUDA libraries may be loaded from after startup (hardening keeps them readable).
-pub fn cuda_library_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
+/// Folders CUDA libraries may be loaded from after startup (hardening keeps them readable):
+/// the search folders plus `loaded`, where [`choose`] found them ([`ChosenDevice::library_dirs`]).
+pub fn cuda_library_dirs(extra: &[PathBuf], loaded: &[PathBuf]) -> Vec<PathBuf> {
     #[cfg(feature = "cuda")]
     {
-        crate::cuda_libs::candidate_dirs(extra)
+        crate::cuda_libs::candidate_dirs(extra, loaded)
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = extra;
+        let _ = (extra, loaded);
         Vec::new()
     }
 }

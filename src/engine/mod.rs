@@ -1,9 +1,10 @@
 //! The inference engine: loads the verified model onto a device and runs it on a dedicated OS
-//! thread, fed through a channel, so the async HTTP side never blocks on a tensor.
+//! thread, fed through a channel, so the async side never blocks on a tensor.
 //!
 //! Public surface: [`load`] (bundle → [`LoadedModel`]), [`LoadedModel::warm_up`], [`Engine`]
-//! (submit a batch of token sequences → pooled vectors), the shared [`TextTokenizer`], and
-//! [`ModelInfo`]. Knows nothing about HTTP or request batching.
+//! (submit a batch of token sequences → embeddings, and its [`EngineHealth`]), the shared
+//! [`TextTokenizer`], and [`ModelInfo`]. Knows nothing about HTTP or request batching, and no
+//! model family by name: the family behind [`crate::model::Model`] is picked by `model::load`.
 
 pub mod device;
 pub mod embedder;
@@ -12,15 +13,17 @@ pub mod precut;
 pub mod tokenizer;
 
 use crate::bundle::VerifiedBundle;
-use crate::model::{Encoder, LoadError};
-use crate::spec::Pooling;
-pub use device::{DTypeRequest, DeviceRequest};
-pub use embedder::{Embedder, InferenceError};
+use crate::model::{LoadError, ModelError, ModelFiles};
+use crate::spec::{Family, Pooling};
+pub use device::{ComputeDType, DTypeRequest, DeviceKind, DeviceRequest};
+pub use embedder::{Embedder, Embedding, Output};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-pub use tokenizer::{Encoded, TextTokenizer, TokenInfo, TokenizeError};
+pub use tokenizer::{Encoded, TextTokenizer, TokenInfo, TokenizeError, TruncationDirection};
 use tokio::sync::oneshot;
 
 /// Padded tokens per forward on CPU: large enough for efficient matmuls, small enough that
@@ -34,7 +37,7 @@ pub const CUDA_FORWARD_TOKENS: usize = 32768;
 pub struct EngineConfig {
     pub device: DeviceRequest,
     pub dtype: DTypeRequest,
-    /// Overrides the per-device default padded-token budget of one forward.
+    /// Overrides the per-device default padded-token budget of one forward (0 counts as 1).
     pub max_forward_tokens: Option<usize>,
     /// Overrides the pooling recorded in the signed metadata.
     pub pooling: Option<Pooling>,
@@ -56,7 +59,7 @@ pub enum EngineError {
     #[error(transparent)]
     Tokenizer(#[from] TokenizeError),
     #[error(transparent)]
-    Inference(#[from] InferenceError),
+    Inference(#[from] ModelError),
     #[error("the inference thread has stopped")]
     Stopped,
     #[error("inference panicked on this batch; the engine carries on")]
@@ -64,20 +67,26 @@ pub enum EngineError {
 }
 
 /// What the running model is, for /info, logs and request validation.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct ModelInfo {
     pub model_id: String,
     pub revision: String,
-    pub family: String,
+    pub family: Family,
     pub pooling: Pooling,
     pub normalize: bool,
     /// Tokens per input, special tokens included (longer inputs are truncated or refused).
     pub max_input_tokens: usize,
     /// Width of the embeddings.
     pub dimensions: usize,
-    pub device: String,
+    /// sentence-transformers prompts by name, from the signed metadata.
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt applied when a request names none.
+    pub default_prompt_name: Option<String>,
+    pub device: DeviceKind,
     pub device_reason: String,
-    pub dtype: String,
+    /// Folders the CUDA libraries were loaded from (empty on CPU).
+    pub library_dirs: Vec<PathBuf>,
+    pub dtype: ComputeDType,
     pub max_forward_tokens: usize,
 }
 
@@ -104,14 +113,12 @@ pub fn load(
     let metadata = &bundle.metadata;
     let chosen = device::choose(config.device, &config.cuda_lib_dirs)?;
     let dtype = config.dtype.resolve(&chosen.device);
-    let encoder = Encoder::load(
-        metadata.family,
-        verified_file(bundle, &metadata.config)?,
-        verified_file(bundle, &metadata.weights)?,
-        dtype,
-        &chosen.device,
-    )?;
-    let max_input_tokens = metadata.max_seq_length.min(encoder.max_positions());
+    let files = ModelFiles {
+        config_json: verified_file(bundle, &metadata.config)?,
+        safetensors: verified_file(bundle, &metadata.weights)?,
+    };
+    let model = crate::model::load(metadata.family, files, dtype.dtype(), &chosen.device)?;
+    let max_input_tokens = metadata.max_seq_length.min(model.max_positions());
     let tokenizer = TextTokenizer::from_bytes(
         verified_file(bundle, &metadata.tokenizer)?,
         max_input_tokens,
@@ -122,35 +129,31 @@ pub fn load(
             CUDA_FORWARD_TOKENS
         } else {
             CPU_FORWARD_TOKENS
-        });
+        })
+        .max(1);
     let pooling = config.pooling.unwrap_or(metadata.pooling);
     let info = ModelInfo {
         model_id: metadata.model_id.clone(),
         revision: metadata.revision.clone(),
-        family: metadata.family.to_string(),
+        family: metadata.family,
         pooling,
         normalize: metadata.normalize,
         max_input_tokens,
-        dimensions: encoder.hidden_size(),
-        device: device_name(&chosen.device),
+        dimensions: model.hidden_size(),
+        prompts: metadata.prompts.clone(),
+        default_prompt_name: metadata.default_prompt_name.clone(),
+        device: DeviceKind::of(&chosen.device),
         device_reason: chosen.reason,
-        dtype: format!("{dtype:?}").to_lowercase(),
+        library_dirs: chosen.library_dirs,
+        dtype,
         max_forward_tokens,
     };
     Ok(LoadedModel {
-        embedder: Embedder::new(encoder, pooling, max_forward_tokens),
+        embedder: Embedder::new(model, pooling, max_forward_tokens),
         tokenizer,
         info,
         load_time: started.elapsed(),
     })
-}
-
-fn device_name(device: &candle_core::Device) -> String {
-    match device {
-        candle_core::Device::Cpu => "cpu".into(),
-        candle_core::Device::Cuda(_) => "cuda".into(),
-        other => format!("{other:?}").to_lowercase(),
-    }
 }
 
 impl LoadedModel {
@@ -177,20 +180,65 @@ impl LoadedModel {
 /// The result of one engine batch.
 #[derive(Debug)]
 pub struct BatchOutput {
-    /// Raw pooled vectors, in the order submitted.
-    pub vectors: Vec<Vec<f32>>,
+    /// One result per submitted sequence, in the order submitted.
+    pub embeddings: Vec<Embedding>,
     /// Time the forward(s) took on the engine thread.
     pub inference_time: Duration,
+}
+
+/// A batch for the engine thread: sequences and what each one asks for.
+#[derive(Debug, Default)]
+pub struct EngineBatch {
+    pub sequences: Vec<Vec<u32>>,
+    pub outputs: Vec<Output>,
+}
+
+/// Whether the inference thread can take work (TEI's `Backend::health`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum EngineHealth {
+    /// Idle, or busy for less than the stuck threshold.
+    Running,
+    /// One batch has been running for longer than the threshold.
+    Stuck { busy_ms: u64 },
+    /// The thread is gone (it panicked outside a batch, or the engine was shut down).
+    Stopped,
 }
 
 type Reply = oneshot::Sender<Result<BatchOutput, EngineError>>;
 
 enum Job {
-    Embed {
-        sequences: Vec<Vec<u32>>,
-        reply: Reply,
-    },
+    Embed { batch: EngineBatch, reply: Reply },
     Run(Box<dyn FnOnce() + Send>, oneshot::Sender<()>),
+}
+
+/// Milliseconds since `epoch` plus one while the engine thread works on a job, 0 while idle.
+struct BusySince {
+    epoch: Instant,
+    started: AtomicU64,
+}
+
+impl BusySince {
+    fn enter(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.started.store(now, Ordering::Release);
+    }
+
+    fn leave(&self) {
+        self.started.store(0, Ordering::Release);
+    }
+
+    /// How long the current job has run, if one is running.
+    fn busy_for(&self) -> Option<Duration> {
+        match self.started.load(Ordering::Acquire) {
+            0 => None,
+            started => Some(
+                self.epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(started - 1)),
+            ),
+        }
+    }
 }
 
 /// Handle to the inference thread. Cloning the tokenizer/info is cheap; dropping the engine
@@ -199,6 +247,7 @@ pub struct Engine {
     jobs: Option<mpsc::Sender<Job>>,
     tokenizer: Arc<TextTokenizer>,
     info: Arc<ModelInfo>,
+    busy: Arc<BusySince>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -207,13 +256,19 @@ impl Engine {
     pub fn start(model: LoadedModel) -> std::io::Result<Self> {
         let (jobs, inbox) = mpsc::channel::<Job>();
         let embedder = model.embedder;
+        let busy = Arc::new(BusySince {
+            epoch: Instant::now(),
+            started: AtomicU64::new(0),
+        });
+        let thread_busy = busy.clone();
         let thread = std::thread::Builder::new()
             .name("sealserve-engine".into())
-            .spawn(move || run_engine(&embedder, inbox))?;
+            .spawn(move || run_engine(&embedder, inbox, &thread_busy))?;
         Ok(Self {
             jobs: Some(jobs),
             tokenizer: Arc::new(model.tokenizer),
             info: Arc::new(model.info),
+            busy,
             thread: Some(thread),
         })
     }
@@ -228,27 +283,37 @@ impl Engine {
         &self.info
     }
 
+    /// Whether the thread is alive and not stuck on one job for longer than `stuck_after`.
+    pub fn health(&self, stuck_after: Duration) -> EngineHealth {
+        let gone = self.jobs.is_none()
+            || self
+                .thread
+                .as_ref()
+                .is_none_or(std::thread::JoinHandle::is_finished);
+        if gone {
+            return EngineHealth::Stopped;
+        }
+        match self.busy.busy_for() {
+            Some(busy) if busy > stuck_after => EngineHealth::Stuck {
+                busy_ms: busy.as_millis() as u64,
+            },
+            _ => EngineHealth::Running,
+        }
+    }
+
     /// Queues a batch; the receiver resolves when the engine thread has run it.
     pub fn submit(
         &self,
-        sequences: Vec<Vec<u32>>,
+        batch: EngineBatch,
     ) -> oneshot::Receiver<Result<BatchOutput, EngineError>> {
         let (reply, receiver) = oneshot::channel();
-        let job = Job::Embed { sequences, reply };
+        let job = Job::Embed { batch, reply };
         if let Some(Err(mpsc::SendError(Job::Embed { reply, .. }))) =
             self.jobs.as_ref().map(|jobs| jobs.send(job))
         {
             let _ = reply.send(Err(EngineError::Stopped));
         }
         receiver
-    }
-
-    /// Blocking convenience for tests, benches and tools (not for async contexts).
-    pub fn embed_blocking(&self, sequences: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, EngineError> {
-        self.submit(sequences)
-            .blocking_recv()
-            .map_err(|_| EngineError::Stopped)?
-            .map(|output| output.vectors)
     }
 
     /// Runs `task` on the engine thread and waits for it (used to apply per-thread hardening).
@@ -272,21 +337,23 @@ impl Drop for Engine {
     }
 }
 
-fn run_engine(embedder: &Embedder, inbox: mpsc::Receiver<Job>) {
+fn run_engine(embedder: &Embedder, inbox: mpsc::Receiver<Job>, busy: &BusySince) {
     for job in inbox {
         match job {
-            Job::Embed { sequences, reply } => {
+            Job::Embed { batch, reply } => {
                 if reply.is_closed() {
                     continue;
                 }
+                busy.enter();
                 let started = Instant::now();
                 // A panic inside the tensor library must cost one batch, not the server.
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    embedder.embed(&sequences)
+                    embedder.run(&batch.sequences, &batch.outputs)
                 }));
+                busy.leave();
                 let result = match outcome {
-                    Ok(Ok(vectors)) => Ok(BatchOutput {
-                        vectors,
+                    Ok(Ok(embeddings)) => Ok(BatchOutput {
+                        embeddings,
                         inference_time: started.elapsed(),
                     }),
                     Ok(Err(e)) => Err(EngineError::from(e)),
@@ -295,7 +362,9 @@ fn run_engine(embedder: &Embedder, inbox: mpsc::Receiver<Job>) {
                 let _ = reply.send(result);
             }
             Job::Run(task, done) => {
+                busy.enter();
                 task();
+                busy.leave();
                 let _ = done.send(());
             }
         }

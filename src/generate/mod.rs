@@ -25,28 +25,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Metric names (Prometheus), kept here until the lead moves them into `telemetry`.
-pub mod metric_names {
-    /// Histogram: seconds from submission to the first generated token.
-    pub const TIME_TO_FIRST_TOKEN: &str = "sealserve_generate_time_to_first_token_seconds";
-    /// Histogram: seconds between consecutive tokens of one sequence.
-    pub const INTER_TOKEN_LATENCY: &str = "sealserve_generate_inter_token_latency_seconds";
-    /// Counter: tokens generated.
-    pub const GENERATED_TOKENS: &str = "sealserve_generate_generated_tokens_total";
-    /// Counter: prompt tokens processed (prefill).
-    pub const PROMPT_TOKENS: &str = "sealserve_generate_prompt_tokens_total";
-    /// Gauge: tokens generated per second over the last step (all sequences).
-    pub const TOKENS_PER_SECOND: &str = "sealserve_generate_tokens_per_second";
-    /// Histogram: sequences in a step (batch occupancy).
-    pub const BATCH_OCCUPANCY: &str = "sealserve_generate_batch_occupancy";
-    /// Gauge: requests waiting for a batch slot.
-    pub const QUEUE_DEPTH: &str = "sealserve_generate_queue_depth";
-    /// Histogram: seconds per scheduler step.
-    pub const STEP_SECONDS: &str = "sealserve_generate_step_seconds";
-    /// Counter: finished requests, label `reason` = stop | length | cancelled | error.
-    pub const REQUESTS: &str = "sealserve_generate_requests_total";
-}
-
 /// Scheduler limits.
 #[derive(Clone, Debug)]
 pub struct GeneratorConfig {
@@ -399,7 +377,7 @@ impl Generator {
                 .stats
                 .queued
                 .store(queue.len(), Ordering::Relaxed);
-            metrics::gauge!(metric_names::QUEUE_DEPTH).set(queue.len() as f64);
+            metrics::gauge!(crate::telemetry::generate::QUEUE_DEPTH).set(queue.len() as f64);
         }
         self.shared.wake.notify_one();
         Ok(rx)

@@ -6,11 +6,11 @@
 //! `max_step_tokens`. Decode tokens are always scheduled, so a long prompt costs the running
 //! streams one chunk per step, never its whole prefill. Sequences that finish leave at once.
 
-use super::metric_names as m;
 use super::sampling::Sampler;
 use super::stop::{Delta, TextStream};
 use super::{Completion, Event, FinishReason, GeneratorConfig, Queued, Shared, TextModel, Usage};
 use crate::model::llama::{KvCache, Scratch, SeqInput};
+use crate::telemetry::generate as m;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Instant;

@@ -1,7 +1,9 @@
 //! One error type for the whole service, one kind → status mapping, and one body shape per API
 //! family: TEI routes answer `{"error", "error_type"}`, `/v1` routes the OpenAI error object,
-//! `/model` the CML envelope `{"success": false, "error"}`.
+//! `/model` the CML envelope `{"success": false, "error"}`. The core layer's [`InferError`] comes
+//! in through [`ApiError::from_infer`], the one table from domain errors to kinds.
 
+use crate::infer::InferError;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -123,6 +125,22 @@ impl ApiError {
         Self::new(family, ErrorKind::Validation, message)
     }
 
+    /// A core-layer error shown in `family`'s shape: the one mapping from domain errors to kinds.
+    pub fn from_infer(family: ApiFamily, error: InferError) -> Self {
+        let kind = match &error {
+            InferError::EmptyInput { .. }
+            | InferError::Dimensions(_)
+            | InferError::UnknownPrompt { .. }
+            | InferError::Tokenizer(_) => ErrorKind::Validation,
+            InferError::TooManyInputs { .. } => ErrorKind::TooManyInputs,
+            InferError::TooLong { .. } => ErrorKind::TooLong,
+            InferError::Overloaded { .. } => ErrorKind::Overloaded,
+            InferError::Stopped => ErrorKind::Unavailable,
+            InferError::Internal(_) => ErrorKind::Internal,
+        };
+        Self::new(family, kind, error.to_string())
+    }
+
     fn body(&self) -> serde_json::Value {
         match self.family {
             ApiFamily::Tei => json!({"error": self.message, "error_type": self.kind.tei_type()}),
@@ -166,6 +184,130 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::pooling::DimensionsError;
+
+    /// One of each core error kind, with the status and TEI / OpenAI error types it must get.
+    fn every_core_error() -> Vec<(InferError, u16, &'static str, &'static str)> {
+        vec![
+            (
+                InferError::EmptyInput { what: "inputs" },
+                422,
+                "validation",
+                "invalid_request_error",
+            ),
+            (
+                InferError::TooManyInputs {
+                    count: 65,
+                    limit: 64,
+                },
+                422,
+                "validation",
+                "invalid_request_error",
+            ),
+            (
+                InferError::TooLong {
+                    index: 0,
+                    tokens: 257,
+                    limit: 256,
+                },
+                422,
+                "validation",
+                "invalid_request_error",
+            ),
+            (
+                InferError::Dimensions(DimensionsError { got: 0, max: 384 }),
+                422,
+                "validation",
+                "invalid_request_error",
+            ),
+            (
+                InferError::UnknownPrompt {
+                    name: "q".into(),
+                    known: "none".into(),
+                },
+                422,
+                "validation",
+                "invalid_request_error",
+            ),
+            (
+                InferError::Tokenizer("bad".into()),
+                422,
+                "validation",
+                "invalid_request_error",
+            ),
+            (
+                InferError::Overloaded { limit: 2 },
+                429,
+                "overloaded",
+                "rate_limit_exceeded",
+            ),
+            (InferError::Stopped, 503, "unhealthy", "server_error"),
+            (
+                InferError::Internal("boom".into()),
+                500,
+                "backend",
+                "server_error",
+            ),
+        ]
+    }
+
+    fn body_of(response: Response) -> (u16, serde_json::Value) {
+        let status = response.status().as_u16();
+        let bytes = futures_body(response);
+        (
+            status,
+            serde_json::from_slice(&bytes).expect("JSON error body"),
+        )
+    }
+
+    /// The buffered body of a response built from `Json` (ready at once, no runtime needed).
+    fn futures_body(response: Response) -> Vec<u8> {
+        use axum::body::HttpBody as _;
+        let mut body = response.into_body();
+        let waker = std::task::Waker::noop();
+        let mut context = std::task::Context::from_waker(waker);
+        let mut out = Vec::new();
+        while let std::task::Poll::Ready(Some(Ok(frame))) =
+            std::pin::Pin::new(&mut body).poll_frame(&mut context)
+        {
+            if let Ok(data) = frame.into_data() {
+                out.extend_from_slice(&data);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_core_error_kind_has_its_body_in_every_family() {
+        for (error, status, tei_type, openai_type) in every_core_error() {
+            let message = error.to_string();
+            for family in [ApiFamily::Tei, ApiFamily::OpenAi, ApiFamily::Cml] {
+                let response = ApiError::from_infer(family, error.clone()).into_response();
+                if status == 429 {
+                    assert_eq!(response.headers()["retry-after"], "1");
+                }
+                let (got, body) = body_of(response);
+                assert_eq!(got, status, "{error:?} in {family:?}");
+                match family {
+                    ApiFamily::Tei => {
+                        assert_eq!(body["error"], message.as_str());
+                        assert_eq!(body["error_type"], tei_type, "{error:?}");
+                    }
+                    ApiFamily::OpenAi => {
+                        assert_eq!(body["error"]["message"], message.as_str());
+                        assert_eq!(body["error"]["type"], openai_type, "{error:?}");
+                        assert_eq!(body["error"]["code"], status.to_string());
+                        assert!(body["error"]["param"].is_null());
+                    }
+                    ApiFamily::Cml => {
+                        assert_eq!(body["success"], false);
+                        assert_eq!(body["error"], message.as_str());
+                        assert_eq!(body["error_type"], tei_type, "{error:?}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn families_and_statuses() {

@@ -1,17 +1,22 @@
-//! Route handlers for the three API families (TEI, OpenAI, CML) and the operational routes.
+//! Route handlers for the three API families (TEI, OpenAI, CML) and the operational routes. Each
+//! handler parses its wire type, calls the core layer ([`crate::infer::Infer`]) and renders the
+//! answer; errors go through [`ApiError::from_infer`].
 
-use super::embed::{self, EmbedOptions};
 use super::error::{ApiError, ApiFamily, ErrorKind};
 use super::types::{
-    CmlEmbeddings, CmlModelRequest, CmlModelResponse, EmbedRequest, ErrorBody, OpenAiEmbedding,
-    OpenAiEmbeddingsRequest, OpenAiEmbeddingsResponse, OpenAiUsage, TokenizeRequest,
+    AuthKind, CmlEmbeddings, CmlModelRequest, CmlModelResponse, DecodeRequest, DecodeResponse,
+    EmbedAllRequest, EmbedAllResponse, EmbedRequest, EmbedResponse, EncodingFormat, ErrorBody,
+    Info, InputIds, OpenAiEmbedding, OpenAiEmbeddingValue, OpenAiEmbeddingsRequest,
+    OpenAiEmbeddingsResponse, OpenAiErrorBody, OpenAiModel, OpenAiModelList, OpenAiUsage,
+    RootRequest, RootResponse, SimilarityRequest, SimilarityResponse, SimpleToken, Status,
+    TokenizeRequest, TokenizeResponse,
 };
 use super::AppState;
-use crate::engine::TokenInfo;
+use crate::infer::{EmbedOptions, Infer, InferError, ModelKind, Timings};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
@@ -21,9 +26,9 @@ use std::sync::Arc;
 
 type Body = Result<Bytes, BytesRejection>;
 
-/// Parses a JSON body, turning every failure into the family's 413/422 error.
-fn parse_body<T: DeserializeOwned>(family: ApiFamily, body: Body) -> Result<T, ApiError> {
-    let bytes = body.map_err(|rejection| {
+/// Reads the body, turning a failure into the family's 413/422 error.
+fn body_bytes(family: ApiFamily, body: Body) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 family,
@@ -36,8 +41,24 @@ fn parse_body<T: DeserializeOwned>(family: ApiFamily, body: Body) -> Result<T, A
                 format!("could not read the request body: {rejection}"),
             )
         }
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    })
+}
+
+/// Parses a JSON body, turning every failure into the family's 413/422 error.
+fn parse_body<T: DeserializeOwned>(family: ApiFamily, body: Body) -> Result<T, ApiError> {
+    let bytes = body_bytes(family, body)?;
+    parse_json(family, &bytes)
+}
+
+/// Every request body is a JSON object (serde's derive would also take an array of the fields).
+fn parse_json<T: DeserializeOwned>(family: ApiFamily, bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::validation(
+            family,
+            "request body must be a JSON object",
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
         ApiError::validation(
             family,
             format!("request body is not valid JSON for this route: {e}"),
@@ -45,60 +66,208 @@ fn parse_body<T: DeserializeOwned>(family: ApiFamily, body: Body) -> Result<T, A
     })
 }
 
-fn options(state: &AppState, request: &EmbedRequest) -> EmbedOptions {
+/// `x-*-time` headers in milliseconds.
+fn timing_headers(timings: &Timings) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        ("x-tokenization-time", timings.tokenization),
+        ("x-queue-time", timings.queue),
+        ("x-inference-time", timings.inference),
+        ("x-total-time", timings.started.elapsed()),
+    ] {
+        let millis = format!("{:.3}", value.as_secs_f64() * 1000.0);
+        if let Ok(v) = HeaderValue::from_str(&millis) {
+            headers.insert(name, v);
+        }
+    }
+    headers
+}
+
+/// The core layer's error in `family`'s shape.
+fn infer_error(family: ApiFamily) -> impl Fn(InferError) -> ApiError {
+    move |error| ApiError::from_infer(family, error)
+}
+
+fn embed_options(infer: &Infer, request: &EmbedRequest) -> EmbedOptions {
+    let defaults = infer.default_options();
     EmbedOptions {
-        normalize: request.normalize.unwrap_or(state.model.normalize),
-        truncate: request.truncate.unwrap_or(true),
+        normalize: request.normalize.unwrap_or(defaults.normalize),
+        truncate: request.truncate.unwrap_or(defaults.truncate),
+        truncation_direction: request
+            .truncation_direction
+            .map_or(defaults.truncation_direction, Into::into),
         dimensions: request.dimensions,
+        prompt_name: request.prompt_name.clone(),
     }
 }
 
-/// TEI `POST /embed`: `[[f32]]`.
+async fn embed_request(
+    state: &AppState,
+    family: ApiFamily,
+    request: EmbedRequest,
+) -> Result<(HeaderMap, Vec<Vec<f32>>, usize), ApiError> {
+    let options = embed_options(&state.infer, &request);
+    let outcome = state
+        .infer
+        .embed(request.inputs.into_vec(), &options)
+        .await
+        .map_err(infer_error(family))?;
+    Ok((
+        timing_headers(&outcome.timings),
+        outcome.value,
+        outcome.prompt_tokens,
+    ))
+}
+
+async fn similarity_request(
+    state: &AppState,
+    request: SimilarityRequest,
+) -> Result<(HeaderMap, Vec<f32>), ApiError> {
+    let parameters = request.parameters.unwrap_or_default();
+    let defaults = state.infer.default_options();
+    let options = EmbedOptions {
+        truncate: parameters.truncate.unwrap_or(defaults.truncate),
+        truncation_direction: parameters
+            .truncation_direction
+            .map_or(defaults.truncation_direction, Into::into),
+        prompt_name: parameters.prompt_name,
+        ..defaults
+    };
+    let outcome = state
+        .infer
+        .similarity(
+            request.inputs.source_sentence,
+            request.inputs.sentences,
+            &options,
+        )
+        .await
+        .map_err(infer_error(ApiFamily::Tei))?;
+    Ok((timing_headers(&outcome.timings), outcome.value))
+}
+
+/// TEI `POST /embed`: one vector per input.
 #[utoipa::path(post, path = "/embed", request_body = EmbedRequest,
-    responses((status = 200, description = "One vector per input", body = Vec<Vec<f32>>),
-              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    responses((status = 200, description = "One vector per input", body = EmbedResponse),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 pub async fn embed(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
     let request: EmbedRequest = parse_body(ApiFamily::Tei, body)?;
-    let options = options(&state, &request);
-    let outcome = embed::run(&state, ApiFamily::Tei, request.inputs.into_vec(), options).await?;
-    Ok((outcome.timings.headers(), Json(outcome.vectors)).into_response())
+    let (headers, vectors, _) = embed_request(&state, ApiFamily::Tei, request).await?;
+    Ok((headers, Json(EmbedResponse(vectors))).into_response())
+}
+
+/// TEI's default route: for an embedding model the same as `/embed`; when `inputs` is an object
+/// (`{"source_sentence", "sentences"}`) the sentence-similarity task, as `/similarity`.
+#[utoipa::path(post, path = "/", request_body = RootRequest,
+    responses((status = 200, description = "Embeddings, or similarities for a similarity request", body = RootResponse),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn root(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+    let family = ApiFamily::Tei;
+    let bytes = body_bytes(family, body)?;
+    match state.infer.kind() {
+        ModelKind::Embedding => {
+            let value: serde_json::Value = parse_json(family, &bytes)?;
+            if value
+                .get("inputs")
+                .is_some_and(serde_json::Value::is_object)
+            {
+                let request: SimilarityRequest = parse_json(family, &bytes)?;
+                let (headers, scores) = similarity_request(&state, request).await?;
+                let body = RootResponse::Similarities(SimilarityResponse(scores));
+                Ok((headers, Json(body)).into_response())
+            } else {
+                let request: EmbedRequest = parse_json(family, &bytes)?;
+                let (headers, vectors, _) = embed_request(&state, family, request).await?;
+                let body = RootResponse::Embeddings(EmbedResponse(vectors));
+                Ok((headers, Json(body)).into_response())
+            }
+        }
+    }
+}
+
+/// TEI `POST /embed_all`: every token's final hidden state, per input.
+#[utoipa::path(post, path = "/embed_all", request_body = EmbedAllRequest,
+    responses((status = 200, description = "Per input, one vector per token", body = EmbedAllResponse),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn embed_all(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let family = ApiFamily::Tei;
+    let request: EmbedAllRequest = parse_body(family, body)?;
+    let defaults = state.infer.default_options();
+    let options = EmbedOptions {
+        truncate: request.truncate.unwrap_or(defaults.truncate),
+        truncation_direction: request
+            .truncation_direction
+            .map_or(defaults.truncation_direction, Into::into),
+        prompt_name: request.prompt_name,
+        ..defaults
+    };
+    let outcome = state
+        .infer
+        .embed_all(request.inputs.into_vec(), &options)
+        .await
+        .map_err(infer_error(family))?;
+    Ok((
+        timing_headers(&outcome.timings),
+        Json(EmbedAllResponse(outcome.value)),
+    )
+        .into_response())
+}
+
+/// TEI `POST /similarity` (Hugging Face sentence-similarity): cosine similarity of each sentence
+/// with the source sentence.
+#[utoipa::path(post, path = "/similarity", request_body = SimilarityRequest,
+    responses((status = 200, description = "One similarity per sentence", body = SimilarityResponse),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn similarity(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request: SimilarityRequest = parse_body(ApiFamily::Tei, body)?;
+    let (headers, scores) = similarity_request(&state, request).await?;
+    Ok((headers, Json(SimilarityResponse(scores))).into_response())
 }
 
 /// OpenAI `POST /v1/embeddings`.
 #[utoipa::path(post, path = "/v1/embeddings", request_body = OpenAiEmbeddingsRequest,
-    responses((status = 200, body = OpenAiEmbeddingsResponse), (status = 413), (status = 422), (status = 429)))]
+    responses((status = 200, body = OpenAiEmbeddingsResponse),
+              (status = 413, body = OpenAiErrorBody), (status = 422, body = OpenAiErrorBody),
+              (status = 429, body = OpenAiErrorBody), (status = 500, body = OpenAiErrorBody),
+              (status = 503, body = OpenAiErrorBody)))]
 pub async fn openai_embeddings(
     State(state): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let family = ApiFamily::OpenAi;
     let request: OpenAiEmbeddingsRequest = parse_body(family, body)?;
-    let base64 = match request.encoding_format.as_deref() {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => {
-            return Err(ApiError::validation(
-                family,
-                format!("encoding_format {other:?} is not supported; use \"float\" or \"base64\""),
-            ))
-        }
-    };
+    let format = request.encoding_format.unwrap_or_default();
     let options = EmbedOptions {
-        normalize: state.model.normalize,
-        truncate: true,
         dimensions: request.dimensions,
+        ..state.infer.default_options()
     };
-    let outcome = embed::run(&state, family, request.input.into_vec(), options).await?;
+    let outcome = state
+        .infer
+        .embed(request.input.into_vec(), &options)
+        .await
+        .map_err(infer_error(family))?;
     let data = outcome
-        .vectors
+        .value
         .into_iter()
         .enumerate()
         .map(|(index, vector)| OpenAiEmbedding {
             object: "embedding",
-            embedding: if base64 {
-                base64_vector(&vector).into()
-            } else {
-                vector.into()
+            embedding: match format {
+                EncodingFormat::Float => OpenAiEmbeddingValue::Float(vector),
+                EncodingFormat::Base64 => OpenAiEmbeddingValue::Base64(base64_vector(&vector)),
             },
             index,
         })
@@ -108,13 +277,13 @@ pub async fn openai_embeddings(
         data,
         model: request
             .model
-            .unwrap_or_else(|| state.model.model_id.clone()),
+            .unwrap_or_else(|| state.infer.model().model_id.clone()),
         usage: OpenAiUsage {
             prompt_tokens: outcome.prompt_tokens,
             total_tokens: outcome.prompt_tokens,
         },
     };
-    Ok((outcome.timings.headers(), Json(response)).into_response())
+    Ok((timing_headers(&outcome.timings), Json(response)).into_response())
 }
 
 /// Little-endian f32 bytes, base64: what OpenAI clients decode for `encoding_format: base64`.
@@ -123,9 +292,51 @@ fn base64_vector(vector: &[f32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+fn openai_model(state: &AppState) -> OpenAiModel {
+    OpenAiModel {
+        id: state.infer.model().model_id.clone(),
+        object: "model",
+        created: state.infer.created(),
+        owned_by: "sealserve",
+    }
+}
+
+/// OpenAI `GET /v1/models`: the one embedded model.
+#[utoipa::path(get, path = "/v1/models",
+    responses((status = 200, body = OpenAiModelList)))]
+pub async fn openai_models(State(state): State<Arc<AppState>>) -> Response {
+    Json(OpenAiModelList {
+        object: "list",
+        data: vec![openai_model(&state)],
+    })
+    .into_response()
+}
+
+/// OpenAI `GET /v1/models/{id}`: the embedded model, 404 for any other id.
+#[utoipa::path(get, path = "/v1/models/{id}",
+    params(("id" = String, Path, description = "Model id, e.g. sentence-transformers/all-MiniLM-L6-v2")),
+    responses((status = 200, body = OpenAiModel), (status = 404, body = OpenAiErrorBody)))]
+pub async fn openai_model_by_id(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let model = openai_model(&state);
+    if id != model.id {
+        return Err(ApiError::new(
+            ApiFamily::OpenAi,
+            ErrorKind::NotFound,
+            format!("no model {id:?}: this server serves {:?}", model.id),
+        ));
+    }
+    Ok(Json(model).into_response())
+}
+
 /// CML Models `POST /model`: `{"accessKey"?, "request": {...}}` → `{"success": true, "response"}`.
 #[utoipa::path(post, path = "/model", request_body = CmlModelRequest,
-    responses((status = 200, body = CmlModelResponse), (status = 422), (status = 429)))]
+    responses((status = 200, body = CmlModelResponse), (status = 401, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 pub async fn cml_model(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -143,84 +354,139 @@ pub async fn cml_model(
     if !header_ok && !super::key_matches(state.api_key.as_deref(), request.access_key.as_deref()) {
         return Err(super::unauthorized(family));
     }
-    let options = options(&state, &request.request);
-    let outcome = embed::run(&state, family, request.request.inputs.into_vec(), options).await?;
+    let (headers, embeddings, prompt_tokens) =
+        embed_request(&state, family, request.request).await?;
     let response = CmlModelResponse {
         success: true,
         response: CmlEmbeddings {
-            embeddings: outcome.vectors,
-            model: state.model.model_id.clone(),
-            prompt_tokens: outcome.prompt_tokens,
+            embeddings,
+            model: state.infer.model().model_id.clone(),
+            prompt_tokens,
         },
     };
-    Ok((outcome.timings.headers(), Json(response)).into_response())
+    Ok((headers, Json(response)).into_response())
 }
 
 /// TEI `POST /tokenize`: tokens per input.
 #[utoipa::path(post, path = "/tokenize", request_body = TokenizeRequest,
-    responses((status = 200, body = Vec<Vec<TokenInfo>>), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    responses((status = 200, body = TokenizeResponse), (status = 413, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 500, body = ErrorBody)))]
 pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let family = ApiFamily::Tei;
     let request: TokenizeRequest = parse_body(family, body)?;
-    let inputs = request.inputs.into_vec();
-    embed::check_inputs(&state, family, &inputs)?;
-    // Admitted like /embed: tokenizing a request at the payload limit costs memory too.
-    let _admission = state
-        .batcher
-        .admit()
-        .map_err(|e| embed::batch_error(family, e))?;
-    let truncate = request.truncate.unwrap_or(true);
-    let tokens = embed::with_tokenizer(&state, family, move |tokenizer| {
-        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        tokenizer.describe(&refs, truncate)
-    })
-    .await?;
-    Ok(Json(tokens).into_response())
+    let tokens = state
+        .infer
+        .tokenize(
+            request.inputs.into_vec(),
+            request.truncate.unwrap_or(true),
+            request.add_special_tokens.unwrap_or(true),
+            request.prompt_name.as_deref(),
+        )
+        .await
+        .map_err(infer_error(family))?;
+    let tokens = tokens
+        .into_iter()
+        .map(|input| input.into_iter().map(SimpleToken::from).collect())
+        .collect();
+    Ok(Json(TokenizeResponse(tokens)).into_response())
+}
+
+/// TEI `POST /decode`: text per id sequence.
+#[utoipa::path(post, path = "/decode", request_body = DecodeRequest,
+    responses((status = 200, body = DecodeResponse), (status = 413, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 500, body = ErrorBody)))]
+pub async fn decode(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+    let family = ApiFamily::Tei;
+    let request: DecodeRequest = parse_body(family, body)?;
+    let sequences = match request.ids {
+        InputIds::Single(ids) => vec![ids],
+        InputIds::Batch(batch) => batch,
+    };
+    let texts = state
+        .infer
+        .decode(sequences, request.skip_special_tokens.unwrap_or(true))
+        .await
+        .map_err(infer_error(family))?;
+    Ok(Json(DecodeResponse(texts)).into_response())
 }
 
 /// Liveness: the process is up and answering.
-#[utoipa::path(get, path = "/health", responses((status = 200, description = "alive")))]
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "alive", body = Status)))]
 pub async fn health() -> Response {
-    Json(serde_json::json!({"status": "ok"})).into_response()
+    Json(Status { status: "ok" }).into_response()
 }
 
 /// Readiness: verified, loaded, warmed up and not shutting down.
-#[utoipa::path(get, path = "/ready", responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
+#[utoipa::path(get, path = "/ready", responses((status = 200, description = "ready", body = Status),
+    (status = 503, description = "not ready", body = Status)))]
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.ready.load(Ordering::Acquire) {
-        Json(serde_json::json!({"status": "ready"})).into_response()
+        Json(Status { status: "ready" }).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"status": "not ready"})),
+            Json(Status {
+                status: "not ready",
+            }),
         )
             .into_response()
     }
 }
 
 /// What is being served: model, provenance, signature, device, limits, hardening, version.
-#[utoipa::path(get, path = "/info", responses((status = 200, description = "server and model information")))]
+#[utoipa::path(get, path = "/info", responses((status = 200, description = "server and model information", body = Info)))]
 pub async fn info(State(state): State<Arc<AppState>>) -> Response {
-    Json(state.info_json()).into_response()
+    let model = state.infer.model();
+    Json(Info {
+        model_id: model.model_id.clone(),
+        revision: model.revision.clone(),
+        model_type: state.infer.kind(),
+        family: model.family,
+        pooling: model.pooling,
+        normalize: model.normalize,
+        dimensions: model.dimensions,
+        max_input_tokens: model.max_input_tokens,
+        prompts: model.prompts.clone(),
+        default_prompt_name: model.default_prompt_name.clone(),
+        manifest_sha256: state.bundle.manifest_sha256.clone(),
+        key_fingerprint: state.bundle.key_fingerprint.clone(),
+        key_id: state.bundle.key_id.clone(),
+        signature: state.bundle.signature,
+        trusted_keys_pinned: state.bundle.trusted_keys_pinned,
+        device: model.device,
+        device_reason: model.device_reason.clone(),
+        dtype: model.dtype,
+        max_forward_tokens: model.max_forward_tokens,
+        limits: *state.infer.limits(),
+        auth: if state.api_key.is_some() {
+            AuthKind::Bearer
+        } else {
+            AuthKind::None
+        },
+        engine: state.infer.health(),
+        hardening: state.hardening.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+    })
+    .into_response()
 }
 
 /// Prometheus exposition.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics() -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        super::metrics::render(),
+        crate::telemetry::render(),
     )
         .into_response()
 }
 
-/// The OpenAPI document of this API.
-pub async fn openapi() -> Response {
-    Json(super::openapi_document()).into_response()
+/// The OpenAPI document of this API, with the served model's limits written in.
+pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
+    Json(super::openapi::document_for(&state.infer)).into_response()
 }

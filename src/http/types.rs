@@ -1,16 +1,26 @@
-//! Request and response bodies of every route, with their OpenAPI schemas.
+//! Request and response bodies of every route, with their OpenAPI schemas. TEI's routes use
+//! TEI's field names and shapes (router/src/http/types.rs), the `/v1` routes OpenAI's, `/model`
+//! CML's. Limits that depend on the served model (how many inputs, how many dimensions, which
+//! prompt names) are written into the document at run time by `super::openapi`.
 
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use crate::engine::{ComputeDType, DeviceKind, EngineHealth, TokenInfo};
+use crate::harden::HardenReport;
+use crate::infer::ModelKind;
+use crate::limits::Limits;
+use serde::de::{self, DeserializeOwned, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use utoipa::ToSchema;
 
-/// One string or a list of strings. Deserialised by hand so that a wrong type gets a message that
-/// says what is expected (and so OpenAI token-id arrays get a specific answer).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(untagged)]
+/// One string or a non-empty list of strings. Deserialised by hand so that a wrong type gets a
+/// message that says what is expected (and so OpenAI token-id arrays get a specific answer).
+#[derive(Clone, Debug, PartialEq, Eq, ToSchema)]
+#[schema(example = json!("What is Deep Learning?"))]
 pub enum Input {
+    /// One text.
     Single(String),
+    /// Several texts, embedded in one request.
     Batch(Vec<String>),
 }
 
@@ -72,20 +82,189 @@ impl<'de> Deserialize<'de> for TextItem {
     }
 }
 
-/// `POST /embed` (TEI).
+/// A nested object field: a JSON object only. serde's derive would also take a struct from an
+/// array of its fields in order, which the OpenAPI document does not allow.
+fn object<'de, D: Deserializer<'de>, T: DeserializeOwned>(deserializer: D) -> Result<T, D::Error> {
+    let map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+    serde_json::from_value(serde_json::Value::Object(map)).map_err(de::Error::custom)
+}
+
+/// [`object`] or `null`.
+fn object_or_null<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    Option::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)?
+        .map(|map| {
+            serde_json::from_value(serde_json::Value::Object(map)).map_err(de::Error::custom)
+        })
+        .transpose()
+}
+
+/// A non-negative whole number or `null`. JSON Schema counts `384.0` as an integer, so a client
+/// may send it; serde's `usize` alone would refuse it.
+fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    match Option::<serde_json::Number>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(number) => {
+            if let Some(n) = number.as_u64() {
+                return usize::try_from(n).map(Some).map_err(de::Error::custom);
+            }
+            match number.as_f64() {
+                Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= usize::MAX as f64 => {
+                    Ok(Some(f as usize))
+                }
+                _ => Err(de::Error::custom(format!(
+                    "expected a non-negative whole number, got {number}"
+                ))),
+            }
+        }
+    }
+}
+
+/// Which end of an over-long input is cut (TEI's `truncation_direction`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ToSchema)]
+pub enum TruncationDirection {
+    /// Cut the start, keep the end.
+    #[serde(alias = "left")]
+    Left,
+    /// Cut the end, keep the start.
+    #[default]
+    #[serde(alias = "right")]
+    Right,
+}
+
+impl From<TruncationDirection> for crate::engine::TruncationDirection {
+    fn from(value: TruncationDirection) -> Self {
+        match value {
+            TruncationDirection::Left => Self::Left,
+            TruncationDirection::Right => Self::Right,
+        }
+    }
+}
+
+/// `POST /embed` (TEI), also `POST /` for embedding models.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct EmbedRequest {
     /// Text or texts to embed.
     pub inputs: Input,
     /// L2-normalise the vectors [default: the model's setting, true for MiniLM].
     #[serde(default)]
+    #[schema(nullable)]
     pub normalize: Option<bool>,
-    /// Truncate over-long inputs to the model's limit (true) or refuse them with 422 (false).
+    /// Truncate over-long inputs to the model's limit (true, default) or refuse them with 422.
     #[serde(default)]
+    #[schema(nullable)]
     pub truncate: Option<bool>,
-    /// Keep only the first N components (then renormalise if normalising).
+    /// Which end of an over-long input is cut when truncating.
     #[serde(default)]
+    #[schema(nullable)]
+    pub truncation_direction: Option<TruncationDirection>,
+    /// A key of the model's sentence-transformers `prompts`; its text is put before every input.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub prompt_name: Option<String>,
+    /// Keep only the first N components (then renormalise if normalising).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(nullable, minimum = 1)]
     pub dimensions: Option<usize>,
+}
+
+/// `POST /embed` response: one vector per input.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+#[schema(example = json!([[0.0, 1.0, 2.0]]))]
+pub struct EmbedResponse(pub Vec<Vec<f32>>);
+
+/// `POST /embed_all` (TEI): every token's final hidden state.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct EmbedAllRequest {
+    /// Text or texts.
+    pub inputs: Input,
+    /// Truncate over-long inputs (true, default) or refuse them with 422.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub truncate: Option<bool>,
+    /// Which end of an over-long input is cut when truncating.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub truncation_direction: Option<TruncationDirection>,
+    /// A key of the model's sentence-transformers `prompts`.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub prompt_name: Option<String>,
+}
+
+/// `POST /embed_all` response: per input, one vector per token.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+#[schema(example = json!([[[0.0, 1.0, 2.0]]]))]
+pub struct EmbedAllResponse(pub Vec<Vec<Vec<f32>>>);
+
+/// The sentences of a `/similarity` request (Hugging Face's sentence-similarity task).
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct SimilarityInput {
+    /// The sentence the others are compared with.
+    pub source_sentence: String,
+    /// The sentences compared with `source_sentence`.
+    pub sentences: Vec<String>,
+}
+
+/// Options of a `/similarity` request.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+pub struct SimilarityParameters {
+    /// Truncate over-long inputs (true, default) or refuse them with 422.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub truncate: Option<bool>,
+    /// Which end of an over-long input is cut when truncating.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub truncation_direction: Option<TruncationDirection>,
+    /// A key of the model's sentence-transformers `prompts`.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub prompt_name: Option<String>,
+}
+
+/// `POST /similarity` (TEI), also `POST /` when `inputs` is an object.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct SimilarityRequest {
+    #[serde(deserialize_with = "object")]
+    pub inputs: SimilarityInput,
+    #[serde(default, deserialize_with = "object_or_null")]
+    #[schema(nullable)]
+    pub parameters: Option<SimilarityParameters>,
+}
+
+/// `POST /similarity` response: the cosine similarity of each sentence with the source.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+#[schema(example = json!([0.0, 1.0, 0.5]))]
+pub struct SimilarityResponse(pub Vec<f32>);
+
+/// `POST /`: what TEI's default route takes for an embedding model, plus the sentence-similarity
+/// task (which `huggingface_hub.InferenceClient.sentence_similarity` posts to the same URL).
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum RootRequest {
+    Similarity(SimilarityRequest),
+    Embed(EmbedRequest),
+}
+
+/// `POST /` response.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum RootResponse {
+    Embeddings(EmbedResponse),
+    Similarities(SimilarityResponse),
+}
+
+/// `encoding_format` of an OpenAI request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodingFormat {
+    /// JSON numbers.
+    #[default]
+    Float,
+    /// Little-endian f32 bytes, base64.
+    Base64,
 }
 
 /// `POST /v1/embeddings` (OpenAI).
@@ -95,25 +274,38 @@ pub struct OpenAiEmbeddingsRequest {
     pub input: Input,
     /// Echoed back; the server always runs its own embedded model.
     #[serde(default)]
+    #[schema(nullable)]
     pub model: Option<String>,
-    /// "float" (default) or "base64" (little-endian f32).
+    /// `float` (default) or `base64`.
     #[serde(default)]
-    pub encoding_format: Option<String>,
+    #[schema(nullable)]
+    pub encoding_format: Option<EncodingFormat>,
     /// Keep only the first N components, renormalised.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(nullable, minimum = 1)]
     pub dimensions: Option<usize>,
     /// Accepted for compatibility; unused.
     #[serde(default)]
+    #[schema(nullable)]
     pub user: Option<String>,
+}
+
+/// One embedding's value in an OpenAI response: numbers, or a base64 string of little-endian
+/// f32 bytes, per `encoding_format`.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum OpenAiEmbeddingValue {
+    Float(Vec<f32>),
+    Base64(String),
 }
 
 /// One embedding in an OpenAI response.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct OpenAiEmbedding {
+    /// Always `embedding`.
+    #[schema(value_type = String, example = "embedding")]
     pub object: &'static str,
-    /// `[f32]` or a base64 string, per `encoding_format`.
-    #[schema(value_type = Object)]
-    pub embedding: serde_json::Value,
+    pub embedding: OpenAiEmbeddingValue,
     pub index: usize,
 }
 
@@ -127,10 +319,36 @@ pub struct OpenAiUsage {
 /// `POST /v1/embeddings` response.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct OpenAiEmbeddingsResponse {
+    /// Always `list`.
+    #[schema(value_type = String, example = "list")]
     pub object: &'static str,
     pub data: Vec<OpenAiEmbedding>,
     pub model: String,
     pub usage: OpenAiUsage,
+}
+
+/// One model in OpenAI's `/v1/models`.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct OpenAiModel {
+    /// The Hugging Face repo id of the embedded model.
+    pub id: String,
+    /// Always `model`.
+    #[schema(value_type = String, example = "model")]
+    pub object: &'static str,
+    /// Unix seconds when this server started serving it.
+    pub created: u64,
+    /// Always `sealserve`.
+    #[schema(value_type = String, example = "sealserve")]
+    pub owned_by: &'static str,
+}
+
+/// `GET /v1/models` response.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct OpenAiModelList {
+    /// Always `list`.
+    #[schema(value_type = String, example = "list")]
+    pub object: &'static str,
+    pub data: Vec<OpenAiModel>,
 }
 
 /// `POST /tokenize`.
@@ -138,18 +356,107 @@ pub struct OpenAiEmbeddingsResponse {
 pub struct TokenizeRequest {
     /// Text or texts to tokenize.
     pub inputs: Input,
+    /// Add the model's special tokens (true, default).
+    #[serde(default)]
+    #[schema(nullable)]
+    pub add_special_tokens: Option<bool>,
     /// Truncate to the model's limit (true, default) or refuse over-long inputs (false).
     #[serde(default)]
+    #[schema(nullable)]
     pub truncate: Option<bool>,
+    /// A key of the model's sentence-transformers `prompts`.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub prompt_name: Option<String>,
 }
+
+/// One token as returned by `/tokenize` (TEI's `SimpleToken`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct SimpleToken {
+    pub id: u32,
+    pub text: String,
+    pub special: bool,
+    /// Byte offsets into the input.
+    pub start: usize,
+    pub stop: usize,
+}
+
+impl From<TokenInfo> for SimpleToken {
+    fn from(token: TokenInfo) -> Self {
+        Self {
+            id: token.id,
+            text: token.text,
+            special: token.special,
+            start: token.start,
+            stop: token.stop,
+        }
+    }
+}
+
+/// `POST /tokenize` response: tokens per input.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct TokenizeResponse(pub Vec<Vec<SimpleToken>>);
+
+/// One id sequence or a list of them.
+#[derive(Clone, Debug, PartialEq, Eq, ToSchema)]
+pub enum InputIds {
+    Single(Vec<u32>),
+    Batch(Vec<Vec<u32>>),
+}
+
+impl<'de> Deserialize<'de> for InputIds {
+    /// `[1, 2]` is one sequence, `[[1, 2], [3]]` several; `[]` is one empty sequence. Ids are
+    /// whole numbers (`7.0` included, as JSON Schema's `integer` allows).
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let items = Vec::<serde_json::Value>::deserialize(deserializer)?;
+        let id = |value: &serde_json::Value| -> Result<u32, D::Error> {
+            whole_number(value)
+                .ok()
+                .flatten()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    de::Error::custom(format!(
+                        "token ids are whole numbers up to 2^32-1, got {value}"
+                    ))
+                })
+        };
+        let ids = |values: &[serde_json::Value]| values.iter().map(id).collect();
+        if items.iter().all(serde_json::Value::is_array) && !items.is_empty() {
+            items
+                .iter()
+                .map(|item| ids(item.as_array().map_or(&[][..], Vec::as_slice)))
+                .collect::<Result<_, _>>()
+                .map(InputIds::Batch)
+        } else {
+            ids(&items).map(InputIds::Single)
+        }
+    }
+}
+
+/// `POST /decode` (TEI).
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct DecodeRequest {
+    pub ids: InputIds,
+    /// Leave out special tokens such as `[CLS]` (true, default).
+    #[serde(default)]
+    #[schema(nullable)]
+    pub skip_special_tokens: Option<bool>,
+}
+
+/// `POST /decode` response: text per id sequence.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+#[schema(example = json!(["test"]))]
+pub struct DecodeResponse(pub Vec<String>);
 
 /// `POST /model` (CML Models wire format).
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct CmlModelRequest {
     /// CML model access key; accepted in place of the Bearer token when an API key is set.
     #[serde(default, rename = "accessKey")]
+    #[schema(nullable)]
     pub access_key: Option<String>,
     /// The same fields as `POST /embed`.
+    #[serde(deserialize_with = "object")]
     pub request: EmbedRequest,
 }
 
@@ -168,11 +475,95 @@ pub struct CmlModelResponse {
     pub response: CmlEmbeddings,
 }
 
-/// TEI-style error body.
+/// TEI-style error body (also what `/model` adds `success: false` to).
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     pub error: String,
     pub error_type: String,
+}
+
+/// OpenAI's error object.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct OpenAiError {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub error_type: String,
+    #[schema(nullable, value_type = Option<String>)]
+    pub param: Option<String>,
+    pub code: String,
+}
+
+/// OpenAI's error body.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct OpenAiErrorBody {
+    pub error: OpenAiError,
+}
+
+/// `GET /health` and `GET /ready` body.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Status {
+    /// `ok`, `ready` or `not ready`.
+    pub status: &'static str,
+}
+
+/// How the bundle was signed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignatureKind {
+    /// By a release key given to the build.
+    Signed,
+    /// By an ephemeral key made at build time (development builds).
+    DevSigned,
+}
+
+/// How clients authenticate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    /// `Authorization: Bearer <key>` on every route but /health and /ready.
+    Bearer,
+    /// No API key configured.
+    None,
+}
+
+/// `GET /info`: what is served, its provenance, where it runs, the limits and hardening.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Info {
+    pub model_id: String,
+    pub revision: String,
+    #[schema(value_type = String, example = "embedding")]
+    pub model_type: ModelKind,
+    #[schema(value_type = String, example = "bert")]
+    pub family: crate::spec::Family,
+    #[schema(value_type = String, example = "mean")]
+    pub pooling: crate::spec::Pooling,
+    pub normalize: bool,
+    pub dimensions: usize,
+    pub max_input_tokens: usize,
+    /// sentence-transformers prompts by name.
+    pub prompts: BTreeMap<String, String>,
+    #[schema(nullable)]
+    pub default_prompt_name: Option<String>,
+    pub manifest_sha256: String,
+    pub key_fingerprint: String,
+    pub key_id: String,
+    pub signature: SignatureKind,
+    pub trusted_keys_pinned: bool,
+    #[schema(value_type = String, example = "cpu")]
+    pub device: DeviceKind,
+    pub device_reason: String,
+    #[schema(value_type = String, example = "f32")]
+    pub dtype: ComputeDType,
+    pub max_forward_tokens: usize,
+    pub limits: Limits,
+    pub auth: AuthKind,
+    /// The inference thread: `{"state": "running" | "stuck" | "stopped"}`.
+    #[schema(value_type = Object)]
+    pub engine: EngineHealth,
+    /// What hardening is in force (see `serve --help`, `--harden`).
+    #[schema(value_type = Object)]
+    pub hardening: HardenReport,
+    pub version: &'static str,
 }
 
 #[cfg(test)]
@@ -192,5 +583,39 @@ mod tests {
         );
         let err = serde_json::from_str::<EmbedRequest>(r#"{"inputs":[[1,2]]}"#).unwrap_err();
         assert!(err.to_string().contains("token-id arrays"), "{err}");
+    }
+
+    #[test]
+    fn nested_objects_must_be_objects_and_whole_floats_are_integers() {
+        let arrays = r#"{"inputs": {"source_sentence": "a", "sentences": ["b"]}, "parameters": [null, null]}"#;
+        assert!(serde_json::from_str::<SimilarityRequest>(arrays).is_err());
+        let null =
+            r#"{"inputs": {"source_sentence": "a", "sentences": ["b"]}, "parameters": null}"#;
+        assert!(serde_json::from_str::<SimilarityRequest>(null).is_ok());
+        let request: EmbedRequest =
+            serde_json::from_str(r#"{"inputs": "x", "dimensions": 12.0}"#).unwrap();
+        assert_eq!(request.dimensions, Some(12));
+        for bad in ["12.5", "-1", "\"12\""] {
+            let body = format!(r#"{{"inputs": "x", "dimensions": {bad}}}"#);
+            assert!(
+                serde_json::from_str::<EmbedRequest>(&body).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn openai_values_serialise_as_array_or_string() {
+        let float = serde_json::to_value(OpenAiEmbeddingValue::Float(vec![0.5])).unwrap();
+        assert_eq!(float, serde_json::json!([0.5]));
+        let text = serde_json::to_value(OpenAiEmbeddingValue::Base64("AAA=".into())).unwrap();
+        assert_eq!(text, serde_json::json!("AAA="));
+        let format: OpenAiEmbeddingsRequest =
+            serde_json::from_str(r#"{"input": "x", "encoding_format": "base64"}"#).unwrap();
+        assert_eq!(format.encoding_format, Some(EncodingFormat::Base64));
+        assert!(serde_json::from_str::<OpenAiEmbeddingsRequest>(
+            r#"{"input": "x", "encoding_format": "bogus"}"#
+        )
+        .is_err());
     }
 }

@@ -12,8 +12,15 @@
 //!   `cpu_f32`: attention, bias+residual+layer norm, bias+GELU), and sequences can run packed
 //!   back to back with no padding ([`BertModel::forward_packed`]).
 //!
+//! Implements [`Model`]: a packed batch in, packed hidden states out. Which of the two paths runs
+//! (padded forwards grouped by length, or packed with no padding on the fused CPU f32 path) is
+//! decided here, from per-sequence lengths; no mask crosses the interface.
+//!
 //! Knows nothing about tokenizers, batching or pooling: ids in, hidden states out.
 
+use super::plan::{packed_forwards, padded_forwards};
+use super::ReleasingSafetensors;
+use super::{Attention, HiddenChunk, LoadError, Model, ModelError, ModelFiles, Packed};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
@@ -194,7 +201,41 @@ fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<
     Ok(Linear::new(weight, Some(bias)))
 }
 
+/// A 2-D little-endian f32 tensor of the embedded weights (with or without the `bert.` prefix),
+/// borrowed in place.
+fn mapped_table(weights: &'static [u8], name: &str) -> Option<MappedTable> {
+    let tensors = safetensors::SafeTensors::deserialize(weights).ok()?;
+    let view = tensors
+        .tensor(&format!("bert.{name}"))
+        .or_else(|_| tensors.tensor(name))
+        .ok()?;
+    match (view.dtype(), view.shape()) {
+        (safetensors::Dtype::F32, &[vocab, hidden]) => Some(MappedTable {
+            bytes: view.data(),
+            vocab,
+            hidden,
+        }),
+        _ => None,
+    }
+}
+
 impl BertModel {
+    /// Builds the model from config.json and safetensors bytes held in memory. On CPU in f32 the
+    /// word-embedding table is read in place from the embedded bytes instead of being copied.
+    pub fn from_files(files: ModelFiles, dtype: DType, device: &Device) -> Result<Self, LoadError> {
+        let config = BertConfig::from_json(files.config_json).map_err(LoadError::Config)?;
+        let tensors = candle_core::safetensors::SliceSafetensors::new(files.safetensors)?;
+        let mapped = (device.is_cpu() && dtype == DType::F32)
+            .then(|| mapped_table(files.safetensors, "embeddings.word_embeddings.weight"))
+            .flatten();
+        let vb = VarBuilder::from_backend(
+            Box::new(ReleasingSafetensors { inner: tensors }),
+            dtype,
+            device.clone(),
+        );
+        Ok(Self::load(vb, config, mapped)?)
+    }
+
     /// Builds the model from a VarBuilder over the verified weights; `mapped` (CPU f32 only)
     /// replaces the word-embedding tensor by the table read in place.
     pub fn load(
@@ -294,22 +335,13 @@ impl BertModel {
         &self.config
     }
 
-    /// The dtype of weights and activations.
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    /// The device the weights live on.
-    pub fn device(&self) -> &Device {
-        self.position_and_type.device()
-    }
-
-    /// Hidden states `[batch, seq, hidden]` for `input_ids` `[batch, seq]` (u32).
-    /// `attention_mask` (`[batch, seq]`, 1 = real token) is `None` when no sequence is padded.
-    pub fn forward(
+    /// Hidden states `[batch, seq, hidden]` for `input_ids` `[batch, seq]` (u32), each row a
+    /// sequence padded at the end. `lengths` (real tokens per row) is `None` when no row is
+    /// padded; padded keys are then masked (generic path) or skipped (fused path).
+    pub fn forward_padded(
         &self,
         input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
+        lengths: Option<&[usize]>,
     ) -> candle_core::Result<Tensor> {
         let (batch, seq_len) = input_ids.dims2()?;
         if seq_len > self.config.max_position_embeddings {
@@ -318,11 +350,14 @@ impl BertModel {
                 self.config.max_position_embeddings
             );
         }
-        if let Some(fast_layers) = &self.fast_layers {
-            return self.forward_fast(fast_layers, input_ids, attention_mask, batch, seq_len);
+        if lengths.is_some_and(|l| l.len() != batch || l.iter().any(|len| *len > seq_len)) {
+            candle_core::bail!("padded forward: lengths do not fit the ids");
         }
-        let mask_bias = attention_mask
-            .map(|mask| self.mask_bias(mask, batch, seq_len))
+        if let Some(fast_layers) = &self.fast_layers {
+            return self.forward_fast(fast_layers, input_ids, lengths, batch, seq_len);
+        }
+        let mask_bias = lengths
+            .map(|lengths| self.mask_bias(lengths, batch, seq_len))
             .transpose()?;
         let mut hidden = self.embed(input_ids, batch, seq_len)?;
         for layer in &self.layers {
@@ -331,27 +366,19 @@ impl BertModel {
         hidden.reshape((batch, seq_len, self.config.hidden_size))
     }
 
-    /// The CPU f32 forward through the fused kernels (see [`cpu_f32`]) for a padded batch.
-    /// Padding is described by per-sequence lengths (the engine's masks are always a prefix of
-    /// ones), so padded keys are skipped rather than biased.
+    /// The CPU f32 forward through the fused kernels (see [`cpu_f32`]) for a padded batch:
+    /// padded keys are skipped rather than biased.
     fn forward_fast(
         &self,
         layers: &[FastLayer],
         input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
+        lengths: Option<&[usize]>,
         batch: usize,
         seq_len: usize,
     ) -> candle_core::Result<Tensor> {
-        let spans: Vec<(usize, usize)> = match attention_mask {
-            Some(mask) => mask
-                .to_dtype(DType::F32)?
-                .to_vec2::<f32>()?
-                .iter()
-                .enumerate()
-                .map(|(b, row)| (b * seq_len, row.iter().filter(|v| **v > 0.5).count()))
-                .collect(),
-            None => (0..batch).map(|b| (b * seq_len, seq_len)).collect(),
-        };
+        let spans: Vec<(usize, usize)> = (0..batch)
+            .map(|b| (b * seq_len, lengths.map_or(seq_len, |l| l[b])))
+            .collect();
         let hidden = self.embed(input_ids, batch, seq_len)?;
         self.run_fast_layers(layers, hidden, &spans)?.reshape((
             batch,
@@ -360,14 +387,9 @@ impl BertModel {
         ))
     }
 
-    /// Whether [`Self::forward_packed`] can run (the CPU f32 fused path is in use).
-    pub fn supports_packed(&self) -> bool {
-        self.fast_layers.is_some()
-    }
-
     /// Hidden states `[total tokens, hidden]` for sequences given back to back (`ids` is their
     /// concatenation, `lengths` their lengths), with no padding at all: matmuls see only real
-    /// tokens and attention runs per sequence span. CPU f32 only ([`Self::supports_packed`]).
+    /// tokens and attention runs per sequence span. CPU f32 only (when the fused layers are in use).
     ///
     /// Why: a batch of mixed lengths otherwise becomes several padded forwards, each streaming
     /// every weight once; packed, it is one forward whatever the lengths.
@@ -446,14 +468,49 @@ impl BertModel {
     /// `[batch, 1, 1, seq]` additive bias: 0 for real tokens, MASK_BIAS for padding.
     fn mask_bias(
         &self,
-        mask: &Tensor,
+        lengths: &[usize],
         batch: usize,
         seq_len: usize,
     ) -> candle_core::Result<Tensor> {
-        let padding = (1.0 - mask.to_dtype(DType::F32)?)?;
-        (padding * MASK_BIAS)?
-            .to_dtype(self.dtype)?
-            .reshape((batch, 1, 1, seq_len))
+        let bias: Vec<f32> = lengths
+            .iter()
+            .flat_map(|len| {
+                (0..seq_len).map(move |p| if p < *len { 0.0 } else { MASK_BIAS as f32 })
+            })
+            .collect();
+        Tensor::from_vec(bias, (batch, 1, 1, seq_len), self.device())?.to_dtype(self.dtype)
+    }
+
+    /// One padded forward over `members` of `batch`, unpadded again: `[their tokens, hidden]`.
+    fn run_padded(
+        &self,
+        batch: &Packed,
+        offsets: &[usize],
+        members: &[usize],
+        padded: usize,
+    ) -> candle_core::Result<Tensor> {
+        let rows = members.len();
+        let lengths: Vec<usize> = members.iter().map(|m| batch.lengths[*m]).collect();
+        let mut ids = Vec::with_capacity(rows * padded);
+        for (member, len) in members.iter().zip(&lengths) {
+            ids.extend_from_slice(&batch.ids[offsets[*member]..offsets[*member] + len]);
+            ids.resize(ids.len() + padded - len, 0);
+        }
+        let input_ids = Tensor::from_vec(ids, (rows, padded), self.device())?;
+        let is_padded = lengths.iter().any(|l| *l != padded);
+        let hidden = self
+            .forward_padded(&input_ids, is_padded.then_some(lengths.as_slice()))?
+            .reshape((rows * padded, self.config.hidden_size))?;
+        if !is_padded {
+            return Ok(hidden);
+        }
+        let real: Vec<u32> = lengths
+            .iter()
+            .enumerate()
+            .flat_map(|(row, len)| (0..*len).map(move |p| (row * padded + p) as u32))
+            .collect();
+        let real_len = real.len();
+        hidden.index_select(&Tensor::from_vec(real, real_len, self.device())?, 0)
     }
 
     /// Word-embedding rows `[n, hidden]` for the ids `[n]`.
@@ -604,6 +661,78 @@ impl FastLayer {
     }
 }
 
+impl Model for BertModel {
+    fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    fn max_positions(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    fn attention(&self) -> Attention {
+        Attention::Bidirectional
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn device(&self) -> &Device {
+        self.position_and_type.device()
+    }
+
+    /// Packed forwards on the fused CPU f32 path (a batch is cut only by the token budget, in
+    /// input order: mixed lengths cost nothing); elsewhere padded forwards of similar lengths,
+    /// with no mask at all when a forward's members have the same length.
+    fn hidden_states(
+        &self,
+        batch: &Packed,
+        max_forward_tokens: usize,
+    ) -> Result<Vec<HiddenChunk>, ModelError> {
+        batch.check()?;
+        if batch
+            .token_type_ids
+            .as_ref()
+            .is_some_and(|t| t.iter().any(|t| *t != 0))
+        {
+            return Err(ModelError::Unsupported(
+                "pair inputs (token_type_ids other than 0)",
+            ));
+        }
+        let offsets = batch.offsets();
+        let budget = max_forward_tokens.max(1);
+        if self.fast_layers.is_some() {
+            return packed_forwards(&batch.lengths, budget)
+                .into_iter()
+                .map(|group| {
+                    let first = offsets[group.start];
+                    let tokens: usize = batch.lengths[group.clone()].iter().sum();
+                    let hidden = self.forward_packed(
+                        &batch.ids[first..first + tokens],
+                        &batch.lengths[group.clone()],
+                    )?;
+                    Ok(HiddenChunk {
+                        members: group.collect(),
+                        hidden,
+                    })
+                })
+                .collect();
+        }
+        padded_forwards(&batch.lengths, budget)
+            .into_iter()
+            .map(|forward| {
+                let hidden =
+                    self.run_padded(batch, &offsets, &forward.members, forward.padded_len)?;
+                Ok(HiddenChunk {
+                    members: forward.members,
+                    hidden,
+                })
+            })
+            .collect()
+    }
+}
+
 mod cpu_f32;
 
 #[cfg(test)]
@@ -682,12 +811,7 @@ mod tests {
         let ids: Vec<u32> = (0..lengths.len() * seq)
             .map(|i| (i * 7 % 50) as u32)
             .collect();
-        let mask: Vec<f32> = lengths
-            .iter()
-            .flat_map(|l| (0..seq).map(move |p| if p < *l { 1.0 } else { 0.0 }))
-            .collect();
         let ids = Tensor::from_vec(ids, (lengths.len(), seq), &Device::Cpu).unwrap();
-        let mask = Tensor::from_vec(mask, (lengths.len(), seq), &Device::Cpu).unwrap();
         // Packed (no padding at all) against the padded generic forward.
         let rows = ids.to_vec2::<u32>().unwrap();
         let packed_ids: Vec<u32> = rows
@@ -697,7 +821,7 @@ mod tests {
             .collect();
         let packed = fast.forward_packed(&packed_ids, &lengths).unwrap();
         let packed = packed.to_vec2::<f32>().unwrap();
-        let padded = generic.forward(&ids, Some(&mask)).unwrap();
+        let padded = generic.forward_padded(&ids, Some(&lengths)).unwrap();
         let padded = padded.to_vec3::<f32>().unwrap();
         let mut packed_rows = packed.iter();
         for (s, len) in lengths.iter().enumerate() {
@@ -708,9 +832,49 @@ mod tests {
                 }
             }
         }
-        for mask in [None, Some(&mask)] {
-            let a = fast.forward(&ids, mask).unwrap().to_vec3::<f32>().unwrap();
-            let b = generic.forward(&ids, mask).unwrap();
+        // The trait entry point: packed on the fused path, padded groups then unpadded on the
+        // generic one (tiny budget: several forwards, some of them masked).
+        let batch = Packed {
+            ids: packed_ids.clone(),
+            lengths: lengths.to_vec(),
+            token_type_ids: None,
+        };
+        let rows = |model: &BertModel| -> Vec<Vec<Vec<f32>>> {
+            let mut out = vec![Vec::new(); lengths.len()];
+            for chunk in model.hidden_states(&batch, 40).unwrap() {
+                let hidden = chunk
+                    .hidden
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap();
+                let mut next = hidden.into_iter();
+                for m in chunk.members {
+                    out[m] = next.by_ref().take(lengths[m]).collect();
+                }
+            }
+            out
+        };
+        for (x, y) in rows(&fast)
+            .iter()
+            .flatten()
+            .zip(rows(&generic).iter().flatten())
+        {
+            for (a, b) in x.iter().zip(y) {
+                assert!(
+                    (a - b).abs() < 2e-4,
+                    "hidden_states: fused {a} vs generic {b}"
+                );
+            }
+        }
+        assert_eq!(rows(&generic).concat().len(), packed_ids.len());
+        for mask in [None, Some(lengths.as_slice())] {
+            let a = fast
+                .forward_padded(&ids, mask)
+                .unwrap()
+                .to_vec3::<f32>()
+                .unwrap();
+            let b = generic.forward_padded(&ids, mask).unwrap();
             let b = b.to_dtype(DType::F32).unwrap().to_vec3::<f32>().unwrap();
             for (s, len) in lengths.iter().enumerate() {
                 let real = if mask.is_some() { *len } else { seq };

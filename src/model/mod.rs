@@ -1,16 +1,23 @@
-//! Model families: how verified weight bytes become a network that maps token ids to hidden
-//! states. One submodule per family; this file picks the family named in `sealserve.json`.
+//! Model families: how verified weight bytes become a network that maps packed token sequences to
+//! hidden states. One submodule per family behind the [`Model`] trait; [`load`] picks the family
+//! named in `sealserve.json`, and nothing above this module names a concrete family.
 //!
-//! Knows nothing about batching, pooling or HTTP.
+//! Why a trait over packed batches (ids back to back plus per-sequence lengths, TEI's `Batch`):
+//! padding, masks and fused paths are each family's own business. An encoder may pad sequences of
+//! similar length together on a GPU, or run them packed with no padding at all on CPU; a decoder
+//! (causal attention, last-token pooling) builds its own causal masks. The engine only hands over
+//! the batch and pools what comes back.
+//!
+//! Knows nothing about tokenizers, batching, pooling or HTTP.
 
 pub mod bert;
 pub mod llama;
+pub mod plan;
 
 use crate::spec::Family;
 use candle_core::Shape;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::var_builder::SimpleBackend;
-use candle_nn::VarBuilder;
 
 /// Why a model could not be built from the verified bytes.
 #[derive(Debug, thiserror::Error)]
@@ -21,82 +28,158 @@ pub enum LoadError {
     Weights(#[from] candle_core::Error),
 }
 
-/// An encoder of any supported family.
-pub enum Encoder {
-    Bert(bert::BertModel),
+/// Why a forward failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("inference failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("empty token sequence at position {0}: every input has at least its special tokens")]
+    EmptySequence(usize),
+    #[error("the batch is inconsistent: {0}")]
+    Batch(String),
+    #[error("this model does not support {0}")]
+    Unsupported(&'static str),
 }
 
-impl Encoder {
-    /// Builds the family's network from config.json and safetensors bytes held in memory; no
-    /// file is read or written.
-    pub fn load(
-        family: Family,
-        config_json: &[u8],
-        safetensors: &'static [u8],
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self, LoadError> {
-        match family {
-            Family::Bert => {
-                let config = bert::BertConfig::from_json(config_json).map_err(LoadError::Config)?;
-                let tensors = candle_core::safetensors::SliceSafetensors::new(safetensors)?;
-                let mapped = (device.is_cpu() && dtype == DType::F32)
-                    .then(|| mapped_table(safetensors, "embeddings.word_embeddings.weight"))
-                    .flatten();
-                let vb = VarBuilder::from_backend(
-                    Box::new(ReleasingSafetensors { inner: tensors }),
-                    dtype,
-                    device.clone(),
-                );
-                Ok(Encoder::Bert(bert::BertModel::load(vb, config, mapped)?))
+/// A batch of token sequences laid back to back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Packed {
+    /// Every sequence's ids, concatenated.
+    pub ids: Vec<u32>,
+    /// Each sequence's length; they add up to `ids.len()`.
+    pub lengths: Vec<usize>,
+    /// Segment ids (0 = first text, 1 = second) for pair inputs of rerankers and classifiers;
+    /// `None` means every token is segment 0.
+    pub token_type_ids: Option<Vec<u32>>,
+}
+
+impl Packed {
+    /// Packs single-segment sequences; an empty sequence is refused (it has no token to pool).
+    pub fn from_sequences(sequences: &[Vec<u32>]) -> Result<Self, ModelError> {
+        if let Some(empty) = sequences.iter().position(Vec::is_empty) {
+            return Err(ModelError::EmptySequence(empty));
+        }
+        Ok(Self {
+            ids: sequences.concat(),
+            lengths: sequences.iter().map(Vec::len).collect(),
+            token_type_ids: None,
+        })
+    }
+
+    /// Number of sequences.
+    pub fn len(&self) -> usize {
+        self.lengths.len()
+    }
+
+    /// True when the batch holds no sequence.
+    pub fn is_empty(&self) -> bool {
+        self.lengths.is_empty()
+    }
+
+    /// Index of each sequence's first token in `ids`.
+    pub fn offsets(&self) -> Vec<usize> {
+        self.lengths
+            .iter()
+            .scan(0, |next, len| {
+                let first = *next;
+                *next += len;
+                Some(first)
+            })
+            .collect()
+    }
+
+    /// Checks that lengths, ids and segment ids agree.
+    pub fn check(&self) -> Result<(), ModelError> {
+        if self.lengths.iter().sum::<usize>() != self.ids.len() {
+            return Err(ModelError::Batch("lengths do not add up to the ids".into()));
+        }
+        if let Some(empty) = self.lengths.iter().position(|l| *l == 0) {
+            return Err(ModelError::EmptySequence(empty));
+        }
+        if let Some(types) = &self.token_type_ids {
+            if types.len() != self.ids.len() {
+                return Err(ModelError::Batch(
+                    "token_type_ids and ids differ in length".into(),
+                ));
             }
         }
+        Ok(())
     }
+}
 
-    /// Hidden states `[batch, seq, hidden]`; `attention_mask` is `None` when nothing is padded.
-    pub fn forward(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-    ) -> candle_core::Result<Tensor> {
-        match self {
-            Encoder::Bert(model) => model.forward(input_ids, attention_mask),
-        }
-    }
+/// Final hidden states of some of a batch's sequences: the rows of `members` (indices into the
+/// batch) back to back, in that order, as `[sum of their lengths, hidden]`.
+#[derive(Debug)]
+pub struct HiddenChunk {
+    pub members: Vec<usize>,
+    pub hidden: Tensor,
+}
 
+/// Which tokens a position attends to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attention {
+    /// Every token sees the whole sequence (BERT-style encoders).
+    Bidirectional,
+    /// A token sees itself and earlier tokens only (decoders; pooled by their last token).
+    Causal,
+}
+
+/// A loaded network of any family.
+pub trait Model: Send {
     /// Width of each token's hidden state (the embedding dimension).
-    pub fn hidden_size(&self) -> usize {
-        match self {
-            Encoder::Bert(model) => model.config().hidden_size,
-        }
-    }
-
-    /// Longest sequence the position embeddings allow.
-    pub fn max_positions(&self) -> usize {
-        match self {
-            Encoder::Bert(model) => model.config().max_position_embeddings,
-        }
-    }
-
+    fn hidden_size(&self) -> usize;
+    /// Longest sequence the model accepts.
+    fn max_positions(&self) -> usize;
+    /// Bidirectional encoder or causal decoder.
+    fn attention(&self) -> Attention;
     /// Dtype the network computes in.
-    pub fn dtype(&self) -> DType {
-        match self {
-            Encoder::Bert(model) => model.dtype(),
-        }
-    }
-
+    fn dtype(&self) -> DType;
     /// Device the weights live on.
-    pub fn device(&self) -> &Device {
-        match self {
-            Encoder::Bert(model) => model.device(),
-        }
+    fn device(&self) -> &Device;
+    /// Final hidden states of every sequence in `batch`. The family decides how to run it
+    /// (padded forwards of similar lengths, or packed with no padding), keeping one forward
+    /// within `max_forward_tokens` padded tokens unless a single sequence is longer.
+    fn hidden_states(
+        &self,
+        batch: &Packed,
+        max_forward_tokens: usize,
+    ) -> Result<Vec<HiddenChunk>, ModelError>;
+    /// Scores of a classification or rerank head, one vector per sequence. Families without a
+    /// head keep the default.
+    fn predict(
+        &self,
+        _batch: &Packed,
+        _max_forward_tokens: usize,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        Err(ModelError::Unsupported(
+            "classification (this model has no prediction head)",
+        ))
+    }
+}
+
+/// The verified files a family is built from.
+#[derive(Clone, Copy)]
+pub struct ModelFiles {
+    pub config_json: &'static [u8],
+    pub safetensors: &'static [u8],
+}
+
+/// Builds the family's network from files held in memory; no file is read or written.
+pub fn load(
+    family: Family,
+    files: ModelFiles,
+    dtype: DType,
+    device: &Device,
+) -> Result<Box<dyn Model>, LoadError> {
+    match family {
+        Family::Bert => Ok(Box::new(bert::BertModel::from_files(files, dtype, device)?)),
     }
 }
 
 /// Safetensors read from memory that drop each tensor's source pages once it is copied, so the
 /// embedded weights and the loaded tensors are never both resident in full (see `memory`).
-struct ReleasingSafetensors<'a> {
-    inner: candle_core::safetensors::SliceSafetensors<'a>,
+pub(crate) struct ReleasingSafetensors<'a> {
+    pub(crate) inner: candle_core::safetensors::SliceSafetensors<'a>,
 }
 
 impl ReleasingSafetensors<'_> {
@@ -137,20 +220,26 @@ impl SimpleBackend for ReleasingSafetensors<'_> {
     }
 }
 
-/// A 2-D little-endian f32 tensor of the embedded weights (with or without the `bert.` prefix),
-/// borrowed in place.
-fn mapped_table(weights: &'static [u8], name: &str) -> Option<bert::MappedTable> {
-    let tensors = safetensors::SafeTensors::deserialize(weights).ok()?;
-    let view = tensors
-        .tensor(&format!("bert.{name}"))
-        .or_else(|_| tensors.tensor(name))
-        .ok()?;
-    match (view.dtype(), view.shape()) {
-        (safetensors::Dtype::F32, &[vocab, hidden]) => Some(bert::MappedTable {
-            bytes: view.data(),
-            vocab,
-            hidden,
-        }),
-        _ => None,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_keeps_order_and_refuses_empty_sequences() {
+        let packed = Packed::from_sequences(&[vec![1, 2, 3], vec![4], vec![5, 6]]).unwrap();
+        assert_eq!(packed.ids, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(packed.lengths, vec![3, 1, 2]);
+        assert_eq!(packed.offsets(), vec![0, 3, 4]);
+        assert!(packed.check().is_ok());
+        assert!(matches!(
+            Packed::from_sequences(&[vec![1], vec![]]),
+            Err(ModelError::EmptySequence(1))
+        ));
+        let mut bad = packed.clone();
+        bad.lengths[0] = 4;
+        assert!(matches!(bad.check(), Err(ModelError::Batch(_))));
+        bad.lengths[0] = 3;
+        bad.token_type_ids = Some(vec![0; 5]);
+        assert!(matches!(bad.check(), Err(ModelError::Batch(_))));
     }
 }

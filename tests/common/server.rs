@@ -5,6 +5,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// The `serve` binary of this build, as every test launches it. The one place to add launch
+/// flags every test needs (e.g. a trust pin once `serve` refuses to start unpinned).
+pub fn serve_command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_serve"))
+}
+
 /// A running `serve` process; killed on drop.
 pub struct Server {
     pub child: Child,
@@ -27,7 +33,7 @@ impl Server {
         env: &[(&str, &str)],
         customize: impl FnOnce(&mut Command),
     ) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_serve"));
+        let mut command = serve_command();
         command
             .args(["--log-format", "json"])
             .args(args)
@@ -75,7 +81,7 @@ impl Server {
 
     fn wait_ready(&self) {
         for _ in 0..600 {
-            if let Ok(response) = ureq_get(&format!("{}/ready", self.base)) {
+            if let Ok(response) = status_of_get(&format!("{}/ready", self.base)) {
                 if response == 200 {
                     return;
                 }
@@ -121,8 +127,9 @@ impl Drop for Server {
     }
 }
 
-/// Minimal blocking GET returning the status (used before an async client exists).
-fn ureq_get(url: &str) -> std::io::Result<u16> {
+/// Minimal blocking GET returning the status, for polling /ready from synchronous code (the
+/// async reqwest client needs a runtime, which `Server::start` callers may not be in).
+fn status_of_get(url: &str) -> std::io::Result<u16> {
     use std::io::{Read, Write};
     let rest = url.trim_start_matches("http://");
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));

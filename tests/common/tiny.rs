@@ -151,6 +151,8 @@ pub fn spec(files: &[(&str, FileRole, &[u8])]) -> ModelSpec {
             normalize: true,
             max_seq_length: MAX_SEQ,
             license: None,
+            prompts: Default::default(),
+            default_prompt_name: None,
         },
         files: files
             .iter()

@@ -8,6 +8,7 @@
 
 use crate::manifest::{is_lower_hex, is_plain_file_name, Manifest};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
@@ -117,6 +118,13 @@ pub struct ModelSection {
     pub max_seq_length: usize,
     #[serde(default)]
     pub license: Option<String>,
+    /// sentence-transformers prompts (`config_sentence_transformers.json`): name → text put
+    /// before an input when a request names the prompt.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt applied when a request names none (must be a key of `prompts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_prompt_name: Option<String>,
 }
 
 /// Kinds of package registry a mirror can be; a kind build.rs cannot fetch from is a parse error
@@ -164,6 +172,12 @@ pub struct BundleMetadata {
     pub weights: String,
     pub tokenizer: String,
     pub config: String,
+    /// See [`ModelSection::prompts`]; absent from the JSON when empty, so bundles without
+    /// prompts keep their bytes (and signatures).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prompts: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_prompt_name: Option<String>,
 }
 
 impl ModelSpec {
@@ -200,6 +214,13 @@ impl ModelSpec {
         }
         if self.model.max_seq_length == 0 {
             return Err(invalid("max_seq_length must be > 0".into()));
+        }
+        if let Some(name) = &self.model.default_prompt_name {
+            if !self.model.prompts.contains_key(name) {
+                return Err(invalid(format!(
+                    "default_prompt_name {name:?} is not a key of [model.prompts]"
+                )));
+            }
         }
         let mut names = std::collections::BTreeSet::new();
         for file in &self.files {
@@ -251,6 +272,8 @@ impl ModelSpec {
             weights: self.file_with_role(FileRole::Weights).name.clone(),
             tokenizer: self.file_with_role(FileRole::Tokenizer).name.clone(),
             config: self.file_with_role(FileRole::Config).name.clone(),
+            prompts: self.model.prompts.clone(),
+            default_prompt_name: self.model.default_prompt_name.clone(),
         }
     }
 
