@@ -215,7 +215,7 @@ fn load_engine(args: &ServeArgs, verified: &VerifiedBundle<'static>) -> Result<E
 /// use the GPU, also the driver's libraries, its /proc and /sys files and /dev/nvidia*.
 fn startup_allow(args: &ServeArgs) -> harden::FsAllow {
     if candle_core::utils::cuda_is_available() && args.device != engine::DeviceRequest::Cpu {
-        harden::FsAllow::cuda(&engine::device::cuda_library_dirs(&args.cuda_lib_dirs))
+        harden::FsAllow::cuda(&engine::device::cuda_library_dirs(&args.cuda_lib_dirs, &[]))
     } else {
         harden::FsAllow::cpu()
     }
