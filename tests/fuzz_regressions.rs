@@ -80,12 +80,14 @@ fn seeds_reach_the_deep_paths() {
     let weights = seed("safetensors", "tiny.safetensors");
     // Leaked for the rest of the test process, as `serve`'s embedded bytes live forever.
     let weights: &'static [u8] = Box::leak(weights.into_boxed_slice());
-    let encoder = sealserve::model::Encoder::load(
+    let model = sealserve::model::load(
         sealserve::spec::Family::Bert,
-        checks::TINY_CONFIG,
-        weights,
+        sealserve::model::ModelFiles {
+            config_json: checks::TINY_CONFIG,
+            safetensors: weights,
+        },
         candle_core::DType::F32,
         &candle_core::Device::Cpu,
     );
-    assert!(encoder.is_ok(), "the tiny weights load with TINY_CONFIG");
+    assert!(model.is_ok(), "the tiny weights load with TINY_CONFIG");
 }

@@ -1,7 +1,6 @@
 //! `serve`: verify the embedded bundle, load it, warm up, harden, serve. Wiring only; every step
 //! lives in the library. Any failure is one line on stderr and a documented exit code.
 
-use clap::Parser;
 use sealserve::bundle::{Bundle, TrustPolicy, TrustState, VerifiedBundle, VerifyError};
 use sealserve::config::{LogFormat, ServeArgs};
 use sealserve::engine::{self, DeviceKind, Engine, EngineConfig};

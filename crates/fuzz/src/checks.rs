@@ -6,11 +6,11 @@
 //! tests/fuzz_regressions.rs, which runs the committed seeds and every saved crash in the normal
 //! test suite. So it may use only what both have: sealserve, candle-core, serde_json, sha2.
 
-use candle_core::{DType, Device, Tensor};
-use sealserve::bundle::{Bundle, TrustPolicy};
+use candle_core::{DType, Device};
+use sealserve::bundle::{Bundle, HeapCopies, TrustPolicy};
 use sealserve::manifest::{is_plain_file_name, Manifest};
 use sealserve::model::bert::BertConfig;
-use sealserve::model::Encoder;
+use sealserve::model::{ModelFiles, Packed};
 use sealserve::signature::{PublicKey, Signature};
 use sealserve::spec::{BundleMetadata, Family, ModelSpec};
 use sha2::{Digest, Sha256};
@@ -104,9 +104,6 @@ pub fn bundle(data: &[u8]) {
             check_bundle(&fixed);
         }
     }
-    if let Ok(found) = Bundle::locate(data) {
-        check_parsed(&found, data);
-    }
 }
 
 fn check_bundle(data: &[u8]) {
@@ -116,15 +113,22 @@ fn check_bundle(data: &[u8]) {
 }
 
 fn check_parsed(bundle: &Bundle, data: &[u8]) {
-    let whole = data.as_ptr_range();
-    for (name, content) in bundle.entries() {
-        assert!(is_plain_file_name(name), "{name:?}");
-        let inside = whole.start <= content.as_ptr() && content.as_ptr_range().end <= whole.end;
-        assert!(inside, "entry {name} points outside the input");
-        assert_eq!(bundle.get(name), Some(content));
+    let total = data.len() as u64;
+    for entry in bundle.entries() {
+        assert!(is_plain_file_name(&entry.name), "{:?}", entry.name);
+        let inside = entry
+            .offset
+            .checked_add(entry.len)
+            .is_some_and(|end| end <= total);
+        assert!(inside, "entry {} points outside the input", entry.name);
+        let content = bundle
+            .read_entry(&entry.name)
+            .expect("an entry inside the input reads");
+        assert_eq!(content.map(|c| c.len() as u64), Some(entry.len));
     }
     let unpinned = TrustPolicy::unpinned();
-    let _ = bundle.verify(&unpinned, &mut |_| {});
+    let copies = HeapCopies::default();
+    let _ = bundle.verify(&unpinned, &mut &copies);
 }
 
 /// config.json of the tiny BERT the safetensors seeds were made for (tests/common/tiny.rs).
@@ -132,8 +136,7 @@ pub const TINY_CONFIG: &[u8] = br#"{"architectures":["BertModel"],"model_type":"
 
 /// safetensors: parsed through candle as `sealserve::model` does; every tensor loads or fails
 /// cleanly; and the whole file, as the weights of the tiny BERT, loads through
-/// `Encoder::load` (including the in-place word-embedding table it reads straight from the
-/// bytes) and runs a forward pass, or fails cleanly.
+/// `model::load` and runs a forward pass, or fails cleanly.
 pub fn safetensors(data: &[u8]) {
     let Ok(tensors) = candle_core::safetensors::SliceSafetensors::new(data) else {
         return;
@@ -141,16 +144,19 @@ pub fn safetensors(data: &[u8]) {
     for (name, _) in tensors.tensors() {
         let _ = tensors.load(&name, &Device::Cpu);
     }
-    // SAFETY: `Encoder::load` takes `&'static` bytes because `serve` hands it the embedded
-    // model. The encoder, which may borrow them, is dropped at the end of this block, before
-    // `data` goes away.
+    // SAFETY: `model::load` takes `&'static` bytes because `serve` hands it verified copies
+    // that live for the whole process. The model, which may borrow them, is dropped at the end
+    // of this block, before `data` goes away.
     let weights: &'static [u8] = unsafe { std::mem::transmute::<&[u8], &'static [u8]>(data) };
-    if let Ok(encoder) = Encoder::load(Family::Bert, TINY_CONFIG, weights, DType::F32, &Device::Cpu)
-    {
-        if let Ok(ids) = Tensor::new(&[[2u32, 5, 6, 3]], &Device::Cpu) {
-            let _ = encoder.forward(&ids, None);
+    let files = ModelFiles {
+        config_json: TINY_CONFIG,
+        safetensors: weights,
+    };
+    if let Ok(model) = sealserve::model::load(Family::Bert, files, DType::F32, &Device::Cpu) {
+        if let Ok(batch) = Packed::from_sequences(&[vec![2u32, 5, 6, 3]]) {
+            let _ = model.hidden_states(&batch, 1024);
         }
-        drop(encoder);
+        drop(model);
     }
 }
 
