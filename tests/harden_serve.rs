@@ -214,7 +214,7 @@ fn serve_refuses_to_start_under_a_tracer() {
         "{stderr}"
     );
     // Control: the same tracing with `--harden off` (what a debugging session uses) starts.
-    let (code, stderr) = run_traced(&["--harden", "off", "--verify-only"]);
+    let (code, stderr) = run_traced(&["--harden", "off", "--verify-only", "--allow-unpinned"]);
     assert_eq!(code, 0, "--harden off under a tracer: {stderr}");
 }
 

@@ -310,7 +310,7 @@ pub fn restrict_startup(
              seccomp and the dumpable protection still apply"
         );
     } else {
-        tracing::info!(
+        tracing::debug!(
             landlock = %status,
             readable = ?allow.read,
             devices = ?allow.devices,
