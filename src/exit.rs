@@ -86,7 +86,9 @@ impl Exit {
             }
             Exit::Load => "model could not be loaded or warmed up",
             Exit::Serve => "could not bind the listening address, or the server failed",
-            Exit::Harden => "hardening could not be applied (--harden strict or basic)",
+            Exit::Harden => {
+                "hardening could not be applied, or a tracer (debugger, strace) is attached at start-up (--harden strict or basic)"
+            }
             Exit::Malformed => {
                 "bundle malformed, unreadable, or not in exactly one place (a second bundle marker in the file)"
             }

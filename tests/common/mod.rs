@@ -105,5 +105,6 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 pub mod binary;
+pub mod child;
 pub mod server;
 pub mod tiny;

@@ -31,6 +31,15 @@ impl Server {
     /// (and the [`UNPINNED`] waiver, which `env` may override), and waits until it listens and
     /// /ready answers 200.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_with(args, env, |_| {})
+    }
+
+    /// [`Server::start`] with a last say on the command (e.g. its resource limits).
+    pub fn start_with(
+        args: &[&str],
+        env: &[(&str, &str)],
+        customize: impl FnOnce(&mut Command),
+    ) -> Server {
         let mut command = serve_command();
         command
             .args(["--log-format", "json"])
@@ -43,6 +52,7 @@ impl Server {
         for (key, value) in env {
             command.env(key, value);
         }
+        customize(&mut command);
         let mut child = command.spawn().expect("spawn serve");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, logs) = mpsc::channel();
@@ -93,7 +103,17 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
-    /// Sends SIGTERM.
+    /// The pid of the process that serves: with `--harden strict|basic` (the default) `serve`
+    /// forks once at start-up and `child` is the supervisor; with `--harden off` it is `child`.
+    pub fn serving_pid(&self) -> u32 {
+        let pid = self.child.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok())
+            .unwrap_or(pid)
+    }
+
+    /// Sends SIGTERM (to the supervisor, which forwards it).
     pub fn terminate(&self) {
         // SAFETY: plain kill(2) on our own child.
         unsafe {
