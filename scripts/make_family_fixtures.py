@@ -227,7 +227,12 @@ def byte_bpe(specials, template_single, template_pair=None, qwen=False, vocab=42
     return tok
 
 
-def save_tokenizer(tok: Tokenizer, out: Path, padding_side="right", **special):
+def save_tokenizer(tok: Tokenizer, out: Path, config, padding_side="right", **special):
+    # Real BERT tokenizers (BertTokenizer) hand the model token_type_ids, which pair classifiers and
+    # cross-encoders read (segment 1 for the second text); a generic fast tokenizer does not unless
+    # told. Models with segment embeddings get them here, as the checkpoints users deploy do.
+    if getattr(config, "type_vocab_size", 0) > 1:
+        special = {**special, "model_input_names": ["input_ids", "token_type_ids", "attention_mask"]}
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, model_max_length=MAX_SEQ, padding_side=padding_side, **special
     )
@@ -337,7 +342,7 @@ def embedding_fixture(
     model = model_cls(config).eval()
     randomise(model, name)
     model.save_pretrained(out)
-    tokenizer = save_tokenizer(tok, out, padding_side=padding_side, **special)
+    tokenizer = save_tokenizer(tok, out, config, padding_side=padding_side, **special)
 
     model = AutoModel.from_pretrained(out).eval()
     enc, batched, worst = check_batched_vs_single(tokenizer, model, TEXTS)
@@ -418,7 +423,7 @@ def classifier_fixture(
     model = model_cls(config).eval()
     randomise(model, name)
     model.save_pretrained(out)
-    tokenizer = save_tokenizer(tok, out, padding_side=padding_side, **special)
+    tokenizer = save_tokenizer(tok, out, config, padding_side=padding_side, **special)
     model = type(model).from_pretrained(out).eval()
 
     def logits_for(texts, pairs=None):
@@ -475,7 +480,7 @@ def splade_fixture(root: Path, name: str, config, tok: Tokenizer, special: dict)
     model = BertForMaskedLM(config).eval()
     randomise(model, name)
     model.save_pretrained(out)
-    tokenizer = save_tokenizer(tok, out, **special)
+    tokenizer = save_tokenizer(tok, out, config, **special)
     encoder = SparseEncoder(modules=[MLMTransformer(str(out), max_seq_length=MAX_SEQ), SpladePooling("max")], device="cpu")
     dense = encoder.encode(TEXTS, batch_size=len(TEXTS), convert_to_sparse_tensor=False, convert_to_tensor=True)
     for i, t in enumerate(TEXTS):

@@ -11,6 +11,8 @@
 //! without spawning processes. Verification itself is not reimplemented: binaries and exported
 //! folders both go through `Bundle::verify`, the code `serve` runs at startup.
 
+pub mod pin;
+
 use crate::bundle::{
     self, Bundle, HeapCopies, TrustPolicy, VerifiedBundle, MANIFEST_FILE, PUBLIC_KEY_FILE,
     PUBLIC_KEY_MINISIGN_FILE, SIGNATURE_MINISIGN_FILE, SIGNATURE_RAW_FILE, SIGNING_FILES,

@@ -1,70 +1,32 @@
 //! Families other than BERT served from a sealed bundle: each tiny fixture of tests/data/families
-//! is sealed into a signed bundle in memory, verified, loaded by `engine::load` (the family comes
-//! from the signed `sealserve.json`), tokenized by the bundle's tokenizer as `serve` does, and
-//! its pooled, normalised embeddings must equal the sentence-transformers reference.
-//! A bundle whose metadata names another family than its config.json, or whose checkpoint is a
-//! classifier, is refused at load.
+//! is sealed into a signed bundle in memory, verified, loaded by `engine::load` (the family and
+//! task come from the signed `sealserve.json`), tokenized by the bundle's tokenizer as `serve`
+//! does, and its pooled, normalised embeddings must equal the sentence-transformers reference.
+//! A bundle whose metadata names another family or task than its config.json describes is
+//! refused at load.
 
 mod common;
 
-use common::tiny;
-use sealserve::engine::{self, EngineConfig, EngineError};
+use common::families::{self, floats, MAX_SEQ};
+use sealserve::engine::EngineError;
 use sealserve::model::LoadError;
-use sealserve::spec::{Family, FileRole, Pooling};
-use serde_json::Value;
-use std::path::Path;
+use sealserve::spec::{Family, Pooling, Task};
 
-fn read(fixture: &str, file: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/families")
-        .join(fixture)
-        .join(file);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Seals the fixture under `family` and loads it on CPU in f32.
 fn load(
     fixture: &str,
     family: Family,
+    task: Task,
     pooling: Pooling,
-) -> Result<engine::LoadedModel, EngineError> {
-    let weights = read(fixture, "model.safetensors");
-    let tokenizer = read(fixture, "tokenizer.json");
-    let config = read(fixture, "config.json");
-    let files: Vec<(&str, FileRole, &[u8])> = vec![
-        ("model.safetensors", FileRole::Weights, &weights),
-        ("tokenizer.json", FileRole::Tokenizer, &tokenizer),
-        ("config.json", FileRole::Config, &config),
-    ];
-    let mut spec = tiny::spec(&files);
-    spec.model.id = format!("test/{fixture}");
-    spec.model.family = family;
-    spec.model.pooling = pooling;
-    spec.model.max_seq_length = 40;
-    let (bytes, _key) = tiny::seal(&spec, &files, true);
-    let verified = common::verify_static(&bytes);
-    let config = EngineConfig {
-        device: "cpu".parse().expect("device"),
-        dtype: "f32".parse().expect("dtype"),
-        ..EngineConfig::default()
-    };
-    engine::load(&verified, &config)
-}
-
-fn floats(value: &Value) -> Vec<f32> {
-    value
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|v| v.as_f64().expect("number") as f32)
-        .collect()
+) -> Result<sealserve::engine::LoadedModel, EngineError> {
+    families::load(&families::sealed(fixture, family, task, pooling))
 }
 
 fn check(fixture: &str, family: Family, pooling: Pooling) {
-    let reference: Value =
-        serde_json::from_slice(&read(fixture, "reference.json")).expect("reference.json");
-    let model = load(fixture, family, pooling).expect("load the sealed fixture");
+    let reference = families::reference(fixture);
+    let model = load(fixture, family, Task::Embed, pooling).expect("load the sealed fixture");
     assert_eq!(model.info.family, family);
+    assert_eq!(model.info.task, Task::Embed);
+    assert_eq!(model.info.max_input_tokens, MAX_SEQ);
     let texts: Vec<&str> = reference["inputs"]
         .as_array()
         .expect("inputs")
@@ -114,24 +76,42 @@ fn xlm_roberta_bundle_embeds_like_sentence_transformers() {
     check("xlm-roberta", Family::XlmRoberta, Pooling::Cls);
 }
 
-#[test]
-fn a_bundle_naming_another_family_is_refused() {
-    match load("modernbert", Family::Qwen3, Pooling::LastToken) {
-        Err(EngineError::Load(LoadError::Config(message))) => {
-            assert!(message.contains("modernbert"), "{message}");
-        }
-        Err(other) => panic!("wrong error: {other}"),
-        Ok(_) => panic!("a ModernBERT checkpoint loaded as Qwen3"),
+fn refusal(fixture: &str, family: Family, task: Task) -> String {
+    match load(fixture, family, task, Pooling::Mean) {
+        Err(EngineError::Load(LoadError::Config(message))) => message,
+        Err(other) => panic!("{fixture}: wrong error: {other}"),
+        Ok(_) => panic!("{fixture} loaded as {family} / {task:?}"),
     }
 }
 
 #[test]
-fn a_classifier_checkpoint_is_not_served_as_an_embedder() {
-    match load("modernbert-classifier", Family::ModernBert, Pooling::Mean) {
-        Err(EngineError::Load(LoadError::Config(message))) => {
-            assert!(message.contains("embedding models only"), "{message}");
-        }
-        Err(other) => panic!("wrong error: {other}"),
-        Ok(_) => panic!("a classifier checkpoint loaded as an embedder"),
+fn a_bundle_naming_another_family_is_refused() {
+    let message = refusal("modernbert", Family::Qwen3, Task::Embed);
+    assert!(message.contains("modernbert"), "{message}");
+}
+
+/// The signed task must be what the checkpoint is: a classifier is never served as an
+/// embedder, an embedder never as a re-ranker, a three-label classifier never as a re-ranker.
+#[test]
+fn a_bundle_naming_another_task_is_refused() {
+    for (fixture, family, task, describes) in [
+        (
+            "modernbert-classifier",
+            Family::ModernBert,
+            Task::Embed,
+            "classify",
+        ),
+        ("bert", Family::Bert, Task::Rerank, "embed"),
+        ("bert-classifier", Family::Bert, Task::Rerank, "classify"),
+        ("bert-reranker", Family::Bert, Task::SparseEmbed, "rerank"),
+        ("bert-splade", Family::Bert, Task::Classify, "sparse_embed"),
+    ] {
+        let message = refusal(fixture, family, task);
+        assert!(
+            message.contains(&format!("(task = \"{describes}\")")) && message.contains("seal pin"),
+            "{fixture}: {message}"
+        );
     }
+    let message = refusal("bert", Family::Bert, Task::Generate);
+    assert!(message.contains("cannot generate"), "{message}");
 }

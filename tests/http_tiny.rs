@@ -3,15 +3,10 @@
 mod common;
 
 use common::tiny;
-use sealserve::batcher::Batcher;
 use sealserve::engine::{self, Engine, EngineConfig, EngineHealth};
-use sealserve::harden::{self, HardenLevel};
-use sealserve::http::{self, AppState, BundleInfo, SignatureKind};
-use sealserve::infer::Infer;
 use sealserve::limits::Limits;
 use serde_json::{json, Value};
 use std::num::NonZeroUsize;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,33 +37,7 @@ async fn start_tiny_server(prompts: &[(&str, &str)]) -> (String, Arc<Engine>) {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    loaded.warm_up().unwrap();
-    let engine = Arc::new(Engine::start(loaded).unwrap());
-    let limits = limits();
-    let batcher = Batcher::start(engine.clone(), &limits);
-    let state = Arc::new(AppState {
-        infer: Infer::new(
-            batcher,
-            engine.tokenizer().clone(),
-            engine.info().clone(),
-            limits,
-        ),
-        bundle: BundleInfo {
-            manifest_sha256: "0".repeat(64),
-            key_fingerprint: bundle.key_fingerprint.clone(),
-            key_id: bundle.key_id.clone(),
-            signature: SignatureKind::DevSigned,
-            trusted_keys_pinned: false,
-            trust: bundle.trust,
-        },
-        hardening: harden::apply(HardenLevel::Off, &[]).unwrap(),
-        api_key: None,
-        ready: Arc::new(AtomicBool::new(true)),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, http::router(state)).await.unwrap() });
-    (base, engine)
+    common::inproc::serve(&bundle, loaded, limits()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,13 +4,16 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sealserve::exit::{self, Exit};
-use sealserve::seal;
+use sealserve::seal::{self, pin};
 use sealserve::trust::TrustArgs;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 const AFTER_HELP: &str = "\
+Pin a model from a local Hugging Face snapshot (writes models/<name>/model.toml):
+  seal pin ~/.cache/huggingface/hub/models--BAAI--bge-reranker-base/snapshots/<commit>
+
 Release flow (the private key never meets the build machine):
   seal keygen --out keys/
   seal manifest models/all-MiniLM-L6-v2 > MANIFEST
@@ -50,6 +53,32 @@ enum Command {
         /// Write to this file instead of stdout
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Write models/<name>/model.toml from a local Hugging Face snapshot: every embedded file's size and sha256, and family, task, pooling, normalize, max_seq_length and prompts read from config.json and the sentence-transformers files
+    Pin {
+        /// The snapshot folder (e.g. ~/.cache/huggingface/hub/models--org--name/snapshots/<commit>)
+        dir: PathBuf,
+        /// Hugging Face repo id [default: from a hub-cache snapshot path]
+        #[arg(long)]
+        repo: Option<String>,
+        /// Full 40-hex commit of the snapshot [default: from a hub-cache snapshot path]
+        #[arg(long)]
+        revision: Option<String>,
+        /// Where to write [default: models/<repo name>/model.toml]
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace an existing model.toml
+        #[arg(long)]
+        force: bool,
+        /// Longest input in tokens [default: the snapshot's max_seq_length / model_max_length]
+        #[arg(long)]
+        max_seq_length: Option<usize>,
+        /// Pooling of an embedding model (mean, cls, last_token) [default: the snapshot's Pooling module]
+        #[arg(long)]
+        pooling: Option<sealserve::spec::Pooling>,
+        /// Whether embeddings are L2-normalised [default: whether the snapshot has a Normalize module]
+        #[arg(long)]
+        normalize: Option<bool>,
     },
     /// Sign a MANIFEST: writes MANIFEST.sig (raw base64) and MANIFEST.minisig
     Sign {
@@ -116,6 +145,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("seal: {}", seal::error_line(&error));
+            // A snapshot seal pin cannot use is a configuration problem, like a bad flag.
+            if error.downcast_ref::<pin::PinError>().is_some() {
+                return Exit::Config.into();
+            }
             Exit::of(&error).into()
         }
     }
@@ -143,6 +176,46 @@ fn run(args: Args) -> Result<()> {
                     .write_all(&manifest)
                     .context("cannot write to stdout")?,
             }
+        }
+        Command::Pin {
+            dir,
+            repo,
+            revision,
+            out,
+            force,
+            max_seq_length,
+            pooling,
+            normalize,
+        } => {
+            let (cached_repo, cached_revision) = pin::snapshot_origin(&dir);
+            let missing = |what: &str| {
+                pin::PinError::Missing(format!(
+                    "{} is not a hub-cache snapshot folder: pass --{what}",
+                    dir.display()
+                ))
+            };
+            let options = pin::PinOptions {
+                repo: repo.or(cached_repo).ok_or_else(|| missing("repo"))?,
+                revision: revision
+                    .or(cached_revision)
+                    .ok_or_else(|| missing("revision"))?,
+                max_seq_length,
+                pooling,
+                normalize,
+            };
+            let pinned = pin::pin(&dir, &options)?;
+            let out = out.unwrap_or_else(|| pin::default_out(&options.repo));
+            pin::write(&pinned, &out, force)?;
+            let model = &pinned.spec.model;
+            println!(
+                "wrote {}: {} family, task {}, pooling {}, normalize {}, max_seq_length {}",
+                out.display(),
+                model.family,
+                serde_json::to_string(&model.task).unwrap_or_default(),
+                model.pooling,
+                model.normalize,
+                model.max_seq_length
+            );
         }
         Command::Sign {
             key,

@@ -231,6 +231,8 @@ fn load_engine(args: &ServeArgs, verified: &VerifiedBundle<'static>) -> Result<E
     // Each tensor's source pages were released as it was loaded; what is left of the weights'
     // copy (on CPU, the word-embedding table the model reads in place) stays.
     tracing::info!(
+        family = %loaded.info.family,
+        task = ?loaded.info.task,
         device = %loaded.info.device,
         dtype = %loaded.info.dtype,
         reason = %loaded.info.device_reason,

@@ -14,7 +14,7 @@ pub mod tokenizer;
 
 use crate::bundle::VerifiedBundle;
 use crate::model::{LoadError, ModelError, ModelFiles};
-use crate::spec::{Family, Pooling};
+use crate::spec::{Family, Pooling, Task};
 pub use device::{ComputeDType, DTypeRequest, DeviceKind, DeviceRequest};
 pub use embedder::{Embedder, Embedding, Output};
 use std::collections::BTreeMap;
@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-pub use tokenizer::{Encoded, TextTokenizer, TokenInfo, TokenizeError, TruncationDirection};
+pub use tokenizer::{
+    Encoded, EncodedPair, TextTokenizer, TokenInfo, TokenizeError, TruncationDirection,
+};
 use tokio::sync::oneshot;
 
 /// Padded tokens per forward on CPU: large enough for efficient matmuls, small enough that
@@ -72,6 +74,11 @@ pub struct ModelInfo {
     pub model_id: String,
     pub revision: String,
     pub family: Family,
+    /// What the model does (signed in `sealserve.json`); decides which core operations answer.
+    pub task: Task,
+    /// Label names of a classifier or reranker by logit index (`config.json` `id2label`);
+    /// empty for other tasks.
+    pub labels: Vec<String>,
     pub pooling: Pooling,
     pub normalize: bool,
     /// Tokens per input, special tokens included (longer inputs are truncated or refused).
@@ -117,7 +124,13 @@ pub fn load(
         config_json: verified_file(bundle, &metadata.config)?,
         safetensors: verified_file(bundle, &metadata.weights)?,
     };
-    let model = crate::model::load(metadata.family, files, dtype.dtype(), &chosen.device)?;
+    let model = crate::model::load_for_task(
+        metadata.family,
+        metadata.task,
+        files,
+        dtype.dtype(),
+        &chosen.device,
+    )?;
     let max_input_tokens = metadata.max_seq_length.min(model.max_positions());
     let tokenizer = TextTokenizer::from_bytes(
         verified_file(bundle, &metadata.tokenizer)?,
@@ -136,6 +149,8 @@ pub fn load(
         model_id: metadata.model_id.clone(),
         revision: metadata.revision.clone(),
         family: metadata.family,
+        task: metadata.task,
+        labels: model.labels().to_vec(),
         pooling,
         normalize: metadata.normalize,
         max_input_tokens,
@@ -170,9 +185,16 @@ impl LoadedModel {
         ];
         let encoded = self.tokenizer.encode(&texts, true)?;
         let ids: Vec<Vec<u32>> = encoded.into_iter().map(|e| e.ids).collect();
-        self.embedder.embed(&ids[..1])?;
-        self.embedder.embed(&ids[..2])?;
-        self.embedder.embed(&ids[2..])?;
+        // The head the task serves runs too, so its first request pays no first-use cost.
+        let output = match self.info.task {
+            Task::Classify | Task::Rerank => Output::Scores,
+            Task::SparseEmbed => Output::Sparse,
+            Task::Embed | Task::Generate => Output::Pooled,
+        };
+        for range in [0..1, 0..2, 2..3] {
+            let outputs = vec![output; range.len()];
+            self.embedder.run(&ids[range], &outputs)?;
+        }
         Ok(started.elapsed())
     }
 }
@@ -191,6 +213,8 @@ pub struct BatchOutput {
 pub struct EngineBatch {
     pub sequences: Vec<Vec<u32>>,
     pub outputs: Vec<Output>,
+    /// Segment ids of pair inputs: empty (no pairs), or one entry per sequence.
+    pub type_ids: Vec<Option<Vec<u32>>>,
 }
 
 /// Whether the inference thread can take work (TEI's `Backend::health`).
@@ -348,7 +372,7 @@ fn run_engine(embedder: &Embedder, inbox: mpsc::Receiver<Job>, busy: &BusySince)
                 let started = Instant::now();
                 // A panic inside the tensor library must cost one batch, not the server.
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    embedder.run(&batch.sequences, &batch.outputs)
+                    embedder.run_typed(&batch.sequences, &batch.type_ids, &batch.outputs)
                 }));
                 busy.leave();
                 let result = match outcome {

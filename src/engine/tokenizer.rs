@@ -79,6 +79,15 @@ pub struct Encoded {
     pub truncated: bool,
 }
 
+/// One tokenized pair of texts.
+#[derive(Clone, Debug)]
+pub struct EncodedPair {
+    pub ids: Vec<u32>,
+    /// 0 for the first text's tokens, 1 for the second's (the tokenizer's template).
+    pub type_ids: Vec<u32>,
+    pub truncated: bool,
+}
+
 /// Whether an encoding needs byte offsets (and then whether special tokens are added).
 #[derive(Clone, Copy)]
 enum Offsets {
@@ -150,6 +159,45 @@ impl TextTokenizer {
                 Ok(Encoded {
                     truncated: !encoding.get_overflowing().is_empty(),
                     ids: encoding.get_ids().to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// Ids and segment ids of each `(first, second)` pair, as cross-encoders and pair
+    /// classifiers take them: the tokenizer's own pair template (`[CLS] a [SEP] b [SEP]`,
+    /// `<s> a </s></s> b </s>`), the longer text cut first when the pair is over the limit
+    /// (`LongestFirst`, as transformers and TEI truncate), or refused when `truncate` is false.
+    /// Each text is at most the payload limit, so the whole-pair encoding is bounded.
+    pub fn encode_pairs(
+        &self,
+        pairs: &[(&str, &str)],
+        truncate: bool,
+        direction: TruncationDirection,
+    ) -> Result<Vec<EncodedPair>, TokenizeError> {
+        let tokenizer = self.configured(direction);
+        pairs
+            .iter()
+            .enumerate()
+            .map(|(index, (first, second))| {
+                let encoding = tokenizer
+                    .encode_fast((*first, *second), true)
+                    .map_err(|e| TokenizeError::Encode {
+                        index,
+                        message: e.to_string(),
+                    })?;
+                let truncated = !encoding.get_overflowing().is_empty();
+                if !truncate && truncated {
+                    return Err(TokenizeError::TooLong {
+                        index,
+                        tokens: self.max_length + 1,
+                        limit: self.max_length,
+                    });
+                }
+                Ok(EncodedPair {
+                    ids: encoding.get_ids().to_vec(),
+                    type_ids: encoding.get_type_ids().to_vec(),
+                    truncated,
                 })
             })
             .collect()

@@ -4,7 +4,7 @@
 //! what it allows is accepted, what it forbids is refused with 4xx.
 
 use super::{routes, types};
-use crate::infer::Infer;
+use crate::infer::{Infer, ModelKind};
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
@@ -18,6 +18,9 @@ use utoipa::OpenApi;
         routes::root,
         routes::embed,
         routes::embed_all,
+        routes::embed_sparse,
+        routes::predict,
+        routes::rerank,
         routes::similarity,
         routes::openai_embeddings,
         routes::openai_models,
@@ -37,6 +40,16 @@ use utoipa::OpenApi;
         types::EmbedResponse,
         types::EmbedAllRequest,
         types::EmbedAllResponse,
+        types::EmbedSparseRequest,
+        types::EmbedSparseResponse,
+        types::SparseValue,
+        types::PredictInputs,
+        types::PredictRequest,
+        types::PredictResponse,
+        types::Prediction,
+        types::RerankRequest,
+        types::RerankResponse,
+        types::Rank,
         types::SimilarityInput,
         types::SimilarityParameters,
         types::SimilarityRequest,
@@ -78,6 +91,46 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// Routes only an embedding model answers.
+const EMBEDDING_PATHS: &[&str] = &[
+    "/embed",
+    "/embed_all",
+    "/similarity",
+    "/v1/embeddings",
+    "/model",
+];
+
+/// What the served kind of model answers: the task routes it does not serve (they answer 424)
+/// are left out of its document, and `POST /` takes and returns that task's bodies (request and
+/// response schema names; `None` keeps the embedding model's `RootRequest` / `RootResponse`).
+fn task_routes(kind: ModelKind) -> (Vec<&'static str>, Option<(&'static str, &'static str)>) {
+    let mut absent: Vec<&'static str> = Vec::new();
+    let heads = ["/predict", "/rerank", "/embed_sparse"];
+    let root = match kind {
+        ModelKind::Embedding => {
+            absent.extend(heads);
+            None
+        }
+        ModelKind::Classifier => {
+            absent.extend(EMBEDDING_PATHS.iter().chain(&["/rerank", "/embed_sparse"]));
+            Some(("PredictRequest", "PredictResponse"))
+        }
+        ModelKind::Reranker => {
+            absent.extend(EMBEDDING_PATHS.iter().chain(&["/embed_sparse"]));
+            Some(("RerankRequest", "RerankResponse"))
+        }
+        ModelKind::SparseEmbedding => {
+            absent.extend(EMBEDDING_PATHS.iter().chain(&["/predict", "/rerank"]));
+            Some(("EmbedSparseRequest", "EmbedSparseResponse"))
+        }
+        ModelKind::Generation => {
+            absent.extend(EMBEDDING_PATHS.iter().chain(&heads).chain(&["/"]));
+            None
+        }
+    };
+    (absent, root)
+}
+
 /// Bounds that depend on the served model and the flags.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bounds {
@@ -89,6 +142,8 @@ pub struct Bounds {
     pub prompt_names: Vec<String>,
     /// The model id `/v1/models/{id}` answers for.
     pub model_id: String,
+    /// What the model does: which task routes the document lists.
+    pub kind: ModelKind,
 }
 
 /// The document served at /openapi.json: [`openapi_document`] with the bounds of `infer`.
@@ -98,6 +153,7 @@ pub fn document_for(infer: &Infer) -> Value {
         dimensions: infer.model().dimensions,
         prompt_names: infer.model().prompts.keys().cloned().collect(),
         model_id: infer.model().model_id.clone(),
+        kind: infer.kind(),
     })
 }
 
@@ -107,6 +163,31 @@ pub fn document_with(bounds: &Bounds) -> Value {
     if let Some(id) = document.pointer_mut("/paths/~1v1~1models~1{id}/get/parameters/0/schema") {
         // The one id there is (other ids get 404).
         *id = json!({"type": "string", "enum": [bounds.model_id]});
+    }
+    let (absent, root) = task_routes(bounds.kind);
+    if let Some(paths) = document
+        .pointer_mut("/paths")
+        .and_then(Value::as_object_mut)
+    {
+        for path in absent {
+            paths.remove(path);
+        }
+    }
+    if let Some((request, response)) = root {
+        for (pointer, name) in [
+            (
+                "/paths/~1/post/requestBody/content/application~1json/schema",
+                request,
+            ),
+            (
+                "/paths/~1/post/responses/200/content/application~1json/schema",
+                response,
+            ),
+        ] {
+            if let Some(schema) = document.pointer_mut(pointer) {
+                *schema = json!({"$ref": format!("#/components/schemas/{name}")});
+            }
+        }
     }
     let Some(schemas) = document
         .pointer_mut("/components/schemas")
@@ -137,6 +218,30 @@ pub fn document_with(bounds: &Bounds) -> Value {
             ],
         }),
     );
+    let pair = json!({"type": "array", "items": string, "minItems": 2, "maxItems": 2});
+    schemas.insert(
+        "PredictInputs".into(),
+        json!({
+            "description": "A text, a pair [text, text_pair], or a non-empty list of texts and pairs (a list of exactly two texts is one pair).",
+            "anyOf": [
+                string,
+                pair,
+                {"type": "array", "items": {"anyOf": [string, pair]}, "minItems": 1, "maxItems": bounds.max_inputs},
+            ],
+        }),
+    );
+    if let Some(texts) = schemas
+        .get_mut("RerankRequest")
+        .and_then(|s| s.pointer_mut("/properties/texts"))
+    {
+        *texts = json!({
+            "description": "Candidate texts; each is scored as the pair (query, text).",
+            "type": "array",
+            "items": string,
+            "minItems": 1,
+            "maxItems": bounds.max_inputs,
+        });
+    }
     schemas.insert(
         "TruncationDirection".into(),
         json!({
@@ -209,6 +314,7 @@ mod tests {
             dimensions: 384,
             prompt_names: vec!["query".into()],
             model_id: "org/model".into(),
+            kind: ModelKind::Embedding,
         }
     }
 
@@ -250,5 +356,36 @@ mod tests {
         ] {
             assert!(doc["paths"][path].is_object(), "{path}");
         }
+    }
+    #[test]
+    fn each_kind_lists_its_task_routes_and_root_bodies() {
+        let doc = |kind| document_with(&Bounds { kind, ..bounds() });
+        let embedder = doc(ModelKind::Embedding);
+        for path in ["/predict", "/rerank", "/embed_sparse"] {
+            assert!(embedder["paths"].get(path).is_none(), "{path}");
+        }
+        let reranker = doc(ModelKind::Reranker);
+        for path in [
+            "/embed",
+            "/embed_all",
+            "/similarity",
+            "/v1/embeddings",
+            "/model",
+        ] {
+            assert!(reranker["paths"].get(path).is_none(), "{path}");
+        }
+        assert!(reranker["paths"]["/rerank"].is_object());
+        assert!(reranker["paths"]["/predict"].is_object());
+        assert_eq!(
+            reranker["paths"]["/"]["post"]["responses"]["200"]["content"]["application/json"]
+                ["schema"]["$ref"],
+            "#/components/schemas/RerankResponse"
+        );
+        let schemas = &reranker["components"]["schemas"];
+        assert_eq!(
+            schemas["RerankRequest"]["properties"]["texts"]["maxItems"],
+            8
+        );
+        assert_eq!(schemas["PredictInputs"]["anyOf"][2]["maxItems"], 8);
     }
 }

@@ -5,14 +5,15 @@
 use super::error::{ApiError, ApiFamily, ErrorKind};
 use super::types::{
     AuthKind, CmlEmbeddings, CmlModelRequest, CmlModelResponse, DecodeRequest, DecodeResponse,
-    EmbedAllRequest, EmbedAllResponse, EmbedRequest, EmbedResponse, EncodingFormat, ErrorBody,
-    Info, InputIds, OpenAiEmbedding, OpenAiEmbeddingValue, OpenAiEmbeddingsRequest,
-    OpenAiEmbeddingsResponse, OpenAiErrorBody, OpenAiModel, OpenAiModelList, OpenAiUsage,
-    RootRequest, RootResponse, SimilarityRequest, SimilarityResponse, SimpleToken, Status,
-    TokenizeRequest, TokenizeResponse,
+    EmbedAllRequest, EmbedAllResponse, EmbedRequest, EmbedResponse, EmbedSparseRequest,
+    EmbedSparseResponse, EncodingFormat, ErrorBody, Info, InputIds, OpenAiEmbedding,
+    OpenAiEmbeddingValue, OpenAiEmbeddingsRequest, OpenAiEmbeddingsResponse, OpenAiErrorBody,
+    OpenAiModel, OpenAiModelList, OpenAiUsage, PredictRequest, PredictResponse, Prediction, Rank,
+    RerankRequest, RerankResponse, RootRequest, RootResponse, SimilarityRequest,
+    SimilarityResponse, SimpleToken, SparseValue, Status, TokenizeRequest, TokenizeResponse,
 };
 use super::AppState;
-use crate::infer::{EmbedOptions, Infer, InferError, ModelKind, Timings};
+use crate::infer::{EmbedOptions, Infer, InferError, ModelKind, ScoreOptions, Timings};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -157,18 +158,34 @@ pub async fn embed(State(state): State<Arc<AppState>>, body: Body) -> Result<Res
     Ok((headers, Json(EmbedResponse(vectors))).into_response())
 }
 
-/// TEI's default route: for an embedding model the same as `/embed`; when `inputs` is an object
-/// (`{"source_sentence", "sentences"}`) the sentence-similarity task, as `/similarity`.
+/// TEI's default route, answering as the served model's task: `/predict` for classifiers,
+/// `/rerank` for re-rankers, `/embed_sparse` for SPLADE models; for an embedding model the same
+/// as `/embed`, or, when `inputs` is an object (`{"source_sentence", "sentences"}`), the
+/// sentence-similarity task as `/similarity`.
 #[utoipa::path(post, path = "/", request_body = RootRequest,
-    responses((status = 200, description = "Embeddings, or similarities for a similarity request", body = RootResponse),
+    responses((status = 200, description = "The served task's answer: embeddings, similarities, predictions, ranks or sparse embeddings", body = RootResponse),
               (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 424, body = ErrorBody),
               (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
 pub async fn root(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
     let family = ApiFamily::Tei;
     let bytes = body_bytes(family, body)?;
     match state.infer.kind() {
-        ModelKind::Embedding => {
+        ModelKind::Classifier => {
+            let (headers, response) = predict_request(&state, parse_json(family, &bytes)?).await?;
+            Ok((headers, Json(response)).into_response())
+        }
+        ModelKind::Reranker => {
+            let (headers, response) = rerank_request(&state, parse_json(family, &bytes)?).await?;
+            Ok((headers, Json(response)).into_response())
+        }
+        ModelKind::SparseEmbedding => {
+            let request = parse_json(family, &bytes)?;
+            let (headers, response) = embed_sparse_request(&state, request).await?;
+            Ok((headers, Json(response)).into_response())
+        }
+        ModelKind::Embedding | ModelKind::Generation => {
             let value: serde_json::Value = parse_json(family, &bytes)?;
             if value
                 .get("inputs")
@@ -186,6 +203,169 @@ pub async fn root(State(state): State<Arc<AppState>>, body: Body) -> Result<Resp
             }
         }
     }
+}
+
+fn score_options(
+    infer: &Infer,
+    truncate: Option<bool>,
+    direction: Option<super::types::TruncationDirection>,
+    raw_scores: Option<bool>,
+) -> ScoreOptions {
+    let defaults = infer.default_options();
+    ScoreOptions {
+        truncate: truncate.unwrap_or(defaults.truncate),
+        truncation_direction: direction.map_or(defaults.truncation_direction, Into::into),
+        raw_scores: raw_scores.unwrap_or(false),
+    }
+}
+
+async fn predict_request(
+    state: &AppState,
+    request: PredictRequest,
+) -> Result<(HeaderMap, PredictResponse), ApiError> {
+    let options = score_options(
+        &state.infer,
+        request.truncate,
+        request.truncation_direction,
+        request.raw_scores,
+    );
+    let outcome = state
+        .infer
+        .predict(request.inputs.inputs, &options)
+        .await
+        .map_err(infer_error(ApiFamily::Tei))?;
+    let mut per_input: Vec<Vec<Prediction>> = outcome
+        .value
+        .into_iter()
+        .map(|predictions| {
+            predictions
+                .into_iter()
+                .map(|p| Prediction {
+                    score: p.score,
+                    label: p.label,
+                })
+                .collect()
+        })
+        .collect();
+    let response = if request.inputs.batched {
+        PredictResponse::Batch(per_input)
+    } else {
+        PredictResponse::Single(per_input.pop().unwrap_or_default())
+    };
+    Ok((timing_headers(&outcome.timings), response))
+}
+
+async fn rerank_request(
+    state: &AppState,
+    request: RerankRequest,
+) -> Result<(HeaderMap, RerankResponse), ApiError> {
+    let options = score_options(
+        &state.infer,
+        request.truncate,
+        request.truncation_direction,
+        request.raw_scores,
+    );
+    let texts = request
+        .return_text
+        .unwrap_or(false)
+        .then(|| request.texts.clone());
+    let outcome = state
+        .infer
+        .rerank(request.query, request.texts, &options)
+        .await
+        .map_err(infer_error(ApiFamily::Tei))?;
+    let ranks = outcome
+        .value
+        .into_iter()
+        .map(|rank| Rank {
+            index: rank.index,
+            text: texts.as_ref().and_then(|t| t.get(rank.index).cloned()),
+            score: rank.score,
+        })
+        .collect();
+    Ok((timing_headers(&outcome.timings), RerankResponse(ranks)))
+}
+
+async fn embed_sparse_request(
+    state: &AppState,
+    request: EmbedSparseRequest,
+) -> Result<(HeaderMap, EmbedSparseResponse), ApiError> {
+    let defaults = state.infer.default_options();
+    let options = EmbedOptions {
+        truncate: request.truncate.unwrap_or(defaults.truncate),
+        truncation_direction: request
+            .truncation_direction
+            .map_or(defaults.truncation_direction, Into::into),
+        prompt_name: request.prompt_name,
+        ..defaults
+    };
+    let outcome = state
+        .infer
+        .embed_sparse(request.inputs.into_vec(), &options)
+        .await
+        .map_err(infer_error(ApiFamily::Tei))?;
+    let vectors = outcome
+        .value
+        .into_iter()
+        .map(|weights| {
+            weights
+                .into_iter()
+                .map(|(index, value)| SparseValue {
+                    index: index as usize,
+                    value,
+                })
+                .collect()
+        })
+        .collect();
+    Ok((
+        timing_headers(&outcome.timings),
+        EmbedSparseResponse(vectors),
+    ))
+}
+
+/// TEI `POST /predict`: every label's score per text or pair, highest first. Classifiers and
+/// re-rankers; 424 for other models.
+#[utoipa::path(post, path = "/predict", request_body = PredictRequest,
+    responses((status = 200, description = "Scores per label, per input", body = PredictResponse),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 424, description = "The model is not a classifier", body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn predict(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+    let request: PredictRequest = parse_body(ApiFamily::Tei, body)?;
+    let (headers, response) = predict_request(&state, request).await?;
+    Ok((headers, Json(response)).into_response())
+}
+
+/// TEI `POST /rerank`: the texts ranked by relevance to the query, highest first. Re-rankers
+/// (one-label cross-encoders); 424 for other models.
+#[utoipa::path(post, path = "/rerank", request_body = RerankRequest,
+    responses((status = 200, description = "Texts by relevance", body = RerankResponse),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 424, description = "The model is not a re-ranker", body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn rerank(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+    let request: RerankRequest = parse_body(ApiFamily::Tei, body)?;
+    let (headers, response) = rerank_request(&state, request).await?;
+    Ok((headers, Json(response)).into_response())
+}
+
+/// TEI `POST /embed_sparse`: SPLADE weights per input, as (index, value) pairs. SPLADE models;
+/// 424 for other models.
+#[utoipa::path(post, path = "/embed_sparse", request_body = EmbedSparseRequest,
+    responses((status = 200, description = "Non-zero weights per input", body = EmbedSparseResponse),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 424, description = "The model is not a SPLADE model", body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn embed_sparse(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request: EmbedSparseRequest = parse_body(ApiFamily::Tei, body)?;
+    let (headers, response) = embed_sparse_request(&state, request).await?;
+    Ok((headers, Json(response)).into_response())
 }
 
 /// TEI `POST /embed_all`: every token's final hidden state, per input.
@@ -445,6 +625,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Response {
         revision: model.revision.clone(),
         model_type: state.infer.kind(),
         family: model.family,
+        labels: model.labels.clone(),
         pooling: model.pooling,
         normalize: model.normalize,
         dimensions: model.dimensions,

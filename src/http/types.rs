@@ -475,6 +475,171 @@ pub struct CmlModelResponse {
     pub response: CmlEmbeddings,
 }
 
+/// The inputs of `POST /predict`, as TEI reads them: a text, a pair `[text, text_pair]`, or a
+/// list whose items are texts or pairs. A list of exactly two texts is one pair (TEI's rule),
+/// so a batch of two single texts cannot be sent as such: send them as two requests; a batch of
+/// one pair is `[["a", "b"]]`.
+#[derive(Clone, Debug, PartialEq, Eq, ToSchema)]
+pub struct PredictInputs {
+    /// Each text or pair, in request order.
+    #[schema(value_type = Vec<String>)]
+    pub inputs: Vec<crate::infer::PredictInput>,
+    /// Whether the request was a list (the response is then a list of lists).
+    pub batched: bool,
+}
+
+impl<'de> Deserialize<'de> for PredictInputs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use crate::infer::PredictInput;
+        let expecting = "a text, a pair [text, text_pair], or a list of texts and pairs";
+        let item = |value: serde_json::Value| -> Result<PredictInput, D::Error> {
+            match value {
+                serde_json::Value::String(text) => Ok(PredictInput::Single(text)),
+                serde_json::Value::Array(pair) => match <[serde_json::Value; 2]>::try_from(pair) {
+                    Ok([serde_json::Value::String(a), serde_json::Value::String(b)]) => {
+                        Ok(PredictInput::Pair(a, b))
+                    }
+                    _ => Err(de::Error::custom(
+                        "a pair is a list of exactly two texts [text, text_pair]",
+                    )),
+                },
+                other => Err(de::Error::custom(format!(
+                    "expected a text or a pair of texts, got {other}"
+                ))),
+            }
+        };
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(text) => Ok(Self {
+                inputs: vec![PredictInput::Single(text)],
+                batched: false,
+            }),
+            serde_json::Value::Array(items) => {
+                if let [serde_json::Value::String(a), serde_json::Value::String(b)] =
+                    items.as_slice()
+                {
+                    return Ok(Self {
+                        inputs: vec![PredictInput::Pair(a.clone(), b.clone())],
+                        batched: false,
+                    });
+                }
+                Ok(Self {
+                    inputs: items.into_iter().map(item).collect::<Result<_, _>>()?,
+                    batched: true,
+                })
+            }
+            other => Err(de::Error::custom(format!(
+                "expected {expecting}, got {other}"
+            ))),
+        }
+    }
+}
+
+/// `POST /predict` (TEI), also `POST /` for classifiers.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct PredictRequest {
+    pub inputs: PredictInputs,
+    /// Truncate over-long inputs (true, default) or refuse them with 422.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub truncate: Option<bool>,
+    /// Which end of an over-long input is cut when truncating.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub truncation_direction: Option<TruncationDirection>,
+    /// The head's logits as they are (false, default: softmax over the labels, sigmoid for one).
+    #[serde(default)]
+    #[schema(nullable)]
+    pub raw_scores: Option<bool>,
+}
+
+/// A label's score.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Prediction {
+    pub score: f32,
+    /// The label's name from the model's `config.json` `id2label`.
+    pub label: String,
+}
+
+/// `POST /predict` response: per input, every label's score, highest first; a list of those
+/// when the request's `inputs` was a list.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum PredictResponse {
+    Single(Vec<Prediction>),
+    Batch(Vec<Vec<Prediction>>),
+}
+
+/// `POST /rerank` (TEI), also `POST /` for re-rankers.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct RerankRequest {
+    /// What the texts are ranked against.
+    pub query: String,
+    /// Candidate texts; each is scored as the pair (query, text).
+    pub texts: Vec<String>,
+    /// Truncate over-long pairs (true, default) or refuse them with 422.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub truncate: Option<bool>,
+    /// Which end of an over-long pair is cut when truncating.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub truncation_direction: Option<TruncationDirection>,
+    /// The cross-encoder's logit as it is (false, default: its sigmoid).
+    #[serde(default)]
+    #[schema(nullable)]
+    pub raw_scores: Option<bool>,
+    /// Echo each text in its rank (false, default).
+    #[serde(default)]
+    #[schema(nullable)]
+    pub return_text: Option<bool>,
+}
+
+/// A text's place in the ranking.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Rank {
+    /// Position of the text in the request's `texts`.
+    pub index: usize,
+    /// The text, when `return_text` was set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    pub score: f32,
+}
+
+/// `POST /rerank` response: every text, highest score first.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct RerankResponse(pub Vec<Rank>);
+
+/// `POST /embed_sparse` (TEI), also `POST /` for SPLADE models.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct EmbedSparseRequest {
+    /// Text or texts.
+    pub inputs: Input,
+    /// Truncate over-long inputs (true, default) or refuse them with 422.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub truncate: Option<bool>,
+    /// Which end of an over-long input is cut when truncating.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub truncation_direction: Option<TruncationDirection>,
+    /// A key of the model's sentence-transformers `prompts`.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub prompt_name: Option<String>,
+}
+
+/// One non-zero weight of a sparse embedding.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct SparseValue {
+    /// Vocabulary index (token id).
+    pub index: usize,
+    pub value: f32,
+}
+
+/// `POST /embed_sparse` response: per input, its non-zero weights by index.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct EmbedSparseResponse(pub Vec<Vec<SparseValue>>);
+
 /// TEI-style error body (also what `/model` adds `success: false` to).
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -535,6 +700,8 @@ pub struct Info {
     pub model_type: ModelKind,
     #[schema(value_type = String, example = "bert")]
     pub family: crate::spec::Family,
+    /// Label names of a classifier or re-ranker, by logit index (empty for other models).
+    pub labels: Vec<String>,
     #[schema(value_type = String, example = "mean")]
     pub pooling: crate::spec::Pooling,
     pub normalize: bool,

@@ -199,26 +199,51 @@ fn sparse(config: BodyConfig, vb: &VarBuilder) -> Result<SparseEncoder, LoadErro
     Ok(SparseEncoder::new(network, head))
 }
 
-/// An embedding checkpoint of a new family behind the engine's [`super::Model`] trait: the
-/// adapter `serve` runs. The family named in the signed `sealserve.json` must be the one
-/// `config.json` describes, and the checkpoint must be an embedding model: a classifier,
-/// reranker or masked-LM checkpoint is refused rather than served as something it is not
-/// (their routes are not wired yet).
+/// A checkpoint of a new family behind the engine's [`super::Model`] trait: the adapter `serve`
+/// runs. The family and task named in the signed `sealserve.json` must be what `config.json`
+/// describes: a classifier checkpoint is never served as an embedder, nor an embedder as a
+/// reranker, whatever the bundle claims.
 pub struct FamilyModel {
-    network: Box<dyn Network>,
+    loaded: Loaded,
     attention: super::Attention,
     dtype: DType,
     device: Device,
 }
 
+/// model.toml's spelling of a task, for messages.
+fn task_name(task: crate::spec::Task) -> &'static str {
+    use crate::spec::Task as Spec;
+    match task {
+        Spec::Embed => "embed",
+        Spec::Classify => "classify",
+        Spec::Rerank => "rerank",
+        Spec::SparseEmbed => "sparse_embed",
+        Spec::Generate => "generate",
+    }
+}
+
+/// The signed task a checkpoint's head serves (`seal pin` writes it; `serve` checks it).
+pub fn spec_task(task: Task, labels: usize) -> crate::spec::Task {
+    use crate::spec::Task as Spec;
+    match task {
+        Task::Embedding => Spec::Embed,
+        Task::SequenceClassification if labels == 1 => Spec::Rerank,
+        Task::SequenceClassification => Spec::Classify,
+        Task::MaskedLm => Spec::SparseEmbed,
+    }
+}
+
 impl FamilyModel {
-    /// Builds the network from the verified files; `family` is what the signed metadata says.
+    /// Builds the model from the verified files; `family` and `task` are what the signed
+    /// metadata says.
     pub fn load(
         family: crate::spec::Family,
+        task: crate::spec::Task,
         files: super::ModelFiles,
         dtype: DType,
         device: &Device,
     ) -> Result<Self, LoadError> {
+        use crate::spec::Task as Spec;
         let value = network::parse_config(files.config_json)?;
         let architecture = Architecture::from_config(&value)?;
         if spec_family(architecture.family) != family {
@@ -228,25 +253,110 @@ impl FamilyModel {
                 spec_family(architecture.family)
             )));
         }
-        if architecture.task != Task::Embedding {
+        let labels = heads::label_names(&value).len();
+        let describes = spec_task(architecture.task, labels);
+        let agrees = match task {
+            Spec::Classify => architecture.task == Task::SequenceClassification,
+            other => other == describes,
+        };
+        if !agrees {
             return Err(LoadError::Config(format!(
-                "config.json describes a {:?} checkpoint; serve runs embedding models only \
-                 (classification, rerank and sparse routes are not available yet)",
-                architecture.task
+                "sealserve.json says task = \"{}\" but config.json describes a {:?} checkpoint \
+                 with {labels} label(s) (task = \"{}\"); re-pin the model (seal pin) so the two \
+                 agree",
+                task_name(task),
+                architecture.task,
+                task_name(describes),
             )));
         }
         let config = BodyConfig::parse(architecture.family, &value)?;
         let vb = network::var_builder(files.safetensors, dtype, device)?;
+        let loaded = match architecture.task {
+            Task::Embedding => Loaded::Embedding(config.build(&vb)?),
+            Task::SequenceClassification => Loaded::Classifier(classifier(config, &value, &vb)?),
+            Task::MaskedLm => Loaded::Sparse(sparse(config, &vb)?),
+        };
         let attention = match architecture.family {
             FamilyKind::Qwen2 | FamilyKind::Qwen3 => super::Attention::Causal,
             _ => super::Attention::Bidirectional,
         };
         Ok(Self {
-            network: config.build(&vb)?,
+            loaded,
             attention,
             dtype,
             device: device.clone(),
         })
+    }
+
+    /// The body every head sits on.
+    fn network(&self) -> &dyn Network {
+        match &self.loaded {
+            Loaded::Embedding(network) => network.as_ref(),
+            Loaded::Classifier(classifier) => classifier.network(),
+            Loaded::Sparse(encoder) => encoder.network(),
+        }
+    }
+
+    /// Runs `forward` on each forward of similar lengths (`model::plan`), each gathered into its
+    /// own packed batch (segment ids only where the body reads them); the family pads inside.
+    /// Returns each forward's members with what `forward` made of them.
+    fn per_forward<T>(
+        &self,
+        batch: &super::Packed,
+        max_forward_tokens: usize,
+        forward: impl Fn(&network::PackedBatch) -> candle_core::Result<T>,
+    ) -> Result<Vec<(Vec<usize>, T)>, super::ModelError> {
+        batch.check()?;
+        let offsets = batch.offsets();
+        let all_types = batch
+            .token_type_ids
+            .as_ref()
+            .filter(|_| self.network().uses_type_ids());
+        super::plan::padded_forwards(&batch.lengths, max_forward_tokens.max(1))
+            .into_iter()
+            .map(|plan| {
+                let mut ids = Vec::new();
+                let mut types = all_types.map(|_| Vec::new());
+                let mut lengths = Vec::with_capacity(plan.members.len());
+                for member in &plan.members {
+                    let span = offsets[*member]..offsets[*member] + batch.lengths[*member];
+                    ids.extend_from_slice(&batch.ids[span.clone()]);
+                    if let (Some(types), Some(all)) = (types.as_mut(), all_types) {
+                        types.extend_from_slice(&all[span]);
+                    }
+                    lengths.push(batch.lengths[*member]);
+                }
+                let packed = network::PackedBatch {
+                    ids: &ids,
+                    lengths: &lengths,
+                    type_ids: types.as_deref(),
+                };
+                Ok((plan.members, forward(&packed)?))
+            })
+            .collect()
+    }
+
+    /// One result per sequence, in batch order, from per-forward results of their members.
+    fn in_order<T>(
+        batch_len: usize,
+        forwards: Vec<(Vec<usize>, Vec<T>)>,
+    ) -> Result<Vec<T>, super::ModelError> {
+        let mut rows: Vec<Option<T>> = (0..batch_len).map(|_| None).collect();
+        for (members, values) in forwards {
+            for (member, row) in members.into_iter().zip(values) {
+                rows[member] = Some(row);
+            }
+        }
+        rows.into_iter()
+            .enumerate()
+            .map(|(index, row)| {
+                row.ok_or_else(|| {
+                    super::ModelError::Batch(format!(
+                        "the head returned nothing for sequence {index}"
+                    ))
+                })
+            })
+            .collect()
     }
 }
 
@@ -268,11 +378,11 @@ pub fn spec_family(kind: FamilyKind) -> crate::spec::Family {
 
 impl super::Model for FamilyModel {
     fn hidden_size(&self) -> usize {
-        self.network.hidden_size()
+        self.network().hidden_size()
     }
 
     fn max_positions(&self) -> usize {
-        self.network.max_positions()
+        self.network().max_positions()
     }
 
     fn attention(&self) -> super::Attention {
@@ -287,39 +397,56 @@ impl super::Model for FamilyModel {
         &self.device
     }
 
-    /// Forwards of similar lengths (`model::plan`), each gathered into its own packed batch; the
-    /// family pads inside its forward.
     fn hidden_states(
         &self,
         batch: &super::Packed,
         max_forward_tokens: usize,
     ) -> Result<Vec<super::HiddenChunk>, super::ModelError> {
-        batch.check()?;
-        let offsets = batch.offsets();
-        super::plan::padded_forwards(&batch.lengths, max_forward_tokens.max(1))
+        Ok(self
+            .per_forward(batch, max_forward_tokens, |packed| {
+                self.network().forward_packed(packed)
+            })?
             .into_iter()
-            .map(|forward| {
-                let mut ids = Vec::new();
-                let mut types = batch.token_type_ids.as_ref().map(|_| Vec::new());
-                let mut lengths = Vec::with_capacity(forward.members.len());
-                for member in &forward.members {
-                    let span = offsets[*member]..offsets[*member] + batch.lengths[*member];
-                    ids.extend_from_slice(&batch.ids[span.clone()]);
-                    if let (Some(types), Some(all)) = (types.as_mut(), &batch.token_type_ids) {
-                        types.extend_from_slice(&all[span]);
-                    }
-                    lengths.push(batch.lengths[*member]);
-                }
-                let packed = network::PackedBatch {
-                    ids: &ids,
-                    lengths: &lengths,
-                    type_ids: types.as_deref(),
-                };
-                Ok(super::HiddenChunk {
-                    members: forward.members,
-                    hidden: self.network.forward_packed(&packed)?,
-                })
-            })
-            .collect()
+            .map(|(members, hidden)| super::HiddenChunk { members, hidden })
+            .collect())
+    }
+
+    /// Raw logits of the classification head, one vector (one value per label) per sequence.
+    fn predict(
+        &self,
+        batch: &super::Packed,
+        max_forward_tokens: usize,
+    ) -> Result<Vec<Vec<f32>>, super::ModelError> {
+        let Loaded::Classifier(classifier) = &self.loaded else {
+            return Err(super::ModelError::Unsupported(
+                "classification (this model has no prediction head)",
+            ));
+        };
+        let forwards = self.per_forward(batch, max_forward_tokens, |packed| {
+            classifier.predict_packed(packed)?.to_vec2::<f32>()
+        })?;
+        Self::in_order(batch.len(), forwards)
+    }
+
+    fn labels(&self) -> &[String] {
+        match &self.loaded {
+            Loaded::Classifier(classifier) => classifier.labels(),
+            _ => &[],
+        }
+    }
+
+    fn sparse_embed(
+        &self,
+        batch: &super::Packed,
+        max_forward_tokens: usize,
+    ) -> Result<Vec<Vec<(u32, f32)>>, super::ModelError> {
+        let Loaded::Sparse(encoder) = &self.loaded else {
+            return Err(super::ModelError::Unsupported(
+                "sparse embeddings (this model has no masked-LM head)",
+            ));
+        };
+        let forwards =
+            self.per_forward(batch, max_forward_tokens, |packed| encoder.sparse(packed))?;
+        Self::in_order(batch.len(), forwards)
     }
 }

@@ -22,7 +22,7 @@ pub mod network;
 pub mod plan;
 pub mod qwen;
 
-use crate::spec::Family;
+use crate::spec::{Family, Task};
 use candle_core::Shape;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::var_builder::SimpleBackend;
@@ -163,6 +163,21 @@ pub trait Model: Send {
             "classification (this model has no prediction head)",
         ))
     }
+    /// Label names of a classification head, by logit index; empty for models without one.
+    fn labels(&self) -> &[String] {
+        &[]
+    }
+    /// SPLADE sparse weights of each sequence: the non-zero `(vocabulary index, weight)` pairs,
+    /// by index. Models without a masked-LM head keep the default.
+    fn sparse_embed(
+        &self,
+        _batch: &Packed,
+        _max_forward_tokens: usize,
+    ) -> Result<Vec<Vec<(u32, f32)>>, ModelError> {
+        Err(ModelError::Unsupported(
+            "sparse embeddings (this model has no masked-LM head)",
+        ))
+    }
 }
 
 /// The verified files a family is built from.
@@ -172,24 +187,49 @@ pub struct ModelFiles {
     pub safetensors: &'static [u8],
 }
 
-/// Builds the family's network from files held in memory; no file is read or written.
+/// Builds the family's network from files held in memory; no file is read or written. An
+/// embedding model: what every bundle without a `task` is.
 pub fn load(
     family: Family,
     files: ModelFiles,
     dtype: DType,
     device: &Device,
 ) -> Result<Box<dyn Model>, LoadError> {
-    match family {
-        Family::Bert => Ok(Box::new(bert::BertModel::from_files(files, dtype, device)?)),
-        Family::DistilBert
-        | Family::XlmRoberta
-        | Family::MpNet
-        | Family::ModernBert
-        | Family::Qwen2
-        | Family::Qwen3
-        | Family::Gte
-        | Family::NomicBert => Ok(Box::new(families::FamilyModel::load(
-            family, files, dtype, device,
+    load_for_task(family, Task::Embed, files, dtype, device)
+}
+
+/// Builds the network for the signed `task`: an embedder, a classifier or reranker (a
+/// `*ForSequenceClassification` checkpoint), or a SPLADE sparse encoder (`*ForMaskedLM`).
+/// BERT embedders keep their own fused path (`bert`); every head goes through
+/// [`families::FamilyModel`], which refuses a checkpoint that is not what the task says.
+pub fn load_for_task(
+    family: Family,
+    task: Task,
+    files: ModelFiles,
+    dtype: DType,
+    device: &Device,
+) -> Result<Box<dyn Model>, LoadError> {
+    match (family, task) {
+        (_, Task::Generate) => Err(LoadError::Config(format!(
+            "the {family} family cannot generate text: task = \"generate\" needs a generation \
+             model; use task = \"embed\", \"classify\", \"rerank\" or \"sparse_embed\""
+        ))),
+        (Family::Bert, Task::Embed) => {
+            Ok(Box::new(bert::BertModel::from_files(files, dtype, device)?))
+        }
+        (
+            Family::Bert
+            | Family::DistilBert
+            | Family::XlmRoberta
+            | Family::MpNet
+            | Family::ModernBert
+            | Family::Qwen2
+            | Family::Qwen3
+            | Family::Gte
+            | Family::NomicBert,
+            _,
+        ) => Ok(Box::new(families::FamilyModel::load(
+            family, task, files, dtype, device,
         )?)),
     }
 }

@@ -106,5 +106,8 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 pub mod binary;
 pub mod child;
+pub mod clients;
+pub mod families;
+pub mod inproc;
 pub mod server;
 pub mod tiny;

@@ -69,6 +69,24 @@ impl std::str::FromStr for Pooling {
     }
 }
 
+/// What a bundle's model does, which decides the routes `serve` mounts and the `/info` kind.
+/// Closed set: a value outside it is a spec error, never a guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Sentence embeddings (`/embed`, `/v1/embeddings`).
+    #[default]
+    Embed,
+    /// Sequence classification (`/predict`).
+    Classify,
+    /// Cross-encoder relevance scores (`/rerank`).
+    Rerank,
+    /// SPLADE-style sparse embeddings (`/embed_sparse`).
+    SparseEmbed,
+    /// Text generation (`/v1/chat/completions`, `/v1/completions`, `/generate`).
+    Generate,
+}
+
 /// The architecture that knows how to run the weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -140,6 +158,9 @@ pub struct ModelSection {
     /// Full 40-hex commit of the repo; branches are refused because they move.
     pub revision: String,
     pub family: Family,
+    /// What the model does (model.toml key `task`; absent = embed).
+    #[serde(default)]
+    pub task: Task,
     pub pooling: Pooling,
     pub normalize: bool,
     pub max_seq_length: usize,
@@ -199,6 +220,9 @@ pub struct BundleMetadata {
     pub model_id: String,
     pub revision: String,
     pub family: Family,
+    /// What the model does; signed, so a bundle cannot be served as something else.
+    #[serde(default)]
+    pub task: Task,
     pub pooling: Pooling,
     pub normalize: bool,
     pub max_seq_length: usize,
@@ -329,6 +353,7 @@ impl ModelSpec {
             model_id: self.model.id.clone(),
             revision: self.model.revision.clone(),
             family: self.model.family,
+            task: self.model.task,
             pooling: self.model.pooling,
             normalize: self.model.normalize,
             max_seq_length: self.model.max_seq_length,
