@@ -22,6 +22,7 @@ mod common;
 use common::binary::{bundle_of, read_at};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -197,8 +198,11 @@ fn the_server_keeps_the_bytes_it_hashed_when_its_executable_changes_on_disk() {
         .arg("--allow-unpinned")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        // Its own process group, so the attack can stop the supervisor and the forked server.
+        .process_group(0)
         .spawn()
         .expect("start serve from the mounted image");
+    let group = -(child.id() as i32);
     let stderr = child.stderr.take().unwrap();
     let _running = Running(child);
     let (events, received) = mpsc::channel();
@@ -208,7 +212,12 @@ fn the_server_keeps_the_bytes_it_hashed_when_its_executable_changes_on_disk() {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if event["message"] == "bundle verified" {
-                // The attack: new bytes in the backing store, the file's cached pages gone.
+                // The attack, with the server stopped so that it cannot load before the bytes
+                // changed (without the stop, the old code won this race most of the time; with
+                // it, the code before issue 11 answered 2088 every time): new bytes in the
+                // backing store, the file's cached pages gone.
+                // SAFETY: kill on our own child's process group.
+                unsafe { libc::kill(group, libc::SIGSTOP) };
                 let backing = std::fs::OpenOptions::new()
                     .write(true)
                     .open(&attack_image)
@@ -217,6 +226,8 @@ fn the_server_keeps_the_bytes_it_hashed_when_its_executable_changes_on_disk() {
                 backing.write_all_at(&[0x3f; 1536], row_in_image).unwrap();
                 backing.sync_all().unwrap();
                 evict(&attack_serve);
+                // SAFETY: as above.
+                unsafe { libc::kill(group, libc::SIGCONT) };
                 let _ = events.send(("attacked".to_string(), String::new()));
             }
             if event["message"] == "bound" {
