@@ -137,7 +137,7 @@ fn killing_the_supervisor_takes_the_server_down_and_frees_the_port() {
 // clippy cannot see the `waitpid` below, which reaps the child (ptrace stops need it, not `wait`).
 #[allow(clippy::zombie_processes)]
 fn run_traced(args: &[&str]) -> (i32, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_serve"));
+    let mut cmd = Command::new(common::server::serve_binary());
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -231,7 +231,7 @@ fn api_key_file_is_used_and_an_empty_one_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
 
     let empty = key_file(dir.path(), "\n");
-    let out = Command::new(env!("CARGO_BIN_EXE_serve"))
+    let out = Command::new(common::server::serve_binary())
         .args(["--host", "127.0.0.1", "--port", "0", "--api-key-file"])
         .arg(&empty)
         .output()

@@ -12,6 +12,7 @@ use super::types::{
     TokenizeRequest, TokenizeResponse,
 };
 use super::AppState;
+use crate::engine::EngineHealth;
 use crate::infer::{EmbedOptions, Infer, InferError, ModelKind, Timings};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -413,26 +414,50 @@ pub async fn decode(State(state): State<Arc<AppState>>, body: Body) -> Result<Re
     Ok(Json(DecodeResponse(texts)).into_response())
 }
 
-/// Liveness: the process is up and answering.
-#[utoipa::path(get, path = "/health", responses((status = 200, description = "alive", body = Status)))]
-pub async fn health() -> Response {
-    Json(Status { status: "ok" }).into_response()
+/// Liveness: the process is up and its inference thread still exists. A stopped engine thread
+/// (it panicked outside a batch) never comes back, so this turns 503 and an orchestrator
+/// restarts the process; a stuck one is reported here but left to `/ready`, because a batch
+/// that is merely slow on a starved CPU finishes on its own and a restart would lose it.
+#[utoipa::path(get, path = "/health", responses(
+    (status = 200, description = "alive; `engine` says whether inference is running or stuck", body = Status),
+    (status = 503, description = "the inference thread has stopped: restart the process", body = Status)))]
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let engine = state.infer.health();
+    if engine == EngineHealth::Stopped {
+        let status = Status {
+            status: "engine stopped",
+            engine,
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(status)).into_response()
+    } else {
+        Json(Status {
+            status: "ok",
+            engine,
+        })
+        .into_response()
+    }
 }
 
-/// Readiness: verified, loaded, warmed up and not shutting down.
+/// Readiness: verified, loaded, warmed up, not shutting down, and the inference thread running
+/// (neither gone nor stuck on one batch for longer than [`crate::batcher::STUCK_AFTER`]). A flag
+/// set once at start would keep routing traffic to a server whose engine died: requests would
+/// queue and time out.
 #[utoipa::path(get, path = "/ready", responses((status = 200, description = "ready", body = Status),
-    (status = 503, description = "not ready", body = Status)))]
+    (status = 503, description = "not ready: starting, shutting down, or `engine` stuck or stopped", body = Status)))]
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
-        Json(Status { status: "ready" }).into_response()
+    let engine = state.infer.health();
+    if state.ready.load(Ordering::Acquire) && engine == EngineHealth::Running {
+        Json(Status {
+            status: "ready",
+            engine,
+        })
+        .into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Status {
-                status: "not ready",
-            }),
-        )
-            .into_response()
+        let status = Status {
+            status: "not ready",
+            engine,
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(status)).into_response()
     }
 }
 

@@ -9,10 +9,19 @@ use std::time::Duration;
 /// pin); the trust tests start it without.
 pub const UNPINNED: (&str, &str) = ("SEALSERVE_ALLOW_UNPINNED", "1");
 
-/// The `serve` binary of this build, as every test launches it, with the [`UNPINNED`] waiver:
-/// the one place for launch settings every test needs.
+/// The `serve` binary the tests launch: this build's, or the one `SEALSERVE_TEST_SERVE` names, so
+/// that the binary-level suites (harden_inject, harden_serve, http_connections, http_memory) can
+/// re-check a release build (`SEALSERVE_TEST_SERVE=target/release/serve cargo test --test …`,
+/// see RELIABILITY.md) without compiling the tests in release.
+pub fn serve_binary() -> std::path::PathBuf {
+    std::env::var_os("SEALSERVE_TEST_SERVE")
+        .map_or_else(|| env!("CARGO_BIN_EXE_serve").into(), Into::into)
+}
+
+/// The `serve` binary (see [`serve_binary`]), as every test launches it, with the [`UNPINNED`]
+/// waiver: the one place for launch settings every test needs.
 pub fn serve_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_serve"));
+    let mut command = Command::new(serve_binary());
     command.env(UNPINNED.0, UNPINNED.1);
     command
 }
