@@ -433,7 +433,7 @@ impl BertModel {
     ) -> candle_core::Result<Tensor> {
         let rows = hidden.dim(0)?;
         for layer in layers {
-            let qkv = hidden.matmul(&layer.qkv_weight)?;
+            let qkv = layer.qkv_weight.apply(&hidden)?;
             let context = qkv.apply_op1_no_bwd(&cpu_f32::Attention {
                 rows,
                 heads: self.config.num_attention_heads,
@@ -441,20 +441,22 @@ impl BertModel {
                 bias: &layer.qkv_bias,
                 spans,
             })?;
-            let attended = context.matmul(&layer.out_weight)?.apply_op2_no_bwd(
+            // The three fused passes below overwrite the matmul output they follow (see
+            // `cpu_f32::BiasResidualNorm`).
+            let attended = layer.out_weight.apply(&context)?;
+            attended.inplace_op2(
                 &hidden,
                 &cpu_f32::BiasResidualNorm {
                     bias: &layer.out_bias,
                     norm: &layer.attention_norm,
                 },
             )?;
-            let inner =
-                attended
-                    .matmul(&layer.ffn_in_weight)?
-                    .apply_op1_no_bwd(&cpu_f32::BiasGelu {
-                        bias: &layer.ffn_in_bias,
-                    })?;
-            hidden = inner.matmul(&layer.ffn_out_weight)?.apply_op2_no_bwd(
+            let inner = layer.ffn_in_weight.apply(&attended)?;
+            inner.inplace_op1(&cpu_f32::BiasGelu {
+                bias: &layer.ffn_in_bias,
+            })?;
+            hidden = layer.ffn_out_weight.apply(&inner)?;
+            hidden.inplace_op2(
                 &attended,
                 &cpu_f32::BiasResidualNorm {
                     bias: &layer.ffn_out_bias,
@@ -612,21 +614,40 @@ fn softmax(scores: &Tensor) -> candle_core::Result<Tensor> {
 /// a single 16-token request ran ~2× faster than with `[out, in]`), biases and layer-norm
 /// parameters as plain vectors that the fused kernels in [`cpu_f32`] read directly.
 struct FastLayer {
-    qkv_weight: Tensor,
+    qkv_weight: Transposed,
     qkv_bias: Vec<f32>,
-    out_weight: Tensor,
+    out_weight: Transposed,
     out_bias: Vec<f32>,
     attention_norm: cpu_f32::Norm,
-    ffn_in_weight: Tensor,
+    ffn_in_weight: Transposed,
     ffn_in_bias: Vec<f32>,
-    ffn_out_weight: Tensor,
+    ffn_out_weight: Transposed,
     ffn_out_bias: Vec<f32>,
     ffn_norm: cpu_f32::Norm,
 }
 
-/// `[out, in]` → contiguous `[in, out]`, the layout gemm reads fastest as a right-hand side.
-fn transposed(weight: &Tensor) -> candle_core::Result<Tensor> {
-    weight.t()?.contiguous()
+/// A linear layer's weight `[out, in]` kept transposed as row-major `[in, out]`, the layout gemm
+/// reads fastest as a right-hand side, in a plain vector the fused matmul
+/// ([`cpu_f32::MatMul`]) reads directly.
+struct Transposed {
+    values: Vec<f32>,
+    outputs: usize,
+}
+
+impl Transposed {
+    fn new(weight: &Tensor) -> candle_core::Result<Self> {
+        let (outputs, _) = weight.dims2()?;
+        let values = weight.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self { values, outputs })
+    }
+
+    /// `x · weightᵀ` for `x` `[rows, in]`: `[rows, out]`.
+    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.apply_op1_no_bwd(&cpu_f32::MatMul {
+            weight: &self.values,
+            n: self.outputs,
+        })
+    }
 }
 
 impl FastLayer {
@@ -647,14 +668,14 @@ impl FastLayer {
             })
         };
         Ok(Self {
-            qkv_weight: transposed(layer.qkv.weight())?,
+            qkv_weight: Transposed::new(layer.qkv.weight())?,
             qkv_bias: bias(&layer.qkv)?,
-            out_weight: transposed(layer.attention_out.weight())?,
+            out_weight: Transposed::new(layer.attention_out.weight())?,
             out_bias: bias(&layer.attention_out)?,
             attention_norm: norm(&layer.attention_norm)?,
-            ffn_in_weight: transposed(layer.ffn_in.weight())?,
+            ffn_in_weight: Transposed::new(layer.ffn_in.weight())?,
             ffn_in_bias: bias(&layer.ffn_in)?,
-            ffn_out_weight: transposed(layer.ffn_out.weight())?,
+            ffn_out_weight: Transposed::new(layer.ffn_out.weight())?,
             ffn_out_bias: bias(&layer.ffn_out)?,
             ffn_norm: norm(&layer.ffn_norm)?,
         })
@@ -682,14 +703,29 @@ impl Model for BertModel {
         self.position_and_type.device()
     }
 
-    /// Packed forwards on the fused CPU f32 path (a batch is cut only by the token budget, in
-    /// input order: mixed lengths cost nothing); elsewhere padded forwards of similar lengths,
-    /// with no mask at all when a forward's members have the same length.
     fn hidden_states(
         &self,
         batch: &Packed,
         max_forward_tokens: usize,
     ) -> Result<Vec<HiddenChunk>, ModelError> {
+        let mut chunks = Vec::new();
+        self.for_each_hidden_chunk(batch, max_forward_tokens, &mut |chunk| {
+            chunks.push(chunk);
+            Ok(())
+        })?;
+        Ok(chunks)
+    }
+
+    /// Packed forwards on the fused CPU f32 path (a batch is cut only by the token budget, in
+    /// input order: mixed lengths cost nothing); elsewhere padded forwards of similar lengths,
+    /// with no mask at all when a forward's members have the same length. Each chunk goes to
+    /// `each` before the next forward runs.
+    fn for_each_hidden_chunk(
+        &self,
+        batch: &Packed,
+        max_forward_tokens: usize,
+        each: &mut dyn FnMut(HiddenChunk) -> Result<(), ModelError>,
+    ) -> Result<(), ModelError> {
         batch.check()?;
         if batch
             .token_type_ids
@@ -703,33 +739,28 @@ impl Model for BertModel {
         let offsets = batch.offsets();
         let budget = max_forward_tokens.max(1);
         if self.fast_layers.is_some() {
-            return packed_forwards(&batch.lengths, budget)
-                .into_iter()
-                .map(|group| {
-                    let first = offsets[group.start];
-                    let tokens: usize = batch.lengths[group.clone()].iter().sum();
-                    let hidden = self.forward_packed(
-                        &batch.ids[first..first + tokens],
-                        &batch.lengths[group.clone()],
-                    )?;
-                    Ok(HiddenChunk {
-                        members: group.collect(),
-                        hidden,
-                    })
-                })
-                .collect();
-        }
-        padded_forwards(&batch.lengths, budget)
-            .into_iter()
-            .map(|forward| {
-                let hidden =
-                    self.run_padded(batch, &offsets, &forward.members, forward.padded_len)?;
-                Ok(HiddenChunk {
-                    members: forward.members,
+            for group in packed_forwards(&batch.lengths, budget) {
+                let first = offsets[group.start];
+                let tokens: usize = batch.lengths[group.clone()].iter().sum();
+                let hidden = self.forward_packed(
+                    &batch.ids[first..first + tokens],
+                    &batch.lengths[group.clone()],
+                )?;
+                each(HiddenChunk {
+                    members: group.collect(),
                     hidden,
-                })
-            })
-            .collect()
+                })?;
+            }
+            return Ok(());
+        }
+        for forward in padded_forwards(&batch.lengths, budget) {
+            let hidden = self.run_padded(batch, &offsets, &forward.members, forward.padded_len)?;
+            each(HiddenChunk {
+                members: forward.members,
+                hidden,
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -868,6 +899,29 @@ mod tests {
             }
         }
         assert_eq!(rows(&generic).concat().len(), packed_ids.len());
+        // Chunks are handed over one forward at a time, and an error from the receiver stops
+        // the batch before the next forward runs.
+        for (model, forwards) in [
+            (&fast, packed_forwards(&lengths, 40).len()),
+            (&generic, padded_forwards(&lengths, 40).len()),
+        ] {
+            assert!(forwards > 1, "the budget must split this batch");
+            let mut calls = 0;
+            model
+                .for_each_hidden_chunk(&batch, 40, &mut |_| {
+                    calls += 1;
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(calls, forwards);
+            calls = 0;
+            let stopped = model.for_each_hidden_chunk(&batch, 40, &mut |_| {
+                calls += 1;
+                Err(ModelError::Batch("receiver gave up".into()))
+            });
+            assert!(matches!(stopped, Err(ModelError::Batch(_))));
+            assert_eq!(calls, 1);
+        }
         for mask in [None, Some(lengths.as_slice())] {
             let a = fast
                 .forward_padded(&ids, mask)
