@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod generate;
 pub mod openapi;
 pub mod routes;
 pub mod types;
@@ -58,6 +59,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/embed_all", post(routes::embed_all))
         .route("/similarity", post(routes::similarity))
         .route("/v1/embeddings", post(routes::openai_embeddings))
+        .route("/v1/chat/completions", post(routes::generation_only))
+        .route("/v1/completions", post(routes::generation_only))
         .route("/v1/models", get(routes::openai_models))
         // Model ids contain '/', so the id is the rest of the path.
         .route("/v1/models/{*id}", get(routes::openai_model_by_id))

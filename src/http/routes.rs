@@ -490,3 +490,16 @@ pub async fn metrics() -> Response {
 pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
     Json(super::openapi::document_for(&state.infer)).into_response()
 }
+
+/// Generation routes on an embedding model: a clear 400 instead of a 404, so a client pointed
+/// at the wrong bundle learns why.
+pub async fn generation_only(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        ApiFamily::OpenAi,
+        ErrorKind::WrongModelKind,
+        format!(
+            "{} needs a generation model; this server runs an embedding model: use /v1/embeddings or /embed",
+            uri.path()
+        ),
+    )
+}
