@@ -14,6 +14,16 @@ use std::time::Duration;
 /// The exit-code table lives in `crate::exit`; kept reachable as `config::exit` as well.
 pub use crate::exit;
 
+/// Parses a count flag that must be positive, with an error that says so (clap's own
+/// `NonZeroUsize` message, "number would be zero for non-zero type", does not say what to do).
+fn at_least_one(value: &str) -> Result<NonZeroUsize, String> {
+    let n: usize = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("must be a whole number of at least 1, got {value:?}"))?;
+    NonZeroUsize::new(n).ok_or_else(|| "must be at least 1".to_string())
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -61,27 +71,27 @@ pub struct ServeArgs {
     pub pooling: Option<Pooling>,
 
     /// Most tokens (sum over inputs) packed into one batch
-    #[arg(long, env = "SEALSERVE_MAX_BATCH_TOKENS", default_value_t = Limits::DEFAULT.max_batch_tokens)]
+    #[arg(long, env = "SEALSERVE_MAX_BATCH_TOKENS", value_parser = at_least_one, default_value_t = Limits::DEFAULT.max_batch_tokens)]
     pub max_batch_tokens: NonZeroUsize,
 
     /// Most inputs packed into one batch (1 disables batching across requests)
-    #[arg(long, env = "SEALSERVE_MAX_BATCH_SIZE", default_value_t = Limits::DEFAULT.max_batch_size)]
+    #[arg(long, env = "SEALSERVE_MAX_BATCH_SIZE", value_parser = at_least_one, default_value_t = Limits::DEFAULT.max_batch_size)]
     pub max_batch_size: NonZeroUsize,
 
     /// Requests in flight (queued or running) before new ones get 429 at once
-    #[arg(long, env = "SEALSERVE_MAX_CONCURRENT_REQUESTS", default_value_t = Limits::DEFAULT.max_concurrent_requests)]
+    #[arg(long, env = "SEALSERVE_MAX_CONCURRENT_REQUESTS", value_parser = at_least_one, default_value_t = Limits::DEFAULT.max_concurrent_requests)]
     pub max_concurrent_requests: NonZeroUsize,
 
     /// Most inputs one request may carry (422 beyond)
-    #[arg(long, env = "SEALSERVE_MAX_CLIENT_BATCH_SIZE", default_value_t = Limits::DEFAULT.max_client_batch_size)]
+    #[arg(long, env = "SEALSERVE_MAX_CLIENT_BATCH_SIZE", value_parser = at_least_one, default_value_t = Limits::DEFAULT.max_client_batch_size)]
     pub max_client_batch_size: NonZeroUsize,
 
     /// Padded tokens per forward pass [default: 1024 on CPU, 32768 on CUDA]; bounds activation memory
-    #[arg(long, env = "SEALSERVE_MAX_FORWARD_TOKENS")]
+    #[arg(long, env = "SEALSERVE_MAX_FORWARD_TOKENS", value_parser = at_least_one)]
     pub max_forward_tokens: Option<NonZeroUsize>,
 
     /// Largest request body in bytes (413 beyond)
-    #[arg(long, env = "SEALSERVE_PAYLOAD_LIMIT", default_value_t = Limits::DEFAULT.payload_limit)]
+    #[arg(long, env = "SEALSERVE_PAYLOAD_LIMIT", value_parser = at_least_one, default_value_t = Limits::DEFAULT.payload_limit)]
     pub payload_limit: NonZeroUsize,
 
     /// Require `Authorization: Bearer <key>` on every route except /health and /ready

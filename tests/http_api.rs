@@ -228,56 +228,6 @@ async fn every_route_answers_with_reference_values() {
         );
     }
 
-    // TEI parity: POST / embeds, /similarity compares, /embed_all's token states mean-pool to
-    // the reference, /decode inverts the ids.
-    let (status, _, body) = post(&client, server.url("/"), json!({"inputs": texts()})).await;
-    assert_eq!(status, 200, "{body}");
-    assert_golden(&vectors(&body), "POST /");
-    let inputs = &golden().inputs;
-    let (status, _, body) = post(
-        &client,
-        server.url("/similarity"),
-        json!({"inputs": {"source_sentence": inputs[0].text, "sentences": [inputs[1].text, inputs[2].text]}}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    for (score, other) in body.as_array().unwrap().iter().zip(&inputs[1..3]) {
-        let expected = common::cosine(&inputs[0].embedding, &other.embedding);
-        assert!(
-            (score.as_f64().unwrap() - expected).abs() < 1e-4,
-            "/similarity"
-        );
-    }
-    let (status, _, body) = post(
-        &client,
-        server.url("/embed_all"),
-        json!({"inputs": inputs[0].text}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let rows: Vec<Vec<f32>> = serde_json::from_value(body[0].clone()).unwrap();
-    assert_eq!(rows.len(), inputs[0].num_tokens);
-    if let Some(raw) = &inputs[0].raw {
-        let mean: Vec<f32> = (0..rows[0].len())
-            .map(|d| rows.iter().map(|r| r[d]).sum::<f32>() / rows.len() as f32)
-            .collect();
-        assert!(max_abs_diff(&mean, &raw.mean_pooled_unnormalized) <= TOLERANCE);
-        assert!(max_abs_diff(&rows[0], &raw.cls_last_hidden_state) <= TOLERANCE);
-    }
-    let (status, _, body) = post(
-        &client,
-        server.url("/decode"),
-        json!({"ids": inputs[0].input_ids}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body[0], inputs[0].text.to_lowercase());
-    let models = get_json(&client, server.url("/v1/models")).await;
-    assert_eq!(
-        models["data"][0]["id"],
-        "sentence-transformers/all-MiniLM-L6-v2"
-    );
-
     for path in ["/health", "/ready"] {
         let response = client.get(server.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
@@ -294,8 +244,6 @@ async fn every_route_answers_with_reference_values() {
     assert_eq!(info["max_input_tokens"], 256);
     assert_eq!(info["limits"]["max_client_batch_size"], 64);
     assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(info["model_type"], "embedding");
-    assert_eq!(info["engine"]["state"], "running");
     assert_eq!(info["hardening"]["level"], "strict");
     assert_eq!(
         info["hardening"]["seccomp_mode"], 2,
@@ -310,19 +258,13 @@ async fn every_route_answers_with_reference_values() {
         "sealserve_inference_seconds_bucket",
         "sealserve_tokenization_seconds_bucket",
         "sealserve_queue_depth",
-        "sealserve_model_info{",
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
     let openapi: Value = get_json(&client, server.url("/openapi.json")).await;
     for path in [
-        "/",
         "/embed",
-        "/embed_all",
-        "/similarity",
-        "/decode",
         "/v1/embeddings",
-        "/v1/models",
         "/model",
         "/tokenize",
         "/health",
@@ -690,7 +632,9 @@ async fn api_key_is_required_except_on_health_and_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
-    let mut server = Server::start(&[], &[]);
+    // A grace far above what the requests need: on a loaded 2-core machine the 128 inputs can
+    // take longer than the default 30 s, and this test is about draining, not about the limit.
+    let mut server = Server::start(&["--shutdown-grace", "600"], &[]);
     let client = client();
     let heavy: Vec<String> = (0..32)
         .map(|i| format!("{i} {}", "a sentence that takes a while ".repeat(12)))
