@@ -46,7 +46,7 @@ pub fn generation_router(state: Arc<GenerationState>) -> Router {
         .route("/embed_all", post(wrong_kind))
         .route("/similarity", post(wrong_kind))
         .route("/v1/embeddings", post(wrong_kind))
-        .fallback(not_found)
+        .fallback(super::not_found)
         .with_state(state)
 }
 
@@ -56,15 +56,6 @@ async fn wrong_kind(request: Request) -> ApiError {
         ApiFamily::for_path(&path),
         ErrorKind::WrongModelKind,
         format!("{path} needs an embedding model; this server runs a generation model: use /v1/chat/completions or /v1/completions"),
-    )
-}
-
-async fn not_found(request: Request) -> ApiError {
-    let path = request.uri().path().to_string();
-    ApiError::new(
-        ApiFamily::for_path(&path),
-        ErrorKind::NotFound,
-        format!("no route {path}"),
     )
 }
 

@@ -90,7 +90,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn not_found(request: Request) -> ApiError {
+pub(crate) async fn not_found(request: Request) -> ApiError {
     let path = request.uri().path().to_string();
     ApiError::new(
         ApiFamily::for_path(&path),
