@@ -14,7 +14,7 @@
 //! neither set, an ephemeral key signs and the bundle is marked dev-signed.
 
 use seal_core::source::{self, BlobCache, FileSource, LocalDir, PypiMirror};
-use seal_core::spec::{self, FileSpec, MirrorKind, ModelSpec};
+use seal_core::spec::{self, BuildInfo, FileSpec, MirrorKind, ModelSpec};
 use seal_core::{bundle, signature};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -74,9 +74,18 @@ fn run() -> Result<(), String> {
     })?;
 
     let files = resolve_files(&spec, &out_dir)?;
-    let metadata = spec.metadata().to_canonical_bytes();
-    let manifest_bytes = spec.manifest_bytes();
-    let (signature, key, dev_signed) = signature_for(&manifest_bytes, &model_name)?;
+    let version = env("CARGO_PKG_VERSION").ok_or("CARGO_PKG_VERSION unset")?;
+    // Whether this is a dev build is part of the signed metadata, so decide it first.
+    let release = release_pair()?;
+    let dev_signed = release.is_none();
+    let build = if dev_signed {
+        BuildInfo::dev(&version)
+    } else {
+        BuildInfo::release(&version)
+    };
+    let metadata = spec.metadata(&build).to_canonical_bytes();
+    let manifest_bytes = spec.manifest_bytes(&build);
+    let (signature, key) = signature_for(&manifest_bytes, release, &model_name)?;
 
     let mut entries: Vec<(String, Vec<u8>)> = spec
         .files
@@ -90,8 +99,8 @@ fn run() -> Result<(), String> {
     entries.extend(bundle::signing_entries(&manifest_bytes, &signature, &key));
 
     let bundle_path = out_dir.join("sealserve.bundle");
-    write_bundle_file(&bundle_path, dev_signed, &entries)?;
-    write_embed_source(&out_dir, &bundle_path)?;
+    let bundle_len = write_bundle_file(&bundle_path, &entries)?;
+    write_embed_source(&out_dir, &bundle_path, bundle_len)?;
     println!(
         "cargo:rustc-env=SEALSERVE_BUNDLE_PATH={}",
         bundle_path.display()
@@ -157,29 +166,24 @@ fn file_or_inline(var: &str) -> Option<Result<Vec<u8>, String>> {
     Some(Ok(value.into_bytes()))
 }
 
-fn signature_for(
-    manifest_bytes: &[u8],
-    model_name: &str,
-) -> Result<(signature::Signature, signature::PublicKey, bool), String> {
+/// A release build's signature over its MANIFEST and the public key that made it, as given.
+struct ReleasePair {
+    signature: Vec<u8>,
+    public_key: Vec<u8>,
+}
+
+/// `SEALSERVE_SIGNATURE` and `SEALSERVE_PUBLIC_KEY` (a release build), neither (a dev build), or
+/// an error for one without the other.
+fn release_pair() -> Result<Option<ReleasePair>, String> {
     match (
         file_or_inline("SEALSERVE_SIGNATURE"),
         file_or_inline("SEALSERVE_PUBLIC_KEY"),
     ) {
-        (None, None) => {
-            let key = signature::SecretKey::generate();
-            let timestamp = signature::signing_timestamp();
-            let sig = key.sign(manifest_bytes, bundle::MANIFEST_FILE, timestamp);
-            Ok((sig, key.public_key(), true))
-        }
-        (Some(sig), Some(key)) => {
-            let (sig, key) = signature::verify_detached(&sig?, &key?, manifest_bytes).map_err(|e| {
-                format!(
-                    "SEALSERVE_SIGNATURE / SEALSERVE_PUBLIC_KEY rejected for this build's MANIFEST: {e}. \
-                     Sign the output of `seal manifest models/{model_name}` with the matching key"
-                )
-            })?;
-            Ok((sig, key, false))
-        }
+        (None, None) => Ok(None),
+        (Some(signature), Some(public_key)) => Ok(Some(ReleasePair {
+            signature: signature?,
+            public_key: public_key?,
+        })),
         _ => Err(
             "set both SEALSERVE_SIGNATURE and SEALSERVE_PUBLIC_KEY (release build) or neither (dev build)"
                 .into(),
@@ -187,27 +191,59 @@ fn signature_for(
     }
 }
 
-fn write_bundle_file(
-    path: &Path,
-    dev_signed: bool,
-    entries: &[(String, Vec<u8>)],
-) -> Result<(), String> {
-    let mut bytes = Vec::new();
-    bundle::write_bundle(&mut bytes, dev_signed, entries).map_err(|e| e.to_string())?;
-    // Leave an identical file untouched so the serve binary is not relinked for nothing.
-    if std::fs::read(path).is_ok_and(|old| old == bytes) {
-        return Ok(());
+/// Signs with an ephemeral key (dev build), or checks the given release pair against the
+/// MANIFEST this build embeds.
+fn signature_for(
+    manifest_bytes: &[u8],
+    release: Option<ReleasePair>,
+    model_name: &str,
+) -> Result<(signature::Signature, signature::PublicKey), String> {
+    match release {
+        None => {
+            let key = signature::SecretKey::generate();
+            let timestamp = signature::signing_timestamp();
+            let sig = key.sign(manifest_bytes, bundle::MANIFEST_FILE, timestamp);
+            Ok((sig, key.public_key()))
+        }
+        Some(pair) => signature::verify_detached(&pair.signature, &pair.public_key, manifest_bytes).map_err(|e| {
+            format!(
+                "SEALSERVE_SIGNATURE / SEALSERVE_PUBLIC_KEY rejected for this build's MANIFEST: {e}. \
+                 Sign the output of `seal manifest models/{model_name}` (of this sealserve version) with the matching key"
+            )
+        }),
     }
-    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn write_embed_source(out_dir: &Path, bundle_path: &Path) -> Result<(), String> {
+/// Writes the bundle (unless an identical one is there) and returns its length.
+fn write_bundle_file(path: &Path, entries: &[(String, Vec<u8>)]) -> Result<usize, String> {
+    let mut bytes = Vec::new();
+    bundle::write_bundle(&mut bytes, entries).map_err(|e| e.to_string())?;
+    let len = bytes.len();
+    // Leave an identical file untouched so the serve binary is not relinked for nothing.
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(len);
+    }
+    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(len)
+}
+
+/// The Rust source that puts the bundle into `serve`: a static in its own ELF section, where
+/// `seal` and `serve` itself find it (seal_core::placement). The bundle's length is a multiple
+/// of the alignment, so the section holds exactly the bundle.
+fn write_embed_source(out_dir: &Path, bundle_path: &Path, len: usize) -> Result<(), String> {
     let source = format!(
-        "/// The sealed bundle, generated by build.rs. Aligned so entries stay {}-byte aligned.\n\
-         pub static SEALED_BUNDLE: &[u8] = include_bytes_aligned::include_bytes_aligned!({}, {:?});\n",
-        bundle::ALIGN,
-        bundle::ALIGN,
-        bundle_path.display().to_string()
+        "/// The sealed bundle, generated by build.rs, in the `{section}` section.\n\
+         #[repr(C, align({align}))]\n\
+         pub struct SealedBundle(pub [u8; {len}]);\n\n\
+         /// Never read through this static (only its address is taken, which keeps it linked):\n\
+         /// `serve` reads its bundle from its executable file, exactly as `seal` does.\n\
+         /// `#[used]` keeps the compiler from dropping it.\n\
+         #[used]\n\
+         #[link_section = {section:?}]\n\
+         pub static SEALED_BUNDLE: SealedBundle = SealedBundle(*include_bytes!({path:?}));\n",
+        section = bundle::SECTION,
+        align = bundle::ALIGN,
+        path = bundle_path.display().to_string(),
     );
     let path = out_dir.join("embedded_bundle.rs");
     std::fs::write(&path, source).map_err(|e| format!("{}: {e}", path.display()))

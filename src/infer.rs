@@ -287,6 +287,8 @@ impl Infer {
     ) -> Result<Vec<Vec<TokenInfo>>, InferError> {
         self.check_count(&inputs, "inputs")?;
         let inputs = self.with_prompt(inputs, prompt_name)?;
+        // Admitted like embedding: tokenizing a request at the payload limit costs memory too.
+        let _admission = self.batcher.admit()?;
         self.on_tokenizer(move |tokenizer| {
             let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
             tokenizer.describe(&refs, truncate, add_special_tokens)
@@ -421,11 +423,28 @@ impl Infer {
         work: impl FnOnce(&TextTokenizer) -> Result<T, TokenizeError> + Send + 'static,
     ) -> Result<T, InferError> {
         let tokenizer = self.tokenizer.clone();
-        Ok(tokio::task::spawn_blocking(move || work(&tokenizer))
+        // At most one tokenization per core at a time: each may hold tens of MiB while it runs,
+        // and the blocking pool would otherwise run hundreds at once (issue 12, memory
+        // amplification). The permit moves into the task, so a client that goes away does not
+        // free it early.
+        let slot = TOKENIZING
+            .acquire()
             .await
-            .map_err(|e| InferError::Internal(format!("tokenizer task failed: {e}")))??)
+            .map_err(|e| InferError::Internal(format!("tokenizer slots closed: {e}")))?;
+        Ok(tokio::task::spawn_blocking(move || {
+            let result = work(&tokenizer);
+            drop(slot);
+            result
+        })
+        .await
+        .map_err(|e| InferError::Internal(format!("tokenizer task failed: {e}")))??)
     }
 }
+
+/// Tokenizations running at once: one per core this process may use.
+static TOKENIZING: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, usize::from))
+});
 
 /// Cosine similarity in f64, 0 for a zero vector.
 fn cosine(a: &[f32], b: &[f32]) -> f32 {

@@ -235,10 +235,7 @@ fn serve_variables_set() -> Vec<(String, String)> {
 
 #[test]
 fn every_variable_set_for_serve_is_one_serve_reads() {
-    let known: BTreeSet<String> = serve_env_names()
-        .into_iter()
-        .chain(TRUST_CONTRACT_ENV.iter().map(|s| s.to_string()))
-        .collect();
+    let known: BTreeSet<String> = serve_env_names();
     let set = serve_variables_set();
     assert!(set.len() > 10, "too few variables found: {set:?}");
     for (name, origin) in set {

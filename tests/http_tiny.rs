@@ -59,6 +59,7 @@ async fn start_tiny_server(prompts: &[(&str, &str)]) -> (String, Arc<Engine>) {
             key_id: bundle.key_id.clone(),
             signature: SignatureKind::DevSigned,
             trusted_keys_pinned: false,
+            trust: bundle.trust,
         },
         hardening: harden::apply(HardenLevel::Off, &[]).unwrap(),
         api_key: None,

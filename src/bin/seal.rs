@@ -1,10 +1,11 @@
-//! `seal`: release keys, offline MANIFEST signing, and checking the bundle inside a `serve`
-//! binary. Wiring only; what each subcommand does lives in `sealserve::seal`.
+//! `seal`: release keys, offline MANIFEST signing, release-file signing, and checking the bundle
+//! inside a `serve` binary. Wiring only; what each subcommand does lives in `sealserve::seal`.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sealserve::exit::{self, Exit};
 use sealserve::seal;
+use sealserve::trust::TrustArgs;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +16,8 @@ Release flow (the private key never meets the build machine):
   seal manifest models/all-MiniLM-L6-v2 > MANIFEST
   seal sign --key keys/model.key MANIFEST
   SEALSERVE_SIGNATURE=MANIFEST.minisig SEALSERVE_PUBLIC_KEY=keys/model.pub cargo build --release
-  serve --trusted-key <fingerprint printed by keygen>
+  scripts/release-sign --key keys/model.key      # signs serve itself: serve.sig, serve.minisig, SHA256SUMS
+  serve --trusted-key \"$(seal fingerprint keys/model.pub)\"   # pin the key file's fingerprint, never one read from a binary
 ";
 
 #[derive(Parser, Debug)]
@@ -63,17 +65,33 @@ enum Command {
         #[arg(long)]
         timestamp: Option<u64>,
     },
-    /// Verify a serve binary, or a folder made by `seal export`, exactly as serve does at startup
+    /// Sign release files (the serve binary, SHA256SUMS): writes <file>.sig (raw base64, for cosign/openssl) and <file>.minisig
+    SignFile {
+        /// Private key (PKCS#8 PEM)
+        #[arg(long)]
+        key: PathBuf,
+        /// Files to sign
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Where to write the signatures [default: next to each file]
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Timestamp in the minisign trusted comment [default: $SOURCE_DATE_EPOCH, else now]
+        #[arg(long)]
+        timestamp: Option<u64>,
+    },
+    /// Print the fingerprint --trusted-key pins, from a public key file (model.pub, model.pub.minisign)
+    Fingerprint {
+        /// Public key files
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Verify a serve binary, a bundle file, or a folder made by `seal export`, exactly as serve does at startup (same trust flags)
     Verify {
-        /// A serve binary or an exported bundle folder
+        /// A serve binary, a bundle file or an exported bundle folder
         target: PathBuf,
-        /// Trusted signing keys (64-hex fingerprints or PEM/minisign key files, comma separated)
-        #[arg(
-            long = "trusted-key",
-            env = "SEALSERVE_TRUSTED_KEYS",
-            value_delimiter = ','
-        )]
-        trusted_keys: Vec<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Show what a serve binary carries, without trusting it
     Inspect {
@@ -133,20 +151,26 @@ fn run(args: Args) -> Result<()> {
             timestamp,
         } => {
             let signed = seal::sign(&key, &manifest, out_dir.as_deref(), timestamp)?;
-            for path in &signed.written {
-                println!("wrote {}", path.display());
-            }
-            println!(
-                "signed {} with key fingerprint {} (minisign key id {})",
-                manifest.display(),
-                signed.fingerprint,
-                signed.key_id
-            );
+            report_signed(&signed, &manifest.display().to_string());
         }
-        Command::Verify {
-            target,
-            trusted_keys,
-        } => println!("{}", seal::verify(&target, &trusted_keys)?),
+        Command::SignFile {
+            key,
+            files,
+            out_dir,
+            timestamp,
+        } => {
+            let signed = seal::sign_files(&key, &files, out_dir.as_deref(), timestamp)?;
+            report_signed(&signed, &format!("{} file(s)", files.len()));
+        }
+        Command::Fingerprint { files } => {
+            for path in &files {
+                for fingerprint in seal::fingerprints(path)? {
+                    // One value per line, so `$(seal fingerprint model.pub)` pins it directly.
+                    println!("{fingerprint}");
+                }
+            }
+        }
+        Command::Verify { target, trust } => println!("{}", seal::verify(&target, &trust)?),
         Command::Inspect { binary, json } => {
             let inspection = seal::inspect(&binary)?;
             if json {
@@ -169,4 +193,15 @@ fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `seal sign` and `seal sign-file` print: the files written, then the signing key.
+fn report_signed(signed: &seal::Signed, what: &str) {
+    for path in &signed.written {
+        println!("wrote {}", path.display());
+    }
+    println!(
+        "signed {what} with key fingerprint {} (minisign key id {})",
+        signed.fingerprint, signed.key_id
+    );
 }

@@ -1,13 +1,13 @@
 //! `serve`: verify the embedded bundle, load it, warm up, harden, serve. Wiring only; every step
 //! lives in the library. Any failure is one line on stderr and a documented exit code.
 
-use clap::Parser;
-use sealserve::bundle::{Bundle, TrustPolicy, VerifiedBundle};
+use sealserve::bundle::{Bundle, TrustPolicy, TrustState, VerifiedBundle, VerifyError};
 use sealserve::config::{LogFormat, ServeArgs};
 use sealserve::engine::{self, DeviceKind, Engine, EngineConfig};
 use sealserve::exit::{self, Exit};
 use sealserve::http::{self, AppState, BundleInfo, SignatureKind};
 use sealserve::infer::Infer;
+use sealserve::placement::{self, Container};
 use sealserve::{batcher, harden, memory};
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     pin_compute_threads();
     // First thing: other same-uid processes must not read or write our memory, even while we load.
     let dumpable_error = harden::set_not_dumpable().err();
-    let args = match ServeArgs::try_parse() {
+    let args = match ServeArgs::parse_recording_sources() {
         Ok(args) => args,
         Err(e) if !e.use_stderr() => e.exit(), // --help / --version
         Err(e) => {
@@ -54,6 +54,25 @@ fn main() -> ExitCode {
     init_logging(args.log_format);
     if let Some(e) = dumpable_error {
         tracing::warn!("could not mark the process non-dumpable: {e}");
+    }
+    // Still one thread, nothing secret read yet: fork, and serve from the child (a fresh memory
+    // map that a descriptor opened during the start-up window cannot reach). The parent stays
+    // behind as the supervisor and never returns from `detach`.
+    match harden::detach(args.harden) {
+        Ok(harden::Detached {
+            supervisor: Some(supervisor),
+        }) => tracing::debug!(supervisor, "serving from a forked process"),
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("serve: refusing to start: {e}");
+            return ExitCode::from(exit::HARDEN as u8);
+        }
+    }
+    if args.api_key_on_command_line {
+        tracing::warn!(
+            "the API key was given on the command line: every local user can read it in \
+             /proc/<pid>/cmdline; pass it with --api-key-file (or SEALSERVE_API_KEY) instead"
+        );
     }
     match run(&args, started) {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,9 +111,19 @@ fn init_logging(format: LogFormat) {
 
 fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
     args.validate().map_err(|e| Fatal::new(exit::CONFIG, e))?;
-    let policy = sealserve::trust::policy_from_values(&args.trusted_keys)
-        .map_err(|e| Fatal::new(exit::CONFIG, e))?;
-    let verified = verify(&policy)?;
+    let api_key = args.api_key().map_err(|e| Fatal::new(exit::CONFIG, e))?;
+    let policy = args
+        .trust
+        .policy()
+        .map_err(|e| Fatal::new(i32::from(Exit::from(&e).code()), e))?;
+    let exe = open_executable()?;
+    // Every file the configuration names is read by now (and this executable is open), and no
+    // thread exists yet: from here on, this thread and every thread started later may read only
+    // what loading, warm-up and serving need, and write nothing.
+    harden::restrict_startup(args.harden, &startup_allow(args))
+        .map_err(|e| Fatal::new(exit::HARDEN, e))?;
+    let verified = verify(&policy, &exe)?;
+    drop(exe);
     if args.verify_only {
         println!("{}", sealserve::seal::summary(&verified));
         return Ok(());
@@ -111,7 +140,7 @@ fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
 
     let engine = load_engine(args, &verified)?;
     let report = harden_process(args, &engine)?;
-    let state = app_state(args, &verified, &policy, &engine, report);
+    let state = app_state(args, api_key, &verified, &policy, &engine, report);
     let (rss, peak) = memory::resident_bytes().unwrap_or((0, 0));
     tracing::info!(
         startup_ms = started.elapsed().as_millis() as u64,
@@ -122,23 +151,49 @@ fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
     serve_forever(args, listener, engine, state)
 }
 
-fn verify(policy: &TrustPolicy) -> Result<VerifiedBundle<'static>, Fatal> {
-    let refuse = |e: sealserve::bundle::VerifyError| {
-        Fatal::new(
-            i32::from(Exit::from(&e).code()),
-            format!("refusing to start: {e}"),
-        )
-    };
-    let bundle = Bundle::parse(SEALED_BUNDLE).map_err(refuse)?;
+/// The refusal for a bundle that does not verify: its exit code and one line.
+fn refuse(e: VerifyError) -> Fatal {
+    Fatal::new(
+        i32::from(Exit::from(&e).code()),
+        format!("refusing to start: {e}"),
+    )
+}
+
+/// This executable's own file, opened before Landlock restricts what can be opened (the binary
+/// lives wherever the operator put it, outside every allow-list).
+fn open_executable() -> Result<std::fs::File, Fatal> {
+    std::fs::File::open("/proc/self/exe").map_err(|e| {
+        refuse(VerifyError::Malformed(format!(
+            "cannot read this executable through /proc/self/exe ({e}); serve verifies the bundle from its own file and needs /proc"
+        )))
+    })
+}
+
+/// Verifies the bundle exactly as `seal verify` does: found in this executable's file at its
+/// `.sealserve` section (the only bundle marker in the file), every file copied out of the file
+/// into memory of our own and hashed there. The loader only ever sees those copies, so nothing
+/// is read from the executable after it was hashed.
+fn verify(policy: &TrustPolicy, exe: &std::fs::File) -> Result<VerifiedBundle<'static>, Fatal> {
+    let found = placement::locate(exe).map_err(refuse)?;
+    // Only the static's address is taken (size_of_val of a sized type reads nothing): that keeps
+    // the section linked without touching its pages.
+    let built_len = std::mem::size_of_val(std::hint::black_box(&SEALED_BUNDLE)) as u64;
+    if found.container != Container::Elf || found.len != built_len {
+        return Err(refuse(VerifyError::Malformed(format!(
+            "this executable's {} section holds {} bytes, but it was built with a {built_len}-byte bundle",
+            sealserve::bundle::SECTION,
+            found.len
+        ))));
+    }
+    let bundle = Bundle::read(found.source(exe)).map_err(refuse)?;
     let verified = bundle
-        .verify(policy, &mut |chunk| {
-            memory::release_pages(chunk);
-        })
+        .verify(policy, &mut memory::VerifiedCopies)
         .map_err(refuse)?;
     tracing::info!(
         model = %verified.metadata.model_id,
         revision = %verified.metadata.revision,
         key = %verified.key_fingerprint,
+        trust = %verified.trust,
         manifest_sha256 = %verified.manifest_sha256,
         hashed_mib = verified.bytes_hashed / (1 << 20),
         hash_ms = format!("{:.1}", verified.hash_time.as_secs_f64() * 1000.0),
@@ -146,9 +201,18 @@ fn verify(policy: &TrustPolicy) -> Result<VerifiedBundle<'static>, Fatal> {
     );
     if verified.dev_signed {
         tracing::warn!("THIS BUNDLE IS DEV-SIGNED: it was signed at build time by an ephemeral key. Build releases with SEALSERVE_SIGNATURE and SEALSERVE_PUBLIC_KEY, and pin the key with --trusted-key.");
-    } else if !policy.is_pinned() {
-        tracing::warn!("no --trusted-key configured: any correctly self-signed bundle would be accepted; pin the release key");
     }
+    if verified.trust == TrustState::Unpinned {
+        tracing::warn!("running UNPINNED (--allow-unpinned): any correctly self-signed bundle would have been accepted; pin the release key with --trusted-key or --trusted-keys-dir");
+    }
+    // Installs the recorder now, so the gauge is recorded before anything else.
+    sealserve::telemetry::handle();
+    metrics::gauge!(
+        sealserve::trust::TRUST_METRIC,
+        "state" => verified.trust.to_string(),
+        "signature" => if verified.dev_signed { "dev-signed" } else { "signed" }
+    )
+    .set(1.0);
     Ok(verified)
 }
 
@@ -164,10 +228,8 @@ fn load_engine(args: &ServeArgs, verified: &VerifiedBundle<'static>) -> Result<E
         engine::EngineError::Device(_) => Fatal::new(exit::DEVICE, e),
         other => Fatal::new(exit::LOAD, other),
     })?;
-    // The tensors hold their own copy (host or device); drop any embedded weight pages left.
-    if let Some(weights) = verified.file(&verified.metadata.weights) {
-        memory::release_pages(weights);
-    }
+    // Each tensor's source pages were released as it was loaded; what is left of the weights'
+    // copy (on CPU, the word-embedding table the model reads in place) stays.
     tracing::info!(
         device = %loaded.info.device,
         dtype = %loaded.info.dtype,
@@ -187,9 +249,35 @@ fn load_engine(args: &ServeArgs, verified: &VerifiedBundle<'static>) -> Result<E
     })
 }
 
+/// What the server reads from start-up on, before any thread exists: on a CUDA build that may
+/// use the GPU, also the driver's libraries, its /proc and /sys files and /dev/nvidia*.
+fn startup_allow(args: &ServeArgs) -> harden::FsAllow {
+    if candle_core::utils::cuda_is_available() && args.device != engine::DeviceRequest::Cpu {
+        harden::FsAllow::cuda(&engine::device::cuda_library_dirs(&args.cuda_lib_dirs, &[]))
+    } else {
+        harden::FsAllow::cpu()
+    }
+}
+
+/// The inference thread, as a pool of one for per-thread hardening.
+struct EngineThread<'a>(&'a Engine);
+
+impl harden::ThreadRunner for EngineThread<'_> {
+    fn name(&self) -> &'static str {
+        "engine"
+    }
+
+    fn run_on_each(&self, task: harden::ThreadTask) -> Result<(), String> {
+        self.0
+            .run_on_engine_thread(Box::new(move || task()))
+            .map_err(|e| e.to_string())
+    }
+}
+
 fn harden_process(args: &ServeArgs, engine: &Engine) -> Result<harden::HardenReport, Fatal> {
+    let cuda = engine.info().device == DeviceKind::Cuda;
     let mut readable = harden::default_readable_paths();
-    if engine.info().device == DeviceKind::Cuda {
+    if cuda {
         // Libraries loaded lazily by name after startup need the loader cache and their folders.
         readable.push("/etc/ld.so.cache".into());
         readable.extend(sealserve::engine::device::cuda_library_dirs(
@@ -197,46 +285,27 @@ fn harden_process(args: &ServeArgs, engine: &Engine) -> Result<harden::HardenRep
             &engine.info().library_dirs,
         ));
     }
-    if args.harden == harden::HardenLevel::Strict {
-        // Landlock binds per thread: restrict the inference thread too (it exists already).
-        let paths = readable.clone();
-        let result = Arc::new(std::sync::Mutex::new(None));
-        let slot = result.clone();
-        engine
-            .run_on_engine_thread(Box::new(move || {
-                let outcome = harden::restrict_filesystem(&paths);
-                if let Ok(mut slot) = slot.lock() {
-                    *slot = Some(outcome);
-                }
-            }))
-            .map_err(|e| Fatal::new(exit::HARDEN, e))?;
-        let outcome = result.lock().ok().and_then(|mut s| s.take());
-        if let Some(Err(e)) = outcome {
-            return Err(Fatal::new(
-                exit::HARDEN,
-                format!("hardening the inference thread failed: {e}"),
-            ));
-        }
-        // The compute pool's threads were started during warm-up: restrict each of them as well.
-        let failures: Vec<String> =
-            rayon::broadcast(|_| harden::restrict_filesystem(&readable).err())
-                .into_iter()
-                .flatten()
-                .map(|e| e.to_string())
-                .collect();
-        if let Some(first) = failures.first() {
-            return Err(Fatal::new(
-                exit::HARDEN,
-                format!("hardening the compute threads failed: {first}"),
-            ));
-        }
+    let plan = harden::Plan {
+        allow: harden::FsAllow::read_only(&readable),
+        // Not validated with the CUDA driver (no GPU where this was written): the driver and
+        // its JIT may need to create executable memory after warm-up.
+        w_xor_x: cuda.then(|| "not validated with the CUDA driver".to_owned()),
+    };
+    // The start-up domain already covers every thread; these add the narrower after-warm-up
+    // domain to each pool we know of (defence in depth). candle's barrier pool exists on CPU
+    // only (on CUDA, asking for it would start it).
+    let engine_thread = EngineThread(engine);
+    let mut runners: Vec<&dyn harden::ThreadRunner> =
+        vec![&engine_thread, &harden::RayonGlobalPool];
+    if !cuda {
+        runners.push(&harden::CandleBarrierPool);
     }
-    let report = harden::apply(args.harden, &readable).map_err(|e| Fatal::new(exit::HARDEN, e))?;
-    Ok(report)
+    harden::apply_on(args.harden, &plan, &runners).map_err(|e| Fatal::new(exit::HARDEN, e))
 }
 
 fn app_state(
     args: &ServeArgs,
+    api_key: Option<String>,
     verified: &VerifiedBundle,
     policy: &TrustPolicy,
     engine: &Engine,
@@ -253,10 +322,10 @@ fn app_state(
             SignatureKind::Signed
         },
         trusted_keys_pinned: policy.is_pinned(),
+        trust: verified.trust,
     };
     let tokenizer = engine.tokenizer().clone();
     let model = engine.info().clone();
-    let api_key = args.api_key.clone();
     move |batcher| {
         Arc::new(AppState {
             infer: Infer::new(batcher, tokenizer, model, limits),
@@ -287,6 +356,13 @@ fn serve_forever(
     let engine = Arc::new(engine);
     let limits = args.limits();
     let grace = args.shutdown_grace();
+    let (connection_limits, lowered) = args.connection_limits().fitted_to_nofile();
+    if lowered {
+        tracing::warn!(
+            max_connections = connection_limits.max_connections,
+            "--max-connections lowered to fit the open-file limit (ulimit -n)"
+        );
+    }
     runtime.block_on(async move {
         listener
             .set_nonblocking(true)
@@ -294,7 +370,7 @@ fn serve_forever(
         let listener =
             tokio::net::TcpListener::from_std(listener).map_err(|e| Fatal::new(exit::SERVE, e))?;
         let batcher = batcher::Batcher::start(engine.clone(), &limits);
-        http::serve(listener, state(batcher), grace)
+        http::serve(listener, state(batcher), grace, connection_limits)
             .await
             .map_err(|e| Fatal::new(exit::SERVE, format!("server failed: {e}")))
     })?;

@@ -9,6 +9,7 @@
 pub mod device;
 pub mod embedder;
 pub mod pooling;
+pub mod precut;
 pub mod tokenizer;
 
 use crate::bundle::VerifiedBundle;

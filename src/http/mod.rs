@@ -4,6 +4,7 @@
 //! ([`crate::infer::Infer`]) and maps its errors to a status and a family's body (`error`).
 
 pub mod auth;
+pub mod connections;
 pub mod error;
 pub mod generate;
 pub mod openapi;
@@ -36,6 +37,8 @@ pub struct BundleInfo {
     pub key_id: String,
     pub signature: SignatureKind,
     pub trusted_keys_pinned: bool,
+    /// How the signing key was accepted: `pinned`, or `unpinned` under `--allow-unpinned`.
+    pub trust: crate::bundle::TrustState,
 }
 
 /// Everything handlers share.
@@ -184,19 +187,23 @@ pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     grace: Duration,
+    limits: connections::ConnectionLimits,
 ) -> std::io::Result<()> {
     let ready = state.ready.clone();
     let stopping = Arc::new(tokio::sync::Notify::new());
     let stop_signal = stopping.clone();
     let app = router(state);
     ready.store(true, Ordering::Release);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = connections::serve(listener, app, limits, async move {
         shutdown_signal().await;
         ready.store(false, Ordering::Release);
         tracing::info!("shutdown requested: no new connections; finishing in-flight requests");
         stop_signal.notify_one();
     });
-    let server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+    let server = std::pin::pin!(async {
+        server.await;
+        Ok(())
+    });
     let deadline = async {
         stopping.notified().await;
         tokio::time::sleep(grace).await;

@@ -456,6 +456,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Response {
         key_id: state.bundle.key_id.clone(),
         signature: state.bundle.signature,
         trusted_keys_pinned: state.bundle.trusted_keys_pinned,
+        trust: state.bundle.trust,
         device: model.device,
         device_reason: model.device_reason.clone(),
         dtype: model.dtype,

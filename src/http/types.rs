@@ -549,6 +549,9 @@ pub struct Info {
     pub key_id: String,
     pub signature: SignatureKind,
     pub trusted_keys_pinned: bool,
+    /// How the signing key was accepted: `pinned`, or `unpinned` under `--allow-unpinned`.
+    #[schema(value_type = String, example = "pinned")]
+    pub trust: crate::bundle::TrustState,
     #[schema(value_type = String, example = "cpu")]
     pub device: DeviceKind,
     pub device_reason: String,

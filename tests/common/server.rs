@@ -5,10 +5,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// The `serve` binary of this build, as every test launches it. The one place to add launch
-/// flags every test needs (e.g. a trust pin once `serve` refuses to start unpinned).
+/// The waiver every test that starts the dev-signed `serve` passes (there is no release key to
+/// pin); the trust tests start it without.
+pub const UNPINNED: (&str, &str) = ("SEALSERVE_ALLOW_UNPINNED", "1");
+
+/// The `serve` binary of this build, as every test launches it, with the [`UNPINNED`] waiver:
+/// the one place for launch settings every test needs.
 pub fn serve_command() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_serve"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_serve"));
+    command.env(UNPINNED.0, UNPINNED.1);
+    command
 }
 
 /// A running `serve` process; killed on drop.
@@ -21,9 +27,19 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `serve --log-format json --host 127.0.0.1 --port 0 <args>` with extra environment,
-    /// and waits until it listens and /ready answers 200.
+    /// Starts `serve --log-format json --host 127.0.0.1 --port 0 <args>` with extra environment
+    /// (and the [`UNPINNED`] waiver, which `env` may override), and waits until it listens and
+    /// /ready answers 200.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_with(args, env, |_| {})
+    }
+
+    /// [`Server::start`] with a last say on the command (e.g. its resource limits).
+    pub fn start_with(
+        args: &[&str],
+        env: &[(&str, &str)],
+        customize: impl FnOnce(&mut Command),
+    ) -> Server {
         let mut command = serve_command();
         command
             .args(["--log-format", "json"])
@@ -36,6 +52,7 @@ impl Server {
         for (key, value) in env {
             command.env(key, value);
         }
+        customize(&mut command);
         let mut child = command.spawn().expect("spawn serve");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, logs) = mpsc::channel();
@@ -86,7 +103,17 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
-    /// Sends SIGTERM.
+    /// The pid of the process that serves: with `--harden strict|basic` (the default) `serve`
+    /// forks once at start-up and `child` is the supervisor; with `--harden off` it is `child`.
+    pub fn serving_pid(&self) -> u32 {
+        let pid = self.child.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok())
+            .unwrap_or(pid)
+    }
+
+    /// Sends SIGTERM (to the supervisor, which forwards it).
     pub fn terminate(&self) {
         // SAFETY: plain kill(2) on our own child.
         unsafe {

@@ -158,9 +158,15 @@ pub struct ModelSpec {
     pub mirror: Option<MirrorSpec>,
 }
 
+/// Format of `sealserve.json` written and read by this version.
+pub const METADATA_FORMAT: u32 = 2;
+
 /// The metadata every bundle carries in `sealserve.json`; covered by MANIFEST and so by the
 /// signature, which is why it is generated deterministically (fixed field order, fixed layout).
+/// It names what the bundle is (model, revision, how to run it) and which build made it, so a
+/// deployment can bind to it (`--expect-model`) and a dev build cannot pass as a release.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BundleMetadata {
     pub format: u32,
     pub model_id: String,
@@ -178,6 +184,36 @@ pub struct BundleMetadata {
     pub prompts: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_prompt_name: Option<String>,
+    /// Version of sealserve whose build.rs sealed it.
+    pub sealserve_version: String,
+    /// Signed by an ephemeral key generated at build time (no release key was given). Lives
+    /// here, under the signature, so it cannot be flipped without re-signing.
+    pub dev_signed: bool,
+}
+
+/// What a build adds to a model's pins in the signed metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildInfo {
+    pub sealserve_version: String,
+    pub dev_signed: bool,
+}
+
+impl BuildInfo {
+    /// A release build of this sealserve version (what `seal manifest` prints and signers sign).
+    pub fn release(version: &str) -> Self {
+        Self {
+            sealserve_version: version.to_string(),
+            dev_signed: false,
+        }
+    }
+
+    /// A dev build, signed by an ephemeral key.
+    pub fn dev(version: &str) -> Self {
+        Self {
+            dev_signed: true,
+            ..Self::release(version)
+        }
+    }
 }
 
 impl ModelSpec {
@@ -259,10 +295,10 @@ impl ModelSpec {
             .unwrap_or_else(|| unreachable!("ModelSpec::check guarantees one file per role"))
     }
 
-    /// The metadata that goes into `sealserve.json`.
-    pub fn metadata(&self) -> BundleMetadata {
+    /// The metadata that goes into `sealserve.json` for this build.
+    pub fn metadata(&self, build: &BuildInfo) -> BundleMetadata {
         BundleMetadata {
-            format: 1,
+            format: METADATA_FORMAT,
             model_id: self.model.id.clone(),
             revision: self.model.revision.clone(),
             family: self.model.family,
@@ -274,18 +310,20 @@ impl ModelSpec {
             config: self.file_with_role(FileRole::Config).name.clone(),
             prompts: self.model.prompts.clone(),
             default_prompt_name: self.model.default_prompt_name.clone(),
+            sealserve_version: build.sealserve_version.clone(),
+            dev_signed: build.dev_signed,
         }
     }
 
     /// The MANIFEST a bundle of this model carries, computed from the pins alone (no model bytes
     /// needed). build.rs embeds exactly these bytes and `seal manifest` prints them, which is what
     /// lets a release signer sign offline before the build runs.
-    pub fn manifest_bytes(&self) -> Vec<u8> {
+    pub fn manifest_bytes(&self, build: &BuildInfo) -> Vec<u8> {
         let mut manifest = Manifest::new();
         for file in &self.files {
             manifest.insert(file.name.clone(), file.sha256.clone());
         }
-        manifest.insert_bytes(METADATA_FILE, &self.metadata().to_canonical_bytes());
+        manifest.insert_bytes(METADATA_FILE, &self.metadata(build).to_canonical_bytes());
         manifest.to_bytes()
     }
 }
@@ -300,8 +338,15 @@ impl BundleMetadata {
         out
     }
 
-    /// Parses the embedded `sealserve.json`.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+    /// Parses the embedded `sealserve.json`; refuses other formats.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let metadata: Self = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if metadata.format != METADATA_FORMAT {
+            return Err(format!(
+                "format {}, this build reads {METADATA_FORMAT}",
+                metadata.format
+            ));
+        }
+        Ok(metadata)
     }
 }
