@@ -1,14 +1,21 @@
 //! The generation routes over HTTP, served from the library's router with the real SmolLM2
-//! GGUF: OpenAI chat and text completions (JSON and server-sent events) give the golden greedy
-//! text, errors come in OpenAI's body, embedding routes refuse with a clear 400, and the official
-//! `openai` Python client (pinned in tests/clients/requirements.txt, installed by
-//! scripts/install-test-clients; `$SEALSERVE_CLIENTS_PYTHON`, else `python3`) chats with it.
+//! GGUF: OpenAI chat and text completions (JSON and server-sent events), TGI's `/generate`,
+//! `/generate_stream` and `POST /`, and CML's `/model` give the golden greedy text; `/info` is
+//! typed and `/openapi.json` lists exactly the generation routes; errors come in each family's
+//! body, embedding routes refuse with a clear 400, and the official `openai` and
+//! `huggingface_hub` Python clients (pinned in tests/clients/requirements.txt, installed by
+//! scripts/install-test-clients; `$SEALSERVE_CLIENTS_PYTHON`, else `python3`) chat with it.
 
+mod common;
 mod generate_support;
 
-use generate_support::{golden, root, text_model};
+use generate_support::{golden, text_model, LlamaCppGreedy};
+use sealserve::bundle::TrustState;
 use sealserve::generate::{Generator, GeneratorConfig};
+use sealserve::harden::{self, HardenLevel, LandlockStatus};
 use sealserve::http::generate::{generation_router, GenerationState};
+use sealserve::http::{BundleInfo, SignatureKind};
+use sealserve::limits::Limits;
 use serde_json::{json, Value};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
@@ -26,6 +33,18 @@ fn server() -> &'static str {
         let state = Arc::new(GenerationState {
             generator,
             model_id: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
+            revision: "0".repeat(40),
+            bundle: BundleInfo {
+                manifest_sha256: "0".repeat(64),
+                key_fingerprint: "0".repeat(64),
+                key_id: "0".repeat(16),
+                signature: SignatureKind::DevSigned,
+                trusted_keys_pinned: false,
+                trust: TrustState::Unpinned,
+            },
+            hardening: harden::report(HardenLevel::Off, LandlockStatus::NotRequested),
+            limits: Limits::DEFAULT,
+            api_key: None,
             ready: Arc::new(AtomicBool::new(true)),
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -58,6 +77,19 @@ fn post(path: &str, body: &Value) -> (u16, String) {
     })
 }
 
+fn get(path: &str) -> (u16, String) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", server()))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("body"))
+    })
+}
+
 fn chat_body(stream: bool) -> Value {
     json!({
         "model": "smollm2",
@@ -78,13 +110,7 @@ fn sse_data(body: &str) -> Vec<String> {
 
 #[test]
 fn chat_completion_is_the_golden_greedy_answer() {
-    let reference = golden();
-    let chat = reference
-        .llama_cpp_gguf
-        .greedy
-        .iter()
-        .find(|r| r.name == "chat_template")
-        .expect("golden chat prompt");
+    let chat = gguf_chat();
     let (status, body) = post("/v1/chat/completions", &chat_body(false));
     assert_eq!(status, 200, "{body}");
     let body: Value = serde_json::from_str(&body).expect("JSON");
@@ -201,24 +227,193 @@ fn errors_come_in_openai_shape_and_embedding_routes_refuse() {
 
 #[test]
 fn openai_python_client_chats_with_and_without_streaming() {
-    let python = std::env::var("SEALSERVE_CLIENTS_PYTHON").unwrap_or_else(|_| "python3".into());
-    let output = std::process::Command::new(&python)
-        .arg("openai_chat.py")
-        .arg(server())
-        .arg(root().join("tests/data/reference"))
-        .current_dir(root().join("tests/clients"))
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {python} ({e}): install the pinned clients with scripts/install-test-clients")
-        });
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    println!("{}", common::run_client("openai_chat.py", server()));
+}
+
+/// llama.cpp's greedy run of the golden chat prompt on the same GGUF.
+fn gguf_chat() -> LlamaCppGreedy {
+    golden()
+        .llama_cpp_gguf
+        .greedy
+        .into_iter()
+        .find(|r| r.name == "chat_template")
+        .expect("golden chat prompt")
+}
+
+/// The golden chat prompt rendered through SmolLM2's template, as TGI clients send it.
+fn chat_prompt_text() -> String {
+    golden()
+        .results
+        .into_iter()
+        .find(|r| r.name == "chat_template")
+        .map(|r| r.prompt)
+        .expect("golden chat prompt text")
+}
+
+#[test]
+fn tgi_generate_and_generate_stream_give_the_golden_tokens_and_the_same_text() {
+    let chat = gguf_chat();
+    let request = json!({"inputs": chat_prompt_text(), "parameters": {"max_new_tokens": 20, "details": true}});
+    let (status, body) = post("/generate", &request);
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(body["generated_text"], ANSWER, "{body}");
+    let details = &body["details"];
+    assert_eq!(details["finish_reason"], "eos_token", "{body}");
+    let ids: Vec<u64> = details["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .filter_map(|t| t["id"].as_u64())
+        .collect();
+    let want: Vec<u64> = chat.generated_ids.iter().map(|&i| u64::from(i)).collect();
+    assert_eq!(ids, want);
+    assert_eq!(details["tokens"].as_array().map(Vec::len), Some(want.len()));
+    assert!(details["tokens"][0]["logprob"]
+        .as_f64()
+        .is_some_and(|l| l <= 0.0));
+
+    for path in ["/generate_stream", "/"] {
+        let mut streamed = request.clone();
+        streamed["stream"] = json!(true);
+        let (status, sse) = post(path, &streamed);
+        assert_eq!(status, 200, "{path}: {sse}");
+        let events: Vec<Value> = sse_data(&sse)
+            .iter()
+            .map(|d| serde_json::from_str(d).expect("event is JSON"))
+            .collect();
+        let ids: Vec<u64> = events
+            .iter()
+            .filter_map(|e| e["token"]["id"].as_u64())
+            .collect();
+        assert_eq!(ids, want, "{path}");
+        let text: String = events
+            .iter()
+            .filter_map(|e| e["token"]["text"].as_str())
+            .collect();
+        assert_eq!(text, ANSWER, "{path}");
+        let last = events.last().expect("events");
+        assert_eq!(last["generated_text"], ANSWER, "{path}");
+        assert_eq!(last["details"]["finish_reason"], "eos_token", "{path}");
+        assert!(events[..events.len() - 1]
+            .iter()
+            .all(|e| e["generated_text"].is_null()));
+    }
+
+    // POST / without "stream" is /generate; return_full_text puts the prompt first.
+    let full = json!({"inputs": "The capital of France is",
+        "parameters": {"max_new_tokens": 3, "return_full_text": true}});
+    let (status, body) = post("/", &full);
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    let text = body["generated_text"].as_str().expect("text");
+    assert!(text.starts_with("The capital of France is "), "{text:?}");
+    assert!(body.get("details").is_none(), "{body}");
+
+    // Parameters this server cannot honour are refused, not ignored.
+    for parameters in [
+        json!({"grammar": {"type": "json", "value": {}}}),
+        json!({"truncate": 10}),
+        json!({"best_of": 2}),
+        json!({"top_n_tokens": 3}),
+        json!({"no_such_parameter": 1}),
+    ] {
+        let (status, body) = post(
+            "/generate",
+            &json!({"inputs": "hi", "parameters": parameters}),
+        );
+        assert_eq!(status, 422, "{parameters}: {body}");
+        let body: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(body["error_type"], "validation", "{body}");
+    }
+}
+
+#[test]
+fn cml_model_route_takes_a_chat_or_a_completion_request() {
+    let (status, body) = post("/model", &json!({"request": chat_body(false)}));
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(body["success"], true);
+    assert_eq!(body["response"]["object"], "chat.completion");
+    assert_eq!(body["response"]["choices"][0]["message"]["content"], ANSWER);
+
+    let completion =
+        json!({"request": {"prompt": chat_prompt_text(), "max_tokens": 20, "temperature": 0}});
+    let (status, body) = post("/model", &completion);
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(body["response"]["object"], "text_completion");
+    assert_eq!(body["response"]["choices"][0]["text"], ANSWER);
+
+    for bad in [
+        json!({"request": {"inputs": "x"}}),
+        json!({"request": chat_body(true)}),
+        json!({"request": {"messages": "not a list"}}),
+    ] {
+        let (status, body) = post("/model", &bad);
+        assert_eq!(status, 422, "{bad}: {body}");
+    }
+}
+
+#[test]
+fn info_says_generation_and_openapi_documents_exactly_the_generation_routes() {
+    let (status, body) = get("/info");
+    assert_eq!(status, 200, "{body}");
+    let info: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(info["kind"], "generation");
+    assert_eq!(info["model_type"], "generation");
+    assert_eq!(info["scheduler"], "running");
+    assert_eq!(info["chat_template"], true);
+    assert_eq!(info["family"], "llama");
+
+    let (status, body) = get("/openapi.json");
+    assert_eq!(status, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).expect("JSON");
+    let mut paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        [
+            "/",
+            "/generate",
+            "/generate_stream",
+            "/health",
+            "/info",
+            "/metrics",
+            "/model",
+            "/ready",
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/models",
+            "/v1/models/{id}",
+        ]
     );
+    // `kind` is a property of /info's schema (beside the flattened provenance).
+    let info_schema = doc["components"]["schemas"]["GenerationInfo"].to_string();
     assert!(
-        output.status.success(),
-        "{python} openai_chat.py failed:\n{text}"
+        info_schema.contains(r##""kind":{"$ref":"#/components/schemas/GenerationKind"}"##),
+        "{info_schema}"
     );
-    println!("{text}");
+    assert_eq!(
+        doc["components"]["schemas"]["GenerationKind"]["enum"],
+        json!(["generation"])
+    );
+    assert_eq!(
+        doc["paths"]["/v1/models/{id}"]["get"]["parameters"][0]["schema"]["enum"],
+        json!(["HuggingFaceTB/SmolLM2-135M-Instruct"])
+    );
+
+    let (status, metrics) = get("/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("sealserve_requests_total"), "{metrics}");
+}
+
+#[test]
+fn huggingface_hub_client_chats_and_generates_text() {
+    println!("{}", common::run_client("hf_generate.py", server()));
 }
