@@ -435,6 +435,48 @@ pub fn apply(
     apply_on(level, &plan, &[])
 }
 
+/// What the engine runs on, for [`after_warm_up`].
+pub struct EngineThreads<'a> {
+    /// The engine's own thread(s), reached through its runner.
+    pub engine: &'a dyn ThreadRunner,
+    /// True when the model runs on an NVIDIA GPU.
+    pub cuda: bool,
+    /// CUDA library folders the driver loads from lazily after start-up (empty on CPU).
+    pub cuda_library_dirs: Vec<std::path::PathBuf>,
+}
+
+/// The serving process's after-warm-up hardening: which paths stay readable, whether W^X is
+/// set, and which thread pools get the per-thread Landlock domain (the engine's, rayon's global
+/// pool, candle's barrier pool on CPU). `serve` only says what its engine runs on; the
+/// choreography lives here, next to what it protects.
+pub fn after_warm_up(
+    level: HardenLevel,
+    threads: &EngineThreads<'_>,
+) -> Result<HardenReport, HardenError> {
+    let mut readable = default_readable_paths();
+    if threads.cuda {
+        // Libraries loaded lazily by name after startup need the loader cache and their folders.
+        readable.push("/etc/ld.so.cache".into());
+        readable.extend(threads.cuda_library_dirs.iter().cloned());
+    }
+    let plan = Plan {
+        allow: FsAllow::read_only(&readable),
+        // Not validated with the CUDA driver (no GPU where this was written): the driver and
+        // its JIT may need to create executable memory after warm-up.
+        w_xor_x: threads
+            .cuda
+            .then(|| "not validated with the CUDA driver".to_owned()),
+    };
+    // The start-up domain already covers every thread; these add the narrower after-warm-up
+    // domain to each pool we know of (defence in depth). candle's barrier pool exists on CPU
+    // only (on CUDA, asking for it would start it).
+    let mut runners: Vec<&dyn ThreadRunner> = vec![threads.engine, &RayonGlobalPool];
+    if !threads.cuda {
+        runners.push(&CandleBarrierPool);
+    }
+    apply_on(level, &plan, &runners)
+}
+
 /// Applies `level` after warm-up, before serving:
 ///
 /// * `Strict`: [`set_not_dumpable`]; the Landlock domain of `plan.allow` on every thread of each

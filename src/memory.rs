@@ -8,8 +8,18 @@
 //! copies are anonymous, page-aligned, read-only mappings. Loading then copies the weights into
 //! tensors; [`release_pages`] gives back each tensor's source pages as soon as it is copied, so
 //! the weights are never resident twice (peak RSS stays near one copy of the weights).
+//!
+//! Weights read in place (BERT's word-embedding table: half of MiniLM) would stay resident in
+//! full in such a copy, although a request touches a few rows. [`PagedCopy`] gives those pages
+//! back too and reads each one again from the executable on first use, checked against the
+//! SHA-256 the page had in the verified copy — fs-verity's idea at page granularity: a page
+//! whose bytes changed on disk is refused, never used.
 
 use seal_core::bundle::Copies;
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// Address ranges `[start, end)` of every verified copy made so far (they live until exit).
@@ -101,6 +111,173 @@ fn in_verified_copy(first: usize, last: usize) -> bool {
         .any(|(start, end)| *start <= first && last <= *end)
 }
 
+/// Where verified copies came from: `(copy start, copy len, file, file offset of its first
+/// byte)`. Recorded by `serve` for the copies it made from its own executable.
+static BACKINGS: Mutex<Vec<(usize, usize, &'static File, u64)>> = Mutex::new(Vec::new());
+
+/// Records that `copy` (a verified copy) holds the bytes of `file` at `offset`, so that
+/// [`PagedCopy::page_out`] may give its pages back and read them again from there.
+pub fn record_backing(copy: &'static [u8], file: &'static File, offset: u64) {
+    BACKINGS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push((copy.as_ptr() as usize, copy.len(), file, offset));
+}
+
+/// A page read back from the executable did not hash to what was verified.
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    #[error("cannot read the model bytes at offset {offset} of this executable again: {source}")]
+    Read {
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the model bytes at offset {offset} of this executable changed after they were verified; refusing to use them (restart serve from a trusted binary)")]
+    Changed { offset: u64 },
+}
+
+/// Part of a verified copy whose whole pages were given back to the kernel and are read again
+/// from the executable on first use, each checked against its SHA-256 taken from the verified
+/// copy before release. Partial pages at either end stay resident and are always readable.
+pub struct PagedCopy {
+    bytes: &'static [u8],
+    /// Address of the first released page.
+    first: usize,
+    /// File offset of that page's first byte.
+    file_offset: u64,
+    file: &'static File,
+    page: usize,
+    hashes: Vec<[u8; 32]>,
+    present: Vec<AtomicBool>,
+    /// One refill at a time: two threads never write the same page.
+    fill: Mutex<()>,
+}
+
+impl std::fmt::Debug for PagedCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PagedCopy")
+            .field("len", &self.bytes.len())
+            .field("pages", &self.hashes.len())
+            .finish()
+    }
+}
+
+impl PagedCopy {
+    /// Hashes the whole pages inside `bytes` and gives them back, when `bytes` lies in a verified
+    /// copy with a recorded backing; `None` anywhere else (heap, tests, `seal`), where the bytes
+    /// simply stay as they are. Call it only for bytes that are read through [`Self::ensure`].
+    pub fn page_out(bytes: &'static [u8]) -> Option<Self> {
+        let page = page_size();
+        let start = bytes.as_ptr() as usize;
+        let first = start.div_ceil(page) * page;
+        let last = (start + bytes.len()) / page * page;
+        if last <= first || !in_verified_copy(first, last) {
+            return None;
+        }
+        let (file, file_offset) = BACKINGS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .find(|(copy, len, _, _)| *copy <= first && last <= copy + len)
+            .map(|(copy, _, file, offset)| (*file, offset + (first - copy) as u64))?;
+        let count = (last - first) / page;
+        let hashes = (0..count)
+            .map(|i| Sha256::digest(&bytes[first - start + i * page..][..page]).into())
+            .collect();
+        // SAFETY: page-aligned range inside one of our anonymous copies; nothing reads it except
+        // through `ensure`, which refills a page before any read of it.
+        let rc = unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                last - first,
+                libc::MADV_DONTNEED,
+            ) | libc::mprotect(first as *mut libc::c_void, last - first, libc::PROT_NONE)
+        };
+        if rc != 0 {
+            return None;
+        }
+        Some(Self {
+            bytes,
+            first,
+            file_offset,
+            file,
+            page,
+            hashes,
+            present: (0..count).map(|_| AtomicBool::new(false)).collect(),
+            fill: Mutex::new(()),
+        })
+    }
+
+    /// The whole range (read it only where [`Self::ensure`] succeeded).
+    pub fn bytes(&self) -> &'static [u8] {
+        self.bytes
+    }
+
+    /// Makes `bytes()[range]` readable: every released page in it is read again from the
+    /// executable and checked against its verified hash, once.
+    pub fn ensure(&self, range: std::ops::Range<usize>) -> Result<(), PageError> {
+        let start = self.bytes.as_ptr() as usize;
+        let (lo, hi) = (start + range.start, start + range.end);
+        if hi <= lo || hi <= self.first || lo >= self.first + self.hashes.len() * self.page {
+            return Ok(());
+        }
+        let first_page = lo.saturating_sub(self.first) / self.page;
+        let last_page = ((hi - self.first).div_ceil(self.page)).min(self.hashes.len());
+        for i in first_page..last_page {
+            if !self.present[i].load(Ordering::Acquire) {
+                self.refill(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn refill(&self, i: usize) -> Result<(), PageError> {
+        let _one = self
+            .fill
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.present[i].load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let address = self.first + i * self.page;
+        let offset = self.file_offset + (i * self.page) as u64;
+        // SAFETY: one page of our own released range; no reader touches it until `present`.
+        unsafe {
+            libc::mprotect(
+                address as *mut libc::c_void,
+                self.page,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        };
+        // SAFETY: the page is mapped read-write just above and owned by this (locked) refill.
+        let buf = unsafe { std::slice::from_raw_parts_mut(address as *mut u8, self.page) };
+        let read = self.file.read_exact_at(buf, offset);
+        let matches = read.is_ok() && <[u8; 32]>::from(Sha256::digest(&*buf)) == self.hashes[i];
+        // SAFETY: as above; read-only again whatever happened, released again on failure so
+        // the bytes that did not match are not kept.
+        unsafe {
+            if !matches {
+                libc::madvise(address as *mut libc::c_void, self.page, libc::MADV_DONTNEED);
+            }
+            let protection = if matches {
+                libc::PROT_READ
+            } else {
+                libc::PROT_NONE
+            };
+            libc::mprotect(address as *mut libc::c_void, self.page, protection);
+        }
+        match read {
+            Err(source) => Err(PageError::Read { offset, source }),
+            Ok(()) if !matches => Err(PageError::Changed { offset }),
+            Ok(()) => {
+                self.present[i].store(true, Ordering::Release);
+                Ok(())
+            }
+        }
+    }
+}
+
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -182,5 +359,61 @@ mod tests {
         let heap = vec![1u8; 4 * page];
         assert_eq!(release_pages(&heap), 0);
         assert!(heap.iter().all(|b| *b == 1));
+    }
+
+    /// A copy of `content` backed by a temporary file holding it at `offset`.
+    fn backed_copy(
+        content: &[u8],
+        offset: u64,
+    ) -> (&'static [u8], &'static File, tempfile::NamedTempFile) {
+        let mut copies = VerifiedCopies;
+        let copy = copies.allocate(content.len()).unwrap();
+        copy.copy_from_slice(content);
+        let copy = copies.seal(copy);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().write_all_at(content, offset).unwrap();
+        let reopened: &'static File = Box::leak(Box::new(file.reopen().unwrap()));
+        record_backing(copy, reopened, offset);
+        (copy, reopened, file)
+    }
+
+    #[test]
+    fn paged_out_pages_come_back_verified_and_changed_ones_are_refused() {
+        let page = page_size();
+        let content: Vec<u8> = (0..6 * page + 100).map(|i| (i % 251) as u8).collect();
+        let (copy, _, file) = backed_copy(&content, 3 * page as u64 + 7);
+        // A range that starts and ends mid-page: its 4 whole pages are released.
+        let paged = PagedCopy::page_out(&copy[10..5 * page + 50]).expect("backed copy pages out");
+        assert_eq!(paged.hashes.len(), 4);
+        paged.ensure(0..paged.bytes().len()).unwrap();
+        assert_eq!(paged.bytes(), &content[10..5 * page + 50]);
+        // A page changed on disk after verification is refused, and the others still serve.
+        let paged = PagedCopy::page_out(&copy[page..6 * page]).unwrap();
+        file.as_file()
+            .write_all_at(b"tampered", 3 * page as u64 + 7 + 2 * page as u64 + 5)
+            .unwrap();
+        assert!(matches!(
+            paged.ensure(page + 5..page + 6),
+            Err(PageError::Changed { .. })
+        ));
+        assert!(
+            paged.ensure(page + 5..page + 6).is_err(),
+            "refused every time"
+        );
+        paged.ensure(0..page).unwrap();
+        assert_eq!(&paged.bytes()[..page], &content[page..2 * page]);
+    }
+
+    #[test]
+    fn unbacked_bytes_are_never_paged_out() {
+        let mut copies = VerifiedCopies;
+        let page = page_size();
+        let copy = copies.allocate(4 * page).unwrap();
+        copy.fill(3);
+        let copy = copies.seal(copy);
+        assert!(PagedCopy::page_out(copy).is_none());
+        let heap: &'static [u8] = Box::leak(vec![1u8; 4 * page].into_boxed_slice());
+        assert!(PagedCopy::page_out(heap).is_none());
+        assert!(copy.iter().all(|b| *b == 3));
     }
 }

@@ -8,6 +8,12 @@
 //! tokenize "hello" as 7592. (On the code before this change it answered 2088: the verified
 //! pages were dropped after hashing and faulted back in from the file for loading.)
 //!
+//! The word-embedding table is different: `serve` reads it in place and gives its pages back
+//! after loading (half of MiniLM's weights would otherwise stay resident), reading a page again
+//! from the executable on first use and checking it against the SHA-256 it had when verified.
+//! So the same attack also overwrites the row of "hello" in the image: the server must refuse
+//! to embed "hello" (it cannot use bytes that changed), never answer with the new row.
+//!
 //! Needs root (to mount) and `mkfs.ext4` (e2fsprogs); CI runs as root and `.ci/run` installs
 //! e2fsprogs. Without them the test fails, it does not skip.
 
@@ -16,6 +22,7 @@ mod common;
 use common::binary::{bundle_of, read_at};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -64,6 +71,35 @@ fn only_offset(haystack: &[u8], needle: &[u8]) -> usize {
         .collect();
     assert_eq!(found.len(), 1, "expected one occurrence, found {found:?}");
     found[0]
+}
+
+/// Status and body of `POST /embed {"inputs": text}`.
+fn embed(base: &str, text: &str) -> (String, String) {
+    let output = Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-XPOST",
+            &format!("{base}/embed"),
+        ])
+        .args(["-H", "content-type: application/json"])
+        .args(["-d", &serde_json::json!({ "inputs": text }).to_string()])
+        .output()
+        .expect("curl (apt-get install -y curl)");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').expect("status line");
+    (status.to_string(), body.to_string())
+}
+
+/// Bytes `[start, end)` of tensor `name` inside safetensors `bytes`.
+fn tensor_range(bytes: &[u8], name: &str) -> (usize, usize) {
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let offsets = &header[name]["data_offsets"];
+    let start = 8 + header_len + offsets[0].as_u64().unwrap() as usize;
+    let end = 8 + header_len + offsets[1].as_u64().unwrap() as usize;
+    (start, end)
 }
 
 fn tokenize_hello(base: &str) -> Vec<u64> {
@@ -139,17 +175,34 @@ fn the_server_keeps_the_bytes_it_hashed_when_its_executable_changes_on_disk() {
     let in_tokenizer = only_offset(&tokenizer_bytes, ORIGINAL);
     let in_serve = placement.offset + tokenizer.offset + in_tokenizer as u64;
     let context = &tokenizer_bytes[in_tokenizer - 40..in_tokenizer + 52];
+    // And the row of "hello" (7592) in the word-embedding table: 384 f32.
+    let weights = entries
+        .iter()
+        .find(|e| e.name == "model.safetensors")
+        .unwrap();
+    let weight_bytes = read_at(
+        &serve,
+        placement.offset + weights.offset,
+        weights.len as usize,
+    );
+    let (table, _) = tensor_range(&weight_bytes, "embeddings.word_embeddings.weight");
+    let row = &weight_bytes[table + 7592 * 1536..table + 7593 * 1536];
     let image_bytes = std::fs::read(&image).unwrap();
     let in_image = (only_offset(&image_bytes, context) + 40) as u64;
+    let row_in_image = only_offset(&image_bytes, row) as u64;
     drop(image_bytes);
+    drop(weight_bytes);
 
     let mut child = Command::new(&serve)
         .args(["--log-format", "json", "--host", "127.0.0.1", "--port", "0"])
         .arg("--allow-unpinned")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        // Its own process group, so the attack can stop the supervisor and the forked server.
+        .process_group(0)
         .spawn()
         .expect("start serve from the mounted image");
+    let group = -(child.id() as i32);
     let stderr = child.stderr.take().unwrap();
     let _running = Running(child);
     let (events, received) = mpsc::channel();
@@ -159,14 +212,22 @@ fn the_server_keeps_the_bytes_it_hashed_when_its_executable_changes_on_disk() {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if event["message"] == "bundle verified" {
-                // The attack: new bytes in the backing store, the file's cached pages gone.
+                // The attack, with the server stopped so that it cannot load before the bytes
+                // changed (without the stop, the old code won this race most of the time; with
+                // it, the code before issue 11 answered 2088 every time): new bytes in the
+                // backing store, the file's cached pages gone.
+                // SAFETY: kill on our own child's process group.
+                unsafe { libc::kill(group, libc::SIGSTOP) };
                 let backing = std::fs::OpenOptions::new()
                     .write(true)
                     .open(&attack_image)
                     .unwrap();
                 backing.write_all_at(REPLACED, in_image).unwrap();
+                backing.write_all_at(&[0x3f; 1536], row_in_image).unwrap();
                 backing.sync_all().unwrap();
                 evict(&attack_serve);
+                // SAFETY: as above.
+                unsafe { libc::kill(group, libc::SIGCONT) };
                 let _ = events.send(("attacked".to_string(), String::new()));
             }
             if event["message"] == "bound" {
@@ -203,4 +264,19 @@ fn the_server_keeps_the_bytes_it_hashed_when_its_executable_changes_on_disk() {
         vec![101, 7592, 102],
         "the loaded tokenizer changed after verification"
     );
+    // The table page holding "hello" was given back after loading; read again, it no longer
+    // matches its verified hash: refused, with a line that says why.
+    let base = format!("http://127.0.0.1:{port}");
+    let (status, body) = embed(&base, "hello");
+    assert_eq!(
+        status, "500",
+        "embedding with a changed row must be refused: {body}"
+    );
+    assert!(
+        body.contains("changed after they were verified"),
+        "the refusal says why: {body}"
+    );
+    // Rows whose pages did not change still serve.
+    let (status, body) = embed(&base, "warm up");
+    assert_eq!(status, "200", "{body}");
 }

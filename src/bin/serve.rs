@@ -119,14 +119,15 @@ fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
         .trust
         .policy()
         .map_err(|e| Fatal::new(i32::from(Exit::from(&e).code()), e))?;
-    let exe = open_executable()?;
+    // Kept open for the life of the process: pages of the verified copies that were given back
+    // are read again from it, each checked against its verified hash (`memory::PagedCopy`).
+    let exe: &'static std::fs::File = Box::leak(Box::new(open_executable()?));
     // Every file the configuration names is read by now (and this executable is open), and no
     // thread exists yet: from here on, this thread and every thread started later may read only
     // what loading, warm-up and serving need, and write nothing.
     harden::restrict_startup(args.harden, &startup_allow(args))
         .map_err(|e| Fatal::new(exit::HARDEN, e))?;
-    let verified = verify(&policy, &exe)?;
-    drop(exe);
+    let verified = verify(&policy, exe)?;
     if args.verify_only {
         println!("{}", sealserve::seal::summary(&verified));
         return Ok(());
@@ -179,7 +180,10 @@ fn open_executable() -> Result<std::fs::File, Fatal> {
 /// `.sealserve` section (the only bundle marker in the file), every file copied out of the file
 /// into memory of our own and hashed there. The loader only ever sees those copies, so nothing
 /// is read from the executable after it was hashed.
-fn verify(policy: &TrustPolicy, exe: &std::fs::File) -> Result<VerifiedBundle<'static>, Fatal> {
+fn verify(
+    policy: &TrustPolicy,
+    exe: &'static std::fs::File,
+) -> Result<VerifiedBundle<'static>, Fatal> {
     let found = placement::locate(exe).map_err(refuse)?;
     // Only the static's address is taken (size_of_val of a sized type reads nothing): that keeps
     // the section linked without touching its pages.
@@ -195,6 +199,11 @@ fn verify(policy: &TrustPolicy, exe: &std::fs::File) -> Result<VerifiedBundle<'s
     let verified = bundle
         .verify(policy, &mut memory::VerifiedCopies)
         .map_err(refuse)?;
+    for entry in bundle.entries() {
+        if let Some(copy) = verified.file(&entry.name) {
+            memory::record_backing(copy, exe, found.offset + entry.offset);
+        }
+    }
     tracing::info!(
         model = %verified.metadata.model_id,
         revision = %verified.metadata.revision,
@@ -282,31 +291,19 @@ impl harden::ThreadRunner for EngineThread<'_> {
 
 fn harden_process(args: &ServeArgs, engine: &Engine) -> Result<harden::HardenReport, Fatal> {
     let cuda = engine.info().device == DeviceKind::Cuda;
-    let mut readable = harden::default_readable_paths();
-    if cuda {
-        // Libraries loaded lazily by name after startup need the loader cache and their folders.
-        readable.push("/etc/ld.so.cache".into());
-        readable.extend(sealserve::engine::device::cuda_library_dirs(
-            &args.cuda_lib_dirs,
-            &engine.info().library_dirs,
-        ));
-    }
-    let plan = harden::Plan {
-        allow: harden::FsAllow::read_only(&readable),
-        // Not validated with the CUDA driver (no GPU where this was written): the driver and
-        // its JIT may need to create executable memory after warm-up.
-        w_xor_x: cuda.then(|| "not validated with the CUDA driver".to_owned()),
+    let threads = harden::EngineThreads {
+        engine: &EngineThread(engine),
+        cuda,
+        cuda_library_dirs: if cuda {
+            sealserve::engine::device::cuda_library_dirs(
+                &args.cuda_lib_dirs,
+                &engine.info().library_dirs,
+            )
+        } else {
+            Vec::new()
+        },
     };
-    // The start-up domain already covers every thread; these add the narrower after-warm-up
-    // domain to each pool we know of (defence in depth). candle's barrier pool exists on CPU
-    // only (on CUDA, asking for it would start it).
-    let engine_thread = EngineThread(engine);
-    let mut runners: Vec<&dyn harden::ThreadRunner> =
-        vec![&engine_thread, &harden::RayonGlobalPool];
-    if !cuda {
-        runners.push(&harden::CandleBarrierPool);
-    }
-    harden::apply_on(args.harden, &plan, &runners).map_err(|e| Fatal::new(exit::HARDEN, e))
+    harden::after_warm_up(args.harden, &threads).map_err(|e| Fatal::new(exit::HARDEN, e))
 }
 
 /// Provenance of the verified bundle, as /info shows it.

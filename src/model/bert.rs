@@ -116,23 +116,31 @@ impl BertConfig {
 }
 
 /// The token embedding table: either a tensor, or — on CPU in f32 — rows read straight from the
-/// embedded (read-only, file-backed) safetensors bytes. The table is about half of MiniLM's
-/// weights; reading it in place means it is never copied, and only rows actually used become
-/// resident.
+/// verified copy of the safetensors bytes. The table is about half of MiniLM's weights; reading
+/// it in place means it is never copied, and in `serve` its pages are given back and read again
+/// on first use, each checked against its verified hash (`memory::PagedCopy`), so only rows
+/// actually used are resident.
 pub enum WordEmbeddings {
     Loaded(Tensor),
     Mapped(MappedTable),
 }
 
 /// A little-endian f32 `[vocab, hidden]` table borrowed from the embedded weights.
-#[derive(Clone, Copy)]
 pub struct MappedTable {
     pub bytes: &'static [u8],
     pub vocab: usize,
     pub hidden: usize,
+    /// Set when the table's pages were given back: rows are read through it.
+    paged: Option<crate::memory::PagedCopy>,
 }
 
 impl MappedTable {
+    /// Gives the table's pages back where they can be read again verified (see `memory`).
+    fn page_out(mut self) -> Self {
+        self.paged = crate::memory::PagedCopy::page_out(self.bytes);
+        self
+    }
+
     /// Rows for `ids`, concatenated.
     fn gather(&self, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
         let row_bytes = self.hidden * 4;
@@ -142,7 +150,13 @@ impl MappedTable {
             if id >= self.vocab {
                 candle_core::bail!("token id {id} is outside the vocabulary of {}", self.vocab);
             }
-            let row = &self.bytes[id * row_bytes..(id + 1) * row_bytes];
+            let range = id * row_bytes..(id + 1) * row_bytes;
+            if let Some(paged) = &self.paged {
+                paged
+                    .ensure(range.clone())
+                    .map_err(candle_core::Error::wrap)?;
+            }
+            let row = &self.bytes[range];
             out.extend(
                 row.chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
@@ -214,6 +228,7 @@ fn mapped_table(weights: &'static [u8], name: &str) -> Option<MappedTable> {
             bytes: view.data(),
             vocab,
             hidden,
+            paged: None,
         }),
         _ => None,
     }
@@ -257,8 +272,9 @@ impl BertModel {
         let h = config.hidden_size;
         let emb = root.pp("embeddings");
         let word_embeddings = match mapped {
+            // Paged out only once it is certain nothing loads the table as a tensor.
             Some(table) if table.vocab == config.vocab_size && table.hidden == h => {
-                WordEmbeddings::Mapped(table)
+                WordEmbeddings::Mapped(table.page_out())
             }
             _ => WordEmbeddings::Loaded(emb.get((config.vocab_size, h), "word_embeddings.weight")?),
         };
