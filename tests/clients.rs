@@ -9,54 +9,12 @@
 mod common;
 
 use common::server::Server;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn python() -> String {
-    std::env::var("SEALSERVE_CLIENTS_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn clients_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
-}
-
-/// Runs the interpreter with `args` in `cwd`; panics with its output unless it exits 0.
-fn run_python(args: &[&str], cwd: &Path) -> String {
-    let output = Command::new(python())
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} ({e}): install Python 3 and the pinned clients with \
-                 scripts/install-test-clients",
-                python()
-            )
-        });
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "{} {args:?} failed ({}):\n{text}",
-        python(),
-        output.status
-    );
-    text
-}
+use common::{clients_dir, run_python};
 
 /// Checks the pinned packages, then runs one client script against a fresh server.
 fn run_client_script(script: &str) {
-    run_python(&["check_versions.py"], &clients_dir());
     let server = Server::start(&[], &[]);
-    let reference = common::reference_dir();
-    let out = run_python(
-        &[script, &server.base, &reference.display().to_string()],
-        &clients_dir(),
-    );
-    println!("{out}");
+    println!("{}", common::run_client(script, &server.base));
 }
 
 #[test]

@@ -21,19 +21,9 @@ fn status_field(pid: u32, key: &str) -> String {
         .unwrap_or_else(|| panic!("{key} missing in /proc/{pid}/status"))
 }
 
-/// `curl -s -o - -w <status>`: (status, body).
+/// `curl` GET: (status, body).
 fn get(url: &str, headers: &[&str]) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-w", "\n%{http_code}", url]);
-    for header in headers {
-        cmd.args(["-H", header]);
-    }
-    let out = cmd
-        .output()
-        .expect("curl (install it: apt-get install -y curl)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    common::server::curl("GET", url, None, headers)
 }
 
 fn kill(pid: u32, signal: libc::c_int) {

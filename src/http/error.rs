@@ -30,6 +30,8 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// Shutting down, or the engine has stopped.
     Unavailable,
+    /// A route of the other model kind (an embedding route on a generation model or back).
+    WrongModelKind,
     /// A failure inside the server.
     Internal,
 }
@@ -42,6 +44,7 @@ impl ErrorKind {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::WrongModelKind => StatusCode::BAD_REQUEST,
             ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
@@ -54,7 +57,10 @@ impl ErrorKind {
     /// TEI's `error_type` vocabulary.
     fn tei_type(self) -> &'static str {
         match self {
-            ErrorKind::Validation | ErrorKind::TooLong | ErrorKind::TooManyInputs => "validation",
+            ErrorKind::Validation
+            | ErrorKind::TooLong
+            | ErrorKind::TooManyInputs
+            | ErrorKind::WrongModelKind => "validation",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::Unauthorized => "unauthorized",
@@ -71,6 +77,7 @@ impl ErrorKind {
             ErrorKind::Validation
             | ErrorKind::TooLong
             | ErrorKind::TooManyInputs
+            | ErrorKind::WrongModelKind
             | ErrorKind::PayloadTooLarge
             | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed => "invalid_request_error",

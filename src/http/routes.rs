@@ -25,10 +25,10 @@ use serde::de::DeserializeOwned;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-type Body = Result<Bytes, BytesRejection>;
+pub(super) type Body = Result<Bytes, BytesRejection>;
 
 /// Reads the body, turning a failure into the family's 413/422 error.
-fn body_bytes(family: ApiFamily, body: Body) -> Result<Bytes, ApiError> {
+pub(super) fn body_bytes(family: ApiFamily, body: Body) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -321,7 +321,12 @@ pub async fn openai_model_by_id(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let model = openai_model(&state);
+    model_if_named(openai_model(&state), &id)
+}
+
+/// The served model's object when `id` names it, else OpenAI's 404 (also for the generation
+/// routes).
+pub(super) fn model_if_named(model: OpenAiModel, id: &str) -> Result<Response, ApiError> {
     if id != model.id {
         return Err(ApiError::new(
             ApiFamily::OpenAi,
@@ -515,4 +520,17 @@ pub async fn metrics() -> Response {
 /// The OpenAPI document of this API, with the served model's limits written in.
 pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
     Json(super::openapi::document_for(&state.infer)).into_response()
+}
+
+/// Generation routes on an embedding model: a clear 400 instead of a 404, so a client pointed
+/// at the wrong bundle learns why.
+pub async fn generation_only(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        ApiFamily::OpenAi,
+        ErrorKind::WrongModelKind,
+        format!(
+            "{} needs a generation model; this server runs an embedding model: use /v1/embeddings or /embed",
+            uri.path()
+        ),
+    )
 }

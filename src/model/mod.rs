@@ -192,6 +192,11 @@ pub fn load(
 ) -> Result<Box<dyn Model>, LoadError> {
     match family {
         Family::Bert => Ok(Box::new(bert::BertModel::from_files(files, dtype, device)?)),
+        // Decoders run under the generation scheduler (`crate::generate`), not this trait.
+        Family::Llama => Err(LoadError::Config(
+            "a llama bundle is a generation model: serve loads it with the generation engine"
+                .into(),
+        )),
     }
 }
 

@@ -108,3 +108,50 @@ pub mod binary;
 pub mod child;
 pub mod server;
 pub mod tiny;
+
+/// The Python interpreter of the pinned test clients (scripts/install-test-clients):
+/// `$SEALSERVE_CLIENTS_PYTHON`, else `python3`.
+pub fn python() -> String {
+    std::env::var("SEALSERVE_CLIENTS_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// tests/clients: the client scripts and their pinned requirements.
+pub fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+/// Runs the interpreter with `args` in `cwd`; panics with its output unless it exits 0.
+pub fn run_python(args: &[&str], cwd: &Path) -> String {
+    let output = std::process::Command::new(python())
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}): install Python 3 and the pinned clients with \
+                 scripts/install-test-clients",
+                python()
+            )
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "{} {args:?} failed ({}):\n{text}",
+        python(),
+        output.status
+    );
+    text
+}
+
+/// Runs the client script `script` of tests/clients against the server at `base` (with the
+/// reference folder as its second argument), after checking the pinned package versions;
+/// returns its output, panicking with it unless the script passes.
+pub fn run_client(script: &str, base: &str) -> String {
+    run_python(&["check_versions.py"], &clients_dir());
+    let reference = reference_dir().display().to_string();
+    run_python(&[script, base, &reference], &clients_dir())
+}

@@ -6,7 +6,7 @@ use sealserve::bundle::{self, VerifiedBundle};
 use sealserve::manifest::Manifest;
 use sealserve::signature::SecretKey;
 use sealserve::spec::{
-    BuildInfo, Family, FileRole, FileSpec, ModelSection, ModelSpec, Pooling, METADATA_FILE,
+    BuildInfo, Family, FileRole, FileSpec, ModelSection, ModelSpec, Pooling, Task, METADATA_FILE,
 };
 use std::collections::HashMap;
 
@@ -147,6 +147,7 @@ pub fn spec(files: &[(&str, FileRole, &[u8])]) -> ModelSpec {
             id: "test/tiny-bert".into(),
             revision: "0123456789abcdef0123456789abcdef01234567".into(),
             family: Family::Bert,
+            task: Task::Embed,
             pooling: Pooling::Mean,
             normalize: true,
             max_seq_length: MAX_SEQ,
