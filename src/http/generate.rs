@@ -12,6 +12,7 @@ use super::error::{ApiError, ApiFamily, ErrorKind};
 use super::routes::{body_bytes, Body};
 use super::types::{AuthKind, OpenAiModel, OpenAiModelList, Status};
 use super::BundleInfo;
+use crate::engine::EngineHealth;
 use crate::generate::{
     ChatMessage, Completion, Event, FinishReason, GenerateRequest, Generator, Prompt,
     SamplingParams, SubmitError,
@@ -80,7 +81,7 @@ pub fn generation_router(state: Arc<GenerationState>) -> Router {
             require_api_key,
         ));
     Router::new()
-        .route("/health", get(super::routes::health))
+        .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/model", post(cml_model))
         .merge(protected)
@@ -119,17 +120,53 @@ async fn wrong_kind(request: Request) -> ApiError {
     )
 }
 
+/// The scheduler thread's state in the shape the embedding engine reports: it is alive
+/// (`running`) or gone (`stopped`); a stuck step is not detected for generation yet.
+fn scheduler_health(state: &GenerationState) -> EngineHealth {
+    if state.generator.is_running() {
+        EngineHealth::Running
+    } else {
+        EngineHealth::Stopped
+    }
+}
+
+/// Liveness: 503 once the generation thread is gone (only a restart helps).
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "alive", body = Status),
+    (status = 503, description = "the generation thread has stopped", body = Status)))]
+async fn health(State(state): State<Arc<GenerationState>>) -> Response {
+    let engine = scheduler_health(&state);
+    if engine == EngineHealth::Stopped {
+        let status = Status {
+            status: "engine stopped",
+            engine,
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(status)).into_response()
+    } else {
+        Json(Status {
+            status: "ok",
+            engine,
+        })
+        .into_response()
+    }
+}
+
 /// Readiness: serving, and the scheduler thread is alive.
 #[utoipa::path(get, path = "/ready", responses((status = 200, description = "ready", body = Status),
     (status = 503, description = "not ready, or the generation thread has stopped", body = Status)))]
 async fn ready(State(state): State<Arc<GenerationState>>) -> Response {
-    if state.ready.load(Ordering::Acquire) && state.generator.is_running() {
-        Json(Status { status: "ready" }).into_response()
+    let engine = scheduler_health(&state);
+    if state.ready.load(Ordering::Acquire) && engine == EngineHealth::Running {
+        Json(Status {
+            status: "ready",
+            engine,
+        })
+        .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(Status {
                 status: "not ready",
+                engine,
             }),
         )
             .into_response()
@@ -1295,7 +1332,7 @@ async fn tgi_root(
         models,
         model_by_id,
         cml_model,
-        super::routes::health,
+        health,
         ready,
         info,
         super::routes::metrics
