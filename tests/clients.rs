@@ -8,19 +8,12 @@
 
 mod common;
 
-use common::clients::{clients_dir, run_python};
 use common::server::Server;
 
 /// Checks the pinned packages, then runs one client script against a fresh server.
 fn run_client_script(script: &str) {
-    run_python(&["check_versions.py"], &clients_dir());
     let server = Server::start(&[], &[]);
-    let reference = common::reference_dir();
-    let out = run_python(
-        &[script, &server.base, &reference.display().to_string()],
-        &clients_dir(),
-    );
-    println!("{out}");
+    println!("{}", common::run_client(script, &server.base));
 }
 
 #[test]

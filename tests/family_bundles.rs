@@ -112,6 +112,7 @@ fn a_bundle_naming_another_task_is_refused() {
             "{fixture}: {message}"
         );
     }
-    let message = refusal("bert", Family::Bert, Task::Generate);
-    assert!(message.contains("cannot generate"), "{message}");
+    // An encoder signed as `task = "generate"` never gets this far: `ModelSpec::check` refuses
+    // it when the bundle is built (seal-core's spec tests), and `serve` loads generation
+    // bundles with the generation engine only.
 }

@@ -7,9 +7,9 @@
 //! For each thread of the serving process (and the supervisor's one thread) the injector tries:
 //! read a file outside the allow-list, create a file in a world-writable folder, open a
 //! same-uid sibling's `/proc/<pid>/mem` read-write, `pidfd_getfd` one of the sibling's
-//! descriptors, `prctl(PR_SET_DUMPABLE, 1)` and an RWX `mmap`. Against `--harden strict` all
-//! must fail; against `--harden off` (the control, which shows the injector works) the file
-//! read, file creation, dumpable flag and RWX mapping succeed.
+//! descriptors, `prctl(PR_SET_DUMPABLE, 1)`, an RWX `mmap` and an RW -> RX `mprotect`. Against
+//! `--harden strict` all must fail; against `--harden off` (the control, which shows the
+//! injector works) the file read, file creation, dumpable flag, RWX mapping and mprotect succeed.
 //!
 //! Needs `CAP_SYS_PTRACE` (root; CI runs as root): the hardened server is not dumpable. The
 //! server and the sibling run as root too, like the injector: neither Landlock nor seccomp makes
@@ -259,22 +259,45 @@ fn probe_thread(tid: i32, comm: &str, syscall_at: u64, scratch: &Scratch, paths:
         );
     }
 
-    let rwx = t.syscall(
-        libc::SYS_mmap,
-        [
-            0,
-            4096,
-            (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
-            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-            u64::MAX,
-            0,
-        ],
-    );
+    // One anonymous page with `prot`, mapped by the injected thread.
+    let map_page = |prot: libc::c_int| {
+        t.syscall(
+            libc::SYS_mmap,
+            [
+                0,
+                4096,
+                prot as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+        )
+    };
+    let rwx = map_page(libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC);
     let mmap_rwx = if rwx >= 0 {
         t.syscall(libc::SYS_munmap, [rwx as u64, 4096, 0, 0, 0, 0]);
         0
     } else {
         rwx
+    };
+    // RW, then RW -> RX: the other half of W^X (the review ran a syscall from such a page).
+    let rw = map_page(libc::PROT_READ | libc::PROT_WRITE);
+    let mprotect_rx = if rw >= 0 {
+        let rx = t.syscall(
+            libc::SYS_mprotect,
+            [
+                rw as u64,
+                4096,
+                (libc::PROT_READ | libc::PROT_EXEC) as u64,
+                0,
+                0,
+                0,
+            ],
+        );
+        t.syscall(libc::SYS_munmap, [rw as u64, 4096, 0, 0, 0, 0]);
+        rx
+    } else {
+        rw
     };
     drop(t);
     json!({
@@ -286,6 +309,7 @@ fn probe_thread(tid: i32, comm: &str, syscall_at: u64, scratch: &Scratch, paths:
         "pidfd_getfd_sibling": pidfd_getfd.min(0),
         "set_dumpable_1": dumpable,
         "mmap_rwx": mmap_rwx,
+        "mprotect_rx": mprotect_rx,
     })
 }
 
@@ -415,6 +439,7 @@ fn every_thread_of_a_hardened_server_is_confined() {
         assert!(get_i64(p, "create") >= 0, "control create: {p}");
         assert_eq!(get_i64(p, "set_dumpable_1"), 0, "control prctl: {p}");
         assert_eq!(get_i64(p, "mmap_rwx"), 0, "control RWX: {p}");
+        assert_eq!(get_i64(p, "mprotect_rx"), 0, "control RW -> RX: {p}");
     }
     drop(control);
     for entry in fs::read_dir(&fixture.writable).expect("list") {
@@ -463,6 +488,7 @@ fn every_thread_of_a_hardened_server_is_confined() {
             "PR_SET_DUMPABLE 1: {p}"
         );
         assert_eq!(get_i64(p, "mmap_rwx"), eacces, "RWX mmap: {p}");
+        assert_eq!(get_i64(p, "mprotect_rx"), eacces, "RW -> RX mprotect: {p}");
     }
     let created: Vec<_> = fs::read_dir(&fixture.writable)
         .expect("list")

@@ -21,19 +21,9 @@ fn status_field(pid: u32, key: &str) -> String {
         .unwrap_or_else(|| panic!("{key} missing in /proc/{pid}/status"))
 }
 
-/// `curl -s -o - -w <status>`: (status, body).
+/// `curl` GET: (status, body).
 fn get(url: &str, headers: &[&str]) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-w", "\n%{http_code}", url]);
-    for header in headers {
-        cmd.args(["-H", header]);
-    }
-    let out = cmd
-        .output()
-        .expect("curl (install it: apt-get install -y curl)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    common::server::curl("GET", url, None, headers)
 }
 
 fn kill(pid: u32, signal: libc::c_int) {
@@ -137,7 +127,7 @@ fn killing_the_supervisor_takes_the_server_down_and_frees_the_port() {
 // clippy cannot see the `waitpid` below, which reaps the child (ptrace stops need it, not `wait`).
 #[allow(clippy::zombie_processes)]
 fn run_traced(args: &[&str]) -> (i32, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_serve"));
+    let mut cmd = Command::new(common::server::serve_binary());
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -231,7 +221,7 @@ fn api_key_file_is_used_and_an_empty_one_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
 
     let empty = key_file(dir.path(), "\n");
-    let out = Command::new(env!("CARGO_BIN_EXE_serve"))
+    let out = Command::new(common::server::serve_binary())
         .args(["--host", "127.0.0.1", "--port", "0", "--api-key-file"])
         .arg(&empty)
         .output()

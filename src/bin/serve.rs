@@ -5,15 +5,18 @@ use sealserve::bundle::{Bundle, TrustPolicy, TrustState, VerifiedBundle, VerifyE
 use sealserve::config::{LogFormat, ServeArgs};
 use sealserve::engine::{self, DeviceKind, Engine, EngineConfig};
 use sealserve::exit::{self, Exit};
+use sealserve::generate::{GenerateRequest, Generator, GeneratorConfig, Prompt, TextModel};
+use sealserve::http::generate::GenerationState;
 use sealserve::http::{self, AppState, BundleInfo, SignatureKind};
 use sealserve::infer::Infer;
 use sealserve::placement::{self, Container};
+use sealserve::spec::Task;
 use sealserve::{batcher, harden, memory};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 include!(concat!(env!("OUT_DIR"), "/embedded_bundle.rs"));
 
@@ -138,6 +141,9 @@ fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
     })?;
     let address = listener.local_addr().unwrap_or(binding.address);
     tracing::info!(%address, rule = binding.reason, "bound");
+    if verified.metadata.task == Task::Generate {
+        return run_generation(args, api_key, &verified, &policy, listener, started);
+    }
 
     let engine = load_engine(args, &verified)?;
     let report = harden_process(args, &engine)?;
@@ -302,16 +308,9 @@ fn harden_process(args: &ServeArgs, engine: &Engine) -> Result<harden::HardenRep
     harden::after_warm_up(args.harden, &threads).map_err(|e| Fatal::new(exit::HARDEN, e))
 }
 
-fn app_state(
-    args: &ServeArgs,
-    api_key: Option<String>,
-    verified: &VerifiedBundle,
-    policy: &TrustPolicy,
-    engine: &Engine,
-    report: harden::HardenReport,
-) -> impl FnOnce(batcher::Batcher) -> Arc<AppState> {
-    let limits = args.limits();
-    let bundle = BundleInfo {
+/// Provenance of the verified bundle, as /info shows it.
+fn bundle_info(verified: &VerifiedBundle, policy: &TrustPolicy) -> BundleInfo {
+    BundleInfo {
         manifest_sha256: verified.manifest_sha256.clone(),
         key_fingerprint: verified.key_fingerprint.clone(),
         key_id: verified.key_id.clone(),
@@ -322,7 +321,19 @@ fn app_state(
         },
         trusted_keys_pinned: policy.is_pinned(),
         trust: verified.trust,
-    };
+    }
+}
+
+fn app_state(
+    args: &ServeArgs,
+    api_key: Option<String>,
+    verified: &VerifiedBundle,
+    policy: &TrustPolicy,
+    engine: &Engine,
+    report: harden::HardenReport,
+) -> impl FnOnce(batcher::Batcher) -> Arc<AppState> {
+    let limits = args.limits();
+    let bundle = bundle_info(verified, policy);
     let tokenizer = engine.tokenizer().clone();
     let model = engine.info().clone();
     move |batcher| {
@@ -342,6 +353,22 @@ fn serve_forever(
     engine: Engine,
     state: impl FnOnce(batcher::Batcher) -> Arc<AppState>,
 ) -> Result<(), Fatal> {
+    let engine = Arc::new(engine);
+    let limits = args.limits();
+    serve_on_runtime(args, listener, move || {
+        let state = state(batcher::Batcher::start(engine.clone(), &limits));
+        let ready = state.ready.clone();
+        (http::router(state), ready)
+    })
+}
+
+/// Starts the async runtime and serves the router `app` builds (inside the runtime) until
+/// SIGTERM/SIGINT, with the connection limits and the shutdown grace of the flags.
+fn serve_on_runtime(
+    args: &ServeArgs,
+    listener: std::net::TcpListener,
+    app: impl FnOnce() -> (axum::Router, Arc<AtomicBool>),
+) -> Result<(), Fatal> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sealserve-http")
@@ -352,8 +379,6 @@ fn serve_forever(
                 format!("cannot start the async runtime: {e}"),
             )
         })?;
-    let engine = Arc::new(engine);
-    let limits = args.limits();
     let grace = args.shutdown_grace();
     let (connection_limits, lowered) = args.connection_limits().fitted_to_nofile();
     if lowered {
@@ -368,12 +393,148 @@ fn serve_forever(
             .map_err(|e| Fatal::new(exit::SERVE, e))?;
         let listener =
             tokio::net::TcpListener::from_std(listener).map_err(|e| Fatal::new(exit::SERVE, e))?;
-        let batcher = batcher::Batcher::start(engine.clone(), &limits);
-        http::serve(listener, state(batcher), grace, connection_limits)
+        let (router, ready) = app();
+        http::serve_app(listener, router, ready, grace, connection_limits)
             .await
             .map_err(|e| Fatal::new(exit::SERVE, format!("server failed: {e}")))
     })?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A generation bundle (task `generate`): the llama engine loaded from the verified in-memory
+/// GGUF, its scheduler thread started (after start-up Landlock, like every thread), warmed up,
+/// hardened like the embedding engine, and the generation routes served.
+fn run_generation(
+    args: &ServeArgs,
+    api_key: Option<String>,
+    verified: &VerifiedBundle<'static>,
+    policy: &TrustPolicy,
+    listener: std::net::TcpListener,
+    started: Instant,
+) -> Result<(), Fatal> {
+    check_generation_flags(args)?;
+    let metadata = &verified.metadata;
+    let gguf = verified.file(&metadata.weights).ok_or_else(|| {
+        refuse(VerifyError::Malformed(format!(
+            "the signed metadata names {} but the bundle has no such file",
+            metadata.weights
+        )))
+    })?;
+    let loading = Instant::now();
+    let model = TextModel::from_gguf_bytes(gguf)
+        .map_err(|e| Fatal::new(exit::LOAD, format!("cannot load {}: {e}", metadata.weights)))?;
+    // The model, tokenizer and template hold their own copies: the verified GGUF is not read again.
+    sealserve::memory::release_pages(gguf);
+    tracing::info!(
+        device = "cpu",
+        family = %metadata.family,
+        load_ms = loading.elapsed().as_millis() as u64,
+        "model loaded"
+    );
+    let config = GeneratorConfig {
+        max_queue: args.limits().max_concurrent_requests.get(),
+        max_context: metadata.max_seq_length,
+        ..GeneratorConfig::default()
+    };
+    let generator = Generator::start(Arc::new(model), config).map_err(|e| {
+        Fatal::new(
+            exit::INTERNAL,
+            format!("cannot start the generation thread: {e}"),
+        )
+    })?;
+    let warming = Instant::now();
+    let mut warm_up = GenerateRequest::new(Prompt::Text("Hello".into()));
+    warm_up.max_tokens = Some(1);
+    generator
+        .generate_blocking(warm_up)
+        .map_err(|e| Fatal::new(exit::LOAD, format!("warm-up failed: {e}")))?;
+    tracing::info!(
+        warm_up_ms = warming.elapsed().as_millis() as u64,
+        "warmed up"
+    );
+    let hardening = harden_generation(args, &generator)?;
+    sealserve::telemetry::handle();
+    metrics::gauge!(
+        sealserve::telemetry::MODEL_INFO,
+        "model" => metadata.model_id.clone(),
+        "revision" => metadata.revision.clone(),
+        "device" => "cpu",
+        "dtype" => "gguf"
+    )
+    .set(1.0);
+    let state = Arc::new(GenerationState {
+        generator,
+        model_id: metadata.model_id.clone(),
+        revision: metadata.revision.clone(),
+        bundle: bundle_info(verified, policy),
+        hardening,
+        limits: args.limits(),
+        api_key,
+        ready: Arc::new(AtomicBool::new(false)),
+    });
+    let (rss, peak) = sealserve::memory::resident_bytes().unwrap_or((0, 0));
+    tracing::info!(
+        startup_ms = started.elapsed().as_millis() as u64,
+        rss_mib = rss / (1 << 20),
+        peak_rss_mib = peak / (1 << 20),
+        "ready"
+    );
+    serve_on_runtime(args, listener, move || {
+        let ready = state.ready.clone();
+        (http::generate::generation_router(state), ready)
+    })
+}
+
+/// Flags that have no meaning for the generation engine are refused, not ignored.
+fn check_generation_flags(args: &ServeArgs) -> Result<(), Fatal> {
+    if matches!(args.device, engine::DeviceRequest::Cuda(_)) {
+        return Err(Fatal::new(
+            exit::DEVICE,
+            "--device cuda: the generation engine runs on the CPU in this version; use --device cpu (or auto)",
+        ));
+    }
+    if args.dtype != engine::DTypeRequest::Auto {
+        return Err(Fatal::new(
+            exit::CONFIG,
+            "--dtype does not apply to a generation bundle (the GGUF's quantized weights decide it); remove it",
+        ));
+    }
+    if args.pooling.is_some() {
+        return Err(Fatal::new(
+            exit::CONFIG,
+            "--pooling does not apply to a generation bundle; remove it",
+        ));
+    }
+    Ok(())
+}
+
+/// The generation scheduler thread, as a pool of one for per-thread hardening.
+struct GenerationThread<'a>(&'a Generator);
+
+impl harden::ThreadRunner for GenerationThread<'_> {
+    fn name(&self) -> &'static str {
+        "generate"
+    }
+
+    fn run_on_each(&self, task: harden::ThreadTask) -> Result<(), String> {
+        self.0
+            .run_on_scheduler(Box::new(move || task()), Duration::from_secs(30))
+    }
+}
+
+/// The embedding engine's hardening for the generation engine: its scheduler thread and the
+/// rayon pool its kernels use get the after-warm-up domain (candle's barrier pool is not used).
+fn harden_generation(
+    args: &ServeArgs,
+    generator: &Generator,
+) -> Result<harden::HardenReport, Fatal> {
+    let plan = harden::Plan {
+        allow: harden::FsAllow::read_only(&harden::default_readable_paths()),
+        w_xor_x: None,
+    };
+    let thread = GenerationThread(generator);
+    let runners: Vec<&dyn harden::ThreadRunner> = vec![&thread, &harden::RayonGlobalPool];
+    harden::apply_on(args.harden, &plan, &runners).map_err(|e| Fatal::new(exit::HARDEN, e))
 }

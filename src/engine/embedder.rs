@@ -4,7 +4,7 @@
 //! Never names a model family: it talks to [`Model`] only.
 
 use super::pooling;
-use crate::model::{Model, ModelError, Packed};
+use crate::model::{HiddenChunk, Model, ModelError, Packed};
 use crate::spec::Pooling;
 use candle_core::DType;
 
@@ -200,50 +200,12 @@ impl Embedder {
     ) -> Result<Vec<Embedding>, ModelError> {
         let batch = Packed::from_sequences(sequences)?;
         let mut results: Vec<Option<Embedding>> = vec![None; sequences.len()];
-        for chunk in self.model.hidden_states(&batch, self.max_forward_tokens)? {
-            let lengths: Vec<usize> = chunk.members.iter().map(|m| batch.lengths[*m]).collect();
-            let wants_tokens = chunk.members.iter().any(|m| outputs[*m] == Output::Tokens);
-            let wants_pooled = chunk.members.iter().any(|m| outputs[*m] == Output::Pooled);
-            let mut pooled = if wants_pooled {
-                pooling::pool(&chunk.hidden, &lengths, pooling)?
-                    .to_vec2::<f32>()?
-                    .into_iter()
-                    .map(Some)
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let mut rows = if wants_tokens {
-                chunk
-                    .hidden
-                    .to_dtype(DType::F32)?
-                    .to_vec2::<f32>()?
-                    .into_iter()
-            } else {
-                Vec::new().into_iter()
-            };
-            for (position, (member, len)) in chunk.members.iter().zip(&lengths).enumerate() {
-                let rows_of_member: Vec<Vec<f32>> = if wants_tokens {
-                    rows.by_ref().take(*len).collect()
-                } else {
-                    Vec::new()
-                };
-                results[*member] = Some(match outputs[*member] {
-                    Output::Pooled => Embedding::Pooled(
-                        pooled
-                            .get_mut(position)
-                            .and_then(Option::take)
-                            .unwrap_or_default(),
-                    ),
-                    Output::Tokens => Embedding::Tokens(rows_of_member),
-                    Output::Scores | Output::Sparse => {
-                        return Err(ModelError::Batch(
-                            "a head output reached the hidden-state path".into(),
-                        ))
-                    }
-                });
-            }
-        }
+        // Each chunk is pooled (or copied out) and dropped before the model runs the next
+        // forward, so that forward reuses its memory (see `Model::for_each_hidden_chunk`).
+        self.model
+            .for_each_hidden_chunk(&batch, self.max_forward_tokens, &mut |chunk| {
+                take_chunk(&chunk, &batch.lengths, outputs, pooling, &mut results)
+            })?;
         complete(results)
     }
 }
@@ -285,4 +247,58 @@ fn typed_batch(
     }
     batch.check()?;
     Ok(batch)
+}
+
+/// Stores one chunk's results in `results` (indexed like the batch): a pooled vector or the
+/// token vectors of each member, as its `outputs` entry asks.
+fn take_chunk(
+    chunk: &HiddenChunk,
+    lengths_of_batch: &[usize],
+    outputs: &[Output],
+    pooling: Pooling,
+    results: &mut [Option<Embedding>],
+) -> Result<(), ModelError> {
+    let lengths: Vec<usize> = chunk.members.iter().map(|m| lengths_of_batch[*m]).collect();
+    let wants_tokens = chunk.members.iter().any(|m| outputs[*m] == Output::Tokens);
+    let wants_pooled = chunk.members.iter().any(|m| outputs[*m] == Output::Pooled);
+    let mut pooled = if wants_pooled {
+        pooling::pool(&chunk.hidden, &lengths, pooling)?
+            .to_vec2::<f32>()?
+            .into_iter()
+            .map(Some)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut rows = if wants_tokens {
+        chunk
+            .hidden
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?
+            .into_iter()
+    } else {
+        Vec::new().into_iter()
+    };
+    for (position, (member, len)) in chunk.members.iter().zip(&lengths).enumerate() {
+        let rows_of_member: Vec<Vec<f32>> = if wants_tokens {
+            rows.by_ref().take(*len).collect()
+        } else {
+            Vec::new()
+        };
+        results[*member] = Some(match outputs[*member] {
+            Output::Pooled => Embedding::Pooled(
+                pooled
+                    .get_mut(position)
+                    .and_then(Option::take)
+                    .unwrap_or_default(),
+            ),
+            Output::Tokens => Embedding::Tokens(rows_of_member),
+            Output::Scores | Output::Sparse => {
+                return Err(ModelError::Batch(
+                    "a head output reached the hidden-state path".into(),
+                ))
+            }
+        });
+    }
+    Ok(())
 }

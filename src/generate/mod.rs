@@ -232,7 +232,13 @@ struct Shared {
     wake: Condvar,
     shutdown: std::sync::atomic::AtomicBool,
     stats: Stats,
+    /// Tasks to run on the scheduler thread between steps (see [`Generator::run_on_scheduler`]).
+    control: Mutex<Vec<ControlTask>>,
+    control_pending: std::sync::atomic::AtomicBool,
 }
+
+/// A task for the scheduler thread.
+type ControlTask = Box<dyn FnOnce() + Send>;
 
 /// The model, its tokenizer and chat template: what the scheduler runs and what callers need
 /// to prepare requests.
@@ -291,6 +297,8 @@ impl Generator {
             wake: Condvar::new(),
             shutdown: Default::default(),
             stats: Stats::default(),
+            control: Mutex::new(Vec::new()),
+            control_pending: Default::default(),
         });
         let thread = std::thread::Builder::new()
             .name("sealserve-generate".into())
@@ -310,6 +318,41 @@ impl Generator {
     /// The loaded model (tokenizer, chat template, config).
     pub fn model(&self) -> &TextModel {
         &self.model
+    }
+
+    /// Whether the scheduler thread is still running (readiness: a thread that ended, e.g. by a
+    /// panic, serves nothing).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Runs `task` on the scheduler thread, between two steps, and waits for it (at most
+    /// `limit`). Per-thread hardening (Landlock) must run on the thread it restricts.
+    pub fn run_on_scheduler(
+        &self,
+        task: Box<dyn FnOnce() + Send>,
+        limit: Duration,
+    ) -> Result<(), String> {
+        if !self.is_running() {
+            return Err("the generation thread is not running".into());
+        }
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let task: ControlTask = Box::new(move || {
+            task();
+            let _ = done_tx.send(());
+        });
+        self.shared
+            .control
+            .lock()
+            .map_err(|_| "the generation thread's task list is poisoned".to_string())?
+            .push(task);
+        self.shared.control_pending.store(true, Ordering::Release);
+        // Under the queue lock, so the wake-up cannot fall between its check and its wait.
+        drop(self.shared.queue.lock());
+        self.shared.wake.notify_all();
+        done_rx
+            .recv_timeout(limit)
+            .map_err(|_| format!("the generation thread did not run the task within {limit:?}"))
     }
 
     /// The effective limits.

@@ -66,9 +66,13 @@ pub(super) fn run(model: &TextModel, shared: &Shared, config: &GeneratorConfig) 
             let Ok(mut queue) = shared.queue.lock() else {
                 return;
             };
+            run_control_tasks(shared);
             while active.is_empty() && queue.is_empty() {
                 if shared.shutdown.load(Ordering::Acquire) {
                     return;
+                }
+                if shared.control_pending.load(Ordering::Acquire) {
+                    break;
                 }
                 queue = match shared.wake.wait(queue) {
                     Ok(q) => q,
@@ -114,6 +118,21 @@ pub(super) fn run(model: &TextModel, shared: &Shared, config: &GeneratorConfig) 
         }
         step(model, shared, config, &mut active, &mut scratch);
         shared.stats.active.store(active.len(), Ordering::Relaxed);
+    }
+}
+
+/// Runs the tasks handed to this thread with `Generator::run_on_scheduler` (per-thread
+/// hardening), between steps.
+fn run_control_tasks(shared: &Shared) {
+    if !shared.control_pending.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    let tasks = match shared.control.lock() {
+        Ok(mut tasks) => std::mem::take(&mut *tasks),
+        Err(_) => return,
+    };
+    for task in tasks {
+        task();
     }
 }
 

@@ -33,6 +33,8 @@ pub enum ErrorKind {
     /// The served model cannot do what was asked: a route of another task, or a head that gave
     /// NaN (TEI's 424 `backend`).
     Unsupported,
+    /// A route of the other model kind (an embedding route on a generation model or back).
+    WrongModelKind,
     /// A failure inside the server.
     Internal,
 }
@@ -45,6 +47,7 @@ impl ErrorKind {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::WrongModelKind => StatusCode::BAD_REQUEST,
             ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
@@ -58,7 +61,10 @@ impl ErrorKind {
     /// TEI's `error_type` vocabulary.
     fn tei_type(self) -> &'static str {
         match self {
-            ErrorKind::Validation | ErrorKind::TooLong | ErrorKind::TooManyInputs => "validation",
+            ErrorKind::Validation
+            | ErrorKind::TooLong
+            | ErrorKind::TooManyInputs
+            | ErrorKind::WrongModelKind => "validation",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::Unauthorized => "unauthorized",
@@ -75,6 +81,7 @@ impl ErrorKind {
             ErrorKind::Validation
             | ErrorKind::TooLong
             | ErrorKind::TooManyInputs
+            | ErrorKind::WrongModelKind
             | ErrorKind::PayloadTooLarge
             | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod connections;
 pub mod error;
+pub mod generate;
 pub mod openapi;
 pub mod routes;
 pub mod types;
@@ -29,7 +30,7 @@ use tokio::net::TcpListener;
 pub use types::SignatureKind;
 
 /// Provenance of the running model, shown by /info.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct BundleInfo {
     pub manifest_sha256: String,
     pub key_fingerprint: String,
@@ -37,6 +38,7 @@ pub struct BundleInfo {
     pub signature: SignatureKind,
     pub trusted_keys_pinned: bool,
     /// How the signing key was accepted: `pinned`, or `unpinned` under `--allow-unpinned`.
+    #[schema(value_type = String, example = "pinned")]
     pub trust: crate::bundle::TrustState,
 }
 
@@ -64,6 +66,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/rerank", post(routes::rerank))
         .route("/similarity", post(routes::similarity))
         .route("/v1/embeddings", post(routes::openai_embeddings))
+        .route("/v1/chat/completions", post(routes::generation_only))
+        .route("/v1/completions", post(routes::generation_only))
+        .route("/generate", post(routes::generation_only))
+        .route("/generate_stream", post(routes::generation_only))
         .route("/v1/models", get(routes::openai_models))
         // Model ids contain '/', so the id is the rest of the path.
         .route("/v1/models/{*id}", get(routes::openai_model_by_id))
@@ -93,7 +99,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn not_found(request: Request) -> ApiError {
+pub(crate) async fn not_found(request: Request) -> ApiError {
     let path = request.uri().path().to_string();
     ApiError::new(
         ApiFamily::for_path(&path),
@@ -190,9 +196,20 @@ pub async fn serve(
     limits: connections::ConnectionLimits,
 ) -> std::io::Result<()> {
     let ready = state.ready.clone();
+    serve_app(listener, router(state), ready, grace, limits).await
+}
+
+/// [`serve`] for any router (the generation router, `generate::generation_router`): `ready`
+/// turns true once serving and false again at shutdown.
+pub async fn serve_app(
+    listener: TcpListener,
+    app: Router,
+    ready: Arc<AtomicBool>,
+    grace: Duration,
+    limits: connections::ConnectionLimits,
+) -> std::io::Result<()> {
     let stopping = Arc::new(tokio::sync::Notify::new());
     let stop_signal = stopping.clone();
-    let app = router(state);
     ready.store(true, Ordering::Release);
     let server = connections::serve(listener, app, limits, async move {
         shutdown_signal().await;

@@ -13,6 +13,7 @@ use super::types::{
     SimilarityResponse, SimpleToken, SparseValue, Status, TokenizeRequest, TokenizeResponse,
 };
 use super::AppState;
+use crate::engine::EngineHealth;
 use crate::infer::{EmbedOptions, Infer, InferError, ModelKind, ScoreOptions, Timings};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -25,10 +26,10 @@ use serde::de::DeserializeOwned;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-type Body = Result<Bytes, BytesRejection>;
+pub(super) type Body = Result<Bytes, BytesRejection>;
 
 /// Reads the body, turning a failure into the family's 413/422 error.
-fn body_bytes(family: ApiFamily, body: Body) -> Result<Bytes, ApiError> {
+pub(super) fn body_bytes(family: ApiFamily, body: Body) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -500,7 +501,12 @@ pub async fn openai_model_by_id(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let model = openai_model(&state);
+    model_if_named(openai_model(&state), &id)
+}
+
+/// The served model's object when `id` names it, else OpenAI's 404 (also for the generation
+/// routes).
+pub(super) fn model_if_named(model: OpenAiModel, id: &str) -> Result<Response, ApiError> {
     if id != model.id {
         return Err(ApiError::new(
             ApiFamily::OpenAi,
@@ -593,26 +599,50 @@ pub async fn decode(State(state): State<Arc<AppState>>, body: Body) -> Result<Re
     Ok(Json(DecodeResponse(texts)).into_response())
 }
 
-/// Liveness: the process is up and answering.
-#[utoipa::path(get, path = "/health", responses((status = 200, description = "alive", body = Status)))]
-pub async fn health() -> Response {
-    Json(Status { status: "ok" }).into_response()
+/// Liveness: the process is up and its inference thread still exists. A stopped engine thread
+/// (it panicked outside a batch) never comes back, so this turns 503 and an orchestrator
+/// restarts the process; a stuck one is reported here but left to `/ready`, because a batch
+/// that is merely slow on a starved CPU finishes on its own and a restart would lose it.
+#[utoipa::path(get, path = "/health", responses(
+    (status = 200, description = "alive; `engine` says whether inference is running or stuck", body = Status),
+    (status = 503, description = "the inference thread has stopped: restart the process", body = Status)))]
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let engine = state.infer.health();
+    if engine == EngineHealth::Stopped {
+        let status = Status {
+            status: "engine stopped",
+            engine,
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(status)).into_response()
+    } else {
+        Json(Status {
+            status: "ok",
+            engine,
+        })
+        .into_response()
+    }
 }
 
-/// Readiness: verified, loaded, warmed up and not shutting down.
+/// Readiness: verified, loaded, warmed up, not shutting down, and the inference thread running
+/// (neither gone nor stuck on one batch for longer than [`crate::batcher::STUCK_AFTER`]). A flag
+/// set once at start would keep routing traffic to a server whose engine died: requests would
+/// queue and time out.
 #[utoipa::path(get, path = "/ready", responses((status = 200, description = "ready", body = Status),
-    (status = 503, description = "not ready", body = Status)))]
+    (status = 503, description = "not ready: starting, shutting down, or `engine` stuck or stopped", body = Status)))]
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
-        Json(Status { status: "ready" }).into_response()
+    let engine = state.infer.health();
+    if state.ready.load(Ordering::Acquire) && engine == EngineHealth::Running {
+        Json(Status {
+            status: "ready",
+            engine,
+        })
+        .into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Status {
-                status: "not ready",
-            }),
-        )
-            .into_response()
+        let status = Status {
+            status: "not ready",
+            engine,
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(status)).into_response()
     }
 }
 
@@ -671,4 +701,17 @@ pub async fn metrics() -> Response {
 /// The OpenAPI document of this API, with the served model's limits written in.
 pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
     Json(super::openapi::document_for(&state.infer)).into_response()
+}
+
+/// Generation routes on an embedding model: a clear 400 instead of a 404, so a client pointed
+/// at the wrong bundle learns why.
+pub async fn generation_only(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        ApiFamily::OpenAi,
+        ErrorKind::WrongModelKind,
+        format!(
+            "{} needs a generation model; this server runs an embedding model: use /v1/embeddings or /embed",
+            uri.path()
+        ),
+    )
 }

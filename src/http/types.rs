@@ -667,8 +667,12 @@ pub struct OpenAiErrorBody {
 /// `GET /health` and `GET /ready` body.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Status {
-    /// `ok`, `ready` or `not ready`.
+    /// `ok` or `engine stopped` (/health); `ready` or `not ready` (/ready).
     pub status: &'static str,
+    /// The inference thread, so that a failing probe says why: `{"state": "running"}`,
+    /// `{"state": "stuck", "busy_ms": N}` or `{"state": "stopped"}`.
+    #[schema(value_type = Object)]
+    pub engine: EngineHealth,
 }
 
 /// How the bundle was signed.

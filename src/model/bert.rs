@@ -698,14 +698,29 @@ impl Model for BertModel {
         self.position_and_type.device()
     }
 
-    /// Packed forwards on the fused CPU f32 path (a batch is cut only by the token budget, in
-    /// input order: mixed lengths cost nothing); elsewhere padded forwards of similar lengths,
-    /// with no mask at all when a forward's members have the same length.
     fn hidden_states(
         &self,
         batch: &Packed,
         max_forward_tokens: usize,
     ) -> Result<Vec<HiddenChunk>, ModelError> {
+        let mut chunks = Vec::new();
+        self.for_each_hidden_chunk(batch, max_forward_tokens, &mut |chunk| {
+            chunks.push(chunk);
+            Ok(())
+        })?;
+        Ok(chunks)
+    }
+
+    /// Packed forwards on the fused CPU f32 path (a batch is cut only by the token budget, in
+    /// input order: mixed lengths cost nothing); elsewhere padded forwards of similar lengths,
+    /// with no mask at all when a forward's members have the same length. Each chunk goes to
+    /// `each` before the next forward runs.
+    fn for_each_hidden_chunk(
+        &self,
+        batch: &Packed,
+        max_forward_tokens: usize,
+        each: &mut dyn FnMut(HiddenChunk) -> Result<(), ModelError>,
+    ) -> Result<(), ModelError> {
         batch.check()?;
         if batch
             .token_type_ids
@@ -719,33 +734,28 @@ impl Model for BertModel {
         let offsets = batch.offsets();
         let budget = max_forward_tokens.max(1);
         if self.fast_layers.is_some() {
-            return packed_forwards(&batch.lengths, budget)
-                .into_iter()
-                .map(|group| {
-                    let first = offsets[group.start];
-                    let tokens: usize = batch.lengths[group.clone()].iter().sum();
-                    let hidden = self.forward_packed(
-                        &batch.ids[first..first + tokens],
-                        &batch.lengths[group.clone()],
-                    )?;
-                    Ok(HiddenChunk {
-                        members: group.collect(),
-                        hidden,
-                    })
-                })
-                .collect();
-        }
-        padded_forwards(&batch.lengths, budget)
-            .into_iter()
-            .map(|forward| {
-                let hidden =
-                    self.run_padded(batch, &offsets, &forward.members, forward.padded_len)?;
-                Ok(HiddenChunk {
-                    members: forward.members,
+            for group in packed_forwards(&batch.lengths, budget) {
+                let first = offsets[group.start];
+                let tokens: usize = batch.lengths[group.clone()].iter().sum();
+                let hidden = self.forward_packed(
+                    &batch.ids[first..first + tokens],
+                    &batch.lengths[group.clone()],
+                )?;
+                each(HiddenChunk {
+                    members: group.collect(),
                     hidden,
-                })
-            })
-            .collect()
+                })?;
+            }
+            return Ok(());
+        }
+        for forward in padded_forwards(&batch.lengths, budget) {
+            let hidden = self.run_padded(batch, &offsets, &forward.members, forward.padded_len)?;
+            each(HiddenChunk {
+                members: forward.members,
+                hidden,
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -884,6 +894,29 @@ mod tests {
             }
         }
         assert_eq!(rows(&generic).concat().len(), packed_ids.len());
+        // Chunks are handed over one forward at a time, and an error from the receiver stops
+        // the batch before the next forward runs.
+        for (model, forwards) in [
+            (&fast, packed_forwards(&lengths, 40).len()),
+            (&generic, padded_forwards(&lengths, 40).len()),
+        ] {
+            assert!(forwards > 1, "the budget must split this batch");
+            let mut calls = 0;
+            model
+                .for_each_hidden_chunk(&batch, 40, &mut |_| {
+                    calls += 1;
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(calls, forwards);
+            calls = 0;
+            let stopped = model.for_each_hidden_chunk(&batch, 40, &mut |_| {
+                calls += 1;
+                Err(ModelError::Batch("receiver gave up".into()))
+            });
+            assert!(matches!(stopped, Err(ModelError::Batch(_))));
+            assert_eq!(calls, 1);
+        }
         for mask in [None, Some(lengths.as_slice())] {
             let a = fast
                 .forward_padded(&ids, mask)

@@ -152,6 +152,25 @@ pub trait Model: Send {
         batch: &Packed,
         max_forward_tokens: usize,
     ) -> Result<Vec<HiddenChunk>, ModelError>;
+    /// [`Self::hidden_states`] one forward at a time: `each` gets every chunk as soon as its
+    /// forward has run, and the engine pools it and drops it before the next forward starts.
+    ///
+    /// Why: a batch over one forward's budget runs as several forwards. Collected first, every
+    /// finished chunk stays alive while the later forwards run, so memory grows with the number
+    /// of forwards instead of staying at one forward's working set (`max_forward_tokens` bounds
+    /// activation memory only if chunks are let go). The default hands over what
+    /// `hidden_states` collected; a family that runs several forwards overrides this and builds
+    /// `hidden_states` on it.
+    fn for_each_hidden_chunk(
+        &self,
+        batch: &Packed,
+        max_forward_tokens: usize,
+        each: &mut dyn FnMut(HiddenChunk) -> Result<(), ModelError>,
+    ) -> Result<(), ModelError> {
+        self.hidden_states(batch, max_forward_tokens)?
+            .into_iter()
+            .try_for_each(each)
+    }
     /// Scores of a classification or rerank head, one vector per sequence. Families without a
     /// head keep the default.
     fn predict(
@@ -210,6 +229,11 @@ pub fn load_for_task(
     device: &Device,
 ) -> Result<Box<dyn Model>, LoadError> {
     match (family, task) {
+        // Decoders run under the generation scheduler (`crate::generate`), not this trait.
+        (Family::Llama, _) => Err(LoadError::Config(
+            "a llama bundle is a generation model: serve loads it with the generation engine"
+                .into(),
+        )),
         (_, Task::Generate) => Err(LoadError::Config(format!(
             "the {family} family cannot generate text: task = \"generate\" needs a generation \
              model; use task = \"embed\", \"classify\", \"rerank\" or \"sparse_embed\""

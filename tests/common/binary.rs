@@ -179,3 +179,22 @@ pub fn release_signed_copy(dir: &Path, name: &str) -> (PathBuf, SecretKey) {
     }
     panic!("no key of 64 gave a bundle of the original length");
 }
+
+/// The generation build of `serve` (`SEALSERVE_MODEL=smollm2-135m-instruct`), which the
+/// generation tests run: `$SEALSERVE_LLM_SERVE`, as `scripts/build-llm-serve` prints it. It is a
+/// second build of the whole package (build.rs embeds another model), which is why the default
+/// test run does not make it and its tests run with `SEALSERVE_LLM_TESTS=1` (`.ci/run` sets both).
+pub fn llm_serve() -> PathBuf {
+    let path = std::env::var_os("SEALSERVE_LLM_SERVE")
+        .map(PathBuf::from)
+        .expect(
+            "SEALSERVE_LLM_SERVE must name the generation build of serve: \
+             export SEALSERVE_LLM_SERVE=\"$(scripts/build-llm-serve)\"",
+        );
+    assert!(
+        path.is_file(),
+        "SEALSERVE_LLM_SERVE={} is not a file: run scripts/build-llm-serve",
+        path.display()
+    );
+    path
+}

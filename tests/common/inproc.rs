@@ -1,7 +1,7 @@
 //! A verified, loaded model served in-process over real HTTP (engine thread, batcher, core layer
 //! and router as `serve` wires them), for route tests that need no sealed `serve` binary.
 
-use sealserve::batcher::Batcher;
+use sealserve::batcher::{Backend, Batcher};
 use sealserve::bundle::VerifiedBundle;
 use sealserve::engine::{Engine, LoadedModel};
 use sealserve::harden::{self, HardenLevel};
@@ -18,9 +18,20 @@ pub async fn serve(
     loaded: LoadedModel,
     limits: Limits,
 ) -> (String, Arc<Engine>) {
+    serve_with(bundle, loaded, limits, |engine| engine as Arc<dyn Backend>).await
+}
+
+/// [`serve`] with the batcher talking to `backend(engine)` instead of the engine (a test that
+/// stands in for a failing or stuck backend).
+pub async fn serve_with(
+    bundle: &VerifiedBundle<'static>,
+    loaded: LoadedModel,
+    limits: Limits,
+    backend: impl FnOnce(Arc<Engine>) -> Arc<dyn Backend>,
+) -> (String, Arc<Engine>) {
     loaded.warm_up().expect("warm up");
     let engine = Arc::new(Engine::start(loaded).expect("engine thread"));
-    let batcher = Batcher::start(engine.clone(), &limits);
+    let batcher = Batcher::start(backend(engine.clone()), &limits);
     let state = Arc::new(AppState {
         infer: Infer::new(
             batcher,

@@ -111,3 +111,12 @@ pub mod families;
 pub mod inproc;
 pub mod server;
 pub mod tiny;
+
+/// Runs the client script `script` of tests/clients against the server at `base` (with the
+/// reference folder as its second argument), after checking the pinned package versions;
+/// returns its output, panicking with it unless the script passes.
+pub fn run_client(script: &str, base: &str) -> String {
+    clients::run_python(&["check_versions.py"], &clients::clients_dir());
+    let reference = reference_dir().display().to_string();
+    clients::run_python(&[script, base, &reference], &clients::clients_dir())
+}

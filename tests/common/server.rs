@@ -9,10 +9,19 @@ use std::time::Duration;
 /// pin); the trust tests start it without.
 pub const UNPINNED: (&str, &str) = ("SEALSERVE_ALLOW_UNPINNED", "1");
 
-/// The `serve` binary of this build, as every test launches it, with the [`UNPINNED`] waiver:
-/// the one place for launch settings every test needs.
+/// The `serve` binary the tests launch: this build's, or the one `SEALSERVE_TEST_SERVE` names, so
+/// that the binary-level suites (harden_inject, harden_serve, http_connections, http_memory) can
+/// re-check a release build (`SEALSERVE_TEST_SERVE=target/release/serve cargo test --test …`,
+/// see RELIABILITY.md) without compiling the tests in release.
+pub fn serve_binary() -> std::path::PathBuf {
+    std::env::var_os("SEALSERVE_TEST_SERVE")
+        .map_or_else(|| env!("CARGO_BIN_EXE_serve").into(), Into::into)
+}
+
+/// The `serve` binary (see [`serve_binary`]), as every test launches it, with the [`UNPINNED`]
+/// waiver: the one place for launch settings every test needs.
 pub fn serve_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_serve"));
+    let mut command = Command::new(serve_binary());
     command.env(UNPINNED.0, UNPINNED.1);
     command
 }
@@ -40,7 +49,23 @@ impl Server {
         env: &[(&str, &str)],
         customize: impl FnOnce(&mut Command),
     ) -> Server {
-        let mut command = serve_command();
+        Self::launch(serve_command(), args, env, customize)
+    }
+
+    /// [`Server::start`] of another `serve` binary (e.g. the generation build), with the
+    /// [`UNPINNED`] waiver.
+    pub fn start_binary(binary: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(binary);
+        command.env(UNPINNED.0, UNPINNED.1);
+        Self::launch(command, args, env, |_| {})
+    }
+
+    fn launch(
+        mut command: Command,
+        args: &[&str],
+        env: &[(&str, &str)],
+        customize: impl FnOnce(&mut Command),
+    ) -> Server {
         command
             .args(["--log-format", "json"])
             .args(args)
@@ -153,4 +178,33 @@ fn status_of_get(url: &str) -> std::io::Result<u16> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other("bad response"))
+}
+
+/// `curl -s -N -X <method> [-d <json body>] [-H <header>...] <url>`: (status, body). Streams
+/// (`-N`) arrive whole once the server ends them.
+pub fn curl(
+    method: &str,
+    url: &str,
+    body: Option<&serde_json::Value>,
+    headers: &[&str],
+) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-N", "-X", method, "-w", "\n%{http_code}", url]);
+    if let Some(body) = body {
+        cmd.args([
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body.to_string(),
+        ]);
+    }
+    for header in headers {
+        cmd.args(["-H", header]);
+    }
+    let out = cmd
+        .output()
+        .expect("curl (install it: apt-get install -y curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
 }

@@ -112,6 +112,9 @@ pub enum Family {
     Gte,
     /// nomic-embed-text (NomicBERT).
     NomicBert,
+    /// Llama-family decoders in one GGUF file (SmolLM2, Llama 3, Qwen2/3, Mistral): text
+    /// generation only.
+    Llama,
 }
 
 impl fmt::Display for Family {
@@ -126,6 +129,7 @@ impl fmt::Display for Family {
             Family::Qwen3 => "qwen3",
             Family::Gte => "gte",
             Family::NomicBert => "nomic_bert",
+            Family::Llama => "llama",
         })
     }
 }
@@ -137,6 +141,9 @@ pub enum FileRole {
     Weights,
     Tokenizer,
     Config,
+    /// A GGUF file: weights, tokenizer (`tokenizer.ggml.*`) and chat template in one file. The
+    /// only file of a `generate` bundle, which then has no other roles.
+    Gguf,
 }
 
 /// One pinned file of the model.
@@ -220,7 +227,7 @@ pub struct BundleMetadata {
     pub model_id: String,
     pub revision: String,
     pub family: Family,
-    /// What the model does; signed, so a bundle cannot be served as something else.
+    /// What the model does; signed, so a bundle cannot be re-purposed without re-signing.
     #[serde(default)]
     pub task: Task,
     pub pooling: Pooling,
@@ -327,11 +334,38 @@ impl ModelSpec {
                 return Err(invalid(format!("{} is listed twice", file.name)));
             }
         }
-        for role in [FileRole::Weights, FileRole::Tokenizer, FileRole::Config] {
-            let count = self.files.iter().filter(|f| f.role == role).count();
-            if count != 1 {
+        let generate = match (self.model.family, self.model.task) {
+            (Family::Llama, Task::Generate) => true,
+            (Family::Llama, task) => {
                 return Err(invalid(format!(
-                    "exactly one file must have role {role:?}, found {count}"
+                "family llama serves task \"generate\" only, not {task:?}: set task = \"generate\""
+            )))
+            }
+            (family, Task::Generate) => {
+                return Err(invalid(format!(
+                    "task \"generate\" needs a decoder family (llama), not {family}"
+                )))
+            }
+            _ => false,
+        };
+        // A generation bundle is one GGUF file; the others are the weights/tokenizer/config triple.
+        let wanted: &[FileRole] = if generate {
+            &[FileRole::Gguf]
+        } else {
+            &[FileRole::Weights, FileRole::Tokenizer, FileRole::Config]
+        };
+        for role in [
+            FileRole::Weights,
+            FileRole::Tokenizer,
+            FileRole::Config,
+            FileRole::Gguf,
+        ] {
+            let count = self.files.iter().filter(|f| f.role == role).count();
+            let want = usize::from(wanted.contains(&role));
+            if count != want {
+                return Err(invalid(format!(
+                    "a {:?} model needs {want} file(s) of role {role:?}, found {count}",
+                    self.model.task
                 )));
             }
         }
@@ -348,6 +382,18 @@ impl ModelSpec {
 
     /// The metadata that goes into `sealserve.json` for this build.
     pub fn metadata(&self, build: &BuildInfo) -> BundleMetadata {
+        let named = |role| self.file_with_role(role).name.clone();
+        // One GGUF file is a generation bundle's weights, tokenizer and config at once.
+        let (weights, tokenizer, config) = if self.model.task == Task::Generate {
+            let gguf = named(FileRole::Gguf);
+            (gguf.clone(), gguf.clone(), gguf)
+        } else {
+            (
+                named(FileRole::Weights),
+                named(FileRole::Tokenizer),
+                named(FileRole::Config),
+            )
+        };
         BundleMetadata {
             format: METADATA_FORMAT,
             model_id: self.model.id.clone(),
@@ -357,9 +403,9 @@ impl ModelSpec {
             pooling: self.model.pooling,
             normalize: self.model.normalize,
             max_seq_length: self.model.max_seq_length,
-            weights: self.file_with_role(FileRole::Weights).name.clone(),
-            tokenizer: self.file_with_role(FileRole::Tokenizer).name.clone(),
-            config: self.file_with_role(FileRole::Config).name.clone(),
+            weights,
+            tokenizer,
+            config,
             prompts: self.model.prompts.clone(),
             default_prompt_name: self.model.default_prompt_name.clone(),
             sealserve_version: build.sealserve_version.clone(),
@@ -400,5 +446,84 @@ impl BundleMetadata {
             ));
         }
         Ok(metadata)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
+    fn toml(family: &str, task: Option<&str>, roles: &[&str]) -> String {
+        let mut text = format!(
+            "[model]\nid = \"org/m\"\nrevision = \"{}\"\nfamily = \"{family}\"\n{}\
+             pooling = \"mean\"\nnormalize = true\nmax_seq_length = 8\n",
+            "a".repeat(40),
+            task.map(|t| format!("task = \"{t}\"\n"))
+                .unwrap_or_default()
+        );
+        for (i, role) in roles.iter().enumerate() {
+            text.push_str(&format!(
+                "\n[[files]]\nname = \"f{i}\"\nrole = \"{role}\"\nsize = 1\nsha256 = \"{SHA}\"\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn task_defaults_to_embed_and_is_signed_in_the_metadata() {
+        let spec = ModelSpec::parse(
+            &toml("bert", None, &["weights", "tokenizer", "config"]),
+            "t",
+        )
+        .expect("embedding spec");
+        assert_eq!(spec.model.task, Task::Embed);
+        let metadata = spec.metadata(&BuildInfo::dev("0"));
+        assert_eq!(metadata.task, Task::Embed);
+        let json = String::from_utf8(metadata.to_canonical_bytes()).unwrap();
+        assert!(json.contains("\"task\": \"embed\""), "{json}");
+        // Metadata written before the task existed reads as an embedding bundle.
+        let old = json.replace("  \"task\": \"embed\",\n", "");
+        assert_eq!(
+            BundleMetadata::from_bytes(old.as_bytes()).unwrap().task,
+            Task::Embed
+        );
+    }
+
+    #[test]
+    fn a_generate_bundle_is_one_gguf_of_the_llama_family() {
+        let spec = ModelSpec::parse(&toml("llama", Some("generate"), &["gguf"]), "t")
+            .expect("generation spec");
+        let metadata = spec.metadata(&BuildInfo::dev("0"));
+        assert_eq!(metadata.task, Task::Generate);
+        assert_eq!(metadata.family, Family::Llama);
+        assert_eq!(
+            (&*metadata.weights, &*metadata.tokenizer, &*metadata.config),
+            ("f0", "f0", "f0")
+        );
+        let refused = [
+            toml("llama", None, &["gguf"]),
+            toml("llama", Some("generate"), &["gguf", "tokenizer"]),
+            toml(
+                "llama",
+                Some("generate"),
+                &["weights", "tokenizer", "config"],
+            ),
+            toml("bert", Some("generate"), &["gguf"]),
+            toml("bert", None, &["weights", "tokenizer", "config", "gguf"]),
+            toml("llama", Some("summarize"), &["gguf"]),
+        ];
+        for text in refused {
+            assert!(ModelSpec::parse(&text, "t").is_err(), "accepted:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_pinned_smollm2_model_toml_parses_as_a_generation_bundle() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/smollm2-135m-instruct");
+        let spec = ModelSpec::load(&dir).expect("models/smollm2-135m-instruct/model.toml");
+        assert_eq!(spec.model.task, Task::Generate);
+        assert_eq!(spec.file_with_role(FileRole::Gguf).size, 98_362_432);
     }
 }
