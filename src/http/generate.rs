@@ -21,7 +21,7 @@ use crate::harden::HardenReport;
 use crate::limits::Limits;
 use crate::telemetry;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
@@ -134,43 +134,17 @@ fn scheduler_health(state: &GenerationState) -> EngineHealth {
 #[utoipa::path(get, path = "/health", responses((status = 200, description = "alive", body = Status),
     (status = 503, description = "the generation thread has stopped", body = Status)))]
 async fn health(State(state): State<Arc<GenerationState>>) -> Response {
-    let engine = scheduler_health(&state);
-    if engine == EngineHealth::Stopped {
-        let status = Status {
-            status: "engine stopped",
-            engine,
-        };
-        (StatusCode::SERVICE_UNAVAILABLE, Json(status)).into_response()
-    } else {
-        Json(Status {
-            status: "ok",
-            engine,
-        })
-        .into_response()
-    }
+    super::routes::health_response(scheduler_health(&state))
 }
 
 /// Readiness: serving, and the scheduler thread is alive.
 #[utoipa::path(get, path = "/ready", responses((status = 200, description = "ready", body = Status),
     (status = 503, description = "not ready, or the generation thread has stopped", body = Status)))]
 async fn ready(State(state): State<Arc<GenerationState>>) -> Response {
-    let engine = scheduler_health(&state);
-    if state.ready.load(Ordering::Acquire) && engine == EngineHealth::Running {
-        Json(Status {
-            status: "ready",
-            engine,
-        })
-        .into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Status {
-                status: "not ready",
-                engine,
-            }),
-        )
-            .into_response()
-    }
+    super::routes::ready_response(
+        state.ready.load(Ordering::Acquire),
+        scheduler_health(&state),
+    )
 }
 
 /// What a generation server serves: `kind` (and `model_type`) is always `generation`.

@@ -607,7 +607,12 @@ pub async fn decode(State(state): State<Arc<AppState>>, body: Body) -> Result<Re
     (status = 200, description = "alive; `engine` says whether inference is running or stuck", body = Status),
     (status = 503, description = "the inference thread has stopped: restart the process", body = Status)))]
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let engine = state.infer.health();
+    health_response(state.infer.health())
+}
+
+/// The `/health` answer for an inference thread in state `engine`, for every router: 503 only
+/// once the thread has stopped.
+pub(crate) fn health_response(engine: EngineHealth) -> Response {
     if engine == EngineHealth::Stopped {
         let status = Status {
             status: "engine stopped",
@@ -630,8 +635,13 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
 #[utoipa::path(get, path = "/ready", responses((status = 200, description = "ready", body = Status),
     (status = 503, description = "not ready: starting, shutting down, or `engine` stuck or stopped", body = Status)))]
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    let engine = state.infer.health();
-    if state.ready.load(Ordering::Acquire) && engine == EngineHealth::Running {
+    ready_response(state.ready.load(Ordering::Acquire), state.infer.health())
+}
+
+/// The `/ready` answer, for every router: 200 only when the server says it is `ready` (verified,
+/// loaded, warmed up, not shutting down) and its inference thread is running.
+pub(crate) fn ready_response(ready: bool, engine: EngineHealth) -> Response {
+    if ready && engine == EngineHealth::Running {
         Json(Status {
             status: "ready",
             engine,

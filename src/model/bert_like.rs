@@ -409,26 +409,29 @@ impl BertLike {
                 bias: &layer.qkv_bias,
                 spans,
             })?;
-            let attended = context.matmul(&layer.out_weight)?.apply_op2_no_bwd(
+            // The bias/GELU and bias/residual/norm passes write over the fresh matmul outputs
+            // they read (nothing else holds them): see `cpu_f32::BiasResidualNorm`.
+            let attended = context.matmul(&layer.out_weight)?;
+            attended.inplace_op2(
                 &hidden,
                 &cpu_f32::BiasResidualNorm {
                     bias: &layer.out_bias,
                     norm: &layer.attention_norm,
                 },
             )?;
-            let inner =
-                attended
-                    .matmul(&layer.ffn_in_weight)?
-                    .apply_op1_no_bwd(&cpu_f32::BiasGelu {
-                        bias: &layer.ffn_in_bias,
-                    })?;
-            hidden = inner.matmul(&layer.ffn_out_weight)?.apply_op2_no_bwd(
+            let inner = attended.matmul(&layer.ffn_in_weight)?;
+            inner.inplace_op1(&cpu_f32::BiasGelu {
+                bias: &layer.ffn_in_bias,
+            })?;
+            let output = inner.matmul(&layer.ffn_out_weight)?;
+            output.inplace_op2(
                 &attended,
                 &cpu_f32::BiasResidualNorm {
                     bias: &layer.ffn_out_bias,
                     norm: &layer.ffn_norm,
                 },
             )?;
+            hidden = output;
         }
         Ok(hidden)
     }
