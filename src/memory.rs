@@ -16,6 +16,7 @@
 //! whose bytes changed on disk is refused, never used.
 
 use seal_core::bundle::Copies;
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -182,7 +183,9 @@ impl PagedCopy {
             .find(|(copy, len, _, _)| *copy <= first && last <= copy + len)
             .map(|(copy, _, file, offset)| (*file, offset + (first - copy) as u64))?;
         let count = (last - first) / page;
+        // On every core: this runs once at start-up, over tens of MB, before the server is ready.
         let hashes = (0..count)
+            .into_par_iter()
             .map(|i| Sha256::digest(&bytes[first - start + i * page..][..page]).into())
             .collect();
         // SAFETY: page-aligned range inside one of our anonymous copies; nothing reads it except

@@ -317,6 +317,11 @@ pub struct Bundle<'s> {
 /// Bytes read per step when copying, hashing or scanning: large enough for few system calls,
 /// small enough that a copied chunk is still in cache when it is hashed.
 pub const CHUNK: usize = 1 << 20;
+/// Entries at least this large are copied one chunk ahead of the hashing on a second thread.
+const PIPELINE_MIN: usize = 8 * CHUNK;
+/// Chunks the copying thread may run ahead of the hashing one (bounded, so a copied chunk is
+/// still in the shared cache when it is hashed).
+const PIPELINE_DEPTH: usize = 2;
 
 impl<'s> Bundle<'s> {
     /// Parses a bundle that fills `bytes` exactly.
@@ -550,14 +555,7 @@ impl<'s> Bundle<'s> {
                 entry.name
             ))
         })?;
-        let mut hasher = Sha256::new();
-        let mut at = entry.offset;
-        for chunk in copy.chunks_mut(CHUNK) {
-            self.source.read_at(at, chunk)?;
-            hasher.update(&*chunk);
-            at += chunk.len() as u64;
-        }
-        let actual = hex::encode(hasher.finalize());
+        let actual = hex::encode(self.copy_and_hash(entry.offset, copy)?);
         if actual != expected {
             return Err(VerifyError::DigestMismatch {
                 name: entry.name.clone(),
@@ -566,6 +564,46 @@ impl<'s> Bundle<'s> {
             });
         }
         Ok(copies.seal(copy))
+    }
+
+    /// Fills `copy` from the entry at `offset` and returns the SHA-256 of what it wrote, hashing
+    /// each chunk from the copy after it is written (never the source). A large entry is copied
+    /// on a second thread one chunk ahead of the hashing: copying (system call, page faults on
+    /// the fresh memory) and hashing then overlap instead of adding up, which is most of what
+    /// verifying the embedded weights costs at start-up.
+    fn copy_and_hash(&self, offset: u64, copy: &mut [u8]) -> Result<[u8; 32], VerifyError> {
+        let mut hasher = Sha256::new();
+        let parallel = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        if !parallel || copy.len() < PIPELINE_MIN {
+            let mut at = offset;
+            for chunk in copy.chunks_mut(CHUNK) {
+                self.source.read_at(at, chunk)?;
+                hasher.update(&*chunk);
+                at += chunk.len() as u64;
+            }
+            return Ok(hasher.finalize().into());
+        }
+        let source = &self.source;
+        let (written, filled) = std::sync::mpsc::sync_channel::<&[u8]>(PIPELINE_DEPTH);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(move || -> Result<(), VerifyError> {
+                let mut at = offset;
+                for chunk in copy.chunks_mut(CHUNK) {
+                    source.read_at(at, chunk)?;
+                    at += chunk.len() as u64;
+                    let chunk: &[u8] = chunk;
+                    if written.send(chunk).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            });
+            for chunk in filled.iter() {
+                hasher.update(chunk);
+            }
+            reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })?;
+        Ok(hasher.finalize().into())
     }
 
     fn public_key(&self) -> Result<PublicKey, VerifyError> {
