@@ -15,8 +15,8 @@
 //! SHA-256 the page had in the verified copy — fs-verity's idea at page granularity: a page
 //! whose bytes changed on disk is refused, never used.
 
-use seal_core::bundle::Copies;
 use rayon::prelude::*;
+use seal_core::bundle::Copies;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::os::unix::fs::FileExt;

@@ -601,7 +601,9 @@ impl<'s> Bundle<'s> {
             for chunk in filled.iter() {
                 hasher.update(chunk);
             }
-            reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            reader
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })?;
         Ok(hasher.finalize().into())
     }
