@@ -1,6 +1,9 @@
 //! Resolves the pinned model, signs (or checks the given signature of) its MANIFEST, and writes
 //! the sealed bundle that `serve` embeds.
 //!
+//! The pins: `models/$SEALSERVE_MODEL/model.toml`, or `$SEALSERVE_PINS_DIR/$SEALSERVE_MODEL/model.toml`
+//! for pins that are not shipped models (the test fixtures' pins under tests/data/family-pins).
+//!
 //! Sources, in order, each attempt logged with `cargo:warning`:
 //!   1. `SEALSERVE_MODEL_DIR` (a folder holding the files)
 //!   2. the local blob cache (`SEALSERVE_CACHE_DIR`, else `$XDG_CACHE_HOME/sealserve`, else
@@ -24,6 +27,7 @@ const DEFAULT_MODEL: &str = "all-MiniLM-L6-v2";
 const WATCHED_ENV: &[&str] = &[
     "SEALSERVE_MODEL",
     "SEALSERVE_MODEL_DIR",
+    "SEALSERVE_PINS_DIR",
     "SEALSERVE_CACHE_DIR",
     "SEALSERVE_SIGNATURE",
     "SEALSERVE_PUBLIC_KEY",
@@ -64,13 +68,21 @@ fn run() -> Result<(), String> {
     println!("cargo:rerun-if-changed=build.rs");
 
     let model_name = env("SEALSERVE_MODEL").unwrap_or_else(|| DEFAULT_MODEL.to_string());
-    let model_dir = root.join("models").join(&model_name);
+    // models/ holds the models this project ships; a test fixture's pin lives beside the
+    // fixtures instead (SEALSERVE_PINS_DIR, relative to the package root), so models/ stays the
+    // list of real models a user can build.
+    let pins_dir =
+        env("SEALSERVE_PINS_DIR").map_or_else(|| root.join("models"), |dir| root.join(dir));
+    let model_dir = pins_dir.join(&model_name);
     println!(
         "cargo:rerun-if-changed={}",
         model_dir.join("model.toml").display()
     );
     let spec = ModelSpec::load(&model_dir).map_err(|e| {
-        format!("{e} (SEALSERVE_MODEL={model_name} must name a folder under models/)")
+        format!(
+            "{e} (SEALSERVE_MODEL={model_name} must name a folder under {}: models/ unless SEALSERVE_PINS_DIR says otherwise)",
+            pins_dir.display()
+        )
     })?;
 
     let files = resolve_files(&spec, &out_dir)?;
@@ -85,7 +97,7 @@ fn run() -> Result<(), String> {
     };
     let metadata = spec.metadata(&build).to_canonical_bytes();
     let manifest_bytes = spec.manifest_bytes(&build);
-    let (signature, key) = signature_for(&manifest_bytes, release, &model_name)?;
+    let (signature, key) = signature_for(&manifest_bytes, release, &model_dir)?;
 
     let mut entries: Vec<(String, Vec<u8>)> = spec
         .files
@@ -196,7 +208,7 @@ fn release_pair() -> Result<Option<ReleasePair>, String> {
 fn signature_for(
     manifest_bytes: &[u8],
     release: Option<ReleasePair>,
-    model_name: &str,
+    model_dir: &Path,
 ) -> Result<(signature::Signature, signature::PublicKey), String> {
     match release {
         None => {
@@ -208,7 +220,8 @@ fn signature_for(
         Some(pair) => signature::verify_detached(&pair.signature, &pair.public_key, manifest_bytes).map_err(|e| {
             format!(
                 "SEALSERVE_SIGNATURE / SEALSERVE_PUBLIC_KEY rejected for this build's MANIFEST: {e}. \
-                 Sign the output of `seal manifest models/{model_name}` (of this sealserve version) with the matching key"
+                 Sign the output of `seal manifest {}` (of this sealserve version) with the matching key",
+                model_dir.display()
             )
         }),
     }

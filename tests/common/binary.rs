@@ -185,15 +185,28 @@ pub fn release_signed_copy(dir: &Path, name: &str) -> (PathBuf, SecretKey) {
 /// second build of the whole package (build.rs embeds another model), which is why the default
 /// test run does not make it and its tests run with `SEALSERVE_LLM_TESTS=1` (`.ci/run` sets both).
 pub fn llm_serve() -> PathBuf {
-    let path = std::env::var_os("SEALSERVE_LLM_SERVE")
+    built_serve("SEALSERVE_LLM_SERVE", "scripts/build-llm-serve")
+}
+
+/// The qwen3 family fixture's build of `serve` (its pin tests/data/family-pins/qwen3, its files
+/// tests/data/families/qwen3), which tests/family_serve.rs runs: `$SEALSERVE_FAMILY_SERVE`, as
+/// `scripts/build-model-serve` prints it; like [`llm_serve`], a second build of the package, run
+/// with `SEALSERVE_FAMILY_TESTS=1` (`.ci/run` sets both).
+pub fn family_serve() -> PathBuf {
+    built_serve(
+        "SEALSERVE_FAMILY_SERVE",
+        "scripts/build-model-serve tests/data/family-pins/qwen3 tests/data/families/qwen3",
+    )
+}
+
+/// The `serve` binary the variable `var` names, which the command `build` makes and prints.
+fn built_serve(var: &str, build: &str) -> PathBuf {
+    let path = std::env::var_os(var)
         .map(PathBuf::from)
-        .expect(
-            "SEALSERVE_LLM_SERVE must name the generation build of serve: \
-             export SEALSERVE_LLM_SERVE=\"$(scripts/build-llm-serve)\"",
-        );
+        .unwrap_or_else(|| panic!("{var} must name a build of serve: export {var}=\"$({build})\""));
     assert!(
         path.is_file(),
-        "SEALSERVE_LLM_SERVE={} is not a file: run scripts/build-llm-serve",
+        "{var}={} is not a file: run {build}",
         path.display()
     );
     path
