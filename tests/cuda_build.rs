@@ -84,9 +84,29 @@ fn build_cuda_patches_apply_to_the_pinned_candle_sources() {
     assert!(
         patch.contains("candle-core = { path = ") && patch.contains("candle-kernels = { path = ")
     );
-    for entry in ["Cargo.toml", "build.rs", "src"] {
+    for entry in ["Cargo.toml", "build.rs", "src", "crates", "tests"] {
         assert!(build.path().join("ws").join(entry).exists(), "ws/{entry}");
     }
+    // Cargo can read the shadow workspace, members included (a member left out of ws/ once
+    // broke every CUDA build while this test still passed).
+    let metadata = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--manifest-path",
+        ])
+        .arg(build.path().join("ws/Cargo.toml"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        metadata.status.success(),
+        "cargo metadata on the shadow workspace failed:\n{}",
+        String::from_utf8_lossy(&metadata.stderr)
+    );
+    let members = String::from_utf8_lossy(&metadata.stdout);
+    assert!(members.contains("\"name\":\"seal-core\""), "{members}");
     // The repository's own Cargo.lock is not what the patched build writes to.
     assert!(build.path().join("ws/Cargo.lock").exists());
 }
