@@ -179,13 +179,15 @@ pub fn model_config(data: &[u8]) {
 const GGUF_TEXT: &str = "Hello, world! 12 345 <|im_end|> naïve 日本";
 
 /// GGUF (the generation models): parsed as `serve` parses it (`Gguf::read`: the header bounds
-/// check, then candle), the hyper-parameters read, the tokenizer rebuilt and run on a short
-/// text, and the model loaded (through `TextModel::from_gguf_bytes`, `serve`'s path, when the
-/// tokenizer builds; else through `LlamaModel::load`) and run for one prefill and one decode
-/// step. Invariants: a loaded model's config is the one `LlamaConfig::from_gguf` reads; token
-/// ids lie inside the tokenizer's vocabulary; every logits row is vocabulary-wide.
+/// check, then candle), the hyper-parameters read, the model and tokenizer built through
+/// `TextModel::from_gguf_bytes` (`serve`'s path), the tokenizer run on a short text and the
+/// model for one prefill and one decode step. Where the model fails to load the tokenizer is
+/// still built on its own, and where only the tokenizer fails the model is still run, so each
+/// part is reached by inputs that break the other. Invariants: a loaded model's config is the
+/// one `LlamaConfig::from_gguf` reads; token ids lie inside the tokenizer's vocabulary; every
+/// logits row is vocabulary-wide.
 pub fn gguf(data: &[u8]) {
-    use sealserve::generate::TextModel;
+    use sealserve::generate::{EngineError, TextModel};
     use sealserve::model::llama::config::LlamaConfig;
     use sealserve::model::llama::tokenizer::TextTokenizer;
     use sealserve::model::llama::{Gguf, LlamaModel};
@@ -194,33 +196,40 @@ pub fn gguf(data: &[u8]) {
         return;
     };
     let config = LlamaConfig::from_gguf(&gguf.content);
-    let mut prompt = vec![0u32];
-    let tokenizer_builds = match TextTokenizer::from_gguf(&gguf) {
-        Ok(tokenizer) => {
-            if let Ok(ids) = tokenizer.encode(GGUF_TEXT, true) {
-                for &id in &ids {
-                    assert!((id as usize) < tokenizer.vocab_size(), "token id {id}");
-                }
-                let _ = tokenizer.decode(&ids, false);
-                let _ = tokenizer.decode(&ids, true);
-                if !ids.is_empty() {
-                    prompt = ids.into_iter().take(8).collect();
-                }
-            }
-            let _ = tokenizer.token_to_id("<|im_end|>");
-            true
-        }
-        Err(_) => false,
-    };
-    let Ok(config) = config else {
-        return;
-    };
-    if tokenizer_builds {
-        if let Ok(text_model) = TextModel::from_gguf_bytes(data) {
+    match TextModel::from_gguf_bytes(data) {
+        Ok(text_model) => {
+            let prompt = run_tokenizer(&text_model.tokenizer);
+            let config = config.expect("a model that loads has a config");
             run_llama(&text_model.model, &config, &prompt);
         }
-    } else if let Ok(model) = LlamaModel::load(&gguf) {
-        run_llama(&model, &config, &prompt);
+        Err(EngineError::Load(_)) => {
+            if let Ok(tokenizer) = TextTokenizer::from_gguf(&gguf) {
+                run_tokenizer(&tokenizer);
+            }
+        }
+        Err(_) => {
+            if let (Ok(config), Ok(model)) = (config, LlamaModel::load(&gguf)) {
+                run_llama(&model, &config, &[0]);
+            }
+        }
+    }
+}
+
+/// Encodes and decodes [`GGUF_TEXT`]; returns up to 8 of its ids as a prompt (`[0]` if none).
+fn run_tokenizer(tokenizer: &sealserve::model::llama::tokenizer::TextTokenizer) -> Vec<u32> {
+    let _ = tokenizer.token_to_id("<|im_end|>");
+    let Ok(ids) = tokenizer.encode(GGUF_TEXT, true) else {
+        return vec![0];
+    };
+    for &id in &ids {
+        assert!((id as usize) < tokenizer.vocab_size(), "token id {id}");
+    }
+    let _ = tokenizer.decode(&ids, false);
+    let _ = tokenizer.decode(&ids, true);
+    if ids.is_empty() {
+        vec![0]
+    } else {
+        ids.into_iter().take(8).collect()
     }
 }
 
