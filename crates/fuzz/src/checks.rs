@@ -173,3 +173,115 @@ pub fn model_config(data: &[u8]) {
         let _ = ModelSpec::parse(text, "fuzz input");
     }
 }
+
+/// Text the GGUF check tokenizes: words, digits, punctuation, a control token's text and
+/// non-ASCII, so every pre-tokenizer path and the added-token matcher run.
+const GGUF_TEXT: &str = "Hello, world! 12 345 <|im_end|> naïve 日本";
+
+/// GGUF (the generation models): parsed as `serve` parses it (`Gguf::read`: the header bounds
+/// check, then candle), the hyper-parameters read, the model and tokenizer built through
+/// `TextModel::from_gguf_bytes` (`serve`'s path), the tokenizer run on a short text and the
+/// model for one prefill and one decode step. Where the model fails to load the tokenizer is
+/// still built on its own, and where only the tokenizer fails the model is still run, so each
+/// part is reached by inputs that break the other. Invariants: a loaded model's config is the
+/// one `LlamaConfig::from_gguf` reads; token ids lie inside the tokenizer's vocabulary; every
+/// logits row is vocabulary-wide.
+pub fn gguf(data: &[u8]) {
+    use sealserve::generate::{EngineError, TextModel};
+    use sealserve::model::llama::config::LlamaConfig;
+    use sealserve::model::llama::tokenizer::TextTokenizer;
+    use sealserve::model::llama::{Gguf, LlamaModel};
+
+    let Ok(gguf) = Gguf::read(data) else {
+        return;
+    };
+    let config = LlamaConfig::from_gguf(&gguf.content);
+    match TextModel::from_gguf_bytes(data) {
+        Ok(text_model) => {
+            let prompt = run_tokenizer(&text_model.tokenizer);
+            let config = config.expect("a model that loads has a config");
+            run_llama(&text_model.model, &config, &prompt);
+        }
+        Err(EngineError::Load(_)) => {
+            if let Ok(tokenizer) = TextTokenizer::from_gguf(&gguf) {
+                run_tokenizer(&tokenizer);
+            }
+        }
+        Err(_) => {
+            if let (Ok(config), Ok(model)) = (config, LlamaModel::load(&gguf)) {
+                run_llama(&model, &config, &[0]);
+            }
+        }
+    }
+}
+
+/// Encodes and decodes [`GGUF_TEXT`]; returns up to 8 of its ids as a prompt (`[0]` if none).
+fn run_tokenizer(tokenizer: &sealserve::model::llama::tokenizer::TextTokenizer) -> Vec<u32> {
+    let _ = tokenizer.token_to_id("<|im_end|>");
+    let Ok(ids) = tokenizer.encode(GGUF_TEXT, true) else {
+        return vec![0];
+    };
+    for &id in &ids {
+        assert!((id as usize) < tokenizer.vocab_size(), "token id {id}");
+    }
+    let _ = tokenizer.decode(&ids, false);
+    let _ = tokenizer.decode(&ids, true);
+    if ids.is_empty() {
+        vec![0]
+    } else {
+        ids.into_iter().take(8).collect()
+    }
+}
+
+/// One prefill step over `prompt` and one decode step of the token it picks.
+fn run_llama(
+    model: &sealserve::model::llama::LlamaModel,
+    config: &sealserve::model::llama::config::LlamaConfig,
+    prompt: &[u32],
+) {
+    use sealserve::model::llama::{ForwardError, KvCache, LlamaModel, Scratch, SeqInput};
+    fn step(
+        model: &LlamaModel,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        scratch: &mut Scratch,
+    ) -> Result<Vec<Vec<f32>>, ForwardError> {
+        let mut batch = [SeqInput {
+            cache,
+            tokens,
+            logits: true,
+        }];
+        model.forward(&mut batch, scratch)
+    }
+    // Compared through Debug: fuzzed floats may be NaN, which is never equal to itself.
+    assert_eq!(
+        format!("{:?}", model.config()),
+        format!("{config:?}"),
+        "the loaded model's config"
+    );
+    let vocab = config.vocab_size;
+    let mut cache = model.new_cache();
+    let mut scratch = Scratch::default();
+    let Ok(logits) = step(model, &mut cache, prompt, &mut scratch) else {
+        return;
+    };
+    assert_eq!(logits.len(), 1);
+    assert_eq!(logits[0].len(), vocab, "a logits row is vocabulary-wide");
+    assert_eq!(cache.len(), prompt.len());
+    // The arg-max, NaN-safe (random or fuzzed weights may give NaN).
+    let next = logits[0]
+        .iter()
+        .enumerate()
+        .fold((0usize, f32::NEG_INFINITY), |best, (i, &x)| {
+            if x > best.1 {
+                (i, x)
+            } else {
+                best
+            }
+        })
+        .0 as u32;
+    if let Ok(logits) = step(model, &mut cache, &[next], &mut scratch) {
+        assert_eq!(logits[0].len(), vocab);
+        assert_eq!(cache.len(), prompt.len() + 1);
+    }
+}

@@ -39,6 +39,12 @@ pub enum TokenizerError {
     Build(String),
     #[error("encoding failed: {0}")]
     Encode(String),
+    #[error("GGUF metadata {key} names token {id}, outside the {vocab}-token vocabulary")]
+    TokenId {
+        key: &'static str,
+        id: u32,
+        vocab: usize,
+    },
 }
 
 /// Encoder plus the exact bytes of every token.
@@ -65,12 +71,23 @@ fn strings(gguf: &Gguf<'_>, key: &'static str) -> Result<Vec<String>, TokenizerE
         .collect()
 }
 
-fn token_id(gguf: &Gguf<'_>, key: &'static str) -> Option<u32> {
-    gguf.content
+/// A special token's id, if the metadata names one; an id outside the vocabulary is an error
+/// (it would be fed to the model as BOS, or never match as EOS).
+fn token_id(
+    gguf: &Gguf<'_>,
+    key: &'static str,
+    vocab: usize,
+) -> Result<Option<u32>, TokenizerError> {
+    let id = gguf
+        .content
         .metadata
         .get(key)
         .and_then(|v| super::config::as_usize(v, key).ok())
-        .and_then(|v| u32::try_from(v).ok())
+        .and_then(|v| u32::try_from(v).ok());
+    match id {
+        Some(id) if id as usize >= vocab => Err(TokenizerError::TokenId { key, id, vocab }),
+        _ => Ok(id),
+    }
 }
 
 /// GPT-2's byte ↔ printable character table (`bytes_to_unicode`), inverted.
@@ -208,8 +225,8 @@ impl TextTokenizer {
             tokenizer,
             token_bytes,
             special,
-            bos: token_id(gguf, "tokenizer.ggml.bos_token_id"),
-            eos: token_id(gguf, "tokenizer.ggml.eos_token_id"),
+            bos: token_id(gguf, "tokenizer.ggml.bos_token_id", tokens.len())?,
+            eos: token_id(gguf, "tokenizer.ggml.eos_token_id", tokens.len())?,
             add_bos: matches!(
                 gguf.content.metadata.get("tokenizer.ggml.add_bos_token"),
                 Some(Value::Bool(true))
