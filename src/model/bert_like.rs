@@ -556,21 +556,8 @@ fn load_layer(
 
 impl FastLayer {
     fn new(layer: &Layer, eps: f64) -> candle_core::Result<Self> {
-        let bias = |l: &Linear| -> candle_core::Result<Vec<f32>> {
-            l.bias()
-                .ok_or_else(|| candle_core::Error::Msg("linear layer has no bias".into()))?
-                .to_vec1::<f32>()
-        };
-        let norm = |n: &LayerNorm| -> candle_core::Result<cpu_f32::Norm> {
-            Ok(cpu_f32::Norm {
-                gamma: n.weight().to_vec1::<f32>()?,
-                beta: n
-                    .bias()
-                    .ok_or_else(|| candle_core::Error::Msg("layer norm has no bias".into()))?
-                    .to_vec1::<f32>()?,
-                eps: eps as f32,
-            })
-        };
+        let bias = cpu_f32::linear_bias;
+        let norm = |n: &LayerNorm| cpu_f32::Norm::of(n, eps);
         let transposed = |l: &Linear| l.weight().t()?.contiguous();
         Ok(Self {
             qkv_weight: transposed(&layer.qkv)?,

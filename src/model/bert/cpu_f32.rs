@@ -30,6 +30,28 @@ pub struct Norm {
     pub eps: f32,
 }
 
+impl Norm {
+    /// The parameters of a candle `LayerNorm` with bias, as the fused kernels read them.
+    pub fn of(norm: &candle_nn::LayerNorm, eps: f64) -> Result<Self> {
+        Ok(Self {
+            gamma: norm.weight().to_vec1::<f32>()?,
+            beta: norm
+                .bias()
+                .ok_or_else(|| candle_core::Error::Msg("layer norm has no bias".into()))?
+                .to_vec1::<f32>()?,
+            eps: eps as f32,
+        })
+    }
+}
+
+/// The bias of a candle `Linear`, which every fused BERT-style layer has.
+pub fn linear_bias(linear: &candle_nn::Linear) -> Result<Vec<f32>> {
+    linear
+        .bias()
+        .ok_or_else(|| candle_core::Error::Msg("linear layer has no bias".into()))?
+        .to_vec1::<f32>()
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Isa {
     V4,
