@@ -77,6 +77,10 @@ fn build_cuda_patches_apply_to_the_pinned_candle_sources() {
     );
     let kernels = std::fs::read_to_string(find("candle-kernels-").join("build.rs")).unwrap();
     assert!(kernels.contains("cudart_static"));
+    assert!(
+        kernels.contains("rustc-link-lib=static=moe\""),
+        "libmoe.a not linked as static"
+    );
     assert!(!kernels.contains("rustc-link-lib=dylib=cudart\""));
 
     let patch = std::fs::read_to_string(build.path().join("patch.toml")).unwrap();
