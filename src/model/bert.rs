@@ -630,40 +630,16 @@ fn softmax(scores: &Tensor) -> candle_core::Result<Tensor> {
 /// a single 16-token request ran ~2× faster than with `[out, in]`), biases and layer-norm
 /// parameters as plain vectors that the fused kernels in [`cpu_f32`] read directly.
 struct FastLayer {
-    qkv_weight: Transposed,
+    qkv_weight: cpu_f32::Transposed,
     qkv_bias: Vec<f32>,
-    out_weight: Transposed,
+    out_weight: cpu_f32::Transposed,
     out_bias: Vec<f32>,
     attention_norm: cpu_f32::Norm,
-    ffn_in_weight: Transposed,
+    ffn_in_weight: cpu_f32::Transposed,
     ffn_in_bias: Vec<f32>,
-    ffn_out_weight: Transposed,
+    ffn_out_weight: cpu_f32::Transposed,
     ffn_out_bias: Vec<f32>,
     ffn_norm: cpu_f32::Norm,
-}
-
-/// A linear layer's weight `[out, in]` kept transposed as row-major `[in, out]`, the layout gemm
-/// reads fastest as a right-hand side, in a plain vector the fused matmul
-/// ([`cpu_f32::MatMul`]) reads directly.
-struct Transposed {
-    values: Vec<f32>,
-    outputs: usize,
-}
-
-impl Transposed {
-    fn new(weight: &Tensor) -> candle_core::Result<Self> {
-        let (outputs, _) = weight.dims2()?;
-        let values = weight.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Self { values, outputs })
-    }
-
-    /// `x · weightᵀ` for `x` `[rows, in]`: `[rows, out]`.
-    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.apply_op1_no_bwd(&cpu_f32::MatMul {
-            weight: &self.values,
-            n: self.outputs,
-        })
-    }
 }
 
 impl FastLayer {
@@ -671,14 +647,14 @@ impl FastLayer {
         let bias = cpu_f32::linear_bias;
         let norm = |n: &LayerNorm| cpu_f32::Norm::of(n, eps);
         Ok(Self {
-            qkv_weight: Transposed::new(layer.qkv.weight())?,
+            qkv_weight: cpu_f32::Transposed::new(layer.qkv.weight())?,
             qkv_bias: bias(&layer.qkv)?,
-            out_weight: Transposed::new(layer.attention_out.weight())?,
+            out_weight: cpu_f32::Transposed::new(layer.attention_out.weight())?,
             out_bias: bias(&layer.attention_out)?,
             attention_norm: norm(&layer.attention_norm)?,
-            ffn_in_weight: Transposed::new(layer.ffn_in.weight())?,
+            ffn_in_weight: cpu_f32::Transposed::new(layer.ffn_in.weight())?,
             ffn_in_bias: bias(&layer.ffn_in)?,
-            ffn_out_weight: Transposed::new(layer.ffn_out.weight())?,
+            ffn_out_weight: cpu_f32::Transposed::new(layer.ffn_out.weight())?,
             ffn_out_bias: bias(&layer.ffn_out)?,
             ffn_norm: norm(&layer.ffn_norm)?,
         })

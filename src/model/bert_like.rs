@@ -248,14 +248,14 @@ struct Layer {
 
 /// A layer prepared for the fused CPU f32 kernels (weights `[in, out]`, plain-vector biases).
 struct FastLayer {
-    qkv_weight: Tensor,
+    qkv_weight: cpu_f32::Transposed,
     qkv_bias: Vec<f32>,
-    out_weight: Tensor,
+    out_weight: cpu_f32::Transposed,
     out_bias: Vec<f32>,
     attention_norm: cpu_f32::Norm,
-    ffn_in_weight: Tensor,
+    ffn_in_weight: cpu_f32::Transposed,
     ffn_in_bias: Vec<f32>,
-    ffn_out_weight: Tensor,
+    ffn_out_weight: cpu_f32::Transposed,
     ffn_out_bias: Vec<f32>,
     ffn_norm: cpu_f32::Norm,
 }
@@ -401,7 +401,7 @@ impl BertLike {
     ) -> candle_core::Result<Tensor> {
         let rows = hidden.dim(0)?;
         for layer in layers {
-            let qkv = hidden.matmul(&layer.qkv_weight)?;
+            let qkv = layer.qkv_weight.apply(&hidden)?;
             let context = qkv.apply_op1_no_bwd(&cpu_f32::Attention {
                 rows,
                 heads: self.config.num_heads,
@@ -411,7 +411,7 @@ impl BertLike {
             })?;
             // The bias/GELU and bias/residual/norm passes write over the fresh matmul outputs
             // they read (nothing else holds them): see `cpu_f32::BiasResidualNorm`.
-            let attended = context.matmul(&layer.out_weight)?;
+            let attended = layer.out_weight.apply(&context)?;
             attended.inplace_op2(
                 &hidden,
                 &cpu_f32::BiasResidualNorm {
@@ -419,11 +419,11 @@ impl BertLike {
                     norm: &layer.attention_norm,
                 },
             )?;
-            let inner = attended.matmul(&layer.ffn_in_weight)?;
+            let inner = layer.ffn_in_weight.apply(&attended)?;
             inner.inplace_op1(&cpu_f32::BiasGelu {
                 bias: &layer.ffn_in_bias,
             })?;
-            let output = inner.matmul(&layer.ffn_out_weight)?;
+            let output = layer.ffn_out_weight.apply(&inner)?;
             output.inplace_op2(
                 &attended,
                 &cpu_f32::BiasResidualNorm {
@@ -558,7 +558,7 @@ impl FastLayer {
     fn new(layer: &Layer, eps: f64) -> candle_core::Result<Self> {
         let bias = cpu_f32::linear_bias;
         let norm = |n: &LayerNorm| cpu_f32::Norm::of(n, eps);
-        let transposed = |l: &Linear| l.weight().t()?.contiguous();
+        let transposed = |l: &Linear| cpu_f32::Transposed::new(l.weight());
         Ok(Self {
             qkv_weight: transposed(&layer.qkv)?,
             qkv_bias: bias(&layer.qkv)?,

@@ -245,6 +245,30 @@ impl CustomOp1 for MatMul<'_> {
     }
 }
 
+/// A linear layer's weight `[out, in]` kept transposed as row-major `[in, out]`, the layout gemm
+/// reads fastest as a right-hand side, in a plain vector the fused matmul
+/// ([`MatMul`]) reads directly.
+pub struct Transposed {
+    values: Vec<f32>,
+    outputs: usize,
+}
+
+impl Transposed {
+    pub fn new(weight: &candle_core::Tensor) -> Result<Self> {
+        let (outputs, _) = weight.dims2()?;
+        let values = weight.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self { values, outputs })
+    }
+
+    /// `x · weightᵀ` for `x` `[rows, in]`: `[rows, out]`.
+    pub fn apply(&self, x: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+        x.apply_op1_no_bwd(&MatMul {
+            weight: &self.values,
+            n: self.outputs,
+        })
+    }
+}
+
 /// Rows per parallel task: a few tasks per thread for balance, whole rows each.
 fn rows_per_task(rows: usize) -> usize {
     rows.div_ceil(rayon::current_num_threads() * 4).max(1)
