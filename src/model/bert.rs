@@ -185,7 +185,7 @@ pub struct BertModel {
     layers: Vec<Layer>,
     /// The same layers prepared for the fused CPU f32 kernels; `None` on other devices/dtypes,
     /// for head widths the kernels are not compiled for, and for non-erf activations.
-    fast_layers: Option<Vec<FastLayer>>,
+    fast_layers: Option<Vec<cpu_f32::FusedLayer>>,
     config: BertConfig,
     dtype: DType,
 }
@@ -299,7 +299,7 @@ impl BertModel {
             .then(|| {
                 std::mem::take(&mut layers)
                     .into_iter()
-                    .map(|layer| FastLayer::new(&layer, config.layer_norm_eps))
+                    .map(|layer| layer.fused(config.layer_norm_eps))
                     .collect::<candle_core::Result<Vec<_>>>()
             })
             .transpose()?;
@@ -386,7 +386,7 @@ impl BertModel {
     /// padded keys are skipped rather than biased.
     fn forward_fast(
         &self,
-        layers: &[FastLayer],
+        layers: &[cpu_f32::FusedLayer],
         input_ids: &Tensor,
         lengths: Option<&[usize]>,
         batch: usize,
@@ -396,11 +396,8 @@ impl BertModel {
             .map(|b| (b * seq_len, lengths.map_or(seq_len, |l| l[b])))
             .collect();
         let hidden = self.embed(input_ids, batch, seq_len)?;
-        self.run_fast_layers(layers, hidden, &spans)?.reshape((
-            batch,
-            seq_len,
-            self.config.hidden_size,
-        ))
+        self.run_fused(layers, hidden, &spans)?
+            .reshape((batch, seq_len, self.config.hidden_size))
     }
 
     /// Hidden states `[total tokens, hidden]` for sequences given back to back (`ids` is their
@@ -437,50 +434,7 @@ impl BertModel {
         let summed = (words.reshape((ids.len(), h))?
             + self.position_and_type.index_select(&positions, 0)?)?;
         let hidden = self.embedding_norm.forward(&summed)?;
-        self.run_fast_layers(layers, hidden, &spans)
-    }
-
-    /// The encoder layers on `[tokens, hidden]`, attention within each `(first_row, len)` span.
-    fn run_fast_layers(
-        &self,
-        layers: &[FastLayer],
-        mut hidden: Tensor,
-        spans: &[(usize, usize)],
-    ) -> candle_core::Result<Tensor> {
-        let rows = hidden.dim(0)?;
-        for layer in layers {
-            let qkv = layer.qkv_weight.apply(&hidden)?;
-            let context = qkv.apply_op1_no_bwd(&cpu_f32::Attention {
-                rows,
-                heads: self.config.num_attention_heads,
-                head_dim: self.config.head_dim(),
-                bias: &layer.qkv_bias,
-                spans,
-            })?;
-            // The three fused passes below overwrite the matmul output they follow (see
-            // `cpu_f32::BiasResidualNorm`).
-            let attended = layer.out_weight.apply(&context)?;
-            attended.inplace_op2(
-                &hidden,
-                &cpu_f32::BiasResidualNorm {
-                    bias: &layer.out_bias,
-                    norm: &layer.attention_norm,
-                },
-            )?;
-            let inner = layer.ffn_in_weight.apply(&attended)?;
-            inner.inplace_op1(&cpu_f32::BiasGelu {
-                bias: &layer.ffn_in_bias,
-            })?;
-            hidden = layer.ffn_out_weight.apply(&inner)?;
-            hidden.inplace_op2(
-                &attended,
-                &cpu_f32::BiasResidualNorm {
-                    bias: &layer.ffn_out_bias,
-                    norm: &layer.ffn_norm,
-                },
-            )?;
-        }
-        Ok(hidden)
+        self.run_fused(layers, hidden, &spans)
     }
 
     /// `[batch, 1, 1, seq]` additive bias: 0 for real tokens, MASK_BIAS for padding.
@@ -625,39 +579,32 @@ fn softmax(scores: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
-/// Per-layer parameters of the CPU f32 fast path, converted from a [`Layer`] at load: matmul
-/// weights transposed to `[in, out]` (for small batches gemm then reads them without packing:
-/// a single 16-token request ran ~2× faster than with `[out, in]`), biases and layer-norm
-/// parameters as plain vectors that the fused kernels in [`cpu_f32`] read directly.
-struct FastLayer {
-    qkv_weight: cpu_f32::Transposed,
-    qkv_bias: Vec<f32>,
-    out_weight: cpu_f32::Transposed,
-    out_bias: Vec<f32>,
-    attention_norm: cpu_f32::Norm,
-    ffn_in_weight: cpu_f32::Transposed,
-    ffn_in_bias: Vec<f32>,
-    ffn_out_weight: cpu_f32::Transposed,
-    ffn_out_bias: Vec<f32>,
-    ffn_norm: cpu_f32::Norm,
+impl BertModel {
+    /// The encoder layers on `[tokens, hidden]`, attention within each `(first_row, len)` span.
+    fn run_fused(
+        &self,
+        layers: &[cpu_f32::FusedLayer],
+        hidden: Tensor,
+        spans: &[(usize, usize)],
+    ) -> candle_core::Result<Tensor> {
+        cpu_f32::run_fused_layers(
+            layers,
+            hidden,
+            spans,
+            self.config.num_attention_heads,
+            self.config.head_dim(),
+        )
+    }
 }
 
-impl FastLayer {
-    fn new(layer: &Layer, eps: f64) -> candle_core::Result<Self> {
-        let bias = cpu_f32::linear_bias;
-        let norm = |n: &LayerNorm| cpu_f32::Norm::of(n, eps);
-        Ok(Self {
-            qkv_weight: cpu_f32::Transposed::new(layer.qkv.weight())?,
-            qkv_bias: bias(&layer.qkv)?,
-            out_weight: cpu_f32::Transposed::new(layer.attention_out.weight())?,
-            out_bias: bias(&layer.attention_out)?,
-            attention_norm: norm(&layer.attention_norm)?,
-            ffn_in_weight: cpu_f32::Transposed::new(layer.ffn_in.weight())?,
-            ffn_in_bias: bias(&layer.ffn_in)?,
-            ffn_out_weight: cpu_f32::Transposed::new(layer.ffn_out.weight())?,
-            ffn_out_bias: bias(&layer.ffn_out)?,
-            ffn_norm: norm(&layer.ffn_norm)?,
-        })
+impl Layer {
+    /// This layer's parameters for the fused CPU f32 kernels.
+    fn fused(&self, eps: f64) -> candle_core::Result<cpu_f32::FusedLayer> {
+        cpu_f32::FusedLayer::new(
+            [&self.qkv, &self.attention_out, &self.ffn_in, &self.ffn_out],
+            [&self.attention_norm, &self.ffn_norm],
+            eps,
+        )
     }
 }
 

@@ -246,20 +246,6 @@ struct Layer {
     ffn_norm: LayerNorm,
 }
 
-/// A layer prepared for the fused CPU f32 kernels (weights `[in, out]`, plain-vector biases).
-struct FastLayer {
-    qkv_weight: cpu_f32::Transposed,
-    qkv_bias: Vec<f32>,
-    out_weight: cpu_f32::Transposed,
-    out_bias: Vec<f32>,
-    attention_norm: cpu_f32::Norm,
-    ffn_in_weight: cpu_f32::Transposed,
-    ffn_in_bias: Vec<f32>,
-    ffn_out_weight: cpu_f32::Transposed,
-    ffn_out_bias: Vec<f32>,
-    ffn_norm: cpu_f32::Norm,
-}
-
 /// A loaded BERT-like encoder.
 pub struct BertLike {
     config: BertLikeConfig,
@@ -269,7 +255,7 @@ pub struct BertLike {
     embedding_norm: LayerNorm,
     /// Generic-path layers; empty when `fast_layers` is used.
     layers: Vec<Layer>,
-    fast_layers: Option<Vec<FastLayer>>,
+    fast_layers: Option<Vec<cpu_f32::FusedLayer>>,
     /// MPNet: `[buckets, heads]`.
     relative_bias: Option<Tensor>,
     dtype: DType,
@@ -331,7 +317,7 @@ impl BertLike {
             .then(|| {
                 std::mem::take(&mut loaded)
                     .into_iter()
-                    .map(|layer| FastLayer::new(&layer, config.layer_norm_eps))
+                    .map(|layer| layer.fused(config.layer_norm_eps))
                     .collect::<candle_core::Result<Vec<_>>>()
             })
             .transpose()?;
@@ -395,45 +381,17 @@ impl BertLike {
     /// The fused CPU layers over `[tokens, hidden]`, attention within each span.
     fn run_fast(
         &self,
-        layers: &[FastLayer],
-        mut hidden: Tensor,
+        layers: &[cpu_f32::FusedLayer],
+        hidden: Tensor,
         spans: &[(usize, usize)],
     ) -> candle_core::Result<Tensor> {
-        let rows = hidden.dim(0)?;
-        for layer in layers {
-            let qkv = layer.qkv_weight.apply(&hidden)?;
-            let context = qkv.apply_op1_no_bwd(&cpu_f32::Attention {
-                rows,
-                heads: self.config.num_heads,
-                head_dim: self.config.head_dim(),
-                bias: &layer.qkv_bias,
-                spans,
-            })?;
-            // The bias/GELU and bias/residual/norm passes write over the fresh matmul outputs
-            // they read (nothing else holds them): see `cpu_f32::BiasResidualNorm`.
-            let attended = layer.out_weight.apply(&context)?;
-            attended.inplace_op2(
-                &hidden,
-                &cpu_f32::BiasResidualNorm {
-                    bias: &layer.out_bias,
-                    norm: &layer.attention_norm,
-                },
-            )?;
-            let inner = layer.ffn_in_weight.apply(&attended)?;
-            inner.inplace_op1(&cpu_f32::BiasGelu {
-                bias: &layer.ffn_in_bias,
-            })?;
-            let output = layer.ffn_out_weight.apply(&inner)?;
-            output.inplace_op2(
-                &attended,
-                &cpu_f32::BiasResidualNorm {
-                    bias: &layer.ffn_out_bias,
-                    norm: &layer.ffn_norm,
-                },
-            )?;
-            hidden = output;
-        }
-        Ok(hidden)
+        cpu_f32::run_fused_layers(
+            layers,
+            hidden,
+            spans,
+            self.config.num_heads,
+            self.config.head_dim(),
+        )
     }
 
     /// MPNet's relative-position bias `[1, heads, seq, seq]`.
@@ -554,23 +512,14 @@ fn load_layer(
     })
 }
 
-impl FastLayer {
-    fn new(layer: &Layer, eps: f64) -> candle_core::Result<Self> {
-        let bias = cpu_f32::linear_bias;
-        let norm = |n: &LayerNorm| cpu_f32::Norm::of(n, eps);
-        let transposed = |l: &Linear| cpu_f32::Transposed::new(l.weight());
-        Ok(Self {
-            qkv_weight: transposed(&layer.qkv)?,
-            qkv_bias: bias(&layer.qkv)?,
-            out_weight: transposed(&layer.attention_out)?,
-            out_bias: bias(&layer.attention_out)?,
-            attention_norm: norm(&layer.attention_norm)?,
-            ffn_in_weight: transposed(&layer.ffn_in)?,
-            ffn_in_bias: bias(&layer.ffn_in)?,
-            ffn_out_weight: transposed(&layer.ffn_out)?,
-            ffn_out_bias: bias(&layer.ffn_out)?,
-            ffn_norm: norm(&layer.ffn_norm)?,
-        })
+impl Layer {
+    /// This layer's parameters for the fused CPU f32 kernels.
+    fn fused(&self, eps: f64) -> candle_core::Result<cpu_f32::FusedLayer> {
+        cpu_f32::FusedLayer::new(
+            [&self.qkv, &self.attention_out, &self.ffn_in, &self.ffn_out],
+            [&self.attention_norm, &self.ffn_norm],
+            eps,
+        )
     }
 }
 

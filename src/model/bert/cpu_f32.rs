@@ -269,6 +269,91 @@ impl Transposed {
     }
 }
 
+/// Per-layer parameters of the fused CPU f32 path (BERT and the BERT-like families), converted
+/// at load: matmul weights transposed to `[in, out]` (for small batches gemm then reads them
+/// without packing: a single 16-token request ran ~2x faster than with `[out, in]`), biases and
+/// layer-norm parameters as plain vectors that the kernels here read directly.
+pub struct FusedLayer {
+    qkv_weight: Transposed,
+    qkv_bias: Vec<f32>,
+    out_weight: Transposed,
+    out_bias: Vec<f32>,
+    attention_norm: Norm,
+    ffn_in_weight: Transposed,
+    ffn_in_bias: Vec<f32>,
+    ffn_out_weight: Transposed,
+    ffn_out_bias: Vec<f32>,
+    ffn_norm: Norm,
+}
+
+impl FusedLayer {
+    /// From a post-norm encoder layer: `[qkv, attention_out, ffn_in, ffn_out]` linears (with
+    /// biases) and `[attention_norm, ffn_norm]` layer norms.
+    pub fn new(
+        [qkv, attention_out, ffn_in, ffn_out]: [&candle_nn::Linear; 4],
+        [attention_norm, ffn_norm]: [&candle_nn::LayerNorm; 2],
+        eps: f64,
+    ) -> Result<Self> {
+        Ok(Self {
+            qkv_weight: Transposed::new(qkv.weight())?,
+            qkv_bias: linear_bias(qkv)?,
+            out_weight: Transposed::new(attention_out.weight())?,
+            out_bias: linear_bias(attention_out)?,
+            attention_norm: Norm::of(attention_norm, eps)?,
+            ffn_in_weight: Transposed::new(ffn_in.weight())?,
+            ffn_in_bias: linear_bias(ffn_in)?,
+            ffn_out_weight: Transposed::new(ffn_out.weight())?,
+            ffn_out_bias: linear_bias(ffn_out)?,
+            ffn_norm: Norm::of(ffn_norm, eps)?,
+        })
+    }
+}
+
+/// The encoder layers on `[tokens, hidden]`, attention (exact GELU, post-norm) within each
+/// `(first_row, len)` span.
+pub fn run_fused_layers(
+    layers: &[FusedLayer],
+    mut hidden: candle_core::Tensor,
+    spans: &[(usize, usize)],
+    heads: usize,
+    head_dim: usize,
+) -> Result<candle_core::Tensor> {
+    let rows = hidden.dim(0)?;
+    for layer in layers {
+        let qkv = layer.qkv_weight.apply(&hidden)?;
+        let context = qkv.apply_op1_no_bwd(&Attention {
+            rows,
+            heads,
+            head_dim,
+            bias: &layer.qkv_bias,
+            spans,
+        })?;
+        // The three fused passes below overwrite the matmul output they follow, which nothing
+        // else holds (see `BiasResidualNorm`).
+        let attended = layer.out_weight.apply(&context)?;
+        attended.inplace_op2(
+            &hidden,
+            &BiasResidualNorm {
+                bias: &layer.out_bias,
+                norm: &layer.attention_norm,
+            },
+        )?;
+        let inner = layer.ffn_in_weight.apply(&attended)?;
+        inner.inplace_op1(&BiasGelu {
+            bias: &layer.ffn_in_bias,
+        })?;
+        hidden = layer.ffn_out_weight.apply(&inner)?;
+        hidden.inplace_op2(
+            &attended,
+            &BiasResidualNorm {
+                bias: &layer.ffn_out_bias,
+                norm: &layer.ffn_norm,
+            },
+        )?;
+    }
+    Ok(hidden)
+}
+
 /// Rows per parallel task: a few tasks per thread for balance, whole rows each.
 fn rows_per_task(rows: usize) -> usize {
     rows.div_ceil(rayon::current_num_threads() * 4).max(1)
