@@ -60,11 +60,37 @@ impl Server {
         Self::launch(command, args, env, |_| {})
     }
 
+    /// [`Server::start`] of this build's `serve` (see [`serve_binary`]) run through `launcher`
+    /// (e.g. `qemu-x86_64 -cpu Nehalem`), waiting up to `ready_within` for /ready: emulated
+    /// start-ups take far longer than the usual 30 s.
+    pub fn start_under(
+        launcher: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        ready_within: Duration,
+    ) -> Server {
+        let (program, launcher_args) = launcher.split_first().expect("a launcher program");
+        let mut command = Command::new(program);
+        command.args(launcher_args).arg(serve_binary());
+        command.env(UNPINNED.0, UNPINNED.1);
+        Self::launch_within(command, args, env, |_| {}, ready_within)
+    }
+
     fn launch(
+        command: Command,
+        args: &[&str],
+        env: &[(&str, &str)],
+        customize: impl FnOnce(&mut Command),
+    ) -> Server {
+        Self::launch_within(command, args, env, customize, Duration::from_secs(30))
+    }
+
+    fn launch_within(
         mut command: Command,
         args: &[&str],
         env: &[(&str, &str)],
         customize: impl FnOnce(&mut Command),
+        ready_within: Duration,
     ) -> Server {
         command
             .args(["--log-format", "json"])
@@ -94,8 +120,8 @@ impl Server {
             }
         });
         let address = addr_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("serve did not report its address within 60 s");
+            .recv_timeout(ready_within.max(Duration::from_secs(60)))
+            .expect("serve did not report its address in time");
         let port: u16 = address
             .rsplit(':')
             .next()
@@ -107,12 +133,13 @@ impl Server {
             port,
             logs,
         };
-        server.wait_ready();
+        server.wait_ready(ready_within);
         server
     }
 
-    fn wait_ready(&self) {
-        for _ in 0..600 {
+    fn wait_ready(&self, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
             if let Ok(response) = status_of_get(&format!("{}/ready", self.base)) {
                 if response == 200 {
                     return;
