@@ -167,14 +167,17 @@ class Ort:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        # tokenizer.json pads every input to 128 (Fixed); like sentence-transformers, pad each
+        # batch to its longest input instead and mask the padding.
         self.tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
         self.tokenizer.enable_truncation(256)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         self.version = ort.__version__
 
-    def pooled(self, ids):
+    def pooled(self, ids, mask=None):
         np = self.np
         ids = np.asarray(ids, dtype=np.int64)
-        mask = np.ones_like(ids)
+        mask = np.ones_like(ids) if mask is None else np.asarray(mask, dtype=np.int64)
         hidden = self.session.run(None, {
             "input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids),
         })[0]
@@ -190,7 +193,7 @@ class Ort:
                 out = self.pooled(w["ids"])
             else:
                 encoded = self.tokenizer.encode_batch(w["texts"])
-                out = self.pooled([e.ids for e in encoded])
+                out = self.pooled([e.ids for e in encoded], [e.attention_mask for e in encoded])
             assert out.shape[0] == w["batch"]
             times.append((time.perf_counter() - started) * 1000.0)
         return times
@@ -306,7 +309,9 @@ def serve_cold_start(serve, harden, runs):
         cmd = [serve, "--host", "127.0.0.1", "--port", str(port), "--harden", harden, "--device", "cpu"]
         log = tempfile.TemporaryFile()
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        # The benched build is dev-signed (no release key to pin): the waiver only adds a warning.
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
+                                env={**os.environ, "SEALSERVE_ALLOW_UNPINNED": "1"})
         ready_at = None
         while time.perf_counter() - started < 60:
             try:
@@ -397,6 +402,14 @@ def check_ort_matches(ort_side, theirs, workloads):
         cos = float((got * ref).sum(axis=1).min())
         if cos < 0.9999:
             sys.exit(f"{w['name']}: ONNX Runtime vectors differ from sentence-transformers (cos {cos})")
+        # Texts too: its own tokenizer, batch padding and mask against model.encode.
+        ref = theirs.model.encode(w["texts"], batch_size=w["batch"], convert_to_numpy=True)
+        ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+        encoded = ort_side.tokenizer.encode_batch(w["texts"])
+        got = ort_side.pooled([e.ids for e in encoded], [e.attention_mask for e in encoded])
+        cos = float((got * ref).sum(axis=1).min())
+        if cos < 0.9999:
+            sys.exit(f"{w['name']}: ONNX Runtime text vectors differ from model.encode (cos {cos})")
 
 
 def med(rows, key):
