@@ -2,7 +2,7 @@
 //!
 //! - The key placeholders sit exactly where the engines read a PEM key, and a real P-256 key
 //!   (what `cosign generate-key-pair` makes) substituted there parses (policy-controller's webhook
-//!   rejects a policy whose key does not).
+//!   rejects a policy whose key does not); the private-Rekor TrustRoot takes its key base64-encoded.
 //! - The image patterns match the image the manifests deploy, and in the Zarf package the
 //!   reference the Zarf agent rewrites it to (###ZARF_REGISTRY###/<path>@<digest>).
 //! - Signature and attestations are all required (policy-controller ANDs policies, ORs the
@@ -11,10 +11,13 @@
 #[path = "common/deploy.rs"]
 mod deploy;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use deploy::*;
 use serde_json::Value;
 
 const PLACEHOLDER: &str = "REPLACE-WITH-THE-CONTENTS-OF-cosign.pub";
+const REKOR_KEY_PLACEHOLDER: &str = "REPLACE-WITH-BASE64-OF-THE-REKOR-PUBLIC-KEY-PEM";
 const SBOM_TYPE: &str = "https://cyclonedx.org/bom";
 const PROVENANCE_TYPE: &str = "https://slsa.dev/provenance/v1";
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -37,17 +40,22 @@ fn deployed_repository() -> String {
         .to_string()
 }
 
-/// Every string in a document that holds the key placeholder, with its JSON pointer.
-fn key_fields(value: &Value, at: String, out: &mut Vec<(String, String)>) {
+/// Every string in a document that `keep` selects, with its JSON pointer.
+fn string_fields(
+    value: &Value,
+    at: String,
+    keep: &dyn Fn(&str) -> bool,
+    out: &mut Vec<(String, String)>,
+) {
     match value {
-        Value::String(s) if s.contains(PLACEHOLDER) => out.push((at, s.clone())),
+        Value::String(s) if keep(s) => out.push((at, s.clone())),
         Value::Object(map) => map
             .iter()
-            .for_each(|(k, v)| key_fields(v, format!("{at}/{k}"), out)),
+            .for_each(|(k, v)| string_fields(v, format!("{at}/{k}"), keep, out)),
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .for_each(|(i, v)| key_fields(v, format!("{at}/{i}"), out)),
+            .for_each(|(i, v)| string_fields(v, format!("{at}/{i}"), keep, out)),
         _ => {}
     }
 }
@@ -85,7 +93,12 @@ fn a_real_public_key_in_place_of_each_placeholder_parses() {
     ];
     for (file, pointers) in expected {
         let mut fields = Vec::new();
-        key_fields(&policy(file), String::new(), &mut fields);
+        string_fields(
+            &policy(file),
+            String::new(),
+            &|s| s.contains(PLACEHOLDER),
+            &mut fields,
+        );
         let mut found: Vec<&str> = fields.iter().map(|(p, _)| p.as_str()).collect();
         let mut pointers = pointers.to_vec();
         found.sort_unstable();
@@ -107,6 +120,38 @@ fn a_real_public_key_in_place_of_each_placeholder_parses() {
             );
         }
     }
+}
+
+#[test]
+fn the_private_rekor_trust_root_takes_the_rekor_key_as_base64_pem() {
+    // TrustRoot.spec.sigstoreKeys.tLogs[].publicKey is a Go []byte: JSON carries it base64-encoded,
+    // and policy-controller's webhook refuses a TrustRoot whose key does not decode and parse.
+    let root = policy("trustroot-private-rekor.example.yaml");
+    let mut fields = Vec::new();
+    string_fields(
+        &root,
+        String::new(),
+        &|s| s == REKOR_KEY_PLACEHOLDER,
+        &mut fields,
+    );
+    let pointers: Vec<&str> = fields.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(pointers, ["/spec/sigstoreKeys/tLogs/0/publicKey"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = p256_public_key_pem(dir.path());
+    let filled = serde_json::to_string(&root)
+        .expect("json")
+        .replace(REKOR_KEY_PLACEHOLDER, &STANDARD.encode(&pem));
+    let filled: Value = serde_json::from_str(&filled).expect("json");
+    let key = STANDARD
+        .decode(str_at(&filled, "/spec/sigstoreKeys/tLogs/0/publicKey"))
+        .expect("base64");
+    let path = dir.path().join("rekor.pem");
+    std::fs::write(&path, key).expect("write");
+    run_ok(
+        tool("openssl")
+            .args(["pkey", "-pubin", "-noout", "-in"])
+            .arg(&path),
+    );
 }
 
 #[test]

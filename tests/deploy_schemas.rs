@@ -16,9 +16,13 @@
 #[path = "common/deploy.rs"]
 mod deploy;
 
+use base64::Engine as _;
 use deploy::*;
 use serde_json::{json, Value};
 use std::path::PathBuf;
+
+/// The Rekor key placeholder in policies/trustroot-private-rekor.example.yaml.
+const REKOR_KEY_PLACEHOLDER: &str = "REPLACE-WITH-BASE64-OF-THE-REKOR-PUBLIC-KEY-PEM";
 
 const REASON: &str =
     "no vendored schema for this apiVersion/kind: add it with scripts/vendor-crd-schemas";
@@ -61,6 +65,8 @@ fn custom_resources(key_pem: &str) -> Vec<(String, Value)> {
         .filter(|l| !l.starts_with("-----"))
         .collect::<Vec<_>>()
         .join("\n");
+    // TrustRoot.tLogs[].publicKey is a Go []byte: the PEM, base64-encoded.
+    let rekor_key = base64::engine::general_purpose::STANDARD.encode(key_pem);
     let fill = |v: &Value| -> Value {
         let text = serde_json::to_string(v)
             .expect("json")
@@ -72,6 +78,7 @@ fn custom_resources(key_pem: &str) -> Vec<(String, Value)> {
                 "###ZARF_VAR_COSIGN_PUBLIC_KEY###",
                 &key_pem.replace('\n', "\\n"),
             )
+            .replace(REKOR_KEY_PLACEHOLDER, &rekor_key)
             .replace("###ZARF_REGISTRY###", "127.0.0.1:31999");
         serde_json::from_str(&text).expect("json")
     };
