@@ -6,7 +6,8 @@
 //! - The image patterns match the image the manifests deploy, and in the Zarf package the
 //!   reference the Zarf agent rewrites it to (###ZARF_REGISTRY###/<path>@<digest>).
 //! - Signature and attestations are all required (policy-controller ANDs policies, ORs the
-//!   authorities inside one); the NeuVector rule names the sealserve verifier, not "any signature".
+//!   authorities inside one); the NeuVector rule names the sealserve verifier, not "any signature",
+//!   and a second NeuVector rule denies images with a fixable high CVE (the vulnerability gate).
 
 #[path = "common/deploy.rs"]
 mod deploy;
@@ -313,7 +314,7 @@ fn signature_sbom_and_provenance_are_all_required() {
 }
 
 #[test]
-fn neuvector_denies_images_the_sealserve_verifier_did_not_verify() {
+fn neuvector_denies_unverified_images_and_fixable_high_cves() {
     let rule = policy("neuvector-admission.yaml");
     assert_eq!(
         rule["metadata"]["name"], "local",
@@ -341,4 +342,34 @@ fn neuvector_denies_images_the_sealserve_verifier_did_not_verify() {
         criteria.iter().all(|c| c["name"] != "imageSigned"),
         "imageSigned is true for a signature from any configured verifier"
     );
+
+    // The vulnerability gate: a second deny rule (rules are ORed, criteria ANDed) on NeuVector's
+    // scan of the same namespace's images.
+    let gate = rule["spec"]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| {
+            r["criteria"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["name"] == "cveHighWithFixCount"))
+        })
+        .expect("a rule on cveHighWithFixCount");
+    assert_eq!(gate["action"], "deny");
+    let gate_criteria = gate["criteria"].as_array().expect("criteria");
+    let count = gate_criteria
+        .iter()
+        .find(|c| c["name"] == "cveHighWithFixCount")
+        .expect("criterion");
+    assert_eq!(
+        count["op"], ">=",
+        "NeuVector's only operator for CVE counts"
+    );
+    let threshold: u32 = str_at(count, "/value").parse().expect("a count");
+    assert!(threshold >= 1, "a threshold of 0 denies every image");
+    let gate_namespace = gate_criteria
+        .iter()
+        .find(|c| c["name"] == "namespace")
+        .expect("namespace criterion");
+    assert_eq!(&gate_namespace["value"], namespace);
 }
