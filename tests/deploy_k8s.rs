@@ -363,6 +363,67 @@ fn service_autoscaler_and_network_policy_select_the_serving_pods() {
 }
 
 #[test]
+fn the_cml_egress_example_keeps_what_cml_needs_and_reaches_sealserve() {
+    // The review's finding: an egress deny for CML user namespaces that also cut same-namespace
+    // traffic (Spark executors, workers) and the API server would break CML sessions.
+    let policy = yaml_doc(&runtime_image("k8s/cml-session-egress.yaml"));
+    assert_eq!(policy["spec"]["policyTypes"], serde_json::json!(["Egress"]));
+    assert_eq!(policy["spec"]["podSelector"], serde_json::json!({}));
+    let rules = policy["spec"]["egress"].as_array().expect("egress rules");
+    let peers = |rule: &Value| rule["to"].as_array().cloned().unwrap_or_default();
+    let ports = |rule: &Value| -> Vec<i64> {
+        rule["ports"]
+            .as_array()
+            .map(|p| p.iter().filter_map(|p| p["port"].as_i64()).collect())
+            .unwrap_or_default()
+    };
+    assert!(
+        rules
+            .iter()
+            .any(|r| peers(r) == [serde_json::json!({"podSelector": {}})]
+                && r.get("ports").is_none()),
+        "same-namespace egress (all ports) must stay open"
+    );
+    assert!(
+        rules.iter().any(|r| ports(r).contains(&53)),
+        "DNS must stay open"
+    );
+    assert!(
+        rules.iter().any(
+            |r| peers(r).iter().any(|p| p.get("ipBlock").is_some()) && ports(r).contains(&6443)
+        ),
+        "the API server must stay open"
+    );
+    // The rule to sealserve names the Deployment's namespace, pod labels and port.
+    let docs = k8s();
+    let deployment = find(&docs, "Deployment", Some("sealserve"));
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let port = container(&deployment["spec"]["template"]["spec"], "serve")["ports"][0]
+        ["containerPort"]
+        .as_i64()
+        .expect("containerPort");
+    let to_sealserve = rules
+        .iter()
+        .find(|r| {
+            peers(r).iter().any(|p| {
+                p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    == deployment["metadata"]["namespace"]
+            })
+        })
+        .expect("a rule to the sealserve namespace");
+    assert_eq!(ports(to_sealserve), [port]);
+    for (key, value) in to_sealserve["to"][0]["podSelector"]["matchLabels"]
+        .as_object()
+        .expect("pod selector")
+    {
+        assert_eq!(
+            &labels[key], value,
+            "{key} does not select the serving pods"
+        );
+    }
+}
+
+#[test]
 fn kserve_runs_raw_with_one_gpu_and_the_deployments_hardening() {
     let docs = k8s();
     let deployment = find(&docs, "Deployment", Some("sealserve"));
