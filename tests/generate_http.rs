@@ -1,10 +1,12 @@
 //! The generation routes over HTTP, served from the library's router with the real SmolLM2
 //! GGUF: OpenAI chat and text completions (JSON and server-sent events), TGI's `/generate`,
-//! `/generate_stream` and `POST /`, and CML's `/model` give the golden greedy text; `/info` is
-//! typed and `/openapi.json` lists exactly the generation routes; errors come in each family's
-//! body, embedding routes refuse with TEI's 424, and the official `openai` and
+//! `/generate_stream` and `POST /`, and CML's `/model` give the golden greedy text; `/tokenize`
+//! and `/decode` match the golden token ids; `/info` is typed and `/openapi.json` lists exactly
+//! the generation routes, exact enough for schemathesis with all checks; errors come in each
+//! family's body, embedding routes refuse with TEI's 424; the official `openai` and
 //! `huggingface_hub` Python clients (pinned in tests/clients/requirements.txt, installed by
-//! scripts/install-test-clients; `$SEALSERVE_CLIENTS_PYTHON`, else `python3`) chat with it.
+//! scripts/install-test-clients; `$SEALSERVE_CLIENTS_PYTHON`, else `python3`) chat with it, and
+//! the `openai` package's pydantic models validate every OpenAI answer and event.
 
 mod common;
 mod generate_support;

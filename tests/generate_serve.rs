@@ -2,8 +2,10 @@
 //! scripts/build-llm-serve and named by `$SEALSERVE_LLM_SERVE`) end to end: it verifies, loads
 //! the llama engine from the verified in-memory GGUF, hardens (strict, the default) and serves
 //! the OpenAI, TGI and CML generation routes with the golden greedy answer; the real `openai` and
-//! `huggingface_hub` clients chat with it; auth, /info, /metrics, /openapi.json and the
-//! wrong-kind 424s apply; it refuses to start unpinned and when a byte of its bundle is altered.
+//! `huggingface_hub` clients chat with it; /tokenize gives the golden prompt ids; the batching
+//! flags drive its scheduler (slots, step budget, in-flight limit and 429); schemathesis finds no
+//! failure against its /openapi.json; auth, /info, /metrics and the wrong-kind 424s apply; it
+//! refuses to start unpinned and when a byte of its bundle is altered.
 //!
 //! These tests run when SEALSERVE_LLM_TESTS=1, which .ci/run sets after building the binary:
 //! the generation build is a second build of the whole package (another model embedded).
