@@ -2,6 +2,7 @@
 //! not argv), and the CML Application binding rule lives here and nowhere else.
 
 use crate::engine::{DTypeRequest, DeviceRequest};
+use crate::generate::GeneratorConfig;
 use crate::harden::HardenLevel;
 use crate::limits::Limits;
 use crate::spec::Pooling;
@@ -71,13 +72,13 @@ pub struct ServeArgs {
     #[arg(long, env = "SEALSERVE_POOLING")]
     pub pooling: Option<Pooling>,
 
-    /// Most tokens (sum over inputs) packed into one batch
-    #[arg(long, env = "SEALSERVE_MAX_BATCH_TOKENS", value_parser = at_least_one, default_value_t = Limits::DEFAULT.max_batch_tokens)]
-    pub max_batch_tokens: NonZeroUsize,
+    /// Most tokens (sum over inputs) packed into one batch; for a generation model, tokens one decode step runs (every decoding sequence's next token, then prompt chunks) [default: 16384; 256 for a generation model]
+    #[arg(long, env = "SEALSERVE_MAX_BATCH_TOKENS", value_parser = at_least_one)]
+    pub max_batch_tokens: Option<NonZeroUsize>,
 
-    /// Most inputs packed into one batch (1 disables batching across requests)
-    #[arg(long, env = "SEALSERVE_MAX_BATCH_SIZE", value_parser = at_least_one, default_value_t = Limits::DEFAULT.max_batch_size)]
-    pub max_batch_size: NonZeroUsize,
+    /// Most inputs packed into one batch (1 disables batching across requests); for a generation model, sequences decoded together (batch slots) [default: 256; 16 for a generation model]
+    #[arg(long, env = "SEALSERVE_MAX_BATCH_SIZE", value_parser = at_least_one)]
+    pub max_batch_size: Option<NonZeroUsize>,
 
     /// Requests in flight (queued or running) before new ones get 429 at once
     #[arg(long, env = "SEALSERVE_MAX_CONCURRENT_REQUESTS", value_parser = at_least_one, default_value_t = Limits::DEFAULT.max_concurrent_requests)]
@@ -228,15 +229,48 @@ impl ServeArgs {
         Duration::from_secs(self.shutdown_grace)
     }
 
-    /// The request, batching and concurrency limits the flags set.
+    /// The request, batching and concurrency limits the flags set (an embedding model's
+    /// defaults where a batching flag is not given).
     pub fn limits(&self) -> Limits {
         Limits {
             max_client_batch_size: self.max_client_batch_size,
             payload_limit: self.payload_limit,
-            max_batch_tokens: self.max_batch_tokens,
-            max_batch_size: self.max_batch_size,
+            max_batch_tokens: self
+                .max_batch_tokens
+                .unwrap_or(Limits::DEFAULT.max_batch_tokens),
+            max_batch_size: self
+                .max_batch_size
+                .unwrap_or(Limits::DEFAULT.max_batch_size),
             max_concurrent_requests: self.max_concurrent_requests,
         }
+    }
+
+    /// The generation scheduler's limits from the same flags: `--max-batch-size` batch slots
+    /// and `--max-batch-tokens` tokens per step (each with the generation default when not
+    /// given), `--max-concurrent-requests` requests in flight; `max_context` is the model's.
+    /// A step budget below the slots is refused (a configuration error): every slot decodes
+    /// one token per step, so fewer tokens would leave slots idle.
+    pub fn generation_config(&self, max_context: usize) -> Result<GeneratorConfig, String> {
+        let max_batch = self
+            .max_batch_size
+            .map_or(GeneratorConfig::DEFAULT_MAX_BATCH, NonZeroUsize::get);
+        let max_step_tokens = self
+            .max_batch_tokens
+            .map_or(GeneratorConfig::DEFAULT_MAX_STEP_TOKENS, NonZeroUsize::get);
+        if max_step_tokens < max_batch {
+            return Err(format!(
+                "--max-batch-tokens {max_step_tokens} is below --max-batch-size {max_batch}: a \
+                 generation model decodes one token per batch slot each step; raise \
+                 --max-batch-tokens to at least {max_batch} or lower --max-batch-size"
+            ));
+        }
+        Ok(GeneratorConfig {
+            max_batch,
+            max_step_tokens,
+            max_concurrent_requests: self.max_concurrent_requests.get(),
+            max_context,
+            ..GeneratorConfig::default()
+        })
     }
 
     /// Checks values clap cannot (zero limits are refused by their non-zero types already).
@@ -333,6 +367,53 @@ mod tests {
         }
         assert!(parse(&[]).validate().is_ok());
         assert_eq!(parse(&[]).limits(), Limits::DEFAULT);
+    }
+
+    #[test]
+    fn batching_flags_set_the_generation_scheduler_with_its_own_defaults() {
+        let config = parse(&[]).generation_config(8192).expect("defaults");
+        assert_eq!(
+            (config.max_batch, config.max_step_tokens),
+            (
+                GeneratorConfig::DEFAULT_MAX_BATCH,
+                GeneratorConfig::DEFAULT_MAX_STEP_TOKENS
+            )
+        );
+        assert_eq!(
+            config.max_concurrent_requests,
+            Limits::DEFAULT.max_concurrent_requests.get()
+        );
+        assert_eq!(config.max_context, 8192);
+        let args = parse(&[
+            "--max-batch-size",
+            "2",
+            "--max-batch-tokens",
+            "40",
+            "--max-concurrent-requests",
+            "3",
+        ]);
+        let config = args.generation_config(512).expect("flags");
+        assert_eq!(
+            (
+                config.max_batch,
+                config.max_step_tokens,
+                config.max_concurrent_requests
+            ),
+            (2, 40, 3)
+        );
+        // The embedding limits keep their own defaults and take the same flags.
+        assert_eq!(
+            parse(&[]).limits().max_batch_size,
+            Limits::DEFAULT.max_batch_size
+        );
+        assert_eq!(args.limits().max_batch_size.get(), 2);
+        let err = parse(&["--max-batch-size", "300"])
+            .generation_config(512)
+            .unwrap_err();
+        assert!(
+            err.contains("--max-batch-tokens 256") && err.contains("at least 300"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -794,9 +794,10 @@ impl Infer {
 }
 
 /// Tokenizations running at once: one per core this process may use.
-static TOKENIZING: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
-    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, usize::from))
-});
+pub(crate) static TOKENIZING: std::sync::LazyLock<tokio::sync::Semaphore> =
+    std::sync::LazyLock::new(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, usize::from))
+    });
 
 /// Cosine similarity in f64, 0 for a zero vector.
 fn cosine(a: &[f32], b: &[f32]) -> f32 {

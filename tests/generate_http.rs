@@ -1,10 +1,12 @@
 //! The generation routes over HTTP, served from the library's router with the real SmolLM2
 //! GGUF: OpenAI chat and text completions (JSON and server-sent events), TGI's `/generate`,
-//! `/generate_stream` and `POST /`, and CML's `/model` give the golden greedy text; `/info` is
-//! typed and `/openapi.json` lists exactly the generation routes; errors come in each family's
-//! body, embedding routes refuse with a clear 400, and the official `openai` and
+//! `/generate_stream` and `POST /`, and CML's `/model` give the golden greedy text; `/tokenize`
+//! and `/decode` match the golden token ids; `/info` is typed and `/openapi.json` lists exactly
+//! the generation routes, exact enough for schemathesis with all checks; errors come in each
+//! family's body, embedding routes refuse with TEI's 424; the official `openai` and
 //! `huggingface_hub` Python clients (pinned in tests/clients/requirements.txt, installed by
-//! scripts/install-test-clients; `$SEALSERVE_CLIENTS_PYTHON`, else `python3`) chat with it.
+//! scripts/install-test-clients; `$SEALSERVE_CLIENTS_PYTHON`, else `python3`) chat with it, and
+//! the `openai` package's pydantic models validate every OpenAI answer and event.
 
 mod common;
 mod generate_support;
@@ -218,7 +220,7 @@ fn errors_come_in_openai_shape_and_embedding_routes_refuse() {
     assert!(body.contains("context"), "{body}");
 
     let (status, body) = post("/v1/embeddings", &json!({"input": "hi"}));
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 424, "{body}");
     let body: Value = serde_json::from_str(&body).expect("JSON");
     assert!(body["error"]["message"]
         .as_str()
@@ -228,6 +230,11 @@ fn errors_come_in_openai_shape_and_embedding_routes_refuse() {
 #[test]
 fn openai_python_client_chats_with_and_without_streaming() {
     println!("{}", common::run_client("openai_chat.py", server()));
+}
+
+#[test]
+fn every_openai_object_validates_against_the_openai_package_models() {
+    println!("{}", common::run_client("openai_schemas.py", server()));
 }
 
 /// llama.cpp's greedy run of the golden chat prompt on the same GGUF.
@@ -380,6 +387,7 @@ fn info_says_generation_and_openapi_documents_exactly_the_generation_routes() {
         paths,
         [
             "/",
+            "/decode",
             "/generate",
             "/generate_stream",
             "/health",
@@ -387,6 +395,7 @@ fn info_says_generation_and_openapi_documents_exactly_the_generation_routes() {
             "/metrics",
             "/model",
             "/ready",
+            "/tokenize",
             "/v1/chat/completions",
             "/v1/completions",
             "/v1/models",
@@ -420,4 +429,111 @@ fn info_says_generation_and_openapi_documents_exactly_the_generation_routes() {
 #[test]
 fn huggingface_hub_client_chats_and_generates_text() {
     println!("{}", common::run_client("hf_generate.py", server()));
+}
+
+#[test]
+fn tokenize_gives_the_golden_prompt_ids_and_decode_gives_the_text_back() {
+    let golden = golden();
+    let chat = golden
+        .results
+        .iter()
+        .find(|r| r.name == "chat_template")
+        .expect("golden chat prompt");
+    let (status, body) = post("/tokenize", &json!({"inputs": chat.prompt}));
+    assert_eq!(status, 200, "{body}");
+    let tokens: Value = serde_json::from_str(&body).expect("JSON");
+    let tokens = tokens[0].as_array().expect("one input's tokens");
+    let ids: Vec<u32> = tokens
+        .iter()
+        .map(|t| t["id"].as_u64().expect("id") as u32)
+        .collect();
+    assert_eq!(ids, chat.prompt_ids, "the reference tokenizer's ids");
+    // Spans tile the input; control tokens are flagged and show their own text.
+    let mut at = 0;
+    for token in tokens {
+        let (start, stop) = (
+            token["start"].as_u64().unwrap() as usize,
+            token["stop"].as_u64().unwrap() as usize,
+        );
+        assert_eq!(start, at, "{token}");
+        assert_eq!(token["text"], chat.prompt[start..stop], "{token}");
+        let control = ["<|im_start|>", "<|im_end|>"].contains(&&chat.prompt[start..stop]);
+        assert_eq!(token["special"], control, "{token}");
+        at = stop;
+    }
+    assert_eq!(at, chat.prompt.len());
+
+    // A batch: llama.cpp's ids for each text of the tokenizer agreement set.
+    let agreement = &golden.llama_cpp_gguf.tokenizer_agreement;
+    let texts: Vec<&str> = agreement.iter().map(|a| a.text.as_str()).collect();
+    let (status, body) = post(
+        "/tokenize",
+        &json!({"inputs": texts, "add_special_tokens": true}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let batch: Vec<Vec<Value>> = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(batch.len(), agreement.len());
+    for (tokens, reference) in batch.iter().zip(agreement) {
+        let ids: Vec<u32> = tokens
+            .iter()
+            .map(|t| t["id"].as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(ids, reference.llama_cpp_ids, "{:?}", reference.text);
+    }
+
+    // /decode: the ids give the text back, with or without the control tokens.
+    let (status, body) = post(
+        "/decode",
+        &json!({"ids": [chat.prompt_ids.clone(), agreement[0].llama_cpp_ids.clone()], "skip_special_tokens": false}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let texts: Vec<String> = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(texts, [chat.prompt.as_str(), agreement[0].text.as_str()]);
+    let (status, body) = post("/decode", &json!({"ids": chat.prompt_ids}));
+    assert_eq!(status, 200, "{body}");
+    let texts: Vec<String> = serde_json::from_str(&body).expect("JSON");
+    let without = chat
+        .prompt
+        .replace("<|im_start|>", "")
+        .replace("<|im_end|>", "");
+    assert_eq!(texts, [without]);
+
+    // Limits and refusals in TEI's error shape.
+    let long = "word ".repeat(5000);
+    let (status, body) = post("/tokenize", &json!({"inputs": long}));
+    assert_eq!(status, 200, "{body}");
+    let cut: Vec<Vec<Value>> = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        cut[0].len(),
+        GeneratorConfig::default().max_context,
+        "cut to the context"
+    );
+    for (request, kind) in [
+        (json!({"inputs": long, "truncate": false}), "validation"),
+        (
+            json!({"inputs": "hi", "prompt_name": "query"}),
+            "validation",
+        ),
+        (json!({"inputs": []}), "validation"),
+        (json!({"inputs": vec!["x"; 65]}), "validation"),
+        (json!({"ids": vec![vec![1]; 65]}), "validation"),
+    ] {
+        let path = if request.get("ids").is_some() {
+            "/decode"
+        } else {
+            "/tokenize"
+        };
+        let (status, body) = post(path, &request);
+        assert_eq!(status, 422, "{path}: {body}");
+        let body: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(body["error_type"], kind, "{body}");
+    }
+}
+
+#[test]
+fn schemathesis_finds_no_failure_on_the_generation_document() {
+    println!(
+        "{}",
+        generate_support::schemathesis(server(), common::clients::run_python)
+    );
 }

@@ -5,7 +5,7 @@ use sealserve::bundle::{Bundle, TrustPolicy, TrustState, VerifiedBundle, VerifyE
 use sealserve::config::{LogFormat, ServeArgs};
 use sealserve::engine::{self, DeviceKind, Engine, EngineConfig};
 use sealserve::exit::{self, Exit};
-use sealserve::generate::{GenerateRequest, Generator, GeneratorConfig, Prompt, TextModel};
+use sealserve::generate::{GenerateRequest, Generator, Prompt, TextModel};
 use sealserve::http::generate::GenerationState;
 use sealserve::http::{self, AppState, BundleInfo, SignatureKind};
 use sealserve::infer::Infer;
@@ -416,6 +416,9 @@ fn run_generation(
 ) -> Result<(), Fatal> {
     check_generation_flags(args)?;
     let metadata = &verified.metadata;
+    let config = args
+        .generation_config(metadata.max_seq_length)
+        .map_err(|e| Fatal::new(exit::CONFIG, e))?;
     let gguf = verified.file(&metadata.weights).ok_or_else(|| {
         refuse(VerifyError::Malformed(format!(
             "the signed metadata names {} but the bundle has no such file",
@@ -433,11 +436,6 @@ fn run_generation(
         load_ms = loading.elapsed().as_millis() as u64,
         "model loaded"
     );
-    let config = GeneratorConfig {
-        max_queue: args.limits().max_concurrent_requests.get(),
-        max_context: metadata.max_seq_length,
-        ..GeneratorConfig::default()
-    };
     let generator = Generator::start(Arc::new(model), config).map_err(|e| {
         Fatal::new(
             exit::INTERNAL,

@@ -215,10 +215,11 @@ fn step(
             // A failed step poisons every planned sequence's cache: end them all with the error.
             let failed: HashSet<usize> = plan.iter().map(|p| p.0).collect();
             let mut i = 0;
-            active.retain(|a| {
+            active.retain_mut(|a| {
                 let keep = !failed.contains(&i);
                 i += 1;
                 if !keep {
+                    a.queued.ticket.release();
                     let _ = a
                         .queued
                         .events
@@ -307,6 +308,7 @@ fn step(
             prompt_tokens: a.queued.prompt.len(),
             completion_tokens: a.generated.len(),
         };
+        a.queued.ticket.release();
         let _ = a.queued.events.send(Event::Done(Completion {
             text,
             tokens: std::mem::take(&mut a.generated),

@@ -30,11 +30,10 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// Shutting down, or the engine has stopped.
     Unavailable,
-    /// The served model cannot do what was asked: a route of another task, or a head that gave
-    /// NaN (TEI's 424 `backend`).
+    /// The served model cannot do what was asked: a route of another task or of the other
+    /// model kind (an embedding route on a generation model, or back), or a head that gave NaN.
+    /// TEI answers these 424 (`backend`), so one kind and one status serve them all.
     Unsupported,
-    /// A route of the other model kind (an embedding route on a generation model or back).
-    WrongModelKind,
     /// A failure inside the server.
     Internal,
 }
@@ -47,7 +46,6 @@ impl ErrorKind {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::WrongModelKind => StatusCode::BAD_REQUEST,
             ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
@@ -61,10 +59,7 @@ impl ErrorKind {
     /// TEI's `error_type` vocabulary.
     fn tei_type(self) -> &'static str {
         match self {
-            ErrorKind::Validation
-            | ErrorKind::TooLong
-            | ErrorKind::TooManyInputs
-            | ErrorKind::WrongModelKind => "validation",
+            ErrorKind::Validation | ErrorKind::TooLong | ErrorKind::TooManyInputs => "validation",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::Unauthorized => "unauthorized",
@@ -81,7 +76,6 @@ impl ErrorKind {
             ErrorKind::Validation
             | ErrorKind::TooLong
             | ErrorKind::TooManyInputs
-            | ErrorKind::WrongModelKind
             | ErrorKind::PayloadTooLarge
             | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed

@@ -9,8 +9,15 @@
 //! event stream; dropping the stream (client gone) cancels the request.
 
 use super::error::{ApiError, ApiFamily, ErrorKind};
+use super::openai_completions::{
+    unix_now, ChatCompletion, ChatCompletionChunk, CompletionObject, Reply, Shape, TextCompletion,
+    TextCompletionChunk,
+};
 use super::routes::{body_bytes, Body};
-use super::types::{AuthKind, OpenAiModel, OpenAiModelList, Status};
+use super::types::{
+    AuthKind, DecodeRequest, DecodeResponse, InputIds, OpenAiModel, OpenAiModelList, SimpleToken,
+    Status, TokenizeRequest, TokenizeResponse,
+};
 use super::BundleInfo;
 use crate::engine::EngineHealth;
 use crate::generate::{
@@ -32,9 +39,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// What the generation routes share.
@@ -48,14 +54,17 @@ pub struct GenerationState {
     pub bundle: BundleInfo,
     /// The hardening in force.
     pub hardening: HardenReport,
-    /// `payload_limit` bounds every body; `max_concurrent_requests` is the scheduler's queue.
+    /// `payload_limit` bounds every body, `max_client_batch_size` the inputs of `/tokenize` and
+    /// `/decode`; the batching and concurrency limits in force are the generator's config
+    /// (`/info` shows those).
     pub limits: Limits,
     pub api_key: Option<String>,
     /// True once serving, false again when shutting down.
     pub ready: Arc<AtomicBool>,
 }
 
-/// The routes of a generation model. The embedding routes answer 400 with a message saying
+/// The routes of a generation model. The embedding and other task routes answer TEI's 424
+/// (`Unsupported`, as another task's route does on an embedding server) with a message saying
 /// this server runs a generation model, so a client pointed at the wrong bundle learns why.
 pub fn generation_router(state: Arc<GenerationState>) -> Router {
     telemetry::handle();
@@ -69,11 +78,16 @@ pub fn generation_router(state: Arc<GenerationState>) -> Router {
         .route("/v1/models", get(models))
         // Model ids contain '/', so the id is the rest of the path.
         .route("/v1/models/{*id}", get(model_by_id))
+        .route("/tokenize", post(tokenize))
+        .route("/decode", post(decode))
         .route("/info", get(info))
         .route("/metrics", get(super::routes::metrics))
         .route("/openapi.json", get(openapi))
         .route("/embed", post(wrong_kind))
         .route("/embed_all", post(wrong_kind))
+        .route("/embed_sparse", post(wrong_kind))
+        .route("/predict", post(wrong_kind))
+        .route("/rerank", post(wrong_kind))
         .route("/similarity", post(wrong_kind))
         .route("/v1/embeddings", post(wrong_kind))
         .route_layer(middleware::from_fn_with_state(
@@ -115,8 +129,8 @@ async fn wrong_kind(request: Request) -> ApiError {
     let path = request.uri().path().to_string();
     ApiError::new(
         ApiFamily::for_path(&path),
-        ErrorKind::WrongModelKind,
-        format!("{path} needs an embedding model; this server runs a generation model: use /v1/chat/completions, /v1/completions or /generate"),
+        ErrorKind::Unsupported,
+        format!("{path} needs an embedding, classifier or re-ranker model; this server runs a generation model: use /v1/chat/completions, /v1/completions or /generate"),
     )
 }
 
@@ -174,10 +188,16 @@ pub struct GenerationInfo {
     pub revision: String,
     #[schema(value_type = String, example = "llama")]
     pub family: crate::spec::Family,
-    /// Sequences decoded together (batch slots).
+    /// Sequences decoded together (batch slots, `--max-batch-size`); more requests wait.
     pub max_batch: usize,
-    /// Requests that may wait for a slot (`--max-concurrent-requests`); more get 429.
-    pub max_queue: usize,
+    /// Tokens one scheduler step runs (`--max-batch-tokens`): every decoding sequence's next
+    /// token, then prompt chunks.
+    pub max_step_tokens: usize,
+    /// Prompt tokens of one sequence per step (a long prompt is prefilled in chunks between
+    /// the others' decode steps).
+    pub prefill_chunk: usize,
+    /// Requests in flight, queued or generating (`--max-concurrent-requests`); more get 429.
+    pub max_concurrent_requests: usize,
     /// Longest sequence, prompt plus generated tokens; longer requests get 422.
     pub max_context: usize,
     /// Tokens in the vocabulary (valid prompt token ids are below it).
@@ -191,6 +211,8 @@ pub struct GenerationInfo {
     /// The generation engine runs on the CPU.
     #[schema(value_type = String, example = "cpu")]
     pub device: crate::engine::DeviceKind,
+    /// The limits in force, as on the embedding server: the batching ones are the scheduler's
+    /// (`max_batch_size` = `max_batch`, `max_batch_tokens` = `max_step_tokens`).
     pub limits: Limits,
     pub auth: AuthKind,
     pub scheduler: SchedulerState,
@@ -212,13 +234,15 @@ async fn info(State(state): State<Arc<GenerationState>>) -> Response {
         revision: state.revision.clone(),
         family: crate::spec::Family::Llama,
         max_batch: config.max_batch,
-        max_queue: config.max_queue,
+        max_step_tokens: config.max_step_tokens,
+        prefill_chunk: config.prefill_chunk,
+        max_concurrent_requests: config.max_concurrent_requests,
         max_context: config.max_context,
         vocab_size: model.tokenizer.vocab_size(),
         chat_template: model.chat_template.is_some(),
         bundle: state.bundle.clone(),
         device: crate::engine::DeviceKind::Cpu,
-        limits: state.limits,
+        limits: effective_limits(&state),
         auth: if state.api_key.is_some() {
             AuthKind::Bearer
         } else {
@@ -235,6 +259,20 @@ async fn info(State(state): State<Arc<GenerationState>>) -> Response {
     .into_response()
 }
 
+/// The limits in force: the flags' request limits with the scheduler's effective batching and
+/// concurrency values (`Generator::start` may raise a step budget below the slots).
+fn effective_limits(state: &GenerationState) -> Limits {
+    let config = state.generator.config();
+    let at_least_one =
+        |n: usize| std::num::NonZeroUsize::new(n).unwrap_or(std::num::NonZeroUsize::MIN);
+    Limits {
+        max_batch_size: at_least_one(config.max_batch),
+        max_batch_tokens: at_least_one(config.max_step_tokens),
+        max_concurrent_requests: at_least_one(config.max_concurrent_requests),
+        ..state.limits
+    }
+}
+
 /// Unix seconds when this process started serving (the first router built), which OpenAI
 /// shows as the model's `created`.
 fn serving_since() -> u64 {
@@ -245,24 +283,17 @@ fn serving_since() -> u64 {
 fn model_object(state: &GenerationState) -> OpenAiModel {
     OpenAiModel {
         id: state.model_id.clone(),
-        object: "model",
+        object: super::types::ModelObject::Model,
         created: serving_since(),
         owned_by: "sealserve",
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// OpenAI `GET /v1/models`: the one embedded model.
 #[utoipa::path(get, path = "/v1/models", responses((status = 200, body = OpenAiModelList)))]
 async fn models(State(state): State<Arc<GenerationState>>) -> Response {
     Json(OpenAiModelList {
-        object: "list",
+        object: super::types::ListObject::List,
         data: vec![model_object(&state)],
     })
     .into_response()
@@ -279,6 +310,127 @@ async fn model_by_id(
     super::routes::model_if_named(model_object(&state), &id)
 }
 
+/// The input count rule of `/tokenize` and `/decode` (the embedding server's): at least one,
+/// at most `--max-client-batch-size`.
+fn check_count<T>(state: &GenerationState, items: &[T], what: &str) -> Result<(), ApiError> {
+    let limit = state.limits.max_client_batch_size.get();
+    if items.is_empty() {
+        return Err(tgi_invalid(format!("{what} must not be empty")));
+    }
+    if items.len() > limit {
+        return Err(ApiError::new(
+            ApiFamily::Tei,
+            ErrorKind::TooManyInputs,
+            format!(
+                "{} {what} in one request, over the limit of {limit} (--max-client-batch-size); send fewer per request",
+                items.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs tokenizer work on the blocking pool, one per core at a time (the embedding server's
+/// rule, `infer::TOKENIZING`): a body at the payload limit takes long enough to stall an async
+/// worker, and hundreds at once would hold hundreds of copies.
+async fn on_tokenizer<T: Send + 'static>(
+    state: &Arc<GenerationState>,
+    work: impl FnOnce(&GenerationState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let slot = crate::infer::TOKENIZING
+        .acquire()
+        .await
+        .map_err(|e| tgi_failed(format!("tokenizer slots closed: {e}")))?;
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = work(&state);
+        drop(slot);
+        result
+    })
+    .await
+    .map_err(|e| tgi_failed(format!("tokenizer task failed: {e}")))?
+}
+
+/// TEI `POST /tokenize` with the GGUF's tokenizer: the tokens of each input (id, text,
+/// `special`, byte span), the ids a completion prompt of that text gets. Inputs longer than the
+/// context are cut to it (`truncate`, default) or refused (`"truncate": false`, 422).
+#[utoipa::path(post, path = "/tokenize", request_body = TokenizeRequest,
+    responses((status = 200, body = TokenizeResponse),
+              (status = 401, body = super::types::ErrorBody), (status = 413, body = super::types::ErrorBody),
+              (status = 422, body = super::types::ErrorBody)))]
+async fn tokenize(
+    State(state): State<Arc<GenerationState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request: TokenizeRequest = super::routes::parse_body(ApiFamily::Tei, body)?;
+    if request.prompt_name.is_some() {
+        return Err(tgi_invalid(
+            "prompt_name does not apply to a generation model (it has no sentence-transformers prompts); remove it",
+        ));
+    }
+    let inputs = request.inputs.into_vec();
+    check_count(&state, &inputs, "inputs")?;
+    let truncate = request.truncate.unwrap_or(true);
+    let add_special_tokens = request.add_special_tokens.unwrap_or(true);
+    let tokens = on_tokenizer(&state, move |state| {
+        let model = state.generator.model();
+        let limit = state.generator.config().max_context;
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                let mut tokens = model
+                    .describe_tokens(text, add_special_tokens)
+                    .map_err(|e| tgi_invalid(format!("input {index}: {e}")))?;
+                if tokens.len() > limit {
+                    if !truncate {
+                        return Err(ApiError::new(
+                            ApiFamily::Tei,
+                            ErrorKind::TooLong,
+                            format!(
+                                "input {index} is {} tokens, over the {limit}-token context; send shorter text or allow truncation",
+                                tokens.len()
+                            ),
+                        ));
+                    }
+                    tokens.truncate(limit);
+                }
+                Ok(tokens.into_iter().map(SimpleToken::from).collect())
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    Ok(Json(TokenizeResponse(tokens)).into_response())
+}
+
+/// TEI `POST /decode` with the GGUF's tokenizer: the text of each id sequence (ids outside
+/// the vocabulary are skipped, as on the embedding server).
+#[utoipa::path(post, path = "/decode", request_body = DecodeRequest,
+    responses((status = 200, body = DecodeResponse),
+              (status = 401, body = super::types::ErrorBody), (status = 413, body = super::types::ErrorBody),
+              (status = 422, body = super::types::ErrorBody)))]
+async fn decode(
+    State(state): State<Arc<GenerationState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request: DecodeRequest = super::routes::parse_body(ApiFamily::Tei, body)?;
+    let sequences = match request.ids {
+        InputIds::Single(ids) => vec![ids],
+        InputIds::Batch(batch) => batch,
+    };
+    check_count(&state, &sequences, "ids")?;
+    let skip = request.skip_special_tokens.unwrap_or(true);
+    let texts = on_tokenizer(&state, move |state| {
+        let tokenizer = &state.generator.model().tokenizer;
+        Ok(sequences
+            .iter()
+            .map(|ids| tokenizer.decode(ids, skip))
+            .collect())
+    })
+    .await?;
+    Ok(Json(DecodeResponse(texts)).into_response())
+}
+
 /// A stop field: one string or a list (OpenAI allows both).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
@@ -293,48 +445,133 @@ struct StreamOptions {
     include_usage: bool,
 }
 
+/// The range a sampling number must be in, checked on the number as sent (f64: what JSON
+/// Schema's bounds in /openapi.json mean) before it is narrowed to the engine's f32, so a value
+/// just outside a bound is refused and one just inside is never rounded onto or past it. The
+/// bounds are 0, 1 and 2, whose neighbours serde_json parses exactly; no bound sits at f32's
+/// largest value, whose neighbours it may parse one step off (it does not round-trip every
+/// float), so unbounded numbers beyond f32's range act as its largest.
+struct Range {
+    name: &'static str,
+    low: f64,
+    /// Whether `low` itself is allowed.
+    low_inclusive: bool,
+    /// None: any finite number (beyond f32's range it acts as f32's largest).
+    high: Option<f64>,
+}
+
+const TEMPERATURE: Range = Range {
+    name: "temperature",
+    low: 0.0,
+    low_inclusive: true,
+    high: None,
+};
+const TGI_TEMPERATURE: Range = Range {
+    low_inclusive: false,
+    ..TEMPERATURE
+};
+const TOP_P: Range = Range {
+    name: "top_p",
+    low: 0.0,
+    low_inclusive: false,
+    high: Some(1.0),
+};
+const MIN_P: Range = Range {
+    name: "min_p",
+    low: 0.0,
+    low_inclusive: true,
+    high: Some(1.0),
+};
+const REPETITION_PENALTY: Range = Range {
+    name: "repetition_penalty",
+    low: 0.0,
+    low_inclusive: false,
+    high: None,
+};
+const FREQUENCY_PENALTY: Range = Range {
+    name: "frequency_penalty",
+    low: -2.0,
+    low_inclusive: true,
+    high: Some(2.0),
+};
+const PRESENCE_PENALTY: Range = Range {
+    name: "presence_penalty",
+    ..FREQUENCY_PENALTY
+};
+
+impl Range {
+    /// `value` (or `default` when absent) checked against the range, then as f32 inside it.
+    fn narrow(&self, value: Option<f64>, default: f32) -> Result<f32, String> {
+        let Some(v) = value else {
+            return Ok(default);
+        };
+        let above_low = if self.low_inclusive {
+            v >= self.low
+        } else {
+            v > self.low
+        };
+        if !(v.is_finite() && above_low && self.high.is_none_or(|high| v <= high)) {
+            let open = if self.low_inclusive { '[' } else { '(' };
+            let high = self.high.map_or("inf)".to_string(), |h| format!("{h}]"));
+            return Err(format!(
+                "{} must be in {open}{}, {high}, got {v}",
+                self.name, self.low
+            ));
+        }
+        // Bounds are f32 values; rounding may only land on an excluded low bound.
+        let low = self.low as f32;
+        let high = self.high.map_or(f32::MAX, |h| h as f32);
+        let narrowed = (v as f32).clamp(low, high);
+        Ok(if !self.low_inclusive && narrowed <= low {
+            low.next_up()
+        } else {
+            narrowed
+        })
+    }
+}
+
 /// Fields shared by both routes (OpenAI names; `top_k`, `min_p`, `repetition_penalty` as vLLM
 /// and TGI accept them).
 #[derive(Deserialize, utoipa::ToSchema)]
 struct Common {
     #[serde(default)]
     model: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::types::whole")]
     #[schema(minimum = 1)]
     max_tokens: Option<usize>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::types::whole")]
     #[schema(minimum = 1)]
     max_completion_tokens: Option<usize>,
     #[serde(default)]
     #[schema(minimum = 0.0)]
-    temperature: Option<f32>,
+    temperature: Option<f64>,
     #[serde(default)]
     #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
-    top_p: Option<f32>,
-    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default, deserialize_with = "super::types::whole")]
     top_k: Option<usize>,
     #[serde(default)]
     #[schema(minimum = 0.0, maximum = 1.0)]
-    min_p: Option<f32>,
+    min_p: Option<f64>,
     #[serde(default)]
     #[schema(minimum = -2.0, maximum = 2.0)]
-    frequency_penalty: Option<f32>,
+    frequency_penalty: Option<f64>,
     #[serde(default)]
     #[schema(minimum = -2.0, maximum = 2.0)]
-    presence_penalty: Option<f32>,
+    presence_penalty: Option<f64>,
     #[serde(default)]
     #[schema(exclusive_minimum = 0.0)]
-    repetition_penalty: Option<f32>,
-    #[serde(default)]
+    repetition_penalty: Option<f64>,
+    #[serde(default, deserialize_with = "super::types::whole")]
     seed: Option<u64>,
     #[serde(default)]
     stop: Option<Stop>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::types::whole")]
     #[schema(minimum = 1, maximum = 1)]
     n: Option<usize>,
     #[serde(default)]
     stream: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::types::object_or_null")]
     stream_options: Option<StreamOptions>,
 }
 
@@ -343,7 +580,7 @@ struct Common {
 #[serde(untagged)]
 enum Content {
     Text(String),
-    Parts(Vec<Part>),
+    Parts(#[serde(deserialize_with = "super::types::objects")] Vec<Part>),
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -363,6 +600,7 @@ struct Message {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 struct ChatBody {
+    #[serde(deserialize_with = "super::types::objects")]
     messages: Vec<Message>,
     #[serde(flatten)]
     common: Common,
@@ -373,7 +611,7 @@ struct ChatBody {
 #[serde(untagged)]
 enum CompletionPrompt {
     Text(String),
-    Tokens(Vec<u32>),
+    Tokens(#[serde(deserialize_with = "super::types::whole_list")] Vec<u32>),
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -387,12 +625,9 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::validation(ApiFamily::OpenAi, message)
 }
 
+/// An OpenAI body: a JSON object of the route's type (the embedding routes' rule).
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        invalid(format!(
-            "request body is not valid JSON for this route: {e}"
-        ))
-    })
+    super::routes::parse_json(ApiFamily::OpenAi, bytes)
 }
 
 fn submit_error(error: SubmitError) -> ApiError {
@@ -413,17 +648,24 @@ impl Common {
         if self.n.is_some_and(|n| n != 1) {
             return Err(invalid("n must be 1: one choice per request"));
         }
-        let defaults = SamplingParams::default();
+        let d = SamplingParams::default();
+        let number = |range: &Range, value, default| range.narrow(value, default).map_err(invalid);
         let sampling = SamplingParams {
-            temperature: self.temperature.unwrap_or(defaults.temperature),
-            top_p: self.top_p.unwrap_or(defaults.top_p),
-            top_k: self.top_k.unwrap_or(defaults.top_k),
-            min_p: self.min_p.unwrap_or(defaults.min_p),
-            repetition_penalty: self
-                .repetition_penalty
-                .unwrap_or(defaults.repetition_penalty),
-            frequency_penalty: self.frequency_penalty.unwrap_or(defaults.frequency_penalty),
-            presence_penalty: self.presence_penalty.unwrap_or(defaults.presence_penalty),
+            temperature: number(&TEMPERATURE, self.temperature, d.temperature)?,
+            top_p: number(&TOP_P, self.top_p, d.top_p)?,
+            top_k: self.top_k.unwrap_or(d.top_k),
+            min_p: number(&MIN_P, self.min_p, d.min_p)?,
+            repetition_penalty: number(
+                &REPETITION_PENALTY,
+                self.repetition_penalty,
+                d.repetition_penalty,
+            )?,
+            frequency_penalty: number(
+                &FREQUENCY_PENALTY,
+                self.frequency_penalty,
+                d.frequency_penalty,
+            )?,
+            presence_penalty: number(&PRESENCE_PENALTY, self.presence_penalty, d.presence_penalty)?,
             seed: self.seed,
             logprobs: None,
         };
@@ -443,120 +685,6 @@ impl Common {
             stop_token_ids: Vec::new(),
             ignore_eos: false,
         })
-    }
-}
-
-/// Which OpenAI object a response is.
-#[derive(Clone, Copy)]
-enum Shape {
-    Chat,
-    Text,
-}
-
-/// One request's response identity.
-struct Reply {
-    shape: Shape,
-    id: String,
-    created: u64,
-    model: String,
-    include_usage: bool,
-}
-
-impl Reply {
-    fn new(shape: Shape, model: String, include_usage: bool) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let created = unix_now();
-        let prefix = match shape {
-            Shape::Chat => "chatcmpl",
-            Shape::Text => "cmpl",
-        };
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        Self {
-            shape,
-            id: format!("{prefix}-{created:x}{n:06x}"),
-            created,
-            model,
-            include_usage,
-        }
-    }
-
-    fn usage(done: &Completion) -> Value {
-        json!({
-            "prompt_tokens": done.usage.prompt_tokens,
-            "completion_tokens": done.usage.completion_tokens,
-            "total_tokens": done.usage.prompt_tokens + done.usage.completion_tokens,
-        })
-    }
-
-    fn object(&self, chunk: bool) -> &'static str {
-        match (self.shape, chunk) {
-            (Shape::Chat, false) => "chat.completion",
-            (Shape::Chat, true) => "chat.completion.chunk",
-            (Shape::Text, _) => "text_completion",
-        }
-    }
-
-    fn envelope(&self, chunk: bool, choices: Value) -> Value {
-        json!({
-            "id": self.id,
-            "object": self.object(chunk),
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        })
-    }
-
-    fn complete(&self, done: &Completion) -> Value {
-        let choice = match self.shape {
-            Shape::Chat => json!({
-                "index": 0,
-                "message": {"role": "assistant", "content": done.text},
-                "logprobs": null,
-                "finish_reason": done.finish_reason.as_str(),
-            }),
-            Shape::Text => json!({
-                "index": 0,
-                "text": done.text,
-                "logprobs": null,
-                "finish_reason": done.finish_reason.as_str(),
-            }),
-        };
-        let mut body = self.envelope(false, json!([choice]));
-        body["usage"] = Self::usage(done);
-        body
-    }
-
-    /// A chunk carrying text (`finish` = None) or the end (`finish` = the reason).
-    fn chunk(&self, text: Option<&str>, role: bool, finish: Option<&str>) -> Value {
-        let choice = match self.shape {
-            Shape::Chat => {
-                let mut delta = json!({});
-                if role {
-                    delta["role"] = json!("assistant");
-                }
-                if let Some(text) = text {
-                    delta["content"] = json!(text);
-                }
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
-            }
-            Shape::Text => json!({
-                "index": 0,
-                "text": text.unwrap_or(""),
-                "logprobs": null,
-                "finish_reason": finish,
-            }),
-        };
-        let mut body = self.envelope(true, json!([choice]));
-        if self.include_usage {
-            body["usage"] = Value::Null;
-        }
-        body
-    }
-
-    fn usage_chunk(&self, done: &Completion) -> Value {
-        let mut body = self.envelope(true, json!([]));
-        body["usage"] = Self::usage(done);
-        body
     }
 }
 
@@ -595,7 +723,8 @@ fn chat_prompt(messages: Vec<Message>) -> Result<Prompt, ApiError> {
 
 /// OpenAI chat completions: JSON, or server-sent `chat.completion.chunk`s ending in `[DONE]`.
 #[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatBody,
-    responses((status = 200, description = "A `chat.completion` object; with `stream: true`, `text/event-stream` of `chat.completion.chunk` objects, then `data: [DONE]`", body = Object),
+    responses((status = 200, description = "A `chat.completion` object; with `stream: true`, `text/event-stream`: one `data:` event per `chat.completion.chunk`, then `data: [DONE]`",
+                content((ChatCompletion = "application/json"), (ChatCompletionChunk = "text/event-stream"))),
               (status = 401, body = super::types::OpenAiErrorBody), (status = 413, body = super::types::OpenAiErrorBody),
               (status = 422, body = super::types::OpenAiErrorBody), (status = 429, body = super::types::OpenAiErrorBody),
               (status = 503, body = super::types::OpenAiErrorBody)))]
@@ -610,7 +739,8 @@ async fn chat_completions(
 
 /// OpenAI text completions: JSON, or server-sent `text_completion` chunks ending in `[DONE]`.
 #[utoipa::path(post, path = "/v1/completions", request_body = CompletionBody,
-    responses((status = 200, description = "A `text_completion` object; with `stream: true`, `text/event-stream` of `text_completion` chunks, then `data: [DONE]`", body = Object),
+    responses((status = 200, description = "A `text_completion` object; with `stream: true`, `text/event-stream`: one `data:` event per `text_completion` chunk, then `data: [DONE]`",
+                content((TextCompletion = "application/json"), (TextCompletionChunk = "text/event-stream"))),
               (status = 401, body = super::types::OpenAiErrorBody), (status = 413, body = super::types::OpenAiErrorBody),
               (status = 422, body = super::types::OpenAiErrorBody), (status = 429, body = super::types::OpenAiErrorBody),
               (status = 503, body = super::types::OpenAiErrorBody)))]
@@ -701,8 +831,8 @@ struct Streaming {
     finished: bool,
 }
 
-fn data(value: &Value) -> SseEvent {
-    SseEvent::default().data(value.to_string())
+fn data(value: &impl Serialize) -> SseEvent {
+    SseEvent::default().data(serde_json::to_string(value).unwrap_or_default())
 }
 
 /// The SSE stream of one request: a first chunk with the role (chat), one chunk per non-empty
@@ -744,7 +874,7 @@ fn events(
                     }
                 }
                 Some(Event::Done(done)) => {
-                    let reason = done.finish_reason.as_str();
+                    let reason = done.finish_reason;
                     s.pending
                         .push_back(data(&s.reply.chunk(None, false, Some(reason))));
                     if s.reply.include_usage {
@@ -795,8 +925,7 @@ struct CmlGenerationResponse {
     /// Always true (errors use CML's error body and an HTTP error status).
     success: bool,
     /// The `chat.completion` or `text_completion` object.
-    #[schema(value_type = Object)]
-    response: Value,
+    response: CompletionObject,
 }
 
 /// CML Models `POST /model` for a generation model.
@@ -860,7 +989,7 @@ async fn cml_model(
 #[derive(Deserialize, utoipa::ToSchema)]
 struct TgiRequest {
     inputs: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::types::object")]
     parameters: TgiParameters,
     /// `POST /` streams when true; `/generate` and `/generate_stream` ignore it.
     #[serde(default)]
@@ -873,7 +1002,7 @@ struct TgiRequest {
 #[serde(deny_unknown_fields)]
 struct TgiParameters {
     /// Only 1 (or absent).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::types::whole")]
     best_of: Option<usize>,
     /// Only false.
     #[serde(default)]
@@ -885,38 +1014,40 @@ struct TgiParameters {
     #[serde(default)]
     do_sample: Option<bool>,
     #[serde(default)]
-    frequency_penalty: Option<f32>,
+    #[schema(minimum = -2.0, maximum = 2.0)]
+    frequency_penalty: Option<f64>,
     /// Tokens to generate at most; absent = up to the context limit.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::types::whole")]
     #[schema(minimum = 1)]
     max_new_tokens: Option<usize>,
     #[serde(default)]
-    repetition_penalty: Option<f32>,
+    #[schema(exclusive_minimum = 0.0)]
+    repetition_penalty: Option<f64>,
     /// Put the prompt before the generated text in `generated_text`.
     #[serde(default)]
     return_full_text: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::types::whole")]
     seed: Option<u64>,
     /// Stop strings; generation ends before the first one (it is not in the text).
     #[serde(default)]
     stop: Option<Vec<String>>,
     #[serde(default)]
     #[schema(exclusive_minimum = 0.0)]
-    temperature: Option<f32>,
-    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default, deserialize_with = "super::types::whole")]
     top_k: Option<usize>,
     /// Only 0 (or absent).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::types::whole")]
     top_n_tokens: Option<u32>,
     #[serde(default)]
     #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
-    top_p: Option<f32>,
+    top_p: Option<f64>,
     /// Not supported (refused when set).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::types::whole")]
     truncate: Option<usize>,
     /// Not supported (refused when set).
     #[serde(default)]
-    typical_p: Option<f32>,
+    typical_p: Option<f64>,
     /// Only false.
     #[serde(default)]
     watermark: Option<bool>,
@@ -1005,11 +1136,7 @@ struct TgiSubmitted {
 }
 
 fn tgi_submit(state: &GenerationState, bytes: &[u8]) -> Result<(TgiSubmitted, bool), ApiError> {
-    let request: TgiRequest = serde_json::from_slice(bytes).map_err(|e| {
-        tgi_invalid(format!(
-            "request body is not a valid TGI generate request: {e}"
-        ))
-    })?;
+    let request: TgiRequest = super::routes::parse_json(ApiFamily::Tei, bytes)?;
     let p = request.parameters;
     let refuse = |name: &str, set: bool| -> Result<(), ApiError> {
         if set {
@@ -1031,9 +1158,8 @@ fn tgi_submit(state: &GenerationState, bytes: &[u8]) -> Result<(TgiSubmitted, bo
     refuse("typical_p", p.typical_p.is_some())?;
     refuse("grammar", p.grammar.is_some())?;
     refuse("adapter_id", p.adapter_id.is_some())?;
-    if p.temperature.is_some_and(|t| t <= 0.0) {
-        return Err(tgi_invalid("`temperature` must be strictly positive"));
-    }
+    let number = |range: &Range, value, default| range.narrow(value, default).map_err(tgi_invalid);
+    let temperature = number(&TGI_TEMPERATURE, p.temperature, 1.0)?;
     // TGI samples when asked to, or when any warper is set; otherwise it decodes greedily.
     let warpers = p.temperature.is_some_and(|t| t != 1.0)
         || p.top_k.is_some_and(|k| k > 0)
@@ -1041,16 +1167,20 @@ fn tgi_submit(state: &GenerationState, bytes: &[u8]) -> Result<(TgiSubmitted, bo
     let sample = p.do_sample.unwrap_or(false) || warpers;
     let defaults = SamplingParams::default();
     let sampling = SamplingParams {
-        temperature: if sample {
-            p.temperature.unwrap_or(1.0)
-        } else {
-            0.0
-        },
-        top_p: p.top_p.unwrap_or(defaults.top_p),
+        temperature: if sample { temperature } else { 0.0 },
+        top_p: number(&TOP_P, p.top_p, defaults.top_p)?,
         top_k: p.top_k.unwrap_or(defaults.top_k),
         min_p: defaults.min_p,
-        repetition_penalty: p.repetition_penalty.unwrap_or(defaults.repetition_penalty),
-        frequency_penalty: p.frequency_penalty.unwrap_or(defaults.frequency_penalty),
+        repetition_penalty: number(
+            &REPETITION_PENALTY,
+            p.repetition_penalty,
+            defaults.repetition_penalty,
+        )?,
+        frequency_penalty: number(
+            &FREQUENCY_PENALTY,
+            p.frequency_penalty,
+            defaults.frequency_penalty,
+        )?,
         presence_penalty: defaults.presence_penalty,
         seed: p.seed,
         // The chosen token's logprob only: TGI reports it for every token.
@@ -1305,6 +1435,8 @@ async fn tgi_root(
         completions,
         models,
         model_by_id,
+        tokenize,
+        decode,
         cml_model,
         health,
         ready,
@@ -1324,6 +1456,23 @@ async fn tgi_root(
         CmlGenerationRequest,
         CmlGenerationInput,
         CmlGenerationResponse,
+        CompletionObject,
+        ChatCompletion,
+        ChatCompletionChunk,
+        TextCompletion,
+        TextCompletionChunk,
+        super::openai_completions::ChatCompletionObject,
+        super::openai_completions::ChatCompletionChunkObject,
+        super::openai_completions::TextCompletionObject,
+        super::openai_completions::AssistantRole,
+        super::openai_completions::OpenAiFinishReason,
+        super::openai_completions::CompletionUsage,
+        super::openai_completions::ChatCompletionMessage,
+        super::openai_completions::ChatCompletionChoice,
+        super::openai_completions::ChatCompletionDelta,
+        super::openai_completions::ChatCompletionChunkChoice,
+        super::openai_completions::TextCompletionChoice,
+        super::openai_completions::TextCompletionChunkChoice,
         TgiRequest,
         TgiParameters,
         TgiToken,
@@ -1334,6 +1483,13 @@ async fn tgi_root(
         TgiStreamResponse,
         super::types::OpenAiModel,
         super::types::OpenAiModelList,
+        TokenizeRequest,
+        TokenizeResponse,
+        SimpleToken,
+        super::types::Input,
+        DecodeRequest,
+        DecodeResponse,
+        InputIds,
         super::BundleInfo,
         GenerationInfo,
         GenerationKind,
@@ -1354,12 +1510,40 @@ pub fn generation_openapi_document() -> utoipa::openapi::OpenApi {
     <GenerationApiDoc as utoipa::OpenApi>::openapi()
 }
 
-/// The OpenAPI document of this API, with the served model's id written in.
+/// The OpenAPI document of this API, made exact for the served model and limits.
 async fn openapi(State(state): State<Arc<GenerationState>>) -> Response {
-    let mut document = serde_json::to_value(generation_openapi_document()).unwrap_or(Value::Null);
-    if let Some(id) = document.pointer_mut("/paths/~1v1~1models~1{id}/get/parameters/0/schema") {
-        // The one id there is (other ids get 404).
-        *id = json!({"type": "string", "enum": [state.model_id]});
+    let document = serde_json::to_value(generation_openapi_document()).unwrap_or(Value::Null);
+    let bounds = super::openapi::GenerationBounds {
+        max_inputs: state.limits.max_client_batch_size.get(),
+        vocab_size: state.generator.model().tokenizer.vocab_size(),
+        model_id: state.model_id.clone(),
+    };
+    Json(super::openapi::exact_generation_document(document, &bounds)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_numbers_are_checked_as_sent_then_narrowed_inside_their_range() {
+        // Just outside a bound is refused, though f32 would round it onto the bound.
+        assert!(TOP_P.narrow(Some(1.0 + f64::EPSILON), 1.0).is_err());
+        assert!(TEMPERATURE.narrow(Some(-1e-300), 1.0).is_err());
+        assert_eq!(TEMPERATURE.narrow(Some(1e300), 1.0), Ok(f32::MAX));
+        assert!(FREQUENCY_PENALTY.narrow(Some(f64::NAN), 0.0).is_err());
+        // Just inside an excluded bound stays inside it, though f32 would round it to 0.
+        let tiny = TOP_P.narrow(Some(1e-300), 1.0).expect("inside (0, 1]");
+        assert!(tiny > 0.0);
+        assert!(SamplingParams {
+            top_p: tiny,
+            ..SamplingParams::default()
+        }
+        .validate()
+        .is_ok());
+        assert_eq!(TEMPERATURE.narrow(Some(f32::MAX.into()), 1.0), Ok(f32::MAX));
+        assert_eq!(MIN_P.narrow(None, 0.25), Ok(0.25));
+        let err = TGI_TEMPERATURE.narrow(Some(0.0), 1.0).unwrap_err();
+        assert!(err.contains("temperature must be in (0,"), "{err}");
     }
-    Json(document).into_response()
 }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod connections;
 pub mod error;
 pub mod generate;
+pub mod openai_completions;
 pub mod openapi;
 pub mod routes;
 pub mod types;

@@ -47,13 +47,19 @@ pub(super) fn body_bytes(family: ApiFamily, body: Body) -> Result<Bytes, ApiErro
 }
 
 /// Parses a JSON body, turning every failure into the family's 413/422 error.
-fn parse_body<T: DeserializeOwned>(family: ApiFamily, body: Body) -> Result<T, ApiError> {
+pub(super) fn parse_body<T: DeserializeOwned>(
+    family: ApiFamily,
+    body: Body,
+) -> Result<T, ApiError> {
     let bytes = body_bytes(family, body)?;
     parse_json(family, &bytes)
 }
 
 /// Every request body is a JSON object (serde's derive would also take an array of the fields).
-fn parse_json<T: DeserializeOwned>(family: ApiFamily, bytes: &[u8]) -> Result<T, ApiError> {
+pub(super) fn parse_json<T: DeserializeOwned>(
+    family: ApiFamily,
+    bytes: &[u8],
+) -> Result<T, ApiError> {
     if bytes.trim_ascii_start().first() != Some(&b'{') {
         return Err(ApiError::validation(
             family,
@@ -476,7 +482,7 @@ fn base64_vector(vector: &[f32]) -> String {
 fn openai_model(state: &AppState) -> OpenAiModel {
     OpenAiModel {
         id: state.infer.model().model_id.clone(),
-        object: "model",
+        object: super::types::ModelObject::Model,
         created: state.infer.created(),
         owned_by: "sealserve",
     }
@@ -487,7 +493,7 @@ fn openai_model(state: &AppState) -> OpenAiModel {
     responses((status = 200, body = OpenAiModelList)))]
 pub async fn openai_models(State(state): State<Arc<AppState>>) -> Response {
     Json(OpenAiModelList {
-        object: "list",
+        object: super::types::ListObject::List,
         data: vec![openai_model(&state)],
     })
     .into_response()
@@ -713,15 +719,38 @@ pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
     Json(super::openapi::document_for(&state.infer)).into_response()
 }
 
-/// Generation routes on an embedding model: a clear 400 instead of a 404, so a client pointed
-/// at the wrong bundle learns why.
+/// Generation routes on an embedding model: TEI's 424 for a route the model cannot serve
+/// (as for another task's route) instead of a 404, so a client pointed at the wrong bundle
+/// learns why.
 pub async fn generation_only(uri: axum::http::Uri) -> ApiError {
     ApiError::new(
-        ApiFamily::OpenAi,
-        ErrorKind::WrongModelKind,
+        ApiFamily::for_path(uri.path()),
+        ErrorKind::Unsupported,
         format!(
             "{} needs a generation model; this server runs an embedding model: use /v1/embeddings or /embed",
             uri.path()
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt as _;
+
+    #[test]
+    fn generation_routes_on_an_embedding_model_answer_424_in_their_family_shape() {
+        for (path, family) in [
+            ("/v1/chat/completions", ApiFamily::OpenAi),
+            ("/generate", ApiFamily::Tei),
+        ] {
+            let error = generation_only(path.parse().expect("uri"))
+                .now_or_never()
+                .expect("answers at once");
+            assert_eq!(error.kind, ErrorKind::Unsupported, "{path}");
+            assert_eq!(error.kind.status(), StatusCode::FAILED_DEPENDENCY, "{path}");
+            assert_eq!(ApiFamily::for_path(path), family, "{path}");
+            assert!(error.message.contains("generation model"), "{path}");
+        }
+    }
 }

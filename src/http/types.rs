@@ -84,13 +84,15 @@ impl<'de> Deserialize<'de> for TextItem {
 
 /// A nested object field: a JSON object only. serde's derive would also take a struct from an
 /// array of its fields in order, which the OpenAPI document does not allow.
-fn object<'de, D: Deserializer<'de>, T: DeserializeOwned>(deserializer: D) -> Result<T, D::Error> {
+pub(super) fn object<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+    deserializer: D,
+) -> Result<T, D::Error> {
     let map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
     serde_json::from_value(serde_json::Value::Object(map)).map_err(de::Error::custom)
 }
 
 /// [`object`] or `null`.
-fn object_or_null<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+pub(super) fn object_or_null<'de, D: Deserializer<'de>, T: DeserializeOwned>(
     deserializer: D,
 ) -> Result<Option<T>, D::Error> {
     Option::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)?
@@ -100,25 +102,59 @@ fn object_or_null<'de, D: Deserializer<'de>, T: DeserializeOwned>(
         .transpose()
 }
 
+/// A list of [`object`]s.
+pub(super) fn objects<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+    deserializer: D,
+) -> Result<Vec<T>, D::Error> {
+    Vec::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)?
+        .into_iter()
+        .map(|map| {
+            serde_json::from_value(serde_json::Value::Object(map)).map_err(de::Error::custom)
+        })
+        .collect()
+}
+
 /// A non-negative whole number or `null`. JSON Schema counts `384.0` as an integer, so a client
 /// may send it; serde's `usize` alone would refuse it.
 fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
-    match Option::<serde_json::Number>::deserialize(deserializer)? {
-        None => Ok(None),
-        Some(number) => {
-            if let Some(n) = number.as_u64() {
-                return usize::try_from(n).map(Some).map_err(de::Error::custom);
-            }
-            match number.as_f64() {
-                Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= usize::MAX as f64 => {
-                    Ok(Some(f as usize))
-                }
-                _ => Err(de::Error::custom(format!(
-                    "expected a non-negative whole number, got {number}"
-                ))),
-            }
+    whole(deserializer)
+}
+
+/// [`whole_number`] of any unsigned type (`u32` token ids, `u64` seeds, `usize` counts); a
+/// number outside the type's range is refused.
+pub(super) fn whole<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    Option::<serde_json::Number>::deserialize(deserializer)?
+        .map(|number| whole_of(&number).map_err(de::Error::custom))
+        .transpose()
+}
+
+/// A list of [`whole`] numbers (token ids).
+pub(super) fn whole_list<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+    deserializer: D,
+) -> Result<Vec<T>, D::Error> {
+    Vec::<serde_json::Number>::deserialize(deserializer)?
+        .iter()
+        .map(|number| whole_of(number).map_err(de::Error::custom))
+        .collect()
+}
+
+fn whole_of<T: TryFrom<u64>>(number: &serde_json::Number) -> Result<T, String> {
+    let n = match (number.as_u64(), number.as_f64()) {
+        (Some(n), _) => Some(n),
+        // Below 2^64: every whole f64 there is a u64.
+        (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f < 18_446_744_073_709_551_616.0 => {
+            Some(f as u64)
         }
-    }
+        _ => None,
+    };
+    n.and_then(|n| T::try_from(n).ok()).ok_or_else(|| {
+        format!(
+            "expected a non-negative whole number that fits a {}, got {number}",
+            std::any::type_name::<T>()
+        )
+    })
 }
 
 /// Which end of an over-long input is cut (TEI's `truncation_direction`).
@@ -327,14 +363,26 @@ pub struct OpenAiEmbeddingsResponse {
     pub usage: OpenAiUsage,
 }
 
+/// `object` of an OpenAI model: always `model`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelObject {
+    Model,
+}
+
+/// `object` of an OpenAI list: always `list`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ListObject {
+    List,
+}
+
 /// One model in OpenAI's `/v1/models`.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct OpenAiModel {
     /// The Hugging Face repo id of the embedded model.
     pub id: String,
-    /// Always `model`.
-    #[schema(value_type = String, example = "model")]
-    pub object: &'static str,
+    pub object: ModelObject,
     /// Unix seconds when this server started serving it.
     pub created: u64,
     /// Always `sealserve`.
@@ -345,9 +393,7 @@ pub struct OpenAiModel {
 /// `GET /v1/models` response.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct OpenAiModelList {
-    /// Always `list`.
-    #[schema(value_type = String, example = "list")]
-    pub object: &'static str,
+    pub object: ListObject,
     pub data: Vec<OpenAiModel>,
 }
 

@@ -47,6 +47,9 @@ pub enum TokenizerError {
     },
 }
 
+/// A token id and the byte span `(start, stop)` of the text it came from.
+pub type SpannedToken = (u32, (usize, usize));
+
 /// Encoder plus the exact bytes of every token.
 pub struct TextTokenizer {
     tokenizer: Tokenizer,
@@ -247,6 +250,32 @@ impl TextTokenizer {
         }
         ids.extend_from_slice(encoding.get_ids());
         Ok(ids)
+    }
+
+    /// [`TextTokenizer::encode`] with each token's byte span in `text` (`/tokenize`). The ids
+    /// are the same; a BOS the GGUF asks for comes first with the empty span `(0, 0)`. Slower
+    /// than `encode` (offsets are tracked), so generation uses `encode`.
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_bos: bool,
+    ) -> Result<Vec<SpannedToken>, TokenizerError> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let mut out = Vec::with_capacity(encoding.len() + 1);
+        if add_bos && self.add_bos {
+            out.extend(self.bos.map(|bos| (bos, (0, 0))));
+        }
+        out.extend(
+            encoding
+                .get_ids()
+                .iter()
+                .copied()
+                .zip(encoding.get_offsets().iter().copied()),
+        );
+        Ok(out)
     }
 
     /// Exact bytes of one token (may be part of a UTF-8 character).
