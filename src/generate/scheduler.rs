@@ -308,6 +308,9 @@ fn step(
             prompt_tokens: a.queued.prompt.len(),
             completion_tokens: a.generated.len(),
         };
+        // Counted before the answer goes out, so whoever has received `Done` also sees it in
+        // the stats (the engine tests read `completed` right after draining their streams).
+        shared.stats.completed.fetch_add(1, Ordering::Relaxed);
         a.queued.ticket.release();
         let _ = a.queued.events.send(Event::Done(Completion {
             text,
@@ -319,7 +322,6 @@ fn step(
                 .map_or(0.0, |t| (t - a.queued.submitted).as_secs_f64()),
             total_time: a.queued.submitted.elapsed().as_secs_f64(),
         }));
-        shared.stats.completed.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(m::REQUESTS, "reason" => reason.as_str()).increment(1);
     }
 
