@@ -1,6 +1,9 @@
 //! Resolves the pinned model, signs (or checks the given signature of) its MANIFEST, and writes
 //! the sealed bundle that `serve` embeds.
 //!
+//! The pins: `models/$SEALSERVE_MODEL/model.toml`, or `$SEALSERVE_PINS_DIR/$SEALSERVE_MODEL/model.toml`
+//! for pins that are not shipped models (the test fixtures' pins under tests/data/family-pins).
+//!
 //! Sources, in order, each attempt logged with `cargo:warning`:
 //!   1. `SEALSERVE_MODEL_DIR` (a folder holding the files)
 //!   2. the local blob cache (`SEALSERVE_CACHE_DIR`, else `$XDG_CACHE_HOME/sealserve`, else
@@ -13,11 +16,12 @@
 //! builds — the signature is checked here so a bad pair fails the build, not the deployment. With
 //! neither set, an ephemeral key signs and the bundle is marked dev-signed.
 //!
-//! `SEALSERVE_MODEL=none` embeds nothing at all (no bundle, no key, dev or otherwise): that
-//! `serve` runs only bundles given by `--model-url`, verified against the operator's pins.
+//! `SEALSERVE_MODEL=none` embeds nothing at all (no bundle, no key, dev or otherwise, no bundle
+//! section): that `serve` runs only bundles given by `--model-url`, verified against the
+//! operator's pins.
 
 use seal_core::source::{self, BlobCache, FileSource, LocalDir, PypiMirror};
-use seal_core::spec::{self, FileSpec, MirrorKind, ModelSpec};
+use seal_core::spec::{self, BuildInfo, FileSpec, MirrorKind, ModelSpec};
 use seal_core::{bundle, signature};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -29,6 +33,7 @@ const NO_MODEL: &str = "none";
 const WATCHED_ENV: &[&str] = &[
     "SEALSERVE_MODEL",
     "SEALSERVE_MODEL_DIR",
+    "SEALSERVE_PINS_DIR",
     "SEALSERVE_CACHE_DIR",
     "SEALSERVE_SIGNATURE",
     "SEALSERVE_PUBLIC_KEY",
@@ -73,19 +78,36 @@ fn run() -> Result<(), String> {
     if model_name == NO_MODEL {
         return write_no_model(&out_dir);
     }
-    let model_dir = root.join("models").join(&model_name);
+    // models/ holds the models this project ships; a test fixture's pin lives beside the
+    // fixtures instead (SEALSERVE_PINS_DIR, relative to the package root), so models/ stays the
+    // list of real models a user can build.
+    let pins_dir =
+        env("SEALSERVE_PINS_DIR").map_or_else(|| root.join("models"), |dir| root.join(dir));
+    let model_dir = pins_dir.join(&model_name);
     println!(
         "cargo:rerun-if-changed={}",
         model_dir.join("model.toml").display()
     );
     let spec = ModelSpec::load(&model_dir).map_err(|e| {
-        format!("{e} (SEALSERVE_MODEL={model_name} must name a folder under models/)")
+        format!(
+            "{e} (SEALSERVE_MODEL={model_name} must name a folder under {}: models/ unless SEALSERVE_PINS_DIR says otherwise)",
+            pins_dir.display()
+        )
     })?;
 
     let files = resolve_files(&spec, &out_dir)?;
-    let metadata = spec.metadata().to_canonical_bytes();
-    let manifest_bytes = spec.manifest_bytes();
-    let (signature, key, dev_signed) = signature_for(&manifest_bytes, &model_name)?;
+    let version = env("CARGO_PKG_VERSION").ok_or("CARGO_PKG_VERSION unset")?;
+    // Whether this is a dev build is part of the signed metadata, so decide it first.
+    let release = release_pair()?;
+    let dev_signed = release.is_none();
+    let build = if dev_signed {
+        BuildInfo::dev(&version)
+    } else {
+        BuildInfo::release(&version)
+    };
+    let metadata = spec.metadata(&build).to_canonical_bytes();
+    let manifest_bytes = spec.manifest_bytes(&build);
+    let (signature, key) = signature_for(&manifest_bytes, release, &model_dir)?;
 
     let mut entries: Vec<(String, Vec<u8>)> = spec
         .files
@@ -99,8 +121,8 @@ fn run() -> Result<(), String> {
     entries.extend(bundle::signing_entries(&manifest_bytes, &signature, &key));
 
     let bundle_path = out_dir.join("sealserve.bundle");
-    write_bundle_file(&bundle_path, dev_signed, &entries)?;
-    write_embed_source(&out_dir, &bundle_path)?;
+    let bundle_len = write_bundle_file(&bundle_path, &entries)?;
+    write_embed_source(&out_dir, &bundle_path, bundle_len)?;
     println!(
         "cargo:rustc-env=SEALSERVE_BUNDLE_PATH={}",
         bundle_path.display()
@@ -166,29 +188,24 @@ fn file_or_inline(var: &str) -> Option<Result<Vec<u8>, String>> {
     Some(Ok(value.into_bytes()))
 }
 
-fn signature_for(
-    manifest_bytes: &[u8],
-    model_name: &str,
-) -> Result<(signature::Signature, signature::PublicKey, bool), String> {
+/// A release build's signature over its MANIFEST and the public key that made it, as given.
+struct ReleasePair {
+    signature: Vec<u8>,
+    public_key: Vec<u8>,
+}
+
+/// `SEALSERVE_SIGNATURE` and `SEALSERVE_PUBLIC_KEY` (a release build), neither (a dev build), or
+/// an error for one without the other.
+fn release_pair() -> Result<Option<ReleasePair>, String> {
     match (
         file_or_inline("SEALSERVE_SIGNATURE"),
         file_or_inline("SEALSERVE_PUBLIC_KEY"),
     ) {
-        (None, None) => {
-            let key = signature::SecretKey::generate();
-            let timestamp = signature::signing_timestamp();
-            let sig = key.sign(manifest_bytes, bundle::MANIFEST_FILE, timestamp);
-            Ok((sig, key.public_key(), true))
-        }
-        (Some(sig), Some(key)) => {
-            let (sig, key) = signature::verify_detached(&sig?, &key?, manifest_bytes).map_err(|e| {
-                format!(
-                    "SEALSERVE_SIGNATURE / SEALSERVE_PUBLIC_KEY rejected for this build's MANIFEST: {e}. \
-                     Sign the output of `seal manifest models/{model_name}` with the matching key"
-                )
-            })?;
-            Ok((sig, key, false))
-        }
+        (None, None) => Ok(None),
+        (Some(signature), Some(public_key)) => Ok(Some(ReleasePair {
+            signature: signature?,
+            public_key: public_key?,
+        })),
         _ => Err(
             "set both SEALSERVE_SIGNATURE and SEALSERVE_PUBLIC_KEY (release build) or neither (dev build)"
                 .into(),
@@ -196,25 +213,48 @@ fn signature_for(
     }
 }
 
-fn write_bundle_file(
-    path: &Path,
-    dev_signed: bool,
-    entries: &[(String, Vec<u8>)],
-) -> Result<(), String> {
-    let mut bytes = Vec::new();
-    bundle::write_bundle(&mut bytes, dev_signed, entries).map_err(|e| e.to_string())?;
-    // Leave an identical file untouched so the serve binary is not relinked for nothing.
-    if std::fs::read(path).is_ok_and(|old| old == bytes) {
-        return Ok(());
+/// Signs with an ephemeral key (dev build), or checks the given release pair against the
+/// MANIFEST this build embeds.
+fn signature_for(
+    manifest_bytes: &[u8],
+    release: Option<ReleasePair>,
+    model_dir: &Path,
+) -> Result<(signature::Signature, signature::PublicKey), String> {
+    match release {
+        None => {
+            let key = signature::SecretKey::generate();
+            let timestamp = signature::signing_timestamp();
+            let sig = key.sign(manifest_bytes, bundle::MANIFEST_FILE, timestamp);
+            Ok((sig, key.public_key()))
+        }
+        Some(pair) => signature::verify_detached(&pair.signature, &pair.public_key, manifest_bytes).map_err(|e| {
+            format!(
+                "SEALSERVE_SIGNATURE / SEALSERVE_PUBLIC_KEY rejected for this build's MANIFEST: {e}. \
+                 Sign the output of `seal manifest {}` (of this sealserve version) with the matching key",
+                model_dir.display()
+            )
+        }),
     }
-    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// `SEALSERVE_MODEL=none`: `serve` embeds no bundle (`SEALED_BUNDLE` is `None`), and tests that
-/// need one are compiled out (`cfg(sealserve_model_none)`).
+/// Writes the bundle (unless an identical one is there) and returns its length.
+fn write_bundle_file(path: &Path, entries: &[(String, Vec<u8>)]) -> Result<usize, String> {
+    let mut bytes = Vec::new();
+    bundle::write_bundle(&mut bytes, entries).map_err(|e| e.to_string())?;
+    let len = bytes.len();
+    // Leave an identical file untouched so the serve binary is not relinked for nothing.
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(len);
+    }
+    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(len)
+}
+
+/// `SEALSERVE_MODEL=none`: `serve` embeds no bundle (`embedded_bundle_len()` is `None`), and
+/// tests that need one are compiled out (`cfg(sealserve_model_none)`).
 fn write_no_model(out_dir: &Path) -> Result<(), String> {
     let source = "/// No model embedded (SEALSERVE_MODEL=none): serve requires --model-url.\n\
-                  pub static SEALED_BUNDLE: Option<&[u8]> = None;\n";
+                  pub fn embedded_bundle_len() -> Option<u64> {\n    None\n}\n";
     let path = out_dir.join("embedded_bundle.rs");
     std::fs::write(&path, source).map_err(|e| format!("{}: {e}", path.display()))?;
     // Tests read the embedded bundle from this path; in this build there is none.
@@ -228,13 +268,27 @@ fn write_no_model(out_dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn write_embed_source(out_dir: &Path, bundle_path: &Path) -> Result<(), String> {
+/// The Rust source that puts the bundle into `serve`: a static in its own ELF section, where
+/// `seal` and `serve` itself find it (seal_core::placement). The bundle's length is a multiple
+/// of the alignment, so the section holds exactly the bundle.
+fn write_embed_source(out_dir: &Path, bundle_path: &Path, len: usize) -> Result<(), String> {
     let source = format!(
-        "/// The sealed bundle, generated by build.rs. Aligned so entries stay {}-byte aligned.\n\
-         pub static SEALED_BUNDLE: Option<&[u8]> = Some(include_bytes_aligned::include_bytes_aligned!({}, {:?}));\n",
-        bundle::ALIGN,
-        bundle::ALIGN,
-        bundle_path.display().to_string()
+        "/// The sealed bundle, generated by build.rs, in the `{section}` section.\n\
+         #[repr(C, align({align}))]\n\
+         pub struct SealedBundle(pub [u8; {len}]);\n\n\
+         /// Never read through this static (only its address is taken, which keeps it linked):\n\
+         /// `serve` reads its bundle from its executable file, exactly as `seal` does.\n\
+         /// `#[used]` keeps the compiler from dropping it.\n\
+         #[used]\n\
+         #[link_section = {section:?}]\n\
+         pub static SEALED_BUNDLE: SealedBundle = SealedBundle(*include_bytes!({path:?}));\n\n\
+         /// Bytes of the embedded bundle (the static's size; its pages are not touched).\n\
+         pub fn embedded_bundle_len() -> Option<u64> {{\n\
+         \x20   Some(std::mem::size_of_val(std::hint::black_box(&SEALED_BUNDLE)) as u64)\n\
+         }}\n",
+        section = bundle::SECTION,
+        align = bundle::ALIGN,
+        path = bundle_path.display().to_string(),
     );
     let path = out_dir.join("embedded_bundle.rs");
     std::fs::write(&path, source).map_err(|e| format!("{}: {e}", path.display()))

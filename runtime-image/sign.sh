@@ -26,13 +26,15 @@ Usage:
   $PROG zarf-args REPO@sha256:...
       Print the zarf package create --set arguments: IMAGE and cosign's signature and
       attestation tags for it (they travel in the package as images of their own).
-  $PROG verify-binary DIR [--release-pub FILE]
+  $PROG verify-binary DIR --release-pub FILE [--model-pub FILE]
       Check a downloaded standalone release before running it: SHA256SUMS against
       SHA256SUMS.sig (cosign verify-blob) and SHA256SUMS.minisig (minisign, when the .pub is
       there), every file listed in SHA256SUMS (sha256sum -c), serve against serve.sig and
-      serve.minisig; then seal verify on serve. DIR holds serve, serve.sig, serve.minisig,
-      SHA256SUMS, SHA256SUMS.sig, SHA256SUMS.minisig; --release-pub is the release public key
-      (PEM; a .minisign file beside it, if present, is used by minisign).
+      serve.minisig; then seal verify on serve, pinned to the model's signing key (--model-pub;
+      default: the release key, which scripts/release-sign uses for both). DIR holds serve,
+      serve.sig, serve.minisig, SHA256SUMS, SHA256SUMS.sig, SHA256SUMS.minisig; --release-pub
+      is the release public key (PEM; a .minisign file beside it, if present, is used by
+      minisign). Both keys come from somewhere other than the download.
 
 Key options:
   --key REF             signing key: a cosign key file, or a KMS/HSM reference cosign accepts
@@ -86,6 +88,7 @@ PROVENANCE=""
 DOCKERFILE=""
 BUILDER_ID=""
 RELEASE_PUB=""
+MODEL_PUB=""
 BUILD_ARGS=()
 POSITIONAL=()
 
@@ -318,7 +321,10 @@ verify_binary() {
   fi
   (cd "$dir" && sha256sum --check --strict SHA256SUMS)
   grep -Eq '^[0-9a-f]{64} [ *]serve$' "$dir/SHA256SUMS" || die "$dir/SHA256SUMS does not list serve"
-  seal_cmd verify "$dir/serve"
+  # Pinned: seal verify (like serve) refuses to check a bundle against no key at all.
+  local model_pub=${MODEL_PUB:-$RELEASE_PUB}
+  [[ -f "$model_pub" ]] || die "--model-pub $model_pub: no such file"
+  seal_cmd verify "$dir/serve" --trusted-key "$model_pub"
   echo "$PROG: $dir/serve: release signature, SHA256SUMS and embedded bundle verified" >&2
 }
 
@@ -395,6 +401,10 @@ while [[ $# -gt 0 ]]; do
       ;;
     --release-pub)
       RELEASE_PUB=${2:?--release-pub needs a file}
+      shift 2
+      ;;
+    --model-pub)
+      MODEL_PUB=${2:?--model-pub needs a file}
       shift 2
       ;;
     -*)

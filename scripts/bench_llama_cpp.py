@@ -4,7 +4,7 @@ prompt and thread count as `cargo bench --bench generate`, measured through llam
 low-level API (llama_decode on hand-built batches), so one and eight sequences are both measured
 the way llama.cpp's own batched example decodes them.
 
-Usage: bench_llama_cpp.py GGUF THREADS [PROMPT_TOKENS] [DECODE_TOKENS] [STREAMS]
+Usage: bench_llama_cpp.py GGUF THREADS [PROMPT_TOKENS] [DECODE_TOKENS] [STREAMS] [--extra-bufts]
 Prints one JSON object per measurement, with the same fields as the Rust bench."""
 import ctypes
 import json
@@ -23,6 +23,11 @@ TEXT = "The history of the city is long and complicated. " * 64
 llama_cpp.llama_backend_init()
 llama_cpp.llama_log_set(ctypes.cast(None, llama_cpp.llama_log_callback), None) if hasattr(llama_cpp, "llama_log_callback") else None
 mparams = llama_cpp.llama_model_default_params()
+# llama.cpp's "extra buffer types" repack weights for AMX when the CPU has it; on the AMX-capable
+# Xeon this was measured on (llama-cpp-python 0.3.36, GGML_NATIVE) its Q4_1 AMX path crashes in
+# llama_decode (SIGSEGV). For Q4_1 the other repacks do not apply, so without them llama.cpp runs
+# its AVX-512 CPU kernels. --extra-bufts turns them back on.
+mparams.use_extra_bufts = "--extra-bufts" in sys.argv
 model = llama_cpp.llama_model_load_from_file(GGUF.encode(), mparams)
 vocab = llama_cpp.llama_model_get_vocab(model)
 n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)

@@ -84,6 +84,8 @@ type SharedRequest = Arc<Mutex<RequestState>>;
 
 struct QueueItem {
     ids: Vec<u32>,
+    /// Segment ids of a pair input.
+    type_ids: Option<Vec<u32>>,
     output: Output,
     position: usize,
     request: SharedRequest,
@@ -157,8 +159,20 @@ impl Batcher {
     /// computed as `output` asks.
     pub async fn embed(
         &self,
-        _admission: &Admission,
+        admission: &Admission,
         sequences: Vec<Vec<u32>>,
+        output: Output,
+    ) -> Result<Embedded, BatchError> {
+        let sequences = sequences.into_iter().map(|ids| (ids, None)).collect();
+        self.embed_typed(admission, sequences, output).await
+    }
+
+    /// Like [`Self::embed`] for sequences that may carry segment ids (pair inputs of
+    /// classifiers and rerankers).
+    pub async fn embed_typed(
+        &self,
+        _admission: &Admission,
+        sequences: Vec<(Vec<u32>, Option<Vec<u32>>)>,
         output: Output,
     ) -> Result<Embedded, BatchError> {
         if sequences.is_empty() {
@@ -178,10 +192,11 @@ impl Batcher {
             reply: Some(reply),
         }));
         let enqueued = Instant::now();
-        for (position, ids) in sequences.into_iter().enumerate() {
+        for (position, (ids, type_ids)) in sequences.into_iter().enumerate() {
             self.depth.fetch_add(1, Ordering::Relaxed);
             let item = QueueItem {
                 ids,
+                type_ids,
                 output,
                 position,
                 request: request.clone(),
@@ -262,10 +277,14 @@ async fn run_batch(backend: &dyn Backend, batch: Vec<QueueItem>, tokens: usize, 
         .into_iter()
         .map(|item| {
             engine_batch.sequences.push(item.ids);
+            engine_batch.type_ids.push(item.type_ids);
             engine_batch.outputs.push(item.output);
             (item.position, item.request, item.enqueued)
         })
         .collect();
+    if engine_batch.type_ids.iter().all(Option::is_none) {
+        engine_batch.type_ids.clear();
+    }
     let outcome = match backend.submit(engine_batch).await {
         Ok(result) => result,
         Err(_) => Err(EngineError::Stopped),
@@ -381,6 +400,8 @@ mod tests {
                         Output::Tokens => {
                             Embedding::Tokens(s.iter().map(|id| vec![*id as f32]).collect())
                         }
+                        Output::Scores => Embedding::Scores(vec![s[0] as f32]),
+                        Output::Sparse => Embedding::Sparse(vec![(s[0], 1.0)]),
                     })
                     .collect();
                 let _ = tx.send(Ok(BatchOutput {

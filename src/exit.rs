@@ -6,6 +6,8 @@
 //! `serve --verify-only` exit alike on purpose), so a code must never mean two things.
 
 use crate::bundle::{TrustKeyError, VerifyError};
+use crate::remote::RemoteError;
+use crate::trust::TrustConfigError;
 
 /// Why a process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,11 +27,14 @@ pub enum Exit {
     Untrusted,
     DevSigned,
     Unsigned,
+    NotPinned,
+    Binding,
+    Fetch,
 }
 
 impl Exit {
     /// Every code, in table order.
-    pub const ALL: [Exit; 15] = [
+    pub const ALL: [Exit; 18] = [
         Exit::Success,
         Exit::Internal,
         Exit::Config,
@@ -45,6 +50,9 @@ impl Exit {
         Exit::Untrusted,
         Exit::DevSigned,
         Exit::Unsigned,
+        Exit::NotPinned,
+        Exit::Binding,
+        Exit::Fetch,
     ];
 
     /// The process exit status.
@@ -65,6 +73,9 @@ impl Exit {
             Exit::Untrusted => 15,
             Exit::DevSigned => 16,
             Exit::Unsigned => 17,
+            Exit::NotPinned => 18,
+            Exit::Binding => 19,
+            Exit::Fetch => 20,
         }
     }
 
@@ -79,15 +90,28 @@ impl Exit {
             }
             Exit::Load => "model could not be loaded or warmed up",
             Exit::Serve => "could not bind the listening address, or the server failed",
-            Exit::Harden => "hardening could not be applied (--harden strict or basic)",
-            Exit::Malformed => "bundle malformed",
+            Exit::Harden => {
+                "hardening could not be applied, or a tracer (debugger, strace) is attached at start-up (--harden strict or basic)"
+            }
+            Exit::Malformed => {
+                "bundle malformed, unreadable, or not in exactly one place (a second bundle marker in the file)"
+            }
             Exit::Digest => "an embedded file does not match its MANIFEST digest",
             Exit::Manifest => "MANIFEST (or sealserve.json) invalid or not covering the bundle",
             Exit::Signature => "signature over MANIFEST invalid",
             Exit::PublicKey => "embedded public key invalid",
-            Exit::Untrusted => "bundle signed by a key that is not trusted (--trusted-key)",
+            Exit::Untrusted => "bundle signed by a key that is not trusted (--trusted-key, --trusted-keys-dir)",
             Exit::DevSigned => "bundle is dev-signed but trusted keys are configured",
             Exit::Unsigned => "bundle carries no signature",
+            Exit::NotPinned => {
+                "no trusted key configured (pin with --trusted-key or --trusted-keys-dir, or waive with --allow-unpinned)"
+            }
+            Exit::Binding => {
+                "bundle is not the model or MANIFEST this deployment expects (--expect-model, --expect-manifest)"
+            }
+            Exit::Fetch => {
+                "the --model-url bundle could not be fetched (network, TLS, access denied, not found)"
+            }
         }
     }
 
@@ -97,10 +121,36 @@ impl Exit {
         if let Some(refusal) = error.downcast_ref::<VerifyError>() {
             return Exit::from(refusal);
         }
+        if let Some(trust) = error.downcast_ref::<TrustConfigError>() {
+            return Exit::from(trust);
+        }
         if error.downcast_ref::<TrustKeyError>().is_some() {
             return Exit::Config;
         }
+        if let Some(remote) = error.downcast_ref::<RemoteError>() {
+            return Exit::from(remote);
+        }
         Exit::Internal
+    }
+}
+
+impl From<&TrustConfigError> for Exit {
+    fn from(error: &TrustConfigError) -> Self {
+        match error {
+            TrustConfigError::NotPinned => Exit::NotPinned,
+            _ => Exit::Config,
+        }
+    }
+}
+
+impl From<&RemoteError> for Exit {
+    fn from(error: &RemoteError) -> Self {
+        match error {
+            RemoteError::Config(_) => Exit::Config,
+            RemoteError::Fetch(_) => Exit::Fetch,
+            RemoteError::Refused(refusal) => Exit::from(refusal),
+            RemoteError::Memory(_) => Exit::Internal,
+        }
     }
 }
 
@@ -115,6 +165,7 @@ impl From<&VerifyError> for Exit {
             VerifyError::Untrusted { .. } => Exit::Untrusted,
             VerifyError::DevSigned { .. } => Exit::DevSigned,
             VerifyError::MissingSignature => Exit::Unsigned,
+            VerifyError::Binding { .. } => Exit::Binding,
         }
     }
 }
@@ -153,12 +204,14 @@ pub fn seal_help() -> String {
     let refusals: Vec<u8> = Exit::ALL
         .iter()
         .map(|e| e.code())
-        .filter(|c| *c >= Exit::Malformed.code())
+        .filter(|c| (Exit::Malformed.code()..=Exit::Unsigned.code()).contains(c))
         .collect();
     format!(
-        "`seal verify` exits with the same codes as `serve` ({}-{} for a refused bundle, {} for a bad trust setting, {} for anything else); see `serve --help`.",
+        "`seal verify` exits with the same codes as `serve` ({}-{} for a refused bundle, {} without a trust anchor, {} for a bundle other than the expected one, {} for a bad trust setting, {} for anything else); see `serve --help`.",
         refusals.first().copied().unwrap_or_default(),
         refusals.last().copied().unwrap_or_default(),
+        Exit::NotPinned.code(),
+        Exit::Binding.code(),
         Exit::Config.code(),
         Exit::Internal.code()
     )

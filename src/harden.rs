@@ -10,28 +10,33 @@
 //! * `ptrace(2)` it, or read/write its memory with `process_vm_readv(2)`/`process_vm_writev(2)`
 //!   (model weights, request data, keys),
 //! * and, once it has code running inside the server, keep going from there: load a second stage
-//!   with `memfd_create(2)` + `execveat(2)`, fork a shell, open an `io_uring` (which bypasses
-//!   seccomp), write files, load BPF, mount things.
+//!   with `memfd_create(2)` + `execveat(2)` or an RWX mapping, fork a shell, open an `io_uring`
+//!   (which bypasses seccomp), write files, load BPF, mount things, steal descriptors from other
+//!   processes (`pidfd_getfd`), or simply make the server dumpable again.
 //!
 //! # What this module does
 //!
-//! Applied by the server after the model is verified, loaded and warmed up, before it serves:
+//! In the order `serve` applies it:
 //!
-//! 1. [`set_not_dumpable`]: `prctl(PR_SET_DUMPABLE, 0)`. The kernel then refuses `ptrace`,
-//!    `process_vm_readv/writev` and opening `/proc/<pid>/mem` (and most other `/proc/<pid>/*`
-//!    files, which become owned by root) to every other process without `CAP_SYS_PTRACE`, even
-//!    one of the same uid. This is what stops a neighbour from attacking us.
-//! 2. [`install_seccomp_all_threads`]: a seccomp filter on every thread that makes `execve`,
-//!    `execveat`, `memfd_create`, `fork`/`vfork`/`clone` of a new process, `ptrace`,
-//!    `process_vm_*`, `io_uring_*`, `bpf`, `userfaultfd`, namespaces, mounts, keyrings and kernel
-//!    modules fail with `EPERM` (see [`seccomp_denied_syscalls`]). It also sets `no_new_privs`.
-//!    This limits what injected code can do *from inside* the process: no new program, no child
-//!    process, no fileless executable.
-//! 3. [`restrict_filesystem`]: a Landlock domain that denies every filesystem write and every
-//!    read except the paths the running server still needs ([`default_readable_paths`]).
+//! 1. [`set_not_dumpable`] first thing in `main`: `prctl(PR_SET_DUMPABLE, 0)`. The kernel then
+//!    refuses `ptrace`, `process_vm_readv/writev` and opening `/proc/<pid>/mem` (and most other
+//!    `/proc/<pid>/*` files, which become owned by root) to every other process without
+//!    `CAP_SYS_PTRACE`, even one of the same uid. This is what stops a neighbour from attacking
+//!    us.
+//! 2. [`detach`] right after: refuse to start under a tracer, fork once, serve from the child
+//!    (a fresh memory map, non-dumpable from birth), supervise from the parent. This closes the
+//!    window between `execve` and step 1; see [`startup`](mod@startup).
+//! 3. [`restrict_startup`] once the configuration files are read and before any thread exists:
+//!    a Landlock domain that denies every filesystem write and every read except what loading,
+//!    warm-up and serving need ([`FsAllow`]). Every thread started afterwards inherits it.
+//! 4. [`apply_on`] after warm-up: a second, narrower Landlock domain on the main thread and on
+//!    every thread pool the server knows ([`ThreadRunner`]); W^X for the whole process
+//!    ([`refuse_exec_gain`], `PR_SET_MDWE`: no writable-and-executable memory, no making
+//!    written memory executable); and the seccomp filter on every thread
+//!    ([`install_seccomp_all_threads`], see [`seccomp_denied_syscalls`]), which also sets
+//!    `no_new_privs` and stops the dumpable flag from being set again.
 //!
-//! [`apply`] does all three according to a [`HardenLevel`] and [`report`] tells what is in force
-//! (for the startup log and `/info`).
+//! [`report`] tells what is in force (for the startup log and `/info`).
 //!
 //! # What this does not protect
 //!
@@ -40,50 +45,54 @@
 //!   without a shell or package manager, a pod-level seccomp profile (`RuntimeDefault` or
 //!   stricter), `allowPrivilegeEscalation: false`, dropped capabilities, a read-only root
 //!   filesystem, and RBAC that does not grant `pods/exec` or `pods/attach` to session users.
+//!   With `--harden basic` (no Landlock), code injected into the server can also still open
+//!   `/proc/<pid>/mem` of a *dumpable* same-uid process and write to it: a seccomp filter cannot
+//!   tell that `openat` from any other. `strict` stops it (Landlock's ptrace scoping).
 //! * **Root or `CAP_SYS_PTRACE` in the same user namespace.** Such a neighbour can still ptrace us;
 //!   the container must not run privileged or with `SYS_PTRACE` added.
-//! * **The time before hardening.** Loading and warm-up run unhardened except for
-//!   `PR_SET_DUMPABLE`, which `main` sets first thing. Keep that window short.
+//! * **The start-up race, in part.** See [`startup`](mod@startup): the supervisor's memory
+//!   (command line, environment) stays readable to whoever wins it. Run under a dedicated uid.
 //! * **Network access.** Seccomp and Landlock as configured here do not restrict sockets; use a
 //!   NetworkPolicy.
-//! * **Threads created before Landlock.** Landlock only covers the calling thread and threads it
-//!   creates afterwards. The server applies it on the main thread before the tokio runtime starts,
-//!   so the runtime's worker threads are covered; inference threads created earlier (during
-//!   loading and warm-up) are covered by seccomp and the dumpable flag only, unless the engine
-//!   calls [`restrict_filesystem`] on those threads too (that is safe, see its docs).
 //!
 //! Everything here is Linux-only. The seccomp filter is defined for x86_64, aarch64 and riscv64;
 //! other architectures get [`HardenError::UnsupportedArch`].
 
+mod filesystem;
+mod seccomp;
+pub mod startup;
+mod threads;
+
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
 use std::str::FromStr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
-use landlock::{
-    Access, AccessFs, BitFlags, PathBeneath, Ruleset, RulesetAttr, RulesetCreatedAttr,
-    RulesetStatus, ABI,
+pub use filesystem::{
+    default_readable_paths, restrict_filesystem, restrict_startup, FsAllow, LANDLOCK_ABI,
 };
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
+pub use seccomp::{install_seccomp_all_threads, seccomp_denied_syscalls};
+pub use startup::{detach, Detached};
+pub use threads::{CandleBarrierPool, RayonGlobalPool, ThreadRunner, ThreadTask};
 
 /// How much hardening `serve` applies (`--harden strict|basic|off`, default `strict`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum HardenLevel {
-    /// Not dumpable + Landlock (no writes, reads only where needed) + seccomp. The default:
-    /// nothing the server does after warm-up needs more.
+    /// Everything: not dumpable, the start-up fork, Landlock from start-up on (no writes, reads
+    /// only where needed), W^X and seccomp. The default: nothing the server does after start-up
+    /// needs more.
     #[default]
     Strict,
-    /// Not dumpable + seccomp, no Landlock. For deployments that read files after start-up
-    /// which are not known in advance, or kernels where Landlock gets in the way.
+    /// Not dumpable, the start-up fork, W^X and seccomp; no Landlock. For deployments that read
+    /// files after start-up which are not known in advance, or kernels where Landlock gets in
+    /// the way. Code injected into the server can then still read files, and write other
+    /// dumpable same-uid processes' memory through `/proc/<pid>/mem`.
     Basic,
     /// Nothing (a warning is logged). For debugging only: a neighbour of the same uid can then
-    /// read and rewrite the server's memory.
+    /// read and rewrite the server's memory. Also what a debugger or `strace` needs: the other
+    /// levels refuse to start under a tracer.
     Off,
 }
 
@@ -123,7 +132,8 @@ impl FromStr for HardenLevel {
 /// Why hardening could not be applied. Every message says what failed and what to do about it.
 ///
 /// The server should refuse to start on any of these rather than serve half-hardened: a kernel
-/// that merely lacks Landlock is *not* an error (see [`LandlockStatus::NotEnforced`]).
+/// that merely lacks Landlock or `PR_SET_MDWE` is *not* an error (see
+/// [`LandlockStatus::NotEnforced`], [`WxorX::NotSupported`]).
 #[derive(Debug, thiserror::Error)]
 pub enum HardenError {
     /// `--harden` got something other than `strict`, `basic` or `off`.
@@ -142,6 +152,51 @@ pub enum HardenError {
     )]
     Dumpable(#[source] io::Error),
 
+    /// A tracer is attached to the process at start-up.
+    #[error(
+        "a tracer (pid {pid}) is attached to this process; refusing to start, because a process \
+         attached before hardening keeps full access to the server's memory. Detach the \
+         debugger or strace, or, to debug on purpose, start with `--harden off`"
+    )]
+    Traced {
+        /// `TracerPid` from `/proc/self/status`.
+        pid: libc::pid_t,
+    },
+
+    /// A start-up step that must run while the process has a single thread found more.
+    #[error(
+        "cannot {step}: the process already runs {count} threads, and this step only covers \
+         threads started after it. This is a bug in the start-up order of `serve` (src/bin/\
+         serve.rs); please report it. `--harden off` starts without hardening meanwhile"
+    )]
+    Threads {
+        /// `Threads:` from `/proc/self/status`.
+        count: u32,
+        /// What could not be done.
+        step: &'static str,
+    },
+
+    /// `fork(2)` failed at start-up.
+    #[error(
+        "cannot fork the serving process: {0}. The process or its cgroup may be at its limit of \
+         processes (`ulimit -u`, pids.max): raise it, or start with `--harden off`"
+    )]
+    Fork(#[source] io::Error),
+
+    /// `/proc/self/status` could not be read.
+    #[error(
+        "cannot read /proc/self/status: {0}. Hardening checks the tracer and the thread count \
+         there: mount /proc in the container"
+    )]
+    Status(#[source] io::Error),
+
+    /// `prctl(PR_SET_MDWE)` failed for another reason than "not supported".
+    #[error(
+        "prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN) failed: {0}. A seccomp profile of the \
+         container runtime may deny it: allow prctl, or start with `--harden off`"
+    )]
+    Mdwe(#[source] io::Error),
+
     /// The seccomp filter has no syscall numbers for this CPU architecture.
     #[error(
         "no seccomp filter is defined for CPU architecture `{arch}` (only x86_64, aarch64 and \
@@ -156,8 +211,8 @@ pub enum HardenError {
     /// seccompiler rejected the filter: a bug in the rules below, not in the environment.
     #[error(
         "building the seccomp filter failed: {0}. This is a bug in sealserve's filter \
-         definition (src/harden.rs), not in the environment; please report it. `--harden off` \
-         runs without the filter meanwhile"
+         definition (src/harden/seccomp.rs), not in the environment; please report it. \
+         `--harden off` runs without the filter meanwhile"
     )]
     SeccompBuild(#[source] seccompiler::BackendError),
 
@@ -180,7 +235,7 @@ pub enum HardenError {
     )]
     LandlockPath {
         /// The path from the `readable` list.
-        path: PathBuf,
+        path: std::path::PathBuf,
         /// Why opening it (`O_PATH`) failed.
         #[source]
         source: io::Error,
@@ -198,6 +253,15 @@ pub enum HardenError {
         /// The error from the landlock crate.
         #[source]
         source: landlock::RulesetError,
+    },
+
+    /// Restricting the threads of one pool failed.
+    #[error("hardening the {pool} threads failed: {message}")]
+    PerThread {
+        /// [`ThreadRunner::name`].
+        pool: &'static str,
+        /// The first failure.
+        message: String,
     },
 }
 
@@ -231,6 +295,34 @@ impl fmt::Display for LandlockStatus {
     }
 }
 
+/// Whether W^X (`PR_SET_MDWE` with `PR_MDWE_REFUSE_EXEC_GAIN`) is in force.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum WxorX {
+    /// No new writable-and-executable mapping, and no making a mapping executable that was not,
+    /// for the rest of the process's life (it cannot be switched off again).
+    Enforced,
+    /// The kernel does not have `PR_SET_MDWE` (Linux < 6.3).
+    NotSupported {
+        /// Why.
+        reason: String,
+    },
+    /// Not asked for: `--harden off`, or a device where it was not validated.
+    NotRequested {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Landlock applied per thread on one pool after warm-up.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PoolCoverage {
+    /// [`ThreadRunner::name`].
+    pub pool: String,
+    /// On how many threads the domain was applied (candle's barrier pool also runs the task on
+    /// the calling thread, which is counted).
+    pub threads: usize,
+}
+
 /// What is in force, for the startup log and `/info`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct HardenReport {
@@ -238,37 +330,26 @@ pub struct HardenReport {
     pub level: String,
     /// `prctl(PR_GET_DUMPABLE) != 0`. `false` is what keeps same-uid neighbours out.
     pub dumpable: bool,
+    /// Whether this process is the server forked at start-up by a supervisor ([`detach`]).
+    pub forked_at_startup: bool,
     /// `Seccomp:` from `/proc/self/status`: 0 none, 1 strict mode, 2 filter. Note that 2 may
     /// also come from the container runtime's profile; `seccomp_denied_syscalls` is only
     /// non-empty when *our* filter was installed.
     pub seccomp_mode: u32,
     /// `NoNewPrivs:` from `/proc/self/status` (set by seccomp and Landlock installation).
     pub no_new_privs: bool,
-    /// Landlock status of the thread that applied it (not visible in `/proc`, so reported by
-    /// whoever called [`restrict_filesystem`]).
+    /// The Landlock domain applied before any thread existed ([`restrict_startup`]), which
+    /// every thread inherits.
+    pub landlock_startup: LandlockStatus,
+    /// Landlock status of the domain the main thread stacked after warm-up (not visible in
+    /// `/proc`, so reported by whoever applied it).
     pub landlock: LandlockStatus,
+    /// The thread pools that stacked the after-warm-up domain too.
+    pub landlock_threads: Vec<PoolCoverage>,
+    /// W^X.
+    pub w_xor_x: WxorX,
     /// What our seccomp filter denies, empty if it was not installed by this process.
     pub seccomp_denied_syscalls: Vec<&'static str>,
-}
-
-/// The Landlock ABI whose filesystem access rights are requested (best effort: a kernel with an
-/// older ABI enforces what it knows and the status is [`LandlockStatus::PartiallyEnforced`]).
-///
-/// ABI 9 is the first whose rights cover everything filesystem-shaped that writes: files,
-/// directories, special files, links, renames (`Refer`, v2), truncation (v3), device ioctls (v5)
-/// and connecting to pathname UNIX sockets (`ResolveUnix`, v9, e.g. a container runtime's socket
-/// in a shared volume).
-pub const LANDLOCK_ABI: ABI = ABI::V9;
-
-/// Rights granted on readable directories: list them and read the files below. Not `Execute`:
-/// nothing may be executed (dynamic libraries are `mmap`ed, which `Execute` does not govern).
-fn read_dir_access() -> BitFlags<AccessFs> {
-    AccessFs::ReadFile | AccessFs::ReadDir
-}
-
-/// Rights granted on a readable regular (or special) file.
-fn read_file_access() -> BitFlags<AccessFs> {
-    BitFlags::from(AccessFs::ReadFile)
 }
 
 /// Makes this process non-dumpable: `prctl(PR_SET_DUMPABLE, 0)`.
@@ -279,13 +360,13 @@ fn read_file_access() -> BitFlags<AccessFs> {
 /// (the kernel makes them root-owned). It also disables core dumps, which would contain the
 /// model and request data.
 ///
-/// The flag is process-wide. The kernel resets it when the process changes uid/gid (to
-/// `fs.suid_dumpable`, normally 0) or execs (which the seccomp filter forbids), so call it again
-/// after any privilege drop; it is idempotent.
+/// The flag is process-wide and inherited by a forked child. The kernel resets it when the
+/// process changes uid/gid (to `fs.suid_dumpable`, normally 0) or execs (which the seccomp filter
+/// forbids), so call it again after any privilege drop; it is idempotent.
 pub fn set_not_dumpable() -> Result<(), HardenError> {
     // Open /proc/self/status now, while every path is still readable, so that `report` works
     // after Landlock even if the caller's readable list omits /proc/self.
-    let _ = status_file();
+    let _ = with_status_file(|_| Ok(()));
     // SAFETY: PR_SET_DUMPABLE takes one integer argument; the rest are ignored.
     let rc = unsafe {
         libc::prctl(
@@ -302,328 +383,120 @@ pub fn set_not_dumpable() -> Result<(), HardenError> {
     Ok(())
 }
 
-/// Denies every filesystem write, and every read outside `readable`, to the calling thread and
-/// to the threads it creates afterwards (Landlock).
+/// W^X for the whole process: `prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN)`.
 ///
-/// `readable` may name directories (whole trees become readable) and files. Nothing becomes
-/// writable or executable, not even inside `readable`. Each path must exist now (it is opened
-/// with `O_PATH`); symlinks are followed, so `/proc/self` grants this process's `/proc/<pid>`.
-///
-/// Already open file descriptors (stdout, stderr, sockets, the model mapping) keep working:
-/// Landlock checks at open time. Sockets are not restricted.
-///
-/// # Threads
-///
-/// Landlock restricts only the calling thread and its future children. The server calls this
-/// on the main thread before the tokio runtime starts. Threads that already exist (inference
-/// threads created during loading and warm-up) stay unrestricted unless they call this
-/// themselves. That is safe: every call builds its own ruleset and stacks one more Landlock
-/// domain on the calling thread only; no process-wide state is touched. The kernel allows at
-/// most 16 stacked domains per thread.
-///
-/// On CUDA, warm every kernel before this call and add the driver's library directories (and
-/// `/etc/ld.so.cache` for `dlopen` by soname) to `readable`: lazy loading of the driver's JIT
-/// compiler was seen to fail after Landlock otherwise.
-///
-/// # Returns
-///
-/// The enforcement status. A kernel without Landlock (or with Landlock disabled at boot) is
-/// not an error: the result is [`LandlockStatus::NotEnforced`] with the reason, which the
-/// caller logs.
-pub fn restrict_filesystem(readable: &[PathBuf]) -> Result<LandlockStatus, HardenError> {
-    let landlock_err = |step: &'static str| move |source| HardenError::Landlock { step, source };
-
-    let mut ruleset = Ruleset::default()
-        .handle_access(AccessFs::from_all(LANDLOCK_ABI))
-        .map_err(landlock_err("declare the handled filesystem access rights"))?
-        .create()
-        .map_err(landlock_err("create a ruleset"))?;
-
-    for path in readable {
-        let (fd, is_dir) = open_path(path)?;
-        let access = if is_dir {
-            read_dir_access()
-        } else {
-            read_file_access()
-        };
-        ruleset = ruleset
-            .add_rule(PathBeneath::new(fd, access))
-            .map_err(landlock_err("add a read-only rule"))?;
-    }
-
-    let status = ruleset
-        .restrict_self()
-        .map_err(landlock_err("restrict the calling thread"))?;
-
-    Ok(match status.ruleset {
-        RulesetStatus::FullyEnforced => LandlockStatus::FullyEnforced,
-        RulesetStatus::PartiallyEnforced => LandlockStatus::PartiallyEnforced,
-        RulesetStatus::NotEnforced => LandlockStatus::NotEnforced {
-            reason: not_enforced_reason(&status.landlock),
-        },
-    })
-}
-
-/// Opens `path` with `O_PATH` (no read permission needed, nothing read) and says whether it is a
-/// directory, which decides which rights the rule may carry.
-fn open_path(path: &Path) -> Result<(File, bool), HardenError> {
-    let with_path = |source| HardenError::LandlockPath {
-        path: path.to_owned(),
-        source,
+/// Afterwards `mmap` refuses `PROT_WRITE|PROT_EXEC` and `mprotect` refuses to add `PROT_EXEC` to
+/// a mapping that lacks it (both `EACCES`), so injected code cannot write a second stage into
+/// memory and run it (the review ran a syscall from a fresh RWX page). It cannot be undone, and
+/// forked children inherit it. Apply it after warm-up: a JIT (candle has none on CPU) needs it
+/// off. A kernel before 6.3 answers `EINVAL`: reported as [`WxorX::NotSupported`].
+pub fn refuse_exec_gain() -> Result<WxorX, HardenError> {
+    // SAFETY: PR_SET_MDWE takes a flag word; the remaining arguments must be 0.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_MDWE,
+            libc::PR_MDWE_REFUSE_EXEC_GAIN as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
     };
-    let fd = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH)
-        .open(path)
-        .map_err(with_path)?;
-    let is_dir = fd.metadata().map_err(with_path)?.is_dir();
-    Ok((fd, is_dir))
-}
-
-fn not_enforced_reason(status: &landlock::LandlockStatus) -> String {
-    match status {
-        landlock::LandlockStatus::NotImplemented => {
-            "the kernel has no Landlock (needs Linux >= 5.13 built with CONFIG_SECURITY_LANDLOCK)"
-                .to_owned()
-        }
-        landlock::LandlockStatus::NotEnabled => "Landlock is built into the kernel but not \
-             enabled: add `landlock` to the `lsm=` boot parameter"
-            .to_owned(),
-        landlock::LandlockStatus::Available { effective_abi, .. } => format!(
-            "the kernel's Landlock ABI ({effective_abi:?}) supports none of the requested rights"
-        ),
+    if rc == 0 {
+        return Ok(WxorX::Enforced);
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EINVAL) => Ok(WxorX::NotSupported {
+            reason: format!("the kernel has no PR_SET_MDWE (Linux >= 6.3): {error}"),
+        }),
+        _ => Err(HardenError::Mdwe(error)),
     }
 }
 
-/// One syscall that our filter denies with `EPERM` whatever its arguments.
-struct Denied {
-    name: &'static str,
-    nr: libc::c_long,
+/// What [`apply_on`] puts in force after warm-up.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// The after-warm-up Landlock domain (`strict` only).
+    pub allow: FsAllow,
+    /// Set W^X ([`refuse_exec_gain`]); `None` to leave it off, with the reason to report.
+    pub w_xor_x: Option<String>,
 }
 
-/// `Denied { name: "execve", nr: libc::SYS_execve }` from `execve`.
-macro_rules! denied {
-    ($($name:ident => $nr:path),* $(,)?) => {
-        &[$(Denied { name: stringify!($name), nr: $nr }),*]
+/// Applies `level` with `readable` as the Landlock read list, W^X, and no thread pools:
+/// [`apply_on`] for callers (and tests) that have no pools to reach.
+pub fn apply(
+    level: HardenLevel,
+    readable: &[std::path::PathBuf],
+) -> Result<HardenReport, HardenError> {
+    let plan = Plan {
+        allow: FsAllow::read_only(readable),
+        w_xor_x: None,
     };
+    apply_on(level, &plan, &[])
 }
 
-/// Syscalls denied unconditionally with `EPERM`, and why:
-///
-/// * `execve`, `execveat`, `memfd_create`: no new program, in particular no fileless one
-///   (`memfd_create` + `execveat(AT_EMPTY_PATH)`); the server never execs.
-/// * `fork`, `vfork` (and `clone` without `CLONE_THREAD`, below): no child process; threads
-///   still work.
-/// * `ptrace`, `process_vm_readv/writev`: no attacking other processes from ours.
-/// * `io_uring_*`: io_uring performs I/O without going through the syscalls filtered here.
-/// * `bpf`, `userfaultfd`, `personality`: kernel attack surface / exploitation helpers.
-/// * `unshare`, `setns`, `mount`, `umount2` and the new mount API (`open_tree`, `move_mount`,
-///   `fs*`, `mount_setattr`): no new namespaces (a user namespace would hand out capabilities)
-///   and no mounts.
-/// * `keyctl`, `add_key`, `request_key`, `init_module`, `finit_module`: keyrings, kernel modules.
-const DENIED_COMMON: &[Denied] = denied![
-    execve => libc::SYS_execve,
-    execveat => libc::SYS_execveat,
-    memfd_create => libc::SYS_memfd_create,
-    ptrace => libc::SYS_ptrace,
-    process_vm_readv => libc::SYS_process_vm_readv,
-    process_vm_writev => libc::SYS_process_vm_writev,
-    personality => libc::SYS_personality,
-    io_uring_setup => libc::SYS_io_uring_setup,
-    io_uring_enter => libc::SYS_io_uring_enter,
-    io_uring_register => libc::SYS_io_uring_register,
-    bpf => libc::SYS_bpf,
-    userfaultfd => libc::SYS_userfaultfd,
-    unshare => libc::SYS_unshare,
-    setns => libc::SYS_setns,
-    mount => libc::SYS_mount,
-    umount2 => libc::SYS_umount2,
-    open_tree => libc::SYS_open_tree,
-    move_mount => libc::SYS_move_mount,
-    fsopen => libc::SYS_fsopen,
-    fsconfig => libc::SYS_fsconfig,
-    fsmount => libc::SYS_fsmount,
-    fspick => libc::SYS_fspick,
-    mount_setattr => libc::SYS_mount_setattr,
-    keyctl => libc::SYS_keyctl,
-    add_key => libc::SYS_add_key,
-    request_key => libc::SYS_request_key,
-    init_module => libc::SYS_init_module,
-    finit_module => libc::SYS_finit_module,
-];
-
-/// `fork` and `vfork` exist as syscalls on x86_64 only; elsewhere libc forks with `clone`.
-#[cfg(target_arch = "x86_64")]
-const DENIED_ARCH: &[Denied] = denied![fork => libc::SYS_fork, vfork => libc::SYS_vfork];
-#[cfg(not(target_arch = "x86_64"))]
-const DENIED_ARCH: &[Denied] = &[];
-
-const CLONE_LABEL: &str = "clone (without CLONE_THREAD)";
-const CLONE3_LABEL: &str = "clone3 (ENOSYS, libc falls back to clone)";
-#[cfg(target_arch = "x86_64")]
-const X32_LABEL: &str = "all x32-ABI syscalls";
-
-/// What [`install_seccomp_all_threads`] denies, as listed in [`HardenReport`].
-pub fn seccomp_denied_syscalls() -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = DENIED_COMMON
-        .iter()
-        .chain(DENIED_ARCH)
-        .map(|d| d.name)
-        .collect();
-    names.push(CLONE_LABEL);
-    names.push(CLONE3_LABEL);
-    #[cfg(target_arch = "x86_64")]
-    names.push(X32_LABEL);
-    names
+/// What the engine runs on, for [`after_warm_up`].
+pub struct EngineThreads<'a> {
+    /// The engine's own thread(s), reached through its runner.
+    pub engine: &'a dyn ThreadRunner,
+    /// True when the model runs on an NVIDIA GPU.
+    pub cuda: bool,
+    /// CUDA library folders the driver loads from lazily after start-up (empty on CPU).
+    pub cuda_library_dirs: Vec<std::path::PathBuf>,
 }
 
-/// Whether this process installed our seccomp filter (guarded so that a second call does not
-/// stack the same filters again).
-static SECCOMP_INSTALLED: Mutex<bool> = Mutex::new(false);
-
-/// Installs the seccomp filter on every thread of the process (seccomp TSYNC), which also sets
-/// `no_new_privs`.
-///
-/// Default action: allow. Denied with `EPERM`: the syscalls in [`seccomp_denied_syscalls`],
-/// including `clone` whenever its flags lack `CLONE_THREAD` (that is: a new process, not a
-/// thread). `clone3` returns `ENOSYS` instead, because its flags live in a struct that seccomp
-/// cannot inspect; glibc then falls back to `clone`, whose flags we can check, so threads keep
-/// working.
-///
-/// Three filters are installed, because seccompiler gives one match action per filter: the
-/// `EPERM` filter (which also kills the process for any syscall made through a foreign ABI such
-/// as 32-bit `int 0x80`, whose numbers differ), the `clone3` → `ENOSYS` filter, and on x86_64
-/// a hand-written one returning `EPERM` for every x32-ABI syscall (numbers with bit 30 set),
-/// which would otherwise slip past the number-based rules on kernels with `CONFIG_X86_X32_ABI`.
-/// The kernel runs all filters and takes the most restrictive result.
-///
-/// A filter cannot be removed. Install it after warm-up: anything that needs one of the denied
-/// calls (spawning a helper, a JIT that forks) must already be done. Calling this again after a
-/// success does nothing.
-pub fn install_seccomp_all_threads() -> Result<(), HardenError> {
-    let mut installed = SECCOMP_INSTALLED
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if *installed {
-        return Ok(());
+/// The serving process's after-warm-up hardening: which paths stay readable, whether W^X is
+/// set, and which thread pools get the per-thread Landlock domain (the engine's, rayon's global
+/// pool, candle's barrier pool on CPU). `serve` only says what its engine runs on; the
+/// choreography lives here, next to what it protects.
+pub fn after_warm_up(
+    level: HardenLevel,
+    threads: &EngineThreads<'_>,
+) -> Result<HardenReport, HardenError> {
+    let mut readable = default_readable_paths();
+    if threads.cuda {
+        // Libraries loaded lazily by name after startup need the loader cache and their folders.
+        readable.push("/etc/ld.so.cache".into());
+        readable.extend(threads.cuda_library_dirs.iter().cloned());
     }
-
-    // Build everything before installing anything, so that a build error leaves the process
-    // untouched.
-    let programs = build_seccomp_programs()?;
-    for program in &programs {
-        seccompiler::apply_filter_all_threads(program).map_err(HardenError::SeccompInstall)?;
-    }
-    *installed = true;
-    Ok(())
-}
-
-fn seccomp_installed() -> bool {
-    *SECCOMP_INSTALLED
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn build_seccomp_programs() -> Result<Vec<BpfProgram>, HardenError> {
-    let arch_name = std::env::consts::ARCH;
-    let arch = TargetArch::try_from(arch_name)
-        .map_err(|_| HardenError::UnsupportedArch { arch: arch_name })?;
-    let build = HardenError::SeccompBuild;
-
-    let mut deny = std::collections::BTreeMap::new();
-    for d in DENIED_COMMON.iter().chain(DENIED_ARCH) {
-        // An empty rule list means "whatever the arguments".
-        deny.insert(d.nr, Vec::new());
-    }
-    // clone(flags, ...): flags is argument 0 on x86_64, aarch64 and riscv64. Matches (→ EPERM)
-    // when (flags & CLONE_THREAD) == 0, i.e. a new process rather than a thread.
-    let clone_thread = libc::CLONE_THREAD as u64;
-    let new_process = SeccompCondition::new(
-        0,
-        SeccompCmpArgLen::Qword,
-        SeccompCmpOp::MaskedEq(clone_thread),
-        0,
-    )
-    .map_err(build)?;
-    deny.insert(
-        libc::SYS_clone,
-        vec![SeccompRule::new(vec![new_process]).map_err(build)?],
-    );
-    let eperm = SeccompAction::Errno(libc::EPERM as u32);
-    let deny = SeccompFilter::new(deny, SeccompAction::Allow, eperm, arch).map_err(build)?;
-
-    let mut clone3 = std::collections::BTreeMap::new();
-    clone3.insert(libc::SYS_clone3, Vec::new());
-    let enosys = SeccompAction::Errno(libc::ENOSYS as u32);
-    let clone3 = SeccompFilter::new(clone3, SeccompAction::Allow, enosys, arch).map_err(build)?;
-
-    #[allow(unused_mut)]
-    let mut programs = vec![
-        BpfProgram::try_from(deny).map_err(build)?,
-        BpfProgram::try_from(clone3).map_err(build)?,
-    ];
-    #[cfg(target_arch = "x86_64")]
-    programs.push(x32_guard());
-    Ok(programs)
-}
-
-/// `EPERM` for every syscall made through the x32 ABI (x86_64 audit arch, number with
-/// `__X32_SYSCALL_BIT`). x32 syscalls have their own numbers (x32 `execve` is 520 | bit 30),
-/// so the number-based rules above would miss them.
-#[cfg(target_arch = "x86_64")]
-fn x32_guard() -> BpfProgram {
-    use seccompiler::sock_filter;
-    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-    // Offsets in struct seccomp_data.
-    const NR: u32 = 0;
-    const ARCH: u32 = 4;
-    let op = |code: u32| code as u16;
-    let ld = op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS);
-    let ret = op(libc::BPF_RET | libc::BPF_K);
-    let stmt = |code, k| sock_filter {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
+    let plan = Plan {
+        allow: FsAllow::read_only(&readable),
+        // Not validated with the CUDA driver (no GPU where this was written): the driver and
+        // its JIT may need to create executable memory after warm-up.
+        w_xor_x: threads
+            .cuda
+            .then(|| "not validated with the CUDA driver".to_owned()),
     };
-    let jump = |code, k, jt, jf| sock_filter { code, jt, jf, k };
-    vec![
-        /* 0 */ stmt(ld, ARCH),
-        // Another audit arch: allow here; the EPERM filter kills the process for those.
-        /* 1 */
-        jump(
-            op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K),
-            AUDIT_ARCH_X86_64,
-            0,
-            3,
-        ),
-        /* 2 */ stmt(ld, NR),
-        /* 3 */
-        jump(
-            op(libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K),
-            X32_SYSCALL_BIT,
-            0,
-            1,
-        ),
-        /* 4 */ stmt(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
-        /* 5 */ stmt(ret, libc::SECCOMP_RET_ALLOW),
-    ]
+    // The start-up domain already covers every thread; these add the narrower after-warm-up
+    // domain to each pool we know of (defence in depth). candle's barrier pool exists on CPU
+    // only (on CUDA, asking for it would start it).
+    let mut runners: Vec<&dyn ThreadRunner> = vec![threads.engine, &RayonGlobalPool];
+    if !threads.cuda {
+        runners.push(&CandleBarrierPool);
+    }
+    apply_on(level, &plan, &runners)
 }
 
-/// Applies `level`:
+/// Applies `level` after warm-up, before serving:
 ///
-/// * `Strict`: [`set_not_dumpable`], then [`restrict_filesystem`]`(readable)` on the calling
-///   thread, then [`install_seccomp_all_threads`]. Landlock goes before seccomp so that the
-///   filter is installed last, when nothing else is left to set up.
-/// * `Basic`: [`set_not_dumpable`] and [`install_seccomp_all_threads`]; `readable` is ignored.
+/// * `Strict`: [`set_not_dumpable`]; the Landlock domain of `plan.allow` on every thread of each
+///   of `runners`, then on the calling thread (asking for all threads at once where the kernel
+///   supports it); W^X unless `plan.w_xor_x` says why not; then [`install_seccomp_all_threads`].
+///   Landlock goes before seccomp so that the filter is installed last, when nothing else is
+///   left to set up.
+/// * `Basic`: [`set_not_dumpable`], W^X (same rule) and [`install_seccomp_all_threads`];
+///   `plan.allow` and `runners` are not used.
 /// * `Off`: nothing; logs a warning.
 ///
-/// Call it on the main thread after loading and warm-up and before starting the tokio runtime
-/// (see [`restrict_filesystem`] for why the thread matters). Logs what is in force and returns
-/// it. A kernel without Landlock is logged, not an error; any other failure is returned and
-/// the server should not serve.
-pub fn apply(level: HardenLevel, readable: &[PathBuf]) -> Result<HardenReport, HardenError> {
+/// Call it on the main thread after loading and warm-up and before starting the tokio runtime.
+/// Logs what is in force and returns it. A kernel without Landlock or MDWE is logged, not an
+/// error; any other failure is returned and the server should not serve.
+pub fn apply_on(
+    level: HardenLevel,
+    plan: &Plan,
+    runners: &[&dyn ThreadRunner],
+) -> Result<HardenReport, HardenError> {
+    let mut coverage = Vec::new();
     let landlock = match level {
         HardenLevel::Off => {
             tracing::warn!(
@@ -635,12 +508,18 @@ pub fn apply(level: HardenLevel, readable: &[PathBuf]) -> Result<HardenReport, H
         }
         HardenLevel::Basic => {
             set_not_dumpable()?;
-            install_seccomp_all_threads()?;
             LandlockStatus::NotRequested
         }
         HardenLevel::Strict => {
             set_not_dumpable()?;
-            let landlock = restrict_filesystem(readable)?;
+            for runner in runners {
+                coverage.push(restrict_pool(*runner, &plan.allow)?);
+            }
+            let everyone = filesystem::Enforce {
+                scopes: false,
+                all_threads: true,
+            };
+            let landlock = filesystem::restrict(&plan.allow, everyone)?;
             if let LandlockStatus::NotEnforced { reason } = &landlock {
                 tracing::warn!(
                     %reason,
@@ -648,19 +527,36 @@ pub fn apply(level: HardenLevel, readable: &[PathBuf]) -> Result<HardenReport, H
                      seccomp and the dumpable protection still apply"
                 );
             }
-            install_seccomp_all_threads()?;
             landlock
         }
     };
-    let report = report(level, landlock);
+    let w_xor_x = match (level, &plan.w_xor_x) {
+        (HardenLevel::Off, _) => WxorX::NotRequested {
+            reason: "--harden off".to_owned(),
+        },
+        (_, Some(reason)) => WxorX::NotRequested {
+            reason: reason.clone(),
+        },
+        (_, None) => refuse_exec_gain()?,
+    };
+    if level != HardenLevel::Off {
+        install_seccomp_all_threads()?;
+    }
+    let mut report = report(level, landlock);
+    report.landlock_threads = coverage;
+    report.w_xor_x = w_xor_x;
     if level != HardenLevel::Off {
         tracing::info!(
             level = %report.level,
             dumpable = report.dumpable,
+            forked_at_startup = report.forked_at_startup,
             seccomp_mode = report.seccomp_mode,
             no_new_privs = report.no_new_privs,
+            landlock_startup = %report.landlock_startup,
             landlock = %report.landlock,
-            readable = ?readable,
+            landlock_threads = ?report.landlock_threads,
+            w_xor_x = ?report.w_xor_x,
+            readable = ?plan.allow.read,
             denied = ?report.seccomp_denied_syscalls,
             "process hardening in force"
         );
@@ -668,12 +564,52 @@ pub fn apply(level: HardenLevel, readable: &[PathBuf]) -> Result<HardenReport, H
     Ok(report)
 }
 
+/// Stacks the `allow` domain on every thread of `runner`.
+fn restrict_pool(runner: &dyn ThreadRunner, allow: &FsAllow) -> Result<PoolCoverage, HardenError> {
+    let pool = runner.name();
+    let owned = allow.clone();
+    let outcomes = threads::collect_on_each(runner, move || {
+        filesystem::restrict(&owned, filesystem::Enforce::default()).map_err(|e| e.to_string())
+    })
+    .map_err(|message| HardenError::PerThread { pool, message })?;
+    if let Some(Err(message)) = outcomes.iter().find(|o| o.is_err()) {
+        return Err(HardenError::PerThread {
+            pool,
+            message: message.clone(),
+        });
+    }
+    Ok(PoolCoverage {
+        pool: pool.to_owned(),
+        threads: outcomes.len(),
+    })
+}
+
+/// The start-up Landlock status, recorded by [`restrict_startup`] for [`report`].
+static STARTUP_LANDLOCK: Mutex<Option<LandlockStatus>> = Mutex::new(None);
+
+fn record_startup_landlock(status: &LandlockStatus) {
+    *STARTUP_LANDLOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(status.clone());
+}
+
+/// The supervisor pid when [`detach`] forked this process.
+static SUPERVISOR: Mutex<Option<libc::pid_t>> = Mutex::new(None);
+
+fn record_supervisor(pid: libc::pid_t) {
+    *SUPERVISOR
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(pid);
+}
+
 /// Reads what is in force: `Seccomp:` and `NoNewPrivs:` from `/proc/self/status`,
-/// `PR_GET_DUMPABLE`, and the given Landlock status (which `/proc` does not show).
+/// `PR_GET_DUMPABLE`, and the given Landlock status (which `/proc` does not show). W^X and the
+/// per-thread coverage are filled in by [`apply_on`].
 ///
-/// `/proc/self/status` is opened once, the first time this module is used (at the latest by
-/// [`set_not_dumpable`]), and re-read from offset 0 afterwards, so this keeps working under
-/// Landlock. If it cannot be read, a warning is logged and the fields read as 0/false.
+/// `/proc/self/status` is opened once per process, the first time this module is used (at the
+/// latest by [`set_not_dumpable`]; again in the child after [`detach`]), and re-read from
+/// offset 0 afterwards, so this keeps working under Landlock. If it cannot be read, a warning is
+/// logged and the fields read as 0/false.
 pub fn report(level: HardenLevel, landlock: LandlockStatus) -> HardenReport {
     let (seccomp_mode, no_new_privs) = match read_status() {
         Ok(status) => (
@@ -695,13 +631,28 @@ pub fn report(level: HardenLevel, landlock: LandlockStatus) -> HardenReport {
             0 as libc::c_ulong,
         )
     } != 0;
+    let landlock_startup = STARTUP_LANDLOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+        .unwrap_or(LandlockStatus::NotRequested);
+    let forked_at_startup = SUPERVISOR
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .is_some();
     HardenReport {
         level: level.to_string(),
         dumpable,
+        forked_at_startup,
         seccomp_mode,
         no_new_privs,
+        landlock_startup,
         landlock,
-        seccomp_denied_syscalls: if seccomp_installed() {
+        landlock_threads: Vec::new(),
+        w_xor_x: WxorX::NotRequested {
+            reason: "not applied".to_owned(),
+        },
+        seccomp_denied_syscalls: if seccomp::seccomp_installed() {
             seccomp_denied_syscalls()
         } else {
             Vec::new()
@@ -709,33 +660,43 @@ pub fn report(level: HardenLevel, landlock: LandlockStatus) -> HardenReport {
     }
 }
 
-/// `/proc/self/status`, opened once. `None` if it could not be opened then.
-fn status_file() -> Option<&'static File> {
-    static STATUS: OnceLock<Option<File>> = OnceLock::new();
-    STATUS
-        .get_or_init(|| File::open("/proc/self/status").ok())
-        .as_ref()
+/// `/proc/self/status` of the process that opened it. A forked child must not read its
+/// parent's (the descriptor names the pid it was opened for), so it reopens when the pid changed.
+static STATUS: Mutex<Option<(libc::pid_t, File)>> = Mutex::new(None);
+
+fn with_status_file<T>(f: impl FnOnce(&File) -> io::Result<T>) -> io::Result<T> {
+    let mut slot = STATUS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    if slot.as_ref().is_none_or(|(opened_by, _)| *opened_by != pid) {
+        *slot = Some((pid, File::open("/proc/self/status")?));
+    }
+    match slot.as_ref() {
+        Some((_, file)) => f(file),
+        None => Err(io::Error::other("/proc/self/status is not open")),
+    }
 }
 
 fn read_status() -> io::Result<String> {
-    let Some(file) = status_file() else {
-        return std::fs::read_to_string("/proc/self/status");
-    };
-    // seq_file: a read at offset 0 regenerates the contents.
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            buf.resize(buf.len() * 2, 0);
+    with_status_file(|file| {
+        // seq_file: a read at offset 0 regenerates the contents.
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut len = 0;
+        loop {
+            if len == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+            let n = file.read_at(&mut buf[len..], len as u64)?;
+            if n == 0 {
+                break;
+            }
+            len += n;
         }
-        let n = file.read_at(&mut buf[len..], len as u64)?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-    }
-    buf.truncate(len);
-    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        buf.truncate(len);
+        String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    })
 }
 
 fn status_field(status: &str, key: &str) -> Option<u32> {
@@ -745,27 +706,15 @@ fn status_field(status: &str, key: &str) -> Option<u32> {
     })
 }
 
-/// What a running server still reads after hardening, for [`restrict_filesystem`]:
-///
-/// * `/proc/self`: `status` for [`report`]; `cgroup`, `mountinfo` for the CPU count
-///   (`std::thread::available_parallelism`, which tokio uses when it starts).
-/// * `/sys/fs/cgroup`: the cgroup CPU quota (`cpu.max`) behind that CPU count.
-/// * `/sys/devices/system/cpu`: CPU topology and online CPUs (read by some runtimes).
-/// * `/dev/urandom`: fallback of the `getrandom` crate when the `getrandom(2)` syscall is missing.
-///
-/// Only paths that exist are returned. On CUDA the caller appends the driver's library
-/// directories and `/etc/ld.so.cache`.
-pub fn default_readable_paths() -> Vec<PathBuf> {
-    [
-        "/proc/self",
-        "/sys/fs/cgroup",
-        "/sys/devices/system/cpu",
-        "/dev/urandom",
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .filter(|p| p.exists())
-    .collect()
+/// `Threads:` from `/proc/self/status`.
+fn thread_count() -> Result<u32, HardenError> {
+    let status = read_status().map_err(HardenError::Status)?;
+    status_field(&status, "Threads").ok_or_else(|| {
+        HardenError::Status(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no Threads: line",
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -790,15 +739,22 @@ mod tests {
 
     #[test]
     fn status_fields() {
-        let s = "Name:\tx\nNoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t3\n";
+        let s = "Name:\tx\nNoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t3\nTracerPid:\t0\n";
         assert_eq!(status_field(s, "Seccomp"), Some(2));
         assert_eq!(status_field(s, "NoNewPrivs"), Some(1));
+        assert_eq!(status_field(s, "TracerPid"), Some(0));
         assert_eq!(status_field(s, "Missing"), None);
     }
 
     #[test]
+    fn this_process_reports_its_threads_and_no_tracer() {
+        assert!(thread_count().unwrap() >= 1);
+        assert_eq!(startup::tracer_pid().unwrap(), 0);
+    }
+
+    #[test]
     fn seccomp_programs_build() {
-        let programs = build_seccomp_programs().unwrap();
+        let programs = seccomp::build_seccomp_programs().unwrap();
         assert!(programs.iter().all(|p| !p.is_empty()));
         let names = seccomp_denied_syscalls();
         for name in [
@@ -806,7 +762,12 @@ mod tests {
             "memfd_create",
             "ptrace",
             "process_vm_writev",
-            CLONE_LABEL,
+            "pidfd_getfd",
+            "process_madvise",
+            "perf_event_open",
+            "kcmp",
+            seccomp::CLONE_LABEL,
+            seccomp::DUMPABLE_LABEL,
         ] {
             assert!(names.contains(&name), "{name} missing from {names:?}");
         }

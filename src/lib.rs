@@ -11,7 +11,7 @@
 //! The bundle format and its checks live in the `seal-core` crate, which build.rs links as a
 //! build-dependency; they are re-exported here so `sealserve::bundle::…` paths stay valid.
 
-pub use seal_core::{bundle, manifest, signature, source, spec};
+pub use seal_core::{bundle, manifest, placement, signature, source, spec};
 
 pub mod batcher;
 pub mod config;

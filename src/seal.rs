@@ -1,32 +1,45 @@
 //! What the `seal` command does, as functions: make a release key pair, compute the MANIFEST a
-//! release signer signs offline, sign it, verify, inspect or export the bundle inside a built
-//! `serve` binary (or an exported copy of it), publish a bundle folder to S3 or an OCI registry,
-//! and verify a published bundle where it lives.
+//! release signer signs offline, sign it (and release files such as the `serve` binary itself),
+//! verify, inspect or export the bundle inside a built `serve` binary (or an exported copy),
+//! publish a bundle folder to S3 or an OCI registry, and verify a published bundle where it lives.
+//!
+//! Every subcommand that reads a binary finds its bundle with `placement::locate`, the rule
+//! `serve` applies to its own executable: the `.sealserve` section, and refused if the bundle
+//! marker occurs anywhere else in the file. So what `seal` reports is what `serve` runs.
 //!
 //! Why a library module: `src/bin/seal.rs` only parses flags and prints, so every rule here
 //! (which files a MANIFEST covers, key file permissions, which exit code a refusal gets) is tested
 //! without spawning processes. Verification itself is not reimplemented: binaries and exported
 //! folders both go through `Bundle::verify`, the code `serve` runs at startup.
 
+pub mod pin;
+
 use crate::bundle::{
-    self, Bundle, TrustPolicy, VerifiedBundle, MANIFEST_FILE, PUBLIC_KEY_FILE,
+    self, Bundle, HeapCopies, TrustPolicy, VerifiedBundle, MANIFEST_FILE, PUBLIC_KEY_FILE,
     PUBLIC_KEY_MINISIGN_FILE, SIGNATURE_MINISIGN_FILE, SIGNATURE_RAW_FILE, SIGNING_FILES,
 };
 use crate::exit::Exit;
 use crate::manifest::{is_plain_file_name, sha256_hex, Manifest};
+use crate::placement::{self, Placement};
 use crate::remote;
 use crate::signature::{signing_timestamp, PublicKey, SecretKey};
 use crate::source::read_optional;
-use crate::spec::{BundleMetadata, ModelSpec, METADATA_FILE};
+use crate::spec::{BuildInfo, BundleMetadata, ModelSpec, METADATA_FILE};
+use crate::trust::TrustArgs;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::fmt::Write as _;
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The private key file `seal keygen` writes; never embedded, never needed by the build.
 pub const SECRET_KEY_FILE: &str = "model.key";
+
+/// The sealserve version a release MANIFEST names (`sealserve.json`'s `sealserve_version`): the
+/// version of this `seal`, which must be the version of the `serve` build it signs for.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The error chain on one line: stderr gets exactly one line per failure, even when a cause
 /// (a TOML parse error, say) spans several.
@@ -101,13 +114,13 @@ fn write_secret(path: &Path, bytes: &[u8], force: bool) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// The MANIFEST for `dir`: for a model folder (one holding model.toml) the one build.rs will
-/// embed, from the pins alone; for any other folder (an exported bundle, a release staging
+/// The MANIFEST for `dir`: for a model folder (one holding model.toml) the one a release build
+/// of this sealserve version embeds, from the pins alone; for any other folder (an exported bundle, a release staging
 /// folder) the sha256 of every regular file, leaving out signing material so the MANIFEST never
 /// has to cover its own signature.
 pub fn manifest_for_dir(dir: &Path) -> Result<Vec<u8>> {
     if dir.join("model.toml").is_file() {
-        return Ok(ModelSpec::load(dir)?.manifest_bytes());
+        return Ok(ModelSpec::load(dir)?.manifest_bytes(&BuildInfo::release(VERSION)));
     }
     let mut manifest = Manifest::new();
     let listing =
@@ -143,11 +156,10 @@ pub fn manifest_for_dir(dir: &Path) -> Result<Vec<u8>> {
     Ok(manifest.to_bytes())
 }
 
-/// MANIFEST*, signatures, public keys, private keys and the dev-signed marker: what signs (or
-/// describes the signing of) the files, not what is signed.
+/// MANIFEST*, signatures, public keys and private keys: what signs the files, not what is
+/// signed.
 fn is_signing_material(name: &str) -> bool {
-    name == bundle::DEV_SIGNED_MARKER
-        || name.starts_with(MANIFEST_FILE)
+    name.starts_with(MANIFEST_FILE)
         || name.ends_with(".sig")
         || name.ends_with(".minisig")
         || name.contains(".pub")
@@ -171,32 +183,93 @@ pub fn sign(
     out_dir: Option<&Path>,
     timestamp: Option<u64>,
 ) -> Result<Signed> {
-    let key_text = std::fs::read_to_string(key_path)
-        .with_context(|| format!("cannot read {}", key_path.display()))?;
-    let key =
-        SecretKey::from_pkcs8_pem(&key_text).with_context(|| key_path.display().to_string())?;
+    let key = read_secret_key(key_path)?;
     let manifest = std::fs::read(manifest_path)
         .with_context(|| format!("cannot read {}", manifest_path.display()))?;
     Manifest::parse(&manifest)
         .with_context(|| format!("{}: refusing to sign", manifest_path.display()))?;
-    let file_name = manifest_path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or(MANIFEST_FILE);
-    let signature = key.sign(
+    let out_dir = out_dir.map_or_else(|| parent_dir(manifest_path), Path::to_path_buf);
+    let written = write_signatures(
+        &key,
         &manifest,
-        file_name,
+        manifest_path,
+        &out_dir,
+        [SIGNATURE_RAW_FILE, SIGNATURE_MINISIGN_FILE].map(String::from),
+        timestamp,
+    )?;
+    Ok(signed_by(&key, written))
+}
+
+/// Signs release files (the `serve` and `seal` binaries, `SHA256SUMS`) with a PKCS#8 key,
+/// writing `<file>.sig` (raw Ed25519, base64: `cosign verify-blob`, openssl) and
+/// `<file>.minisig` (minisign) next to each file or into `out_dir`.
+pub fn sign_files(
+    key_path: &Path,
+    files: &[PathBuf],
+    out_dir: Option<&Path>,
+    timestamp: Option<u64>,
+) -> Result<Signed> {
+    let key = read_secret_key(key_path)?;
+    let mut written = Vec::new();
+    for path in files {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let name = file_name(path)?;
+        let out_dir = out_dir.map_or_else(|| parent_dir(path), Path::to_path_buf);
+        written.extend(write_signatures(
+            &key,
+            &bytes,
+            path,
+            &out_dir,
+            [format!("{name}.sig"), format!("{name}.minisig")],
+            timestamp,
+        )?);
+    }
+    Ok(signed_by(&key, written))
+}
+
+fn read_secret_key(path: &Path) -> Result<SecretKey> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    SecretKey::from_pkcs8_pem(&text).with_context(|| path.display().to_string())
+}
+
+fn file_name(path: &Path) -> Result<&str> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("{}: not a file name", path.display()))
+}
+
+fn signed_by(key: &SecretKey, written: Vec<PathBuf>) -> Signed {
+    let public = key.public_key();
+    Signed {
+        fingerprint: public.fingerprint(),
+        key_id: public.key_id_hex(),
+        written,
+    }
+}
+
+/// Signs `message` (the contents of `path`) and writes the raw and minisign encodings under
+/// `names` into `out_dir`; the minisign trusted comment names the file.
+fn write_signatures(
+    key: &SecretKey,
+    message: &[u8],
+    path: &Path,
+    out_dir: &Path,
+    names: [String; 2],
+    timestamp: Option<u64>,
+) -> Result<Vec<PathBuf>> {
+    let signature = key.sign(
+        message,
+        file_name(path)?,
         timestamp.unwrap_or_else(signing_timestamp),
     );
-    let out_dir = match out_dir {
-        Some(dir) => dir.to_path_buf(),
-        None => parent_dir(manifest_path),
-    };
-    std::fs::create_dir_all(&out_dir)
+    std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let [raw_name, minisign_name] = names;
     let encodings = [
-        (SIGNATURE_RAW_FILE, signature.to_raw_base64()),
-        (SIGNATURE_MINISIGN_FILE, signature.to_minisign()),
+        (raw_name, signature.to_raw_base64()),
+        (minisign_name, signature.to_minisign()),
     ];
     let mut written = Vec::new();
     for (name, text) in encodings {
@@ -205,12 +278,18 @@ pub fn sign(
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         written.push(path);
     }
-    let public = key.public_key();
-    Ok(Signed {
-        fingerprint: public.fingerprint(),
-        key_id: public.key_id_hex(),
-        written,
-    })
+    Ok(written)
+}
+
+/// The fingerprint (what `--trusted-key` pins) of each key in a public key file (PEM, minisign,
+/// base64), or each fingerprint a trust file lists: the value to pin, taken from the key file
+/// itself and never from a binary being checked.
+pub fn fingerprints(path: &Path) -> Result<Vec<String>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(seal_core::trust::fingerprints_in_file(
+        &path.display().to_string(),
+        &bytes,
+    )?)
 }
 
 fn parent_dir(path: &Path) -> PathBuf {
@@ -220,33 +299,36 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// Verifies a `serve` binary (the bundle inside it) or an exported bundle folder, with the same
-/// checks and exit codes as `serve` at startup. Returns the one-line summary.
-pub fn verify(target: &Path, trusted_keys: &[String]) -> Result<String> {
-    let policy = crate::trust::policy_from_values(trusted_keys)?;
-    let (bytes, from_dir) = if target.is_dir() {
-        (bundle_from_dir(target)?, true)
+/// A `serve` binary (or bundle file) opened, and where its one bundle lies.
+fn open_bundle(path: &Path) -> Result<(File, Placement)> {
+    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let placement = placement::locate(&file).with_context(|| path.display().to_string())?;
+    Ok((file, placement))
+}
+
+/// Verifies a `serve` binary (the bundle inside it), a bundle file or an exported bundle folder,
+/// with the same checks, trust flags and exit codes as `serve` at startup. Returns the one-line
+/// summary.
+pub fn verify(target: &Path, trust: &TrustArgs) -> Result<String> {
+    let policy = trust.policy()?;
+    let copies = HeapCopies::default();
+    let context = || target.display().to_string();
+    let verified = if target.is_dir() {
+        let bytes = bundle_from_dir(target)?;
+        let bundle = Bundle::parse(&bytes).with_context(context)?;
+        bundle.verify(&policy, &mut &copies).with_context(context)?
     } else {
-        let bytes =
-            std::fs::read(target).with_context(|| format!("cannot read {}", target.display()))?;
-        (bytes, false)
+        let (file, placement) = open_bundle(target)?;
+        let bundle = Bundle::read(placement.source(&file)).with_context(context)?;
+        bundle.verify(&policy, &mut &copies).with_context(context)?
     };
-    let bundle = Bundle::locate(&bytes).with_context(|| target.display().to_string())?;
-    let verified = bundle
-        .verify(&policy, &mut |_| {})
-        .with_context(|| target.display().to_string())?;
-    let mut line = format!("{}: {}", target.display(), summary(&verified));
-    if from_dir {
-        // The dev-signed mark lives in the bundle index, which an export does not carry.
-        line.push_str(" (exported folder: dev-signed status not recorded)");
-    }
-    Ok(line)
+    Ok(format!("{}: {}", target.display(), summary(&verified)))
 }
 
 /// One line saying what a verified bundle carries and how long hashing took.
 pub fn summary(verified: &VerifiedBundle) -> String {
     format!(
-        "OK {} @ {}: {} files, {} MiB hashed in {:.1} ms, manifest sha256 {}, key {}{}",
+        "OK {} @ {}: {} files, {} MiB hashed in {:.1} ms, manifest sha256 {}, key {} ({}){}",
         verified.metadata.model_id,
         verified.metadata.revision,
         verified.files.len(),
@@ -254,6 +336,7 @@ pub fn summary(verified: &VerifiedBundle) -> String {
         verified.hash_time.as_secs_f64() * 1000.0,
         verified.manifest_sha256,
         verified.key_fingerprint,
+        verified.trust,
         if verified.dev_signed {
             " (DEV-SIGNED)"
         } else {
@@ -290,9 +373,8 @@ fn bundle_from_dir(dir: &Path) -> Result<Vec<u8>> {
             entries.push((name, bytes));
         }
     }
-    let dev_signed = dir.join(bundle::DEV_SIGNED_MARKER).exists();
     let mut out = Vec::new();
-    bundle::write_bundle(&mut out, dev_signed, &entries)
+    bundle::write_bundle(&mut out, &entries)
         .with_context(|| format!("cannot assemble {}", dir.display()))?;
     Ok(out)
 }
@@ -312,14 +394,14 @@ pub struct Published {
 pub fn publish(
     dir: &Path,
     destination: &str,
-    trusted_keys: &[String],
+    trust: &TrustArgs,
     ca_file: Option<&Path>,
 ) -> Result<Published> {
     let destination: remote::publish::Destination = destination.parse()?;
     if !dir.is_dir() {
         bail!("{} is not a folder; publish a folder made by `seal export` (or a signed release folder)", dir.display());
     }
-    let verified = verify(dir, trusted_keys)?;
+    let verified = verify(dir, trust)?;
     let files = bundle_files(dir)?;
     let url = runtime()?.block_on(remote::publish::publish(&files, &destination, ca_file))?;
     Ok(Published {
@@ -330,15 +412,14 @@ pub fn publish(
 }
 
 /// Fetches the bundle at `url` into memory and verifies it exactly as `serve --model-url` does
-/// (same checks, same exit codes); a trusted key is required. Returns the one-line summary.
+/// (same checks, same exit codes, same trust flags). Returns the one-line summary.
 pub fn verify_url(
     url: &str,
-    trusted_keys: &[String],
+    trust: &TrustArgs,
     options: &remote::FetchOptions,
 ) -> Result<String> {
     let url: remote::ModelUrl = url.parse().map_err(remote::RemoteError::from)?;
-    let policy = crate::trust::policy_from_values(trusted_keys)?;
-    remote::require_pin(&policy, &url)?;
+    let policy = trust.policy()?;
     let fetched = runtime()?.block_on(remote::fetch(&url, &policy, options))?;
     Ok(format!(
         "{url}: {} ({} MiB/s over {} connection(s), {} retries)",
@@ -357,8 +438,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// The files of a verified bundle folder, by name: the signing files present, the dev-signed
-/// marker if any, and exactly what MANIFEST lists.
+/// The files of a verified bundle folder, by name: the signing files present and exactly what
+/// MANIFEST lists.
 fn bundle_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let manifest_path = dir.join(MANIFEST_FILE);
     let manifest = std::fs::read(&manifest_path)
@@ -367,7 +448,6 @@ fn bundle_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let signing = SIGNING_FILES
         .iter()
         .copied()
-        .chain([bundle::DEV_SIGNED_MARKER])
         .filter(|name| dir.join(name).is_file());
     let listed = manifest.entries().map(|(name, _)| name);
     Ok(signing
@@ -391,7 +471,9 @@ pub struct InspectedFile {
 pub struct Inspection {
     pub model_id: Option<String>,
     pub revision: Option<String>,
-    pub dev_signed: bool,
+    /// What the (signed) sealserve.json says; `None` when it cannot be read.
+    pub dev_signed: Option<bool>,
+    pub sealserve_version: Option<String>,
     pub key_fingerprint: Option<String>,
     pub minisign_key_id: Option<String>,
     pub manifest_sha256: Option<String>,
@@ -402,39 +484,44 @@ pub struct Inspection {
     pub verify_exit_code: Option<u8>,
 }
 
-/// Reads a binary's bundle for display. Only a bundle that cannot be found at all is an error;
+/// Reads a binary's bundle for display. A file whose one bundle cannot be found is an error;
 /// every other defect shows up as `verified: false` with its reason.
 pub fn inspect(binary: &Path) -> Result<Inspection> {
-    let bytes =
-        std::fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
-    let bundle = Bundle::locate(&bytes).with_context(|| binary.display().to_string())?;
-    let metadata = bundle
-        .get(METADATA_FILE)
-        .and_then(|b| BundleMetadata::from_bytes(b).ok());
-    let manifest_bytes = bundle.get(MANIFEST_FILE);
-    let manifest = manifest_bytes.and_then(|b| Manifest::parse(b).ok());
-    let key = [PUBLIC_KEY_MINISIGN_FILE, PUBLIC_KEY_FILE]
-        .iter()
-        .find_map(|name| bundle.get(name).and_then(|b| PublicKey::parse(b).ok()));
+    let (file, placement) = open_bundle(binary)?;
+    let context = || binary.display().to_string();
+    let bundle = Bundle::read(placement.source(&file)).with_context(context)?;
+    let read = |name: &str| bundle.read_entry(name).with_context(context);
+    let metadata = read(METADATA_FILE)?.and_then(|b| BundleMetadata::from_bytes(&b).ok());
+    let manifest_bytes = read(MANIFEST_FILE)?;
+    let manifest = manifest_bytes
+        .as_deref()
+        .and_then(|b| Manifest::parse(b).ok());
+    let mut key = None;
+    for name in [PUBLIC_KEY_MINISIGN_FILE, PUBLIC_KEY_FILE] {
+        key = key.or(read(name)?.and_then(|b| PublicKey::parse(&b).ok()));
+    }
     let files = bundle
         .entries()
-        .map(|(name, bytes)| InspectedFile {
-            name: name.to_string(),
-            size: bytes.len() as u64,
+        .iter()
+        .map(|entry| InspectedFile {
+            name: entry.name.clone(),
+            size: entry.len,
             sha256: manifest
                 .as_ref()
-                .and_then(|m| m.digest(name))
+                .and_then(|m| m.digest(&entry.name))
                 .map(str::to_string),
         })
         .collect();
-    let outcome = bundle.verify(&TrustPolicy::unpinned(), &mut |_| {});
+    let copies = HeapCopies::default();
+    let outcome = bundle.verify(&TrustPolicy::unpinned(), &mut &copies);
     Ok(Inspection {
         model_id: metadata.as_ref().map(|m| m.model_id.clone()),
         revision: metadata.as_ref().map(|m| m.revision.clone()),
-        dev_signed: bundle.dev_signed(),
+        dev_signed: metadata.as_ref().map(|m| m.dev_signed),
+        sealserve_version: metadata.as_ref().map(|m| m.sealserve_version.clone()),
         key_fingerprint: key.as_ref().map(PublicKey::fingerprint),
         minisign_key_id: key.as_ref().map(PublicKey::key_id_hex),
-        manifest_sha256: manifest_bytes.map(sha256_hex),
+        manifest_sha256: manifest_bytes.as_deref().map(sha256_hex),
         files,
         verified: outcome.is_ok(),
         verify_exit_code: outcome.as_ref().err().map(|e| Exit::from(e).code()),
@@ -446,16 +533,21 @@ impl Inspection {
     /// The human-readable report `seal inspect` prints.
     pub fn to_text(&self) -> String {
         let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "(unreadable)".into());
-        let signed = if self.dev_signed {
-            "dev-signed (ephemeral build key; not for production)"
-        } else {
-            "release key"
+        let signed = match self.dev_signed {
+            Some(true) => "dev-signed (ephemeral build key; not for production)",
+            Some(false) => "release key",
+            None => "(unreadable)",
         };
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = writeln!(out, "model:           {}", or_unknown(&self.model_id));
         let _ = writeln!(out, "revision:        {}", or_unknown(&self.revision));
         let _ = writeln!(out, "signed:          {signed}");
+        let _ = writeln!(
+            out,
+            "built by:        sealserve {}",
+            or_unknown(&self.sealserve_version)
+        );
         let _ = writeln!(
             out,
             "key fingerprint: {}",
@@ -502,13 +594,13 @@ pub struct Export {
 /// Writes every bundle entry of `binary` into `dir`. Export does not require the bundle to
 /// verify: its purpose is letting others check it independently.
 pub fn export(binary: &Path, dir: &Path) -> Result<Export> {
-    let bytes =
-        std::fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
-    let bundle = Bundle::locate(&bytes).with_context(|| binary.display().to_string())?;
+    let (file, placement) = open_bundle(binary)?;
+    let bundle =
+        Bundle::read(placement.source(&file)).with_context(|| binary.display().to_string())?;
     let written = bundle
         .export(dir)
         .with_context(|| format!("cannot export into {}", dir.display()))?;
-    let has = |name: &str| bundle.get(name).is_some();
+    let has = |name: &str| bundle.entries().iter().any(|e| e.name == name);
     let mut commands = vec![
         format!("cd {}", dir.display()),
         format!("sha256sum -c {MANIFEST_FILE}"),
@@ -605,12 +697,13 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
         let spec = ModelSpec::load(&dir).unwrap();
         let manifest = manifest_for_dir(&dir).unwrap();
-        assert_eq!(manifest, spec.manifest_bytes());
+        let release = BuildInfo::release(VERSION);
+        assert_eq!(manifest, spec.manifest_bytes(&release));
         let parsed = Manifest::parse(&manifest).unwrap();
         assert_eq!(parsed.len(), spec.files.len() + 1);
         assert_eq!(
             parsed.digest(METADATA_FILE),
-            Some(sha256_hex(&spec.metadata().to_canonical_bytes()).as_str())
+            Some(sha256_hex(&spec.metadata(&release).to_canonical_bytes()).as_str())
         );
     }
 
@@ -629,8 +722,14 @@ mod tests {
     fn refusals_keep_serves_exit_codes() {
         let refusal = anyhow::Error::new(VerifyError::MissingSignature).context("some/binary");
         assert_eq!(Exit::of(&refusal), Exit::Unsigned);
-        let bad_key = crate::trust::policy_from_values(&["/nonexistent/key.pub"]).unwrap_err();
+        let trust = |keys: &[&str]| TrustArgs {
+            trusted_keys: keys.iter().map(|k| k.to_string()).collect(),
+            ..TrustArgs::default()
+        };
+        let bad_key = trust(&["/nonexistent/key.pub"]).policy().unwrap_err();
         assert_eq!(Exit::of(&anyhow::Error::new(bad_key)), Exit::Config);
+        let unpinned = trust(&[]).policy().unwrap_err();
+        assert_eq!(Exit::of(&anyhow::Error::new(unpinned)), Exit::NotPinned);
         assert_eq!(Exit::of(&anyhow!("disk on fire")), Exit::Internal);
         let multi = anyhow!("line one\nline two").context("ctx");
         assert_eq!(error_line(&multi), "ctx: line one line two");

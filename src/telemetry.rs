@@ -28,6 +28,9 @@ pub const QUEUE_SECONDS: &str = "sealserve_queue_seconds";
 pub const INFERENCE_SECONDS: &str = "sealserve_inference_seconds";
 /// Constant 1 with the model, revision, device and dtype as labels (set by `infer::Infer::new`).
 pub const MODEL_INFO: &str = "sealserve_model_info";
+/// Constant 1 set at startup, labelled `state` (`pinned`/`unpinned`) and `signature`
+/// (`signed`/`dev-signed`), so an unpinned or dev-signed deployment shows up on dashboards.
+pub const TRUST: &str = "sealserve_trust";
 
 /// Text generation (`crate::generate`'s scheduler): its own names, so an embedding server's
 /// dashboards and a generation server's never mix series.

@@ -1,17 +1,20 @@
-//! Our signatures check out with other people's tools, theirs with ours, and the offline release
+//! Our signatures check out with other people's tools, theirs with ours, the offline release
 //! flow (`seal keygen` → `seal manifest` → `seal sign` → release build) produces a signature the
-//! build accepts and `serve` trusts.
+//! build accepts and `serve` trusts, and `scripts/release-sign` signs the `serve` binary itself
+//! so that the real `minisign` and `openssl` check a download.
 //!
 //! Needs `minisign`, `openssl` and `sha256sum` on PATH (CI: `apt-get install -y minisign openssl
 //! coreutils`). A missing tool fails the test: skipping would let the cross-checks rot unnoticed.
 
+mod common;
+
 use base64::Engine as _;
 use sealserve::bundle::{
-    self, Bundle, TrustPolicy, VerifyError, MANIFEST_FILE, PUBLIC_KEY_FILE,
+    self, Bundle, HeapCopies, TrustPolicy, VerifyError, MANIFEST_FILE, PUBLIC_KEY_FILE,
     PUBLIC_KEY_MINISIGN_FILE, SIGNATURE_MINISIGN_FILE, SIGNATURE_RAW_FILE,
 };
 use sealserve::signature::{PublicKey, Signature, SignatureAlgorithm};
-use sealserve::spec::{ModelSpec, METADATA_FILE};
+use sealserve::spec::{BuildInfo, BundleMetadata, ModelSpec, METADATA_FILE};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -45,24 +48,34 @@ fn ok(command: &mut Command) -> Output {
     output
 }
 
+fn seal_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_seal"));
+    command.args(args);
+    for var in common::binary::TRUST_ENV {
+        command.env_remove(var);
+    }
+    command
+}
+
 fn seal(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_seal"))
-        .args(args)
-        .env_remove("SEALSERVE_TRUSTED_KEYS")
-        .output()
-        .expect("run seal")
+    seal_command(args).output().expect("run seal")
 }
 
 fn seal_ok(args: &[&str]) -> Output {
-    ok(Command::new(env!("CARGO_BIN_EXE_seal"))
-        .args(args)
-        .env_remove("SEALSERVE_TRUSTED_KEYS"))
+    ok(&mut seal_command(args))
+}
+
+/// The release build this `seal` signs for.
+fn release_build() -> BuildInfo {
+    BuildInfo::release(sealserve::seal::VERSION)
 }
 
 /// A temp dir holding the MANIFEST `seal manifest models/all-MiniLM-L6-v2` would print.
 fn model_manifest_in_tempdir() -> (tempfile::TempDir, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = ModelSpec::load(&model_dir()).unwrap().manifest_bytes();
+    let manifest = ModelSpec::load(&model_dir())
+        .unwrap()
+        .manifest_bytes(&release_build());
     std::fs::write(dir.path().join(MANIFEST_FILE), &manifest).unwrap();
     (dir, manifest)
 }
@@ -105,49 +118,60 @@ fn release_bundle(signature: &Signature, key: &PublicKey) -> Vec<u8> {
         .files
         .iter()
         .map(|f| {
-            (
-                f.name.clone(),
-                real.get(&f.name).expect("model file").to_vec(),
-            )
+            let bytes = real.read_entry(&f.name).unwrap().expect("model file");
+            (f.name.clone(), bytes)
         })
         .collect();
     entries.push((
         METADATA_FILE.to_string(),
-        spec.metadata().to_canonical_bytes(),
+        spec.metadata(&release_build()).to_canonical_bytes(),
     ));
     entries.extend(bundle::signing_entries(
-        &spec.manifest_bytes(),
+        &spec.manifest_bytes(&release_build()),
         signature,
         key,
     ));
     let mut out = Vec::new();
-    bundle::write_bundle(&mut out, false, &entries).expect("write bundle");
+    bundle::write_bundle(&mut out, &entries).expect("write bundle");
     out
 }
 
 fn verify_pinned(bytes: &[u8], key: &PublicKey) -> Result<(), VerifyError> {
     let policy = TrustPolicy::pinned([key.fingerprint()]);
-    let verified = Bundle::parse(bytes)?.verify(&policy, &mut |_| {})?;
+    let copies = HeapCopies::default();
+    let verified = Bundle::parse(bytes)?.verify(&policy, &mut &copies)?;
     assert!(!verified.dev_signed);
     assert_eq!(verified.key_fingerprint, key.fingerprint());
     Ok(())
 }
 
 #[test]
-fn seal_manifest_of_the_model_is_byte_equal_to_the_embedded_manifest() {
+fn seal_manifest_of_the_model_is_what_a_release_build_embeds() {
     let out = seal_ok(&["manifest", path_str(&model_dir())]);
-    let real = real_bundle_bytes();
-    let embedded = Bundle::parse(&real)
-        .unwrap()
-        .get(MANIFEST_FILE)
-        .expect("embedded MANIFEST")
-        .to_vec();
+    let spec = ModelSpec::load(&model_dir()).unwrap();
     assert_eq!(
         text(&out.stdout),
-        text(&embedded),
-        "`seal manifest` must print exactly the MANIFEST build.rs embeds, or offline signatures fail the build"
+        text(&spec.manifest_bytes(&release_build())),
+        "`seal manifest` must print exactly the MANIFEST a release build embeds, or offline signatures fail the build"
     );
-    assert_eq!(out.stdout, embedded);
+    // This test build is a dev build: its MANIFEST differs only in sealserve.json, which says
+    // it is dev-signed, under the signature.
+    let real = real_bundle_bytes();
+    let real = Bundle::parse(&real).unwrap();
+    let embedded = real.read_entry(MANIFEST_FILE).unwrap().expect("MANIFEST");
+    let printed = text(&out.stdout);
+    let embedded = text(&embedded);
+    let differing: Vec<&str> = printed
+        .lines()
+        .zip(embedded.lines())
+        .filter(|(a, b)| a != b)
+        .map(|(a, _)| &a[66..])
+        .collect();
+    assert_eq!(differing, [METADATA_FILE], "{printed}\n{embedded}");
+    let metadata =
+        BundleMetadata::from_bytes(&real.read_entry(METADATA_FILE).unwrap().unwrap()).unwrap();
+    assert!(metadata.dev_signed);
+    assert_eq!(metadata.sealserve_version, sealserve::seal::VERSION);
 }
 
 #[test]
@@ -205,6 +229,32 @@ fn seal_signatures_verify_with_minisign_and_openssl() {
         text(&openssl.stdout).contains("Signature Verified Successfully"),
         "{}",
         text(&openssl.stdout)
+    );
+
+    // OpenSSL 3.0 reads the private key `seal keygen` wrote (PKCS#8 v1): it derives the same
+    // public key, and signs the MANIFEST to the same bytes (Ed25519 is deterministic).
+    let derived =
+        ok(Command::new("openssl")
+            .current_dir(d)
+            .args(["pkey", "-in", "model.key", "-pubout"]));
+    assert_eq!(
+        text(&derived.stdout),
+        std::fs::read_to_string(d.join(PUBLIC_KEY_FILE)).unwrap()
+    );
+    ok(Command::new("openssl").current_dir(d).args([
+        "pkeyutl",
+        "-sign",
+        "-inkey",
+        "model.key",
+        "-rawin",
+        "-in",
+        "MANIFEST",
+        "-out",
+        "openssl.sig",
+    ]));
+    assert_eq!(
+        std::fs::read(d.join("openssl.sig")).unwrap(),
+        std::fs::read(d.join("sig.bin")).unwrap()
     );
 
     // The tools really check: an altered MANIFEST fails both.
@@ -374,7 +424,9 @@ fn release_flow_keygen_manifest_sign_is_accepted_by_the_build_and_trusted_by_ser
 
     // build.rs computes the MANIFEST from model.toml and checks the given pair against it; both
     // signature encodings and both key encodings are accepted.
-    let build_manifest = ModelSpec::load(&model_dir()).unwrap().manifest_bytes();
+    let build_manifest = ModelSpec::load(&model_dir())
+        .unwrap()
+        .manifest_bytes(&release_build());
     assert_eq!(build_manifest, manifest);
     let mut accepted = None;
     for sig_file in [SIGNATURE_MINISIGN_FILE, SIGNATURE_RAW_FILE] {
@@ -399,6 +451,14 @@ fn release_flow_keygen_manifest_sign_is_accepted_by_the_build_and_trusted_by_ser
     std::fs::write(&release_path, &release).unwrap();
     let release_arg = path_str(&release_path);
     let out = seal_ok(&["verify", release_arg, "--trusted-key", &fingerprint]);
+    // Without any pin (and without the waiver) seal verify refuses, like serve.
+    let unpinned = seal(&["verify", release_arg]);
+    assert_eq!(
+        unpinned.status.code(),
+        Some(18),
+        "{}",
+        text(&unpinned.stderr)
+    );
     let line = text(&out.stdout);
     assert!(
         line.contains("OK ") && !line.contains("DEV-SIGNED"),
@@ -471,9 +531,12 @@ fn export_of_the_real_binary_rechecks_with_sha256sum_minisign_and_openssl() {
 
     // Our own verify of the folder agrees, and `seal manifest` of it reproduces MANIFEST (the
     // openssl step's MANIFEST.sig.bin is not part of it).
-    seal_ok(&["verify", path_str(&export)]);
-    // The export of a dev build says so, and a pinned check refuses it as serve would.
-    assert!(export.join(sealserve::bundle::DEV_SIGNED_MARKER).is_file());
+    seal_ok(&["verify", path_str(&export), "--allow-unpinned"]);
+    // The export of a dev build says so in its signed sealserve.json, and a pinned check
+    // refuses it as serve would.
+    let metadata =
+        BundleMetadata::from_bytes(&std::fs::read(export.join(METADATA_FILE)).unwrap()).unwrap();
+    assert!(metadata.dev_signed);
     let fingerprint =
         sealserve::signature::PublicKey::parse(&std::fs::read(export.join("model.pub")).unwrap())
             .unwrap()
@@ -499,8 +562,119 @@ fn export_of_the_real_binary_rechecks_with_sha256sum_minisign_and_openssl() {
         "{}",
         text(&sha.stdout)
     );
-    let refused = seal(&["verify", path_str(&export)]);
+    let refused = seal(&["verify", path_str(&export), "--allow-unpinned"]);
     let stderr = text(&refused.stderr);
     assert_eq!(refused.status.code(), Some(11), "{stderr}");
     assert!(stderr.contains("tokenizer.json"), "{stderr}");
+}
+
+/// Issue 11 item 7: `scripts/release-sign` signs the `serve` binary itself, and the commands
+/// README gives for checking a download succeed with the real minisign and openssl, and fail
+/// for an altered binary.
+#[test]
+fn release_sign_signs_the_serve_binary_for_minisign_openssl_and_sha256sum() {
+    require("minisign");
+    require("openssl");
+    require("sha256sum");
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    seal_ok(&["keygen", "--out", path_str(&keys)]);
+    let dist = dir.path().join("dist");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/release-sign");
+    let run = |extra: &[&str]| {
+        Command::new("bash")
+            .arg(&script)
+            .args(["--key", path_str(&keys.join("model.key"))])
+            .args(["--out", path_str(&dist)])
+            .args(["--serve", env!("CARGO_BIN_EXE_serve")])
+            .args(["--seal", env!("CARGO_BIN_EXE_seal")])
+            .args(extra)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .expect("run scripts/release-sign")
+    };
+    // This test build embeds a dev-signed model: a release of it is refused...
+    let refused = run(&[]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("dev-signed"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(!dist.exists(), "nothing written for a refused release");
+    // ... unless explicitly allowed, to try the flow.
+    let signed = run(&["--allow-dev-bundle"]);
+    assert!(
+        signed.status.success(),
+        "{}{}",
+        text(&signed.stdout),
+        text(&signed.stderr)
+    );
+    let fingerprint =
+        text(&seal_ok(&["fingerprint", path_str(&keys.join(PUBLIC_KEY_FILE))]).stdout);
+    assert!(
+        text(&signed.stdout).contains(fingerprint.trim()),
+        "{}",
+        text(&signed.stdout)
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&dist)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "SHA256SUMS",
+            "SHA256SUMS.minisig",
+            "SHA256SUMS.sig",
+            "seal",
+            "serve",
+            "serve.minisig",
+            "serve.sig"
+        ]
+    );
+    assert_eq!(
+        std::fs::read(dist.join("serve")).unwrap(),
+        std::fs::read(env!("CARGO_BIN_EXE_serve")).unwrap()
+    );
+
+    // README's checks of a download, as a user runs them beside the files, with the release
+    // public key obtained separately.
+    let pub_pem = path_str(&keys.join(PUBLIC_KEY_FILE)).to_string();
+    let pub_minisign = path_str(&keys.join(PUBLIC_KEY_MINISIGN_FILE)).to_string();
+    let checks = [
+        format!("minisign -Vm serve -p {pub_minisign}"),
+        format!(
+            "base64 -d serve.sig > serve.sig.bin && openssl pkeyutl -verify -pubin -inkey {pub_pem} -rawin -in serve -sigfile serve.sig.bin"
+        ),
+        format!("minisign -Vm SHA256SUMS -p {pub_minisign} && sha256sum -c SHA256SUMS"),
+    ];
+    for check in &checks {
+        let output = ok(Command::new("sh").current_dir(&dist).args(["-c", check]));
+        println!("passed: {check}\n{}", text(&output.stdout).trim());
+    }
+    // The trusted comment names the file and the release time.
+    let minisig = std::fs::read_to_string(dist.join("serve.minisig")).unwrap();
+    assert!(
+        minisig.contains("trusted comment: timestamp:1700000000\tfile:serve"),
+        "{minisig}"
+    );
+
+    // An altered serve fails every check.
+    let mut serve = std::fs::read(dist.join("serve")).unwrap();
+    let middle = serve.len() / 2;
+    serve[middle] ^= 0x01;
+    std::fs::write(dist.join("serve"), &serve).unwrap();
+    for check in &checks {
+        let output = Command::new("sh")
+            .current_dir(&dist)
+            .args(["-c", check])
+            .output()
+            .unwrap();
+        assert!(
+            !output.status.success(),
+            "{check} accepted an altered serve"
+        );
+    }
 }

@@ -77,6 +77,10 @@ fn build_cuda_patches_apply_to_the_pinned_candle_sources() {
     );
     let kernels = std::fs::read_to_string(find("candle-kernels-").join("build.rs")).unwrap();
     assert!(kernels.contains("cudart_static"));
+    assert!(
+        kernels.contains("rustc-link-lib=static=moe\""),
+        "libmoe.a not linked as static"
+    );
     assert!(!kernels.contains("rustc-link-lib=dylib=cudart\""));
 
     let patch = std::fs::read_to_string(build.path().join("patch.toml")).unwrap();
@@ -84,9 +88,29 @@ fn build_cuda_patches_apply_to_the_pinned_candle_sources() {
     assert!(
         patch.contains("candle-core = { path = ") && patch.contains("candle-kernels = { path = ")
     );
-    for entry in ["Cargo.toml", "build.rs", "src"] {
+    for entry in ["Cargo.toml", "build.rs", "src", "crates", "tests"] {
         assert!(build.path().join("ws").join(entry).exists(), "ws/{entry}");
     }
+    // Cargo can read the shadow workspace, members included (a member left out of ws/ once
+    // broke every CUDA build while this test still passed).
+    let metadata = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--manifest-path",
+        ])
+        .arg(build.path().join("ws/Cargo.toml"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        metadata.status.success(),
+        "cargo metadata on the shadow workspace failed:\n{}",
+        String::from_utf8_lossy(&metadata.stderr)
+    );
+    let members = String::from_utf8_lossy(&metadata.stdout);
+    assert!(members.contains("\"name\":\"seal-core\""), "{members}");
     // The repository's own Cargo.lock is not what the patched build writes to.
     assert!(build.path().join("ws/Cargo.lock").exists());
 }

@@ -13,6 +13,10 @@
 #[path = "common/deploy.rs"]
 mod deploy;
 
+#[allow(dead_code)]
+#[path = "common/binary.rs"]
+mod binary;
+
 use deploy::*;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -88,8 +92,7 @@ fn predict(
         .arg(request.to_string())
         .env("SEALSERVE_SERVE", serve)
         .env("SEALSERVE_CML_READY_TIMEOUT", "120")
-        // A dev-signed test build has no release key to pin.
-        .env("SEALSERVE_ALLOW_UNPINNED", "1")
+        .env_remove("SEALSERVE_ALLOW_UNPINNED")
         .env("SEALSERVE_LOG_FORMAT", "json")
         .env_remove("SEALSERVE_API_KEY")
         // CML sets these for Applications; the Model adapter must not listen there.
@@ -116,14 +119,21 @@ fn response(output: &Output) -> Value {
 
 #[test]
 fn cml_model_forwards_embedding_requests_to_the_real_serve() {
-    let serve = Path::new(env!("CARGO_BIN_EXE_serve"));
     let dir = tempfile::tempdir().expect("tempdir");
     fake_cml_package(dir.path());
+    // Pinned, as in the CML runtime: a release-signed copy of the (dev-signed) test build, its
+    // key in the trust folder.
+    let (serve, key) = binary::release_signed_copy(dir.path(), "serve");
+    let trust = dir.path().join("trust");
+    std::fs::create_dir(&trust).expect("mkdir");
+    std::fs::write(trust.join("model.pub"), key.public_key().to_pem()).expect("write key");
+    let pinned = [("SEALSERVE_TRUSTED_KEYS_DIR", trust.to_str().expect("utf-8"))];
+    let serve = serve.as_path();
 
     let tei = response(&predict(
         serve,
         &json!({"inputs": ["hello", "world"]}),
-        &[],
+        &pinned,
         Some(dir.path()),
     ));
     assert_eq!(
@@ -153,7 +163,7 @@ fn cml_model_forwards_embedding_requests_to_the_real_serve() {
     );
 
     // OpenAI shape, and without cml.models_v1 the function is a plain one.
-    let openai = response(&predict(serve, &json!({"input": "hello"}), &[], None));
+    let openai = response(&predict(serve, &json!({"input": "hello"}), &pinned, None));
     assert!(openai.get("registered").is_none());
     assert_eq!(openai["response"]["object"], "list");
     assert_eq!(

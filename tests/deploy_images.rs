@@ -19,11 +19,17 @@
 //!    SEALSERVE_CML_SERVE selects the binary (the CUDA opt-in path passes the CUDA build, glibc
 //!    floor 2.28, which then also starts with --device auto on this GPU-less machine).
 //!
-//! The test binary is dev-signed (no release key exists to pin), so containers run with the trust
-//! folder mounted but SEALSERVE_TRUSTED_KEYS_DIR unset and SEALSERVE_ALLOW_UNPINNED=1.
+//! Every container runs pinned, as deployments do: the test build is dev-signed, so each image
+//! gets a copy of `serve` whose bundle is re-signed as a release by a fresh key
+//! (tests/common/binary.rs), and that key is the trust anchor at /etc/sealserve/trust
+//! (SEALSERVE_TRUSTED_KEYS_DIR, set by the images). No waiver is used.
 
 #[path = "common/deploy.rs"]
 mod deploy;
+
+#[allow(dead_code)]
+#[path = "common/binary.rs"]
+mod binary;
 
 use deploy::*;
 use serde_json::Value;
@@ -226,10 +232,6 @@ fn run_hardened(podman: &Podman, image: &str, trust: &Path, name: &str) {
         "host",
         "-v",
         &mount,
-        "--unsetenv",
-        "SEALSERVE_TRUSTED_KEYS_DIR",
-        "-e",
-        "SEALSERVE_ALLOW_UNPINNED=1",
         image,
         "--host",
         "127.0.0.1",
@@ -279,8 +281,9 @@ fn images_build_run_hardened_and_travel_through_a_registry_by_digest() {
     if !enabled() {
         return;
     }
-    let serve = PathBuf::from(env!("CARGO_BIN_EXE_serve"));
     let work = tempfile::tempdir().expect("tempdir");
+    // A release-signed copy of the test build; its key is the trust anchor mounted below.
+    let (serve, key) = binary::release_signed_copy(work.path(), "serve");
     let podman = Podman::new();
     let registry = Registry::start();
     let host = registry.host();
@@ -306,13 +309,10 @@ fn images_build_run_hardened_and_travel_through_a_registry_by_digest() {
         "localhost/sealserve/serve-cpu:test",
         context.to_str().unwrap(),
     ]);
+    // Only public material is mounted.
     let trust = work.path().join("trust");
-    run_ok(
-        Command::new(env!("CARGO_BIN_EXE_seal"))
-            .args(["keygen", "--out"])
-            .arg(&trust),
-    );
-    std::fs::remove_file(trust.join("model.key")).expect("only public material is mounted");
+    std::fs::create_dir(&trust).expect("mkdir");
+    std::fs::write(trust.join("model.pub"), key.public_key().to_pem()).expect("write key");
     run_hardened(
         &podman,
         "localhost/sealserve/serve-cpu:test",
@@ -376,7 +376,8 @@ fn images_build_run_hardened_and_travel_through_a_registry_by_digest() {
     let verified = run_ok(
         Command::new(&pulled)
             .arg("--verify-only")
-            .env("SEALSERVE_ALLOW_UNPINNED", "1"),
+            .arg("--trusted-keys-dir")
+            .arg(&trust),
     );
     assert!(
         String::from_utf8_lossy(&verified.stdout).starts_with("OK "),
@@ -403,9 +404,17 @@ fn images_build_run_hardened_and_travel_through_a_registry_by_digest() {
 
 /// Dockerfile.cml built on the stand-in base, then the Application, the Model and --verify-only.
 fn cml_runtime_on_a_bullseye_stand_in(podman: &Podman, registry: &Registry, work: &Path) {
-    let binary = std::env::var_os("SEALSERVE_CML_SERVE")
+    let given = std::env::var_os("SEALSERVE_CML_SERVE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_serve")));
+    // Re-signed as a release by a fresh key, which the image pins (Dockerfile.cml copies
+    // keys/model.pub to /etc/sealserve/trust).
+    let binary = work.join("serve-cml");
+    copy_executable(&given, &binary);
+    let key = (0..64)
+        .map(|_| sealserve::signature::SecretKey::generate())
+        .find(|key| binary::resign_in_place(&binary, key))
+        .expect("a key whose bundle fits serve's section");
     let host = registry.host();
     let base_tar = repo().join("target/cml-standin/bullseye.tar");
     run_ok(
@@ -447,12 +456,9 @@ fn cml_runtime_on_a_bullseye_stand_in(podman: &Podman, registry: &Registry, work
     for file in ["runtime-image/launch-app.sh", "runtime-image/cml_model.py"] {
         copy_executable(&repo().join(file), &context.join(file));
     }
-    run_ok(
-        Command::new(env!("CARGO_BIN_EXE_seal"))
-            .args(["keygen", "--out"])
-            .arg(context.join("keys")),
-    );
-    std::fs::remove_file(context.join("keys/model.key")).expect("no private key in the context");
+    // Only the public key goes into the build context.
+    std::fs::create_dir_all(context.join("keys")).expect("mkdir");
+    std::fs::write(context.join("keys/model.pub"), key.public_key().to_pem()).expect("write key");
     let serve_context = format!("serve={}", serve_stage.display());
     podman.ok(&[
         "build",
@@ -492,10 +498,6 @@ fn cml_runtime_on_a_bullseye_stand_in(podman: &Podman, registry: &Registry, work
         "ALL",
         "-v",
         &project,
-        "--unsetenv",
-        "SEALSERVE_TRUSTED_KEYS_DIR",
-        "-e",
-        "SEALSERVE_ALLOW_UNPINNED=1",
     ];
     let app_port = format!("CDSW_APP_PORT={port}");
     podman.ok(&[

@@ -235,10 +235,7 @@ fn serve_variables_set() -> Vec<(String, String)> {
 
 #[test]
 fn every_variable_set_for_serve_is_one_serve_reads() {
-    let known: BTreeSet<String> = serve_env_names()
-        .into_iter()
-        .chain(TRUST_CONTRACT_ENV.iter().map(|s| s.to_string()))
-        .collect();
+    let known: BTreeSet<String> = serve_env_names();
     let set = serve_variables_set();
     assert!(set.len() > 10, "too few variables found: {set:?}");
     for (name, origin) in set {
@@ -363,6 +360,67 @@ fn service_autoscaler_and_network_policy_select_the_serving_pods() {
     assert!(selects(&monitor["spec"]["selector"]["matchLabels"]));
     let c = container(&deployment["spec"]["template"]["spec"], "serve");
     assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], 1);
+}
+
+#[test]
+fn the_cml_egress_example_keeps_what_cml_needs_and_reaches_sealserve() {
+    // The review's finding: an egress deny for CML user namespaces that also cut same-namespace
+    // traffic (Spark executors, workers) and the API server would break CML sessions.
+    let policy = yaml_doc(&runtime_image("k8s/cml-session-egress.yaml"));
+    assert_eq!(policy["spec"]["policyTypes"], serde_json::json!(["Egress"]));
+    assert_eq!(policy["spec"]["podSelector"], serde_json::json!({}));
+    let rules = policy["spec"]["egress"].as_array().expect("egress rules");
+    let peers = |rule: &Value| rule["to"].as_array().cloned().unwrap_or_default();
+    let ports = |rule: &Value| -> Vec<i64> {
+        rule["ports"]
+            .as_array()
+            .map(|p| p.iter().filter_map(|p| p["port"].as_i64()).collect())
+            .unwrap_or_default()
+    };
+    assert!(
+        rules
+            .iter()
+            .any(|r| peers(r) == [serde_json::json!({"podSelector": {}})]
+                && r.get("ports").is_none()),
+        "same-namespace egress (all ports) must stay open"
+    );
+    assert!(
+        rules.iter().any(|r| ports(r).contains(&53)),
+        "DNS must stay open"
+    );
+    assert!(
+        rules.iter().any(
+            |r| peers(r).iter().any(|p| p.get("ipBlock").is_some()) && ports(r).contains(&6443)
+        ),
+        "the API server must stay open"
+    );
+    // The rule to sealserve names the Deployment's namespace, pod labels and port.
+    let docs = k8s();
+    let deployment = find(&docs, "Deployment", Some("sealserve"));
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let port = container(&deployment["spec"]["template"]["spec"], "serve")["ports"][0]
+        ["containerPort"]
+        .as_i64()
+        .expect("containerPort");
+    let to_sealserve = rules
+        .iter()
+        .find(|r| {
+            peers(r).iter().any(|p| {
+                p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    == deployment["metadata"]["namespace"]
+            })
+        })
+        .expect("a rule to the sealserve namespace");
+    assert_eq!(ports(to_sealserve), [port]);
+    for (key, value) in to_sealserve["to"][0]["podSelector"]["matchLabels"]
+        .as_object()
+        .expect("pod selector")
+    {
+        assert_eq!(
+            &labels[key], value,
+            "{key} does not select the serving pods"
+        );
+    }
 }
 
 #[test]

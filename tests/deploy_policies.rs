@@ -2,19 +2,23 @@
 //!
 //! - The key placeholders sit exactly where the engines read a PEM key, and a real P-256 key
 //!   (what `cosign generate-key-pair` makes) substituted there parses (policy-controller's webhook
-//!   rejects a policy whose key does not).
+//!   rejects a policy whose key does not); the private-Rekor TrustRoot takes its key base64-encoded.
 //! - The image patterns match the image the manifests deploy, and in the Zarf package the
 //!   reference the Zarf agent rewrites it to (###ZARF_REGISTRY###/<path>@<digest>).
 //! - Signature and attestations are all required (policy-controller ANDs policies, ORs the
-//!   authorities inside one); the NeuVector rule names the sealserve verifier, not "any signature".
+//!   authorities inside one); the NeuVector rule names the sealserve verifier, not "any signature",
+//!   and a second NeuVector rule denies images with a fixable high CVE (the vulnerability gate).
 
 #[path = "common/deploy.rs"]
 mod deploy;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use deploy::*;
 use serde_json::Value;
 
 const PLACEHOLDER: &str = "REPLACE-WITH-THE-CONTENTS-OF-cosign.pub";
+const REKOR_KEY_PLACEHOLDER: &str = "REPLACE-WITH-BASE64-OF-THE-REKOR-PUBLIC-KEY-PEM";
 const SBOM_TYPE: &str = "https://cyclonedx.org/bom";
 const PROVENANCE_TYPE: &str = "https://slsa.dev/provenance/v1";
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -37,17 +41,22 @@ fn deployed_repository() -> String {
         .to_string()
 }
 
-/// Every string in a document that holds the key placeholder, with its JSON pointer.
-fn key_fields(value: &Value, at: String, out: &mut Vec<(String, String)>) {
+/// Every string in a document that `keep` selects, with its JSON pointer.
+fn string_fields(
+    value: &Value,
+    at: String,
+    keep: &dyn Fn(&str) -> bool,
+    out: &mut Vec<(String, String)>,
+) {
     match value {
-        Value::String(s) if s.contains(PLACEHOLDER) => out.push((at, s.clone())),
+        Value::String(s) if keep(s) => out.push((at, s.clone())),
         Value::Object(map) => map
             .iter()
-            .for_each(|(k, v)| key_fields(v, format!("{at}/{k}"), out)),
+            .for_each(|(k, v)| string_fields(v, format!("{at}/{k}"), keep, out)),
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .for_each(|(i, v)| key_fields(v, format!("{at}/{i}"), out)),
+            .for_each(|(i, v)| string_fields(v, format!("{at}/{i}"), keep, out)),
         _ => {}
     }
 }
@@ -85,7 +94,12 @@ fn a_real_public_key_in_place_of_each_placeholder_parses() {
     ];
     for (file, pointers) in expected {
         let mut fields = Vec::new();
-        key_fields(&policy(file), String::new(), &mut fields);
+        string_fields(
+            &policy(file),
+            String::new(),
+            &|s| s.contains(PLACEHOLDER),
+            &mut fields,
+        );
         let mut found: Vec<&str> = fields.iter().map(|(p, _)| p.as_str()).collect();
         let mut pointers = pointers.to_vec();
         found.sort_unstable();
@@ -107,6 +121,38 @@ fn a_real_public_key_in_place_of_each_placeholder_parses() {
             );
         }
     }
+}
+
+#[test]
+fn the_private_rekor_trust_root_takes_the_rekor_key_as_base64_pem() {
+    // TrustRoot.spec.sigstoreKeys.tLogs[].publicKey is a Go []byte: JSON carries it base64-encoded,
+    // and policy-controller's webhook refuses a TrustRoot whose key does not decode and parse.
+    let root = policy("trustroot-private-rekor.example.yaml");
+    let mut fields = Vec::new();
+    string_fields(
+        &root,
+        String::new(),
+        &|s| s == REKOR_KEY_PLACEHOLDER,
+        &mut fields,
+    );
+    let pointers: Vec<&str> = fields.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(pointers, ["/spec/sigstoreKeys/tLogs/0/publicKey"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = p256_public_key_pem(dir.path());
+    let filled = serde_json::to_string(&root)
+        .expect("json")
+        .replace(REKOR_KEY_PLACEHOLDER, &STANDARD.encode(&pem));
+    let filled: Value = serde_json::from_str(&filled).expect("json");
+    let key = STANDARD
+        .decode(str_at(&filled, "/spec/sigstoreKeys/tLogs/0/publicKey"))
+        .expect("base64");
+    let path = dir.path().join("rekor.pem");
+    std::fs::write(&path, key).expect("write");
+    run_ok(
+        tool("openssl")
+            .args(["pkey", "-pubin", "-noout", "-in"])
+            .arg(&path),
+    );
 }
 
 #[test]
@@ -268,7 +314,7 @@ fn signature_sbom_and_provenance_are_all_required() {
 }
 
 #[test]
-fn neuvector_denies_images_the_sealserve_verifier_did_not_verify() {
+fn neuvector_denies_unverified_images_and_fixable_high_cves() {
     let rule = policy("neuvector-admission.yaml");
     assert_eq!(
         rule["metadata"]["name"], "local",
@@ -296,4 +342,34 @@ fn neuvector_denies_images_the_sealserve_verifier_did_not_verify() {
         criteria.iter().all(|c| c["name"] != "imageSigned"),
         "imageSigned is true for a signature from any configured verifier"
     );
+
+    // The vulnerability gate: a second deny rule (rules are ORed, criteria ANDed) on NeuVector's
+    // scan of the same namespace's images.
+    let gate = rule["spec"]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| {
+            r["criteria"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["name"] == "cveHighWithFixCount"))
+        })
+        .expect("a rule on cveHighWithFixCount");
+    assert_eq!(gate["action"], "deny");
+    let gate_criteria = gate["criteria"].as_array().expect("criteria");
+    let count = gate_criteria
+        .iter()
+        .find(|c| c["name"] == "cveHighWithFixCount")
+        .expect("criterion");
+    assert_eq!(
+        count["op"], ">=",
+        "NeuVector's only operator for CVE counts"
+    );
+    let threshold: u32 = str_at(count, "/value").parse().expect("a count");
+    assert!(threshold >= 1, "a threshold of 0 denies every image");
+    let gate_namespace = gate_criteria
+        .iter()
+        .find(|c| c["name"] == "namespace")
+        .expect("namespace criterion");
+    assert_eq!(&gate_namespace["value"], namespace);
 }

@@ -10,6 +10,10 @@
 #[path = "common/deploy.rs"]
 mod deploy;
 
+#[allow(dead_code)]
+#[path = "common/binary.rs"]
+mod binary;
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use deploy::*;
@@ -305,17 +309,15 @@ fn zarf_arguments_and_provenance_come_from_the_digest() {
     }
 }
 
-/// A standalone release directory as scripts/release-sign (branch trust) lays it out, signed
-/// with a fresh Ed25519 key (openssl) and a fresh minisign key.
+/// A standalone release directory as scripts/release-sign lays it out, signed with a fresh
+/// Ed25519 key (openssl signs with it) and a fresh minisign key. Its `serve` embeds a bundle
+/// signed by the same Ed25519 key as a release (the test build is dev-signed, so the copy is
+/// re-signed), which verify-binary pins.
 fn release_dir(dir: &Path) {
     let release = dir.join("release");
     std::fs::create_dir(&release).expect("mkdir");
-    std::fs::copy(env!("CARGO_BIN_EXE_serve"), release.join("serve")).expect("copy serve");
-    run_ok(
-        tool("openssl")
-            .args(["genpkey", "-algorithm", "ed25519", "-out"])
-            .arg(dir.join("release.key")),
-    );
+    let (_, key) = binary::release_signed_copy(&release, "serve");
+    std::fs::write(dir.join("release.key"), key.to_pkcs8_pem()).expect("write key");
     run_ok(
         tool("openssl")
             .args(["pkey", "-pubout", "-in"])

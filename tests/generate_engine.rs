@@ -209,7 +209,7 @@ fn dropping_the_receiver_cancels_and_frees_the_slot() {
 fn limits_give_typed_errors() {
     let g = generator(GeneratorConfig {
         max_batch: 1,
-        max_queue: 1,
+        max_concurrent_requests: 2,
         max_context: 64,
         ..GeneratorConfig::default()
     });
@@ -242,13 +242,58 @@ fn limits_give_typed_errors() {
     while g.stats().active == 0 {
         std::thread::sleep(Duration::from_millis(2));
     }
+    // One generating and one waiting are the two in flight: a third is refused at once.
     let waiting = g.submit(text("Hi", 2)).unwrap();
+    assert_eq!(g.stats().in_flight, 2);
     assert!(matches!(
         g.submit(text("Hi", 2)),
-        Err(SubmitError::QueueFull { limit: 1 })
+        Err(SubmitError::QueueFull { limit: 2 })
     ));
     drop(running);
     assert_eq!(drain(waiting).2.tokens.len(), 2);
+    // Answered and cancelled requests give their places back.
+    assert!(g.wait_idle(Duration::from_secs(60)), "{:?}", g.stats());
+    assert_eq!(g.stats().in_flight, 0);
+    let again: Vec<_> = (0..2).map(|_| g.submit(text("Hi", 1)).unwrap()).collect();
+    for rx in again {
+        assert_eq!(drain(rx).2.tokens.len(), 1);
+    }
+}
+
+#[test]
+fn two_slots_run_four_streams_two_at_a_time_with_the_sequential_tokens() {
+    let g = generator(GeneratorConfig {
+        max_batch: 2,
+        max_step_tokens: 24,
+        prefill_chunk: 16,
+        ..GeneratorConfig::default()
+    });
+    let prompts: Vec<GenerateRequest> = [
+        "The capital of France is",
+        "def fibonacci(n):",
+        "Water boils at",
+        "Once upon a time, in 1999, there was a little robot who",
+    ]
+    .iter()
+    .map(|p| GenerateRequest {
+        ignore_eos: true,
+        ..text(p, 10)
+    })
+    .collect();
+    let sequential: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|r| g.generate_blocking(r.clone()).unwrap().tokens)
+        .collect();
+    let receivers: Vec<_> = prompts
+        .iter()
+        .map(|r| g.submit(r.clone()).unwrap())
+        .collect();
+    assert_eq!(g.stats().in_flight, 4);
+    let concurrent: Vec<Vec<u32>> = receivers.into_iter().map(|rx| drain(rx).2.tokens).collect();
+    assert_eq!(concurrent, sequential);
+    let stats = g.stats();
+    assert_eq!(stats.max_occupancy, 2, "{stats:?}");
+    assert_eq!(stats.completed, 8);
 }
 
 #[test]

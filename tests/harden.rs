@@ -10,17 +10,18 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
+mod common;
+
+use common::child::{drop_to_nobody, emit, errno, get_dumpable, next_result, result_json};
 use sealserve::harden::{self, HardenLevel, LandlockStatus};
 use serde_json::{json, Value};
 
 const CHILD_ENV: &str = "SEALSERVE_HARDEN_CHILD";
-const RESULT_PREFIX: &str = "SEALSERVE_HARDEN_RESULT ";
-const NOBODY: u32 = 65534;
 
 // ---------------------------------------------------------------------------------------------
 // Plumbing
@@ -67,40 +68,6 @@ fn run_child(mut cmd: Command) -> Value {
         })
 }
 
-/// Reads lines from a running child until the next result line.
-fn next_result(reader: &mut BufReader<ChildStdout>) -> Value {
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        let n = reader.read_line(&mut line).expect("read child stdout");
-        assert!(
-            n > 0,
-            "child exited before printing a result; its output:\n{seen}"
-        );
-        if let Some(json) = result_json(&line) {
-            return serde_json::from_str(json).expect("result line is JSON");
-        }
-        seen.push_str(&line);
-    }
-}
-
-/// The JSON after the marker. libtest prints `test <name> ... ` without a newline before
-/// running the test, so the marker need not start the line.
-fn result_json(line: &str) -> Option<&str> {
-    let at = line.find(RESULT_PREFIX)?;
-    Some(line[at + RESULT_PREFIX.len()..].trim_end())
-}
-
-fn emit(value: Value) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{RESULT_PREFIX}{value}").expect("write result");
-    out.flush().expect("flush result");
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
 fn errno_name(e: i64) -> &'static str {
     match e as i32 {
         0 => "none",
@@ -120,67 +87,6 @@ fn get_i64(v: &Value, key: &str) -> i64 {
     v[key]
         .as_i64()
         .unwrap_or_else(|| panic!("`{key}` missing or not an integer in {v}"))
-}
-
-/// Drops to uid/gid 65534 with no supplementary groups when running as root, the way an
-/// unprivileged neighbour runs. Must happen before any hardening: a uid change resets the
-/// dumpable flag.
-///
-/// A uid change also leaves the process non-dumpable (`fs.suid_dumpable`, normally 0). A server
-/// started directly as an unprivileged user is dumpable, so that is restored here; otherwise
-/// the tests would credit `harden` with what the uid change did.
-fn drop_to_nobody() -> Value {
-    // SAFETY: plain libc calls with valid arguments.
-    unsafe {
-        // No child may hang the parent: SIGALRM's default action ends it after a minute, and
-        // the parent then sees EOF instead of waiting forever.
-        libc::alarm(60);
-        let was_root = libc::geteuid() == 0;
-        if was_root {
-            assert_eq!(
-                libc::setgroups(0, std::ptr::null()),
-                0,
-                "setgroups: {}",
-                errno()
-            );
-            assert_eq!(
-                libc::setresgid(NOBODY, NOBODY, NOBODY),
-                0,
-                "setresgid: {}",
-                errno()
-            );
-            assert_eq!(
-                libc::setresuid(NOBODY, NOBODY, NOBODY),
-                0,
-                "setresuid: {}",
-                errno()
-            );
-            assert_eq!((libc::getuid(), libc::geteuid()), (NOBODY, NOBODY));
-            assert_eq!((libc::getgid(), libc::getegid()), (NOBODY, NOBODY));
-        }
-        let rc = libc::prctl(
-            libc::PR_SET_DUMPABLE,
-            1 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        );
-        assert_eq!(rc, 0, "PR_SET_DUMPABLE 1: {}", errno());
-        json!({ "dropped_from_root": was_root, "uid": libc::getuid(), "gid": libc::getgid() })
-    }
-}
-
-fn get_dumpable() -> i32 {
-    // SAFETY: PR_GET_DUMPABLE takes no arguments.
-    unsafe {
-        libc::prctl(
-            libc::PR_GET_DUMPABLE,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    }
 }
 
 /// `Seccomp:` and `NoNewPrivs:` of a `/proc/.../status` file, parsed independently of the
@@ -295,6 +201,9 @@ fn seccomp_child(level: HardenLevel) {
     #[cfg(not(target_arch = "x86_64"))]
     let x32 = libc::EPERM;
 
+    let round2 = seccomp_round2_probes();
+    let w_xor_x = w_xor_x_probes();
+
     let command = match Command::new("/bin/true").status() {
         Ok(status) => json!(format!("ran: {status}")),
         Err(e) => json!(e.raw_os_error().unwrap_or(-1)),
@@ -319,10 +228,212 @@ fn seccomp_child(level: HardenLevel) {
         "unshare_newuser": unshare,
         "x32_getpid": x32,
         "threads": threads,
+        "round2": round2,
+        "w_xor_x": w_xor_x,
         "status": status_fields("/proc/self/status"),
         "thread_status": status_fields("/proc/thread-self/status"),
         "dumpable": get_dumpable(),
     }));
+}
+
+/// `0` when `rc` is a success, else errno.
+fn rc_errno(rc: libc::c_long) -> i32 {
+    if rc >= 0 {
+        0
+    } else {
+        errno()
+    }
+}
+
+/// The calls the 2026-11-29 review made from inside a hardened server that succeeded, and their
+/// controls. Run after hardening; every value is `0` (allowed) or errno.
+fn seccomp_round2_probes() -> Value {
+    // SAFETY: each call gets valid (or NULL, where the kernel checks it) pointers; the ones that
+    // succeed only touch this throwaway child process.
+    unsafe {
+        let prctl = |option: u64, arg2: u64| {
+            rc_errno(libc::syscall(
+                libc::SYS_prctl,
+                option,
+                arg2,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            ))
+        };
+        let set_dumpable_1 = prctl(libc::PR_SET_DUMPABLE as u64, 1);
+        let set_dumpable_2 = prctl(libc::PR_SET_DUMPABLE as u64, 2);
+        // The kernel reads `option` as an int: junk in the high half is still PR_SET_DUMPABLE.
+        let set_dumpable_high_option = prctl(0xdead_0000_0000 | libc::PR_SET_DUMPABLE as u64, 1);
+        // ...and `arg2` as an unsigned long: 1 << 32 is "not 0" (EINVAL if it got through).
+        let set_dumpable_high_arg = prctl(libc::PR_SET_DUMPABLE as u64, 1 << 32);
+        let set_dumpable_0 = prctl(libc::PR_SET_DUMPABLE as u64, 0);
+        let get_dumpable_rc = prctl(libc::PR_GET_DUMPABLE as u64, 0);
+
+        // A pidfd of this very process: access to oneself always passes the kernel's ptrace
+        // check, so an EPERM can only come from the filter (the review used a sibling).
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0 as libc::c_uint);
+        let pidfd_open = rc_errno(pidfd);
+        let pidfd_getfd = rc_errno(libc::syscall(
+            libc::SYS_pidfd_getfd,
+            pidfd as libc::c_int,
+            1 as libc::c_int,
+            0 as libc::c_uint,
+        ));
+        let mut page = [0u8; 4096];
+        let iov = libc::iovec {
+            iov_base: page.as_mut_ptr().cast(),
+            iov_len: page.len(),
+        };
+        let process_madvise = rc_errno(libc::syscall(
+            libc::SYS_process_madvise,
+            pidfd as libc::c_int,
+            &iov as *const libc::iovec,
+            1 as libc::size_t,
+            libc::MADV_COLD,
+            0 as libc::c_uint,
+        ));
+        // NULL attr: EFAULT when the call is allowed (what the review saw), EPERM when denied.
+        let perf_event_open = rc_errno(libc::syscall(
+            libc::SYS_perf_event_open,
+            null(),
+            0 as libc::pid_t,
+            -1 as libc::c_int,
+            -1 as libc::c_int,
+            0 as libc::c_ulong,
+        ));
+        const KCMP_VM: libc::c_int = 1;
+        let kcmp = rc_errno(libc::syscall(
+            libc::SYS_kcmp,
+            libc::getpid(),
+            libc::getpid(),
+            KCMP_VM,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        ));
+        json!({
+            "set_dumpable_1": set_dumpable_1,
+            "set_dumpable_2": set_dumpable_2,
+            "set_dumpable_high_option": set_dumpable_high_option,
+            "set_dumpable_high_arg": set_dumpable_high_arg,
+            "set_dumpable_0": set_dumpable_0,
+            "get_dumpable_errno": get_dumpable_rc,
+            "dumpable_after": get_dumpable(),
+            "pidfd_open": pidfd_open,
+            "pidfd_getfd": pidfd_getfd,
+            "process_madvise": process_madvise,
+            "perf_event_open": perf_event_open,
+            "kcmp": kcmp,
+        })
+    }
+}
+
+/// W^X from inside: an RWX mapping, RW → RX, and whether W^X can be switched off again.
+fn w_xor_x_probes() -> Value {
+    let len = 4096;
+    // SAFETY: anonymous mappings of one page, unmapped again; nothing is executed.
+    unsafe {
+        let rwx = libc::mmap(
+            null(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        let mmap_rwx = if rwx == libc::MAP_FAILED {
+            errno()
+        } else {
+            libc::munmap(rwx, len);
+            0
+        };
+        let rw = libc::mmap(
+            null(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(rw, libc::MAP_FAILED, "a plain RW mapping must work");
+        let mprotect_rx = if libc::mprotect(rw, len, libc::PROT_READ | libc::PROT_EXEC) == 0 {
+            0
+        } else {
+            errno()
+        };
+        libc::munmap(rw, len);
+        let clear = libc::prctl(
+            libc::PR_SET_MDWE,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        );
+        let clear_mdwe = if clear == 0 { 0 } else { errno() };
+        const PR_GET_MDWE: libc::c_int = 66;
+        let mdwe = libc::prctl(
+            PR_GET_MDWE,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        );
+        json!({
+            "mmap_rwx": mmap_rwx,
+            "mprotect_rw_to_rx": mprotect_rx,
+            "clear_mdwe": clear_mdwe,
+            "get_mdwe": mdwe,
+        })
+    }
+}
+
+fn check_round2(r: &Value) {
+    let eperm = i64::from(libc::EPERM);
+    let round2 = &r["round2"];
+    for key in [
+        "set_dumpable_1",
+        "set_dumpable_2",
+        "set_dumpable_high_option",
+        "set_dumpable_high_arg",
+        "pidfd_getfd",
+        "process_madvise",
+        "perf_event_open",
+        "kcmp",
+    ] {
+        assert_eq!(
+            get_i64(round2, key),
+            eperm,
+            "{key} should fail with EPERM, got {}",
+            errno_name(get_i64(round2, key))
+        );
+    }
+    // Controls: the filter matches by argument, not the whole syscall.
+    assert_eq!(
+        round2["set_dumpable_0"], 0,
+        "PR_SET_DUMPABLE 0 stays allowed"
+    );
+    assert_eq!(
+        round2["get_dumpable_errno"], 0,
+        "PR_GET_DUMPABLE stays allowed"
+    );
+    assert_eq!(round2["dumpable_after"], 0, "still not dumpable");
+    assert_eq!(round2["pidfd_open"], 0, "pidfd_open itself is allowed");
+
+    let eacces = i64::from(libc::EACCES);
+    let wx = &r["w_xor_x"];
+    assert_eq!(r["report"]["w_xor_x"], "Enforced", "W^X on this kernel");
+    assert_eq!(get_i64(wx, "mmap_rwx"), eacces, "RWX mmap must fail");
+    assert_eq!(
+        get_i64(wx, "mprotect_rw_to_rx"),
+        eacces,
+        "RW -> RX mprotect must fail"
+    );
+    assert_eq!(
+        get_i64(wx, "clear_mdwe"),
+        eperm,
+        "W^X cannot be switched off"
+    );
+    assert_eq!(get_i64(wx, "get_mdwe"), 1, "PR_GET_MDWE = REFUSE_EXEC_GAIN");
 }
 
 fn check_seccomp_result(r: &Value, level: HardenLevel) {
@@ -354,6 +465,7 @@ fn check_seccomp_result(r: &Value, level: HardenLevel) {
         assert_eq!(r[status]["no_new_privs"], 1, "{status}: NoNewPrivs");
     }
     assert_eq!(get_i64(r, "dumpable"), 0, "PR_GET_DUMPABLE");
+    check_round2(r);
 
     let report = &r["report"];
     assert_eq!(report["level"], level.to_string());
@@ -373,6 +485,11 @@ fn check_seccomp_result(r: &Value, level: HardenLevel) {
         "ptrace",
         "process_vm_writev",
         "bpf",
+        "pidfd_getfd",
+        "process_madvise",
+        "perf_event_open",
+        "kcmp",
+        "prctl(PR_SET_DUMPABLE, non-zero)",
     ] {
         assert!(denied.contains(&name), "{name} not in {denied:?}");
     }
@@ -793,12 +910,18 @@ fn off_child() {
             _ => errno(),
         }
     };
+    // Before the probes, which end with PR_SET_DUMPABLE 0.
+    let dumpable = get_dumpable();
+    let round2 = seccomp_round2_probes();
+    let w_xor_x = w_xor_x_probes();
     emit(json!({
         "ids": ids,
         "report": report,
         "status": status_fields("/proc/self/status"),
-        "dumpable": get_dumpable(),
+        "dumpable": dumpable,
         "fork": fork,
+        "round2": round2,
+        "w_xor_x": w_xor_x,
     }));
 }
 
@@ -820,4 +943,28 @@ fn off_changes_nothing() {
     assert_eq!(r["report"]["seccomp_denied_syscalls"], json!([]));
     assert_eq!(r["dumpable"], 1);
     assert_eq!(r["fork"], 0, "fork must work without hardening");
+    // Controls for the hardened children: without hardening none of these is EPERM, and W^X
+    // is off, so the EPERMs and EACCESes there come from `harden`.
+    let round2 = &r["round2"];
+    assert_eq!(round2["set_dumpable_1"], 0, "control: PR_SET_DUMPABLE 1");
+    // The kernel reads prctl's option as an int: junk in the high half still sets the flag,
+    // which is why the filter compares only the low half.
+    assert_eq!(
+        round2["set_dumpable_high_option"], 0,
+        "control: PR_SET_DUMPABLE with a junk high half"
+    );
+    assert_eq!(round2["pidfd_getfd"], 0, "control: pidfd_getfd on oneself");
+    for key in ["process_madvise", "perf_event_open", "kcmp"] {
+        assert_ne!(
+            get_i64(round2, key),
+            i64::from(libc::EPERM),
+            "control: {key} is not EPERM without hardening"
+        );
+    }
+    assert_eq!(r["w_xor_x"]["mmap_rwx"], 0, "control: RWX mmap without W^X");
+    assert_eq!(r["w_xor_x"]["mprotect_rw_to_rx"], 0, "control: RW -> RX");
+    assert_eq!(
+        r["report"]["w_xor_x"]["NotRequested"]["reason"],
+        "--harden off"
+    );
 }

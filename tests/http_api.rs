@@ -11,11 +11,13 @@ use std::time::Duration;
 
 const TOLERANCE: f32 = 1e-4;
 
+/// A timeout only to turn a hang into a failure: heavy requests (the 429 and SIGTERM tests) share
+/// 2 cores with the other tests in this binary and can take minutes on a loaded machine.
 fn client() -> reqwest::Client {
     // reqwest's TLS is rustls without a built-in provider (src/remote/tls.rs): install ring's.
     sealserve::remote::tls::install_crypto_provider();
     reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
+        .timeout(Duration::from_secs(600))
         .build()
         .expect("client")
 }
@@ -711,4 +713,38 @@ async fn cdsw_app_port_binds_loopback() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+}
+
+/// Text logs carry no ANSI colour codes when stderr is not a terminal (`kubectl logs`, CML).
+#[test]
+fn text_logs_are_plain_when_stderr_is_not_a_terminal() {
+    use std::io::{BufRead, BufReader};
+    let mut child = common::server::serve_command()
+        .args(["--log-format", "text", "--host", "127.0.0.1", "--port", "0"])
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = Vec::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        let ready = line.contains(" ready ");
+        lines.push(line);
+        if ready {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|l| l.contains(" ready ")),
+        "serve never logged ready:\n{}",
+        lines.join("\n")
+    );
+    let coloured: Vec<&String> = lines.iter().filter(|l| l.contains('\u{1b}')).collect();
+    assert!(
+        coloured.is_empty(),
+        "ANSI escapes in piped logs: {coloured:?}"
+    );
 }

@@ -3,15 +3,13 @@
 mod common;
 
 use common::tiny;
-use sealserve::batcher::Batcher;
-use sealserve::engine::{self, Engine, EngineConfig, EngineHealth};
-use sealserve::harden::{self, HardenLevel};
-use sealserve::http::{self, AppState, BundleInfo, SignatureKind};
-use sealserve::infer::Infer;
+use sealserve::batcher::Backend;
+use sealserve::engine::{
+    self, BatchOutput, Engine, EngineBatch, EngineConfig, EngineError, EngineHealth,
+};
 use sealserve::limits::Limits;
 use serde_json::{json, Value};
 use std::num::NonZeroUsize;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,8 +27,14 @@ fn limits() -> Limits {
 /// The tiny model served in-process with the given sentence-transformers prompts; returns the
 /// base URL and the engine (kept alive by the caller).
 async fn start_tiny_server(prompts: &[(&str, &str)]) -> (String, Arc<Engine>) {
-    // reqwest (built with rustls-no-provider for the remote-bundle clients) needs one.
-    sealserve::remote::tls::install_crypto_provider();
+    start_tiny_server_with(prompts, |engine| engine as Arc<dyn Backend>).await
+}
+
+/// [`start_tiny_server`] with the batcher talking to `backend(engine)` instead of the engine.
+async fn start_tiny_server_with(
+    prompts: &[(&str, &str)],
+    backend: impl FnOnce(Arc<Engine>) -> Arc<dyn Backend>,
+) -> (String, Arc<Engine>) {
     let bundle = tiny::verified("");
     let mut loaded = engine::load(
         &bundle,
@@ -44,33 +48,7 @@ async fn start_tiny_server(prompts: &[(&str, &str)]) -> (String, Arc<Engine>) {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    loaded.warm_up().unwrap();
-    let engine = Arc::new(Engine::start(loaded).unwrap());
-    let limits = limits();
-    let batcher = Batcher::start(engine.clone(), &limits);
-    let state = Arc::new(AppState {
-        infer: Infer::new(
-            batcher,
-            engine.tokenizer().clone(),
-            engine.info().clone(),
-            limits,
-        ),
-        bundle: BundleInfo {
-            manifest_sha256: "0".repeat(64),
-            key_fingerprint: bundle.key_fingerprint.clone(),
-            key_id: bundle.key_id.clone(),
-            signature: SignatureKind::DevSigned,
-            trusted_keys_pinned: false,
-            load: sealserve::remote::LoadReport::embedded(&bundle),
-        },
-        hardening: harden::apply(HardenLevel::Off, &[]).unwrap(),
-        api_key: None,
-        ready: Arc::new(AtomicBool::new(true)),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, http::router(state)).await.unwrap() });
-    (base, engine)
+    common::inproc::serve_with(&bundle, loaded, limits(), backend).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,4 +393,96 @@ fn engine_health_reports_stuck_and_stopped_threads() {
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!("a dead engine thread is not reported as stopped");
+}
+
+/// The tiny engine, reported stuck after `stuck_after` instead of the production minute
+/// ([`sealserve::batcher::STUCK_AFTER`]), so readiness can be driven in a second.
+struct QuickToStick {
+    engine: Arc<Engine>,
+    stuck_after: Duration,
+}
+
+impl Backend for QuickToStick {
+    fn submit(
+        &self,
+        batch: EngineBatch,
+    ) -> tokio::sync::oneshot::Receiver<Result<BatchOutput, EngineError>> {
+        self.engine.submit(batch)
+    }
+
+    fn health(&self) -> EngineHealth {
+        self.engine.health(self.stuck_after)
+    }
+}
+
+/// Status and JSON body of a GET.
+async fn probe(base: &str, path: &str) -> (u16, Value) {
+    let response = reqwest::get(format!("{base}{path}")).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// Polls `path` until it answers `status` (or 10 s pass); returns the last answer.
+async fn probe_until(base: &str, path: &str, status: u16) -> (u16, Value) {
+    let mut last = probe(base, path).await;
+    for _ in 0..200 {
+        if last.0 == status {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        last = probe(base, path).await;
+    }
+    last
+}
+
+/// Issue 12, "readiness": `/ready` used to be a flag set once, so a server whose engine thread
+/// had died kept taking traffic. Now `/ready` is 503 while the engine is stuck or gone, and
+/// `/health` says which (503 once the thread is gone: only a restart helps).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_and_health_follow_the_engine_thread() {
+    let (base, engine) = start_tiny_server_with(&[], |engine| {
+        Arc::new(QuickToStick {
+            engine,
+            stuck_after: Duration::from_millis(200),
+        })
+    })
+    .await;
+    for path in ["/ready", "/health"] {
+        let (status, body) = probe(&base, path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body["engine"]["state"], "running", "{path}: {body}");
+    }
+
+    // One job holds the engine thread for 5 s: stuck after 200 ms.
+    let busy = engine.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        busy.run_on_engine_thread(Box::new(|| std::thread::sleep(Duration::from_secs(5))))
+    });
+    let (status, body) = probe_until(&base, "/ready", 503).await;
+    assert_eq!(status, 503, "a stuck engine is still ready: {body}");
+    assert_eq!(body["status"], "not ready");
+    assert_eq!(body["engine"]["state"], "stuck", "{body}");
+    let (status, body) = probe(&base, "/health").await;
+    assert_eq!(status, 200, "a stuck engine may still finish: {body}");
+    assert_eq!(body["engine"]["state"], "stuck", "{body}");
+    job.await.unwrap().unwrap();
+    let (status, body) = probe_until(&base, "/ready", 200).await;
+    assert_eq!(status, 200, "ready again once the job is done: {body}");
+
+    // A panic outside a batch takes the thread down for good.
+    let dying = engine.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        dying.run_on_engine_thread(Box::new(|| panic!("engine thread dies")))
+    })
+    .await;
+    let (status, body) = probe_until(&base, "/health", 503).await;
+    assert_eq!(
+        status, 503,
+        "a dead engine thread is reported alive: {body}"
+    );
+    assert_eq!(body["status"], "engine stopped");
+    assert_eq!(body["engine"]["state"], "stopped", "{body}");
+    let (status, body) = probe(&base, "/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["engine"]["state"], "stopped", "{body}");
 }

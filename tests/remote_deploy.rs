@@ -30,12 +30,9 @@ fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
         .and_then(|e| e["value"].as_str())
 }
 
-/// Variables serve reads, plus those of the trust contract the examples are written for.
+/// Variables serve reads.
 fn known_serve_env() -> BTreeSet<String> {
     serve_env_names()
-        .into_iter()
-        .chain(TRUST_CONTRACT_ENV.iter().map(|s| s.to_string()))
-        .collect()
 }
 
 #[test]

@@ -16,10 +16,16 @@ use remote::{serve_refuses, Release};
 #[test]
 fn the_model_less_build_carries_no_bundle_and_no_key() {
     let binary = std::fs::read(env!("CARGO_BIN_EXE_serve")).expect("read serve");
-    let located = sealserve::bundle::Bundle::locate(&binary);
+    let file = std::fs::File::open(env!("CARGO_BIN_EXE_serve")).expect("open serve");
+    let located = sealserve::placement::locate(&file);
     assert!(
         located.is_err(),
         "seal would find a bundle in the model-less serve"
+    );
+    let marker = sealserve::bundle::marker();
+    assert!(
+        !binary.windows(marker.len()).any(|w| w == marker),
+        "the model-less serve holds the bundle marker"
     );
     // An embedded PEM public key (dev or release) starts with the Ed25519 SPKI header.
     let pem_key = b"MCowBQYDK2VwAyEA";

@@ -8,14 +8,15 @@ mod common;
 mod remote;
 
 use remote::{last_line, serve_refuses, FileServer, Moto, Refusal, Release};
-use sealserve::bundle::{self, MANIFEST_FILE, SIGNATURE_MINISIGN_FILE, SIGNATURE_RAW_FILE};
+use sealserve::bundle::{MANIFEST_FILE, SIGNATURE_MINISIGN_FILE, SIGNATURE_RAW_FILE};
+use sealserve::spec::METADATA_FILE;
 use sealserve::remote::s3::S3Store;
 use sealserve::signature::SecretKey;
 use std::collections::HashMap;
 
 const WEIGHTS: &str = "model.safetensors";
 
-fn refuse(release: &Release, url: &str, pin: Option<&str>, env: &[(String, String)]) -> Refusal {
+fn refuse(url: &str, pin: Option<&str>, env: &[(String, String)]) -> Refusal {
     let mut args = vec!["--model-url", url];
     if let Some(pin) = pin {
         args.extend(["--trusted-key", pin]);
@@ -64,21 +65,21 @@ fn every_trust_rule_holds_for_a_bundle_in_a_folder() {
 
     // No pin: nothing is fetched, exit 18 and how to pin.
     assert_refused(
-        &refuse(&release, &url, None, &[]),
+        &refuse(&url, None, &[]),
         18,
         &["no trusted key configured", "--trusted-key"],
     );
     // Another key pinned.
     let stranger = SecretKey::generate().public_key().fingerprint();
     assert_refused(
-        &refuse(&release, &url, Some(&stranger), &[]),
+        &refuse(&url, Some(&stranger), &[]),
         15,
         &[&release.fingerprint, "not among the trusted keys"],
     );
     // An extra file beside the bundle.
     std::fs::write(release.path("notes.txt"), "not signed").unwrap();
     assert_refused(
-        &refuse(&release, &url, Some(&pin), &[]),
+        &refuse(&url, Some(&pin), &[]),
         12,
         &["notes.txt", "MANIFEST does not cover"],
     );
@@ -87,7 +88,7 @@ fn every_trust_rule_holds_for_a_bundle_in_a_folder() {
     let config = std::fs::read(release.path("config.json")).unwrap();
     std::fs::remove_file(release.path("config.json")).unwrap();
     assert_refused(
-        &refuse(&release, &url, Some(&pin), &[]),
+        &refuse(&url, Some(&pin), &[]),
         12,
         &["config.json", "does not carry"],
     );
@@ -96,23 +97,29 @@ fn every_trust_rule_holds_for_a_bundle_in_a_folder() {
     let weights = std::fs::read(release.path(WEIGHTS)).unwrap();
     flip_byte(&release.path(WEIGHTS));
     assert_refused(
-        &refuse(&release, &url, Some(&pin), &[]),
+        &refuse(&url, Some(&pin), &[]),
         11,
         &[WEIGHTS, "sha256 mismatch"],
     );
     std::fs::write(release.path(WEIGHTS), &weights).unwrap();
-    // Marked dev-signed while a key is pinned.
-    std::fs::write(release.path(bundle::DEV_SIGNED_MARKER), "dev").unwrap();
+    // A dev build (its signed sealserve.json says so) while a key is pinned, though this very
+    // key signed it.
+    let metadata = std::fs::read_to_string(release.path(METADATA_FILE)).unwrap();
+    let mut dev: serde_json::Value = serde_json::from_str(&metadata).unwrap();
+    dev["dev_signed"] = serde_json::Value::Bool(true);
+    std::fs::write(release.path(METADATA_FILE), dev.to_string()).unwrap();
+    release.resign();
     assert_refused(
-        &refuse(&release, &url, Some(&pin), &[]),
+        &refuse(&url, Some(&pin), &[]),
         16,
         &["dev-signed"],
     );
-    std::fs::remove_file(release.path(bundle::DEV_SIGNED_MARKER)).unwrap();
+    std::fs::write(release.path(METADATA_FILE), metadata).unwrap();
+    release.resign();
     // Signed by another key than the one it carries.
     sign_with_other_key(&release);
     assert_refused(
-        &refuse(&release, &url, Some(&pin), &[]),
+        &refuse(&url, Some(&pin), &[]),
         13,
         &["signature over MANIFEST rejected"],
     );
@@ -120,13 +127,13 @@ fn every_trust_rule_holds_for_a_bundle_in_a_folder() {
     let empty = tempfile::tempdir().unwrap();
     let empty_url = format!("file://{}/", empty.path().display());
     assert_refused(
-        &refuse(&release, &empty_url, Some(&pin), &[]),
+        &refuse(&empty_url, Some(&pin), &[]),
         20,
         &["MANIFEST", "not found", "seal publish"],
     );
     // A URL that is not one: configuration error.
     assert_refused(
-        &refuse(&release, "ftp://host/x/", Some(&pin), &[]),
+        &refuse("ftp://host/x/", Some(&pin), &[]),
         2,
         &["unknown scheme"],
     );
@@ -138,7 +145,7 @@ fn an_untrusted_bundle_over_https_is_refused_before_its_payload_is_downloaded() 
     let server = FileServer::start(release.dir.path(), None);
     let stranger = SecretKey::generate().public_key().fingerprint();
     assert_refused(
-        &refuse(&release, &server.base, Some(&stranger), &[]),
+        &refuse(&server.base, Some(&stranger), &[]),
         15,
         &["not among the trusted keys"],
     );
@@ -154,7 +161,7 @@ fn an_untrusted_bundle_over_https_is_refused_before_its_payload_is_downloaded() 
     // A listed file the server does not have (HTTP has no listing: the 404 says it).
     std::fs::remove_file(release.path("tokenizer.json")).unwrap();
     assert_refused(
-        &refuse(&release, &server.base, Some(&release.fingerprint), &[]),
+        &refuse(&server.base, Some(&release.fingerprint), &[]),
         12,
         &["tokenizer.json", "does not carry"],
     );
@@ -195,7 +202,7 @@ fn tampered_missing_and_extra_objects_in_s3_are_refused_with_sigv4_enforced() {
     wrong.push(("AWS_SECRET_ACCESS_KEY".into(), "not-the-secret".into()));
     let started = std::time::Instant::now();
     assert_refused(
-        &refuse(&release, "s3://models/good/", Some(&pin), &wrong),
+        &refuse("s3://models/good/", Some(&pin), &wrong),
         20,
         &["access denied", "403", "AWS_ACCESS_KEY_ID"],
     );
@@ -207,7 +214,7 @@ fn tampered_missing_and_extra_objects_in_s3_are_refused_with_sigv4_enforced() {
 
     upload(&moto, "missing/", &release, "config.json");
     assert_refused(
-        &refuse(&release, "s3://models/missing/", Some(&pin), &moto.env()),
+        &refuse("s3://models/missing/", Some(&pin), &moto.env()),
         12,
         &["config.json", "does not carry"],
     );
@@ -220,7 +227,7 @@ fn tampered_missing_and_extra_objects_in_s3_are_refused_with_sigv4_enforced() {
         .block_on(s3_store(&moto, "extra/").put("extra.bin", extra.path()))
         .unwrap();
     assert_refused(
-        &refuse(&release, "s3://models/extra/", Some(&pin), &moto.env()),
+        &refuse("s3://models/extra/", Some(&pin), &moto.env()),
         12,
         &["extra.bin", "MANIFEST does not cover"],
     );
@@ -228,7 +235,7 @@ fn tampered_missing_and_extra_objects_in_s3_are_refused_with_sigv4_enforced() {
     flip_byte(&release.path(WEIGHTS));
     upload(&moto, "tampered/", &release, "");
     assert_refused(
-        &refuse(&release, "s3://models/tampered/", Some(&pin), &moto.env()),
+        &refuse("s3://models/tampered/", Some(&pin), &moto.env()),
         11,
         &[WEIGHTS, "sha256 mismatch"],
     );

@@ -235,7 +235,8 @@ fn tiny_bundle_over_https_with_a_private_ca_answers_like_the_same_bundle_loaded_
         ..Default::default()
     };
     let local = sealserve::engine::load(&fetched.verified, &config).unwrap();
-    let encoded = local.tokenizer.encode(&texts, true).unwrap();
+    let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let encoded = local.tokenizer.encode(&inputs, true).unwrap();
     let ids: Vec<Vec<u32>> = encoded.into_iter().map(|e| e.ids).collect();
     let expected = local.embedder.embed(&ids).unwrap();
     for (got, want) in served.iter().zip(&expected) {

@@ -46,8 +46,8 @@ fn embed(base: &str) {
 fn peak_resident_memory_stays_within_1_6x_the_weights() {
     let server = Server::start(&[], &[]);
     embed(&server.base);
-    let peak = status_field(server.child.id(), "VmHWM:");
-    let rss = status_field(server.child.id(), "VmRSS:");
+    let peak = status_field(server.serving_pid(), "VmHWM:");
+    let rss = status_field(server.serving_pid(), "VmRSS:");
     let ratio = peak as f64 / WEIGHT_BYTES as f64;
     println!(
         "peak RSS {:.1} MiB, RSS {:.1} MiB, weights {:.1} MiB, peak/weights {ratio:.2}",
@@ -55,6 +55,10 @@ fn peak_resident_memory_stays_within_1_6x_the_weights() {
         rss as f64 / 1048576.0,
         WEIGHT_BYTES as f64 / 1048576.0
     );
+    // Issue 11's goal. The verified copies put every weight byte in anonymous memory once;
+    // loaded tensors release their source pages, and the word-embedding table (half of MiniLM)
+    // is paged out after loading and read back verified per page (memory::PagedCopy). Without
+    // that paging the peak here was 1.61×.
     assert!(
         ratio <= 1.6,
         "peak RSS is {ratio:.2}× the embedded weights (limit 1.6×)"
@@ -79,7 +83,11 @@ fn startup_and_serving_write_no_file_and_no_memfd() {
         .args(["-f", "-qq", "-e", "trace=open,openat,openat2,creat,memfd_create,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat,link,linkat,symlink,symlinkat,truncate", "-o"])
         .arg(&trace)
         .arg(env!("CARGO_BIN_EXE_serve"))
+        // `strict` and `basic` refuse to start under a tracer; and with Landlock in force an
+        // attempted write would fail with EACCES, which this test would not count.
+        .args(["--harden", "off"])
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .env("SEALSERVE_ALLOW_UNPINNED", "1") // dev-signed build: nothing to pin
         .current_dir(dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

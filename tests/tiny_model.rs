@@ -4,7 +4,6 @@
 mod common;
 
 use common::{max_abs_diff, tiny};
-use sealserve::bundle::{Bundle, TrustPolicy};
 use sealserve::engine::{self, EngineConfig};
 
 fn load(bundle: &sealserve::bundle::VerifiedBundle<'static>) -> engine::LoadedModel {
@@ -19,11 +18,7 @@ fn load(bundle: &sealserve::bundle::VerifiedBundle<'static>) -> engine::LoadedMo
 }
 
 fn verify(bytes: Vec<u8>) -> sealserve::bundle::VerifiedBundle<'static> {
-    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-    Bundle::parse(bytes)
-        .unwrap()
-        .verify(&TrustPolicy::unpinned(), &mut |_| {})
-        .unwrap()
+    common::verify_static(&bytes)
 }
 
 #[test]

@@ -8,7 +8,7 @@
 
 #![allow(dead_code)]
 
-use sealserve::bundle::{Bundle, TrustPolicy, VerifiedBundle};
+use sealserve::bundle::{Bundle, HeapCopies, TrustPolicy, VerifiedBundle};
 use sealserve::engine::{self, EngineConfig, LoadedModel, TextTokenizer};
 
 /// Batch × tokens per sequence; named `b{batch}x{tokens}`.
@@ -61,12 +61,18 @@ pub fn bundle_bytes() -> &'static [u8] {
     Box::leak(bytes.into_boxed_slice())
 }
 
-/// Parse + verify (every file hashed, signature checked), as `serve` does at start.
-pub fn verify(bytes: &'static [u8]) -> VerifiedBundle<'static> {
+/// Parse + verify (every file copied and hashed, signature checked), as `serve` does at start,
+/// into `copies`.
+pub fn verify_into<'v>(bytes: &[u8], copies: &'v HeapCopies) -> VerifiedBundle<'v> {
     Bundle::parse(bytes)
         .expect("parse bundle")
-        .verify(&TrustPolicy::unpinned(), &mut |_| {})
+        .verify(&TrustPolicy::unpinned(), &mut &*copies)
         .expect("verify bundle")
+}
+
+/// [`verify_into`] copies that live for the rest of the process (the loaded model borrows them).
+pub fn verify(bytes: &[u8]) -> VerifiedBundle<'static> {
+    verify_into(bytes, Box::leak(Box::default()))
 }
 
 /// CPU f32, the engine's defaults otherwise (`max_forward_tokens` overrides the forward size).

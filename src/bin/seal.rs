@@ -1,34 +1,64 @@
-//! `seal`: release keys, offline MANIFEST signing, checking the bundle inside a `serve` binary,
-//! and publishing bundles to S3 / OCI registries. Wiring only; what each subcommand does lives in
-//! `sealserve::seal`.
+//! `seal`: release keys, offline MANIFEST signing, release-file signing, checking the bundle
+//! inside a `serve` binary, and publishing bundles to S3 / OCI registries. Wiring only; what each
+//! subcommand does lives in `sealserve::seal`.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sealserve::exit::{self, Exit};
-use sealserve::{remote, seal};
+use sealserve::remote;
+use sealserve::seal::{self, pin};
+use sealserve::trust::TrustArgs;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 const AFTER_HELP: &str = "\
+Pin a model from a local Hugging Face snapshot (writes models/<name>/model.toml):
+  seal pin ~/.cache/huggingface/hub/models--BAAI--bge-reranker-base/snapshots/<commit>
+
 Release flow (the private key never meets the build machine):
   seal keygen --out keys/
   seal manifest models/all-MiniLM-L6-v2 > MANIFEST
   seal sign --key keys/model.key MANIFEST
   SEALSERVE_SIGNATURE=MANIFEST.minisig SEALSERVE_PUBLIC_KEY=keys/model.pub cargo build --release
-  serve --trusted-key <fingerprint printed by keygen>
+  scripts/release-sign --key keys/model.key      # signs serve itself: serve.sig, serve.minisig, SHA256SUMS
+  serve --trusted-key \"$(seal fingerprint keys/model.pub)\"   # pin the key file's fingerprint, never one read from a binary
 
 Remote bundles (serve --model-url):
   seal export target/release/serve bundle/
-  seal publish bundle/ s3://models/minilm/          # or oci://registry/team/minilm
-  seal verify --trusted-key <fingerprint> s3://models/minilm/
+  seal publish --trusted-key \"$(seal fingerprint keys/model.pub)\" bundle/ s3://models/minilm/   # or oci://registry/team/minilm
+  seal verify --trusted-key \"$(seal fingerprint keys/model.pub)\" s3://models/minilm/
 ";
+
+/// How `seal verify <url>` fetches (the same flags as `serve --model-url`).
+#[derive(clap::Args, Debug)]
+struct FetchArgs {
+    /// For a URL: trust only the CA certificates in this PEM file
+    #[arg(long = "ca-file", env = "SEALSERVE_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// For a URL: parallel range requests
+    #[arg(long = "fetch-connections", env = "SEALSERVE_FETCH_CONNECTIONS", value_parser = clap::value_parser!(u16).range(1..), default_value_t = remote::DEFAULT_CONNECTIONS.get() as u16)]
+    fetch_connections: u16,
+    /// For a URL: seconds the store may stay silent before a request is retried
+    #[arg(long = "fetch-timeout", env = "SEALSERVE_FETCH_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..), default_value_t = remote::DEFAULT_READ_TIMEOUT.as_secs())]
+    fetch_timeout: u64,
+}
+
+impl FetchArgs {
+    fn options(&self) -> remote::FetchOptions {
+        remote::FetchOptions {
+            ca_file: self.ca_file.clone(),
+            connections: usize::from(self.fetch_connections),
+            read_timeout: std::time::Duration::from_secs(self.fetch_timeout),
+        }
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(
     name = "seal",
     version,
-    about = "Make release keys, sign model MANIFESTs, verify, inspect or export the bundle sealed into a serve binary, and publish bundles to S3 or OCI registries",
+    about = "Make release keys, sign model MANIFESTs, and verify, inspect or export the bundle sealed into a serve binary",
     after_help = format!("{AFTER_HELP}\n{}", exit::seal_help())
 )]
 struct Args {
@@ -55,6 +85,32 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Write models/<name>/model.toml from a local Hugging Face snapshot: every embedded file's size and sha256, and family, task, pooling, normalize, max_seq_length and prompts read from config.json and the sentence-transformers files
+    Pin {
+        /// The snapshot folder (e.g. ~/.cache/huggingface/hub/models--org--name/snapshots/<commit>)
+        dir: PathBuf,
+        /// Hugging Face repo id [default: from a hub-cache snapshot path]
+        #[arg(long)]
+        repo: Option<String>,
+        /// Full 40-hex commit of the snapshot [default: from a hub-cache snapshot path]
+        #[arg(long)]
+        revision: Option<String>,
+        /// Where to write [default: models/<repo name>/model.toml]
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace an existing model.toml
+        #[arg(long)]
+        force: bool,
+        /// Longest input in tokens [default: the snapshot's max_seq_length / model_max_length]
+        #[arg(long)]
+        max_seq_length: Option<usize>,
+        /// Pooling of an embedding model (mean, cls, last_token) [default: the snapshot's Pooling module]
+        #[arg(long)]
+        pooling: Option<sealserve::spec::Pooling>,
+        /// Whether embeddings are L2-normalised [default: whether the snapshot has a Normalize module]
+        #[arg(long)]
+        normalize: Option<bool>,
+    },
     /// Sign a MANIFEST: writes MANIFEST.sig (raw base64) and MANIFEST.minisig
     Sign {
         /// Private key (PKCS#8 PEM from `seal keygen` or `openssl genpkey -algorithm ed25519`)
@@ -69,40 +125,44 @@ enum Command {
         #[arg(long)]
         timestamp: Option<u64>,
     },
-    /// Verify a serve binary, a folder made by `seal export`, or a published bundle URL (s3://, oci://, https://, file://) exactly as serve does at startup
-    Verify {
-        /// A serve binary, an exported bundle folder, or a bundle URL as serve --model-url takes it
-        target: String,
-        /// Trusted signing keys (64-hex fingerprints or PEM/minisign key files, comma separated); required for a URL
-        #[arg(
-            long = "trusted-key",
-            env = "SEALSERVE_TRUSTED_KEYS",
-            value_delimiter = ','
-        )]
-        trusted_keys: Vec<String>,
-        /// For a URL: trust only the CA certificates in this PEM file
-        #[arg(long = "ca-file", env = "SEALSERVE_CA_FILE")]
-        ca_file: Option<PathBuf>,
-        /// For a URL: parallel range requests
-        #[arg(long = "fetch-connections", env = "SEALSERVE_FETCH_CONNECTIONS", default_value_t = remote::DEFAULT_CONNECTIONS)]
-        fetch_connections: usize,
-        /// For a URL: seconds the store may stay silent before a request is retried
-        #[arg(long = "fetch-timeout", env = "SEALSERVE_FETCH_TIMEOUT", default_value_t = remote::DEFAULT_READ_TIMEOUT.as_secs())]
-        fetch_timeout: u64,
+    /// Sign release files (the serve binary, SHA256SUMS): writes <file>.sig (raw base64, for cosign/openssl) and <file>.minisig
+    SignFile {
+        /// Private key (PKCS#8 PEM)
+        #[arg(long)]
+        key: PathBuf,
+        /// Files to sign
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Where to write the signatures [default: next to each file]
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Timestamp in the minisign trusted comment [default: $SOURCE_DATE_EPOCH, else now]
+        #[arg(long)]
+        timestamp: Option<u64>,
     },
-    /// Verify a bundle folder (as made by `seal export`) and upload it to s3://bucket/prefix/ or push it as an OCI artifact to oci://registry/repo[:tag]; prints the --model-url to serve it with
+    /// Print the fingerprint --trusted-key pins, from a public key file (model.pub, model.pub.minisign)
+    Fingerprint {
+        /// Public key files
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Verify a serve binary, a bundle file, a folder made by `seal export`, or a published bundle URL (s3://, oci://, https://, file://), exactly as serve does at startup (same trust flags)
+    Verify {
+        /// A serve binary, a bundle file, an exported bundle folder, or a bundle URL as serve --model-url takes it
+        target: String,
+        #[command(flatten)]
+        trust: TrustArgs,
+        #[command(flatten)]
+        fetch: FetchArgs,
+    },
+    /// Verify a bundle folder (as made by `seal export`) like `seal verify`, then upload it to s3://bucket/prefix/ or push it as an OCI artifact to oci://registry/repo[:tag]; prints the --model-url to serve it with
     Publish {
         /// The bundle folder
         dir: PathBuf,
         /// s3://bucket/prefix/, oci://registry/repo[:tag] or oci+http://registry/repo[:tag]
         destination: String,
-        /// Also require the folder to be signed by one of these keys
-        #[arg(
-            long = "trusted-key",
-            env = "SEALSERVE_TRUSTED_KEYS",
-            value_delimiter = ','
-        )]
-        trusted_keys: Vec<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
         /// Trust only the CA certificates in this PEM file
         #[arg(long = "ca-file", env = "SEALSERVE_CA_FILE")]
         ca_file: Option<PathBuf>,
@@ -126,23 +186,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // Retries and failures of remote stores are logged as warnings; RUST_LOG=info adds progress.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("seal: {}", seal::error_line(&error));
-            // TODO(lead): fold the remote codes (18 no pin, 20 fetch) into Exit::of.
-            match error.downcast_ref::<remote::RemoteError>() {
-                Some(remote_error) => ExitCode::from(remote_error.exit_code()),
-                None => Exit::of(&error).into(),
+            // A snapshot seal pin cannot use is a configuration problem, like a bad flag.
+            if error.downcast_ref::<pin::PinError>().is_some() {
+                return Exit::Config.into();
             }
+            Exit::of(&error).into()
         }
     }
 }
@@ -170,6 +222,46 @@ fn run(args: Args) -> Result<()> {
                     .context("cannot write to stdout")?,
             }
         }
+        Command::Pin {
+            dir,
+            repo,
+            revision,
+            out,
+            force,
+            max_seq_length,
+            pooling,
+            normalize,
+        } => {
+            let (cached_repo, cached_revision) = pin::snapshot_origin(&dir);
+            let missing = |what: &str| {
+                pin::PinError::Missing(format!(
+                    "{} is not a hub-cache snapshot folder: pass --{what}",
+                    dir.display()
+                ))
+            };
+            let options = pin::PinOptions {
+                repo: repo.or(cached_repo).ok_or_else(|| missing("repo"))?,
+                revision: revision
+                    .or(cached_revision)
+                    .ok_or_else(|| missing("revision"))?,
+                max_seq_length,
+                pooling,
+                normalize,
+            };
+            let pinned = pin::pin(&dir, &options)?;
+            let out = out.unwrap_or_else(|| pin::default_out(&options.repo));
+            pin::write(&pinned, &out, force)?;
+            let model = &pinned.spec.model;
+            println!(
+                "wrote {}: {} family, task {}, pooling {}, normalize {}, max_seq_length {}",
+                out.display(),
+                model.family,
+                serde_json::to_string(&model.task).unwrap_or_default(),
+                model.pooling,
+                model.normalize,
+                model.max_seq_length
+            );
+        }
         Command::Sign {
             key,
             manifest,
@@ -177,42 +269,44 @@ fn run(args: Args) -> Result<()> {
             timestamp,
         } => {
             let signed = seal::sign(&key, &manifest, out_dir.as_deref(), timestamp)?;
-            for path in &signed.written {
-                println!("wrote {}", path.display());
+            report_signed(&signed, &manifest.display().to_string());
+        }
+        Command::SignFile {
+            key,
+            files,
+            out_dir,
+            timestamp,
+        } => {
+            let signed = seal::sign_files(&key, &files, out_dir.as_deref(), timestamp)?;
+            report_signed(&signed, &format!("{} file(s)", files.len()));
+        }
+        Command::Fingerprint { files } => {
+            for path in &files {
+                for fingerprint in seal::fingerprints(path)? {
+                    // One value per line, so `$(seal fingerprint model.pub)` pins it directly.
+                    println!("{fingerprint}");
+                }
             }
-            println!(
-                "signed {} with key fingerprint {} (minisign key id {})",
-                manifest.display(),
-                signed.fingerprint,
-                signed.key_id
-            );
         }
         Command::Verify {
             target,
-            trusted_keys,
-            ca_file,
-            fetch_connections,
-            fetch_timeout,
+            trust,
+            fetch,
         } => {
             let line = if target.contains("://") {
-                let options = remote::FetchOptions {
-                    ca_file,
-                    connections: fetch_connections.max(1),
-                    read_timeout: std::time::Duration::from_secs(fetch_timeout.max(1)),
-                };
-                seal::verify_url(&target, &trusted_keys, &options)?
+                seal::verify_url(&target, &trust, &fetch.options())?
             } else {
-                seal::verify(std::path::Path::new(&target), &trusted_keys)?
+                seal::verify(std::path::Path::new(&target), &trust)?
             };
             println!("{line}");
         }
         Command::Publish {
             dir,
             destination,
-            trusted_keys,
+            trust,
             ca_file,
         } => {
-            let published = seal::publish(&dir, &destination, &trusted_keys, ca_file.as_deref())?;
+            let published = seal::publish(&dir, &destination, &trust, ca_file.as_deref())?;
             println!("{}", published.verified);
             println!("published {} files; serve them with:", published.files);
             println!(
@@ -242,4 +336,15 @@ fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `seal sign` and `seal sign-file` print: the files written, then the signing key.
+fn report_signed(signed: &seal::Signed, what: &str) {
+    for path in &signed.written {
+        println!("wrote {}", path.display());
+    }
+    println!(
+        "signed {what} with key fingerprint {} (minisign key id {})",
+        signed.fingerprint, signed.key_id
+    );
 }

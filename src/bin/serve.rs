@@ -2,20 +2,23 @@
 //! up, harden, serve. Wiring only; every step lives in the library. Any failure is one line on
 //! stderr and a documented exit code.
 
-use clap::Parser;
-use sealserve::bundle::{Bundle, TrustPolicy, VerifiedBundle};
+use sealserve::bundle::{Bundle, TrustPolicy, TrustState, VerifiedBundle, VerifyError};
 use sealserve::config::{LogFormat, ServeArgs};
 use sealserve::engine::{self, DeviceKind, Engine, EngineConfig};
 use sealserve::exit::{self, Exit};
+use sealserve::generate::{GenerateRequest, Generator, Prompt, TextModel};
+use sealserve::http::generate::GenerationState;
 use sealserve::http::{self, AppState, BundleInfo, SignatureKind};
 use sealserve::infer::Infer;
+use sealserve::placement::{self, Container};
 use sealserve::remote::{self, LoadReport, ModelUrl};
+use sealserve::spec::Task;
 use sealserve::{batcher, harden, memory};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 include!(concat!(env!("OUT_DIR"), "/embedded_bundle.rs"));
 
@@ -39,7 +42,7 @@ fn main() -> ExitCode {
     pin_compute_threads();
     // First thing: other same-uid processes must not read or write our memory, even while we load.
     let dumpable_error = harden::set_not_dumpable().err();
-    let args = match ServeArgs::try_parse() {
+    let args = match ServeArgs::parse_recording_sources() {
         Ok(args) => args,
         Err(e) if !e.use_stderr() => e.exit(), // --help / --version
         Err(e) => {
@@ -56,6 +59,25 @@ fn main() -> ExitCode {
     init_logging(args.log_format);
     if let Some(e) = dumpable_error {
         tracing::warn!("could not mark the process non-dumpable: {e}");
+    }
+    // Still one thread, nothing secret read yet: fork, and serve from the child (a fresh memory
+    // map that a descriptor opened during the start-up window cannot reach). The parent stays
+    // behind as the supervisor and never returns from `detach`.
+    match harden::detach(args.harden) {
+        Ok(harden::Detached {
+            supervisor: Some(supervisor),
+        }) => tracing::debug!(supervisor, "serving from a forked process"),
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("serve: refusing to start: {e}");
+            return ExitCode::from(exit::HARDEN as u8);
+        }
+    }
+    if args.api_key_on_command_line {
+        tracing::warn!(
+            "the API key was given on the command line: every local user can read it in \
+             /proc/<pid>/cmdline; pass it with --api-key-file (or SEALSERVE_API_KEY) instead"
+        );
     }
     match run(&args, started) {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,12 +116,30 @@ fn init_logging(format: LogFormat) {
 
 fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
     args.validate().map_err(|e| Fatal::new(exit::CONFIG, e))?;
-    let policy = sealserve::trust::policy_from_values(&args.trusted_keys)
-        .map_err(|e| Fatal::new(exit::CONFIG, e))?;
-    let (verified, load) = match &args.model_url {
-        Some(url) => fetch_remote(args, url, &policy)?,
+    let api_key = args.api_key().map_err(|e| Fatal::new(exit::CONFIG, e))?;
+    let policy = args
+        .trust
+        .policy()
+        .map_err(|e| Fatal::new(i32::from(Exit::from(&e).code()), e))?;
+    // Kept open for the life of the process: pages of the verified copies that were given back
+    // are read again from it, each checked against its verified hash (`memory::PagedCopy`).
+    let exe: &'static std::fs::File = Box::leak(Box::new(open_executable()?));
+    // Every file the configuration names is read by now (and this executable is open), and no
+    // thread exists yet: from here on, this thread and every thread started later may read only
+    // what loading, warm-up and serving need, and write nothing.
+    // A --model-url is parsed (and its CA file read) before Landlock: a bad one is a
+    // configuration error, and what the fetch reads later is in the startup allow-list.
+    let remote = args
+        .model_url
+        .as_deref()
+        .map(|url| remote_source(args, url))
+        .transpose()?;
+    harden::restrict_startup(args.harden, &startup_allow(args, remote.as_ref()))
+        .map_err(|e| Fatal::new(exit::HARDEN, e))?;
+    let (verified, load) = match remote {
+        Some(remote) => fetch_remote(&remote, &policy)?,
         None => {
-            let verified = verify(&policy)?;
+            let verified = verify(&policy, exe)?;
             let load = LoadReport::embedded(&verified);
             (verified, load)
         }
@@ -117,10 +157,13 @@ fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
     })?;
     let address = listener.local_addr().unwrap_or(binding.address);
     tracing::info!(%address, rule = binding.reason, "bound");
+    if verified.metadata.task == Task::Generate {
+        return run_generation(args, api_key, &verified, &policy, &load, listener, started);
+    }
 
     let engine = load_engine(args, &verified)?;
     let report = harden_process(args, &engine)?;
-    let state = app_state(args, &verified, &policy, &engine, report, load);
+    let state = app_state(args, api_key, &verified, &policy, &load, &engine, report);
     let (rss, peak) = memory::resident_bytes().unwrap_or((0, 0));
     tracing::info!(
         startup_ms = started.elapsed().as_millis() as u64,
@@ -131,60 +174,117 @@ fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
     serve_forever(args, listener, engine, state)
 }
 
-fn verify(policy: &TrustPolicy) -> Result<VerifiedBundle<'static>, Fatal> {
-    let refuse = |e: sealserve::bundle::VerifyError| {
-        Fatal::new(
-            i32::from(Exit::from(&e).code()),
-            format!("refusing to start: {e}"),
-        )
-    };
-    let Some(embedded) = SEALED_BUNDLE else {
+/// The refusal for a bundle that does not verify: its exit code and one line.
+fn refuse(e: VerifyError) -> Fatal {
+    Fatal::new(
+        i32::from(Exit::from(&e).code()),
+        format!("refusing to start: {e}"),
+    )
+}
+
+/// This executable's own file, opened before Landlock restricts what can be opened (the binary
+/// lives wherever the operator put it, outside every allow-list).
+fn open_executable() -> Result<std::fs::File, Fatal> {
+    std::fs::File::open("/proc/self/exe").map_err(|e| {
+        refuse(VerifyError::Malformed(format!(
+            "cannot read this executable through /proc/self/exe ({e}); serve verifies the bundle from its own file and needs /proc"
+        )))
+    })
+}
+
+/// Verifies the bundle exactly as `seal verify` does: found in this executable's file at its
+/// `.sealserve` section (the only bundle marker in the file), every file copied out of the file
+/// into memory of our own and hashed there. The loader only ever sees those copies, so nothing
+/// is read from the executable after it was hashed.
+fn verify(
+    policy: &TrustPolicy,
+    exe: &'static std::fs::File,
+) -> Result<VerifiedBundle<'static>, Fatal> {
+    let Some(built_len) = embedded_bundle_len() else {
         return Err(Fatal::new(
             exit::CONFIG,
             "this serve was built without a model (SEALSERVE_MODEL=none): pass --model-url (or SEALSERVE_MODEL_URL) naming a signed bundle",
         ));
     };
-    let bundle = Bundle::parse(embedded).map_err(refuse)?;
+    let found = placement::locate(exe).map_err(refuse)?;
+    if found.container != Container::Elf || found.len != built_len {
+        return Err(refuse(VerifyError::Malformed(format!(
+            "this executable's {} section holds {} bytes, but it was built with a {built_len}-byte bundle",
+            sealserve::bundle::SECTION,
+            found.len
+        ))));
+    }
+    let bundle = Bundle::read(found.source(exe)).map_err(refuse)?;
     let verified = bundle
-        .verify(policy, &mut |chunk| {
-            memory::release_pages(chunk);
-        })
+        .verify(policy, &mut memory::VerifiedCopies)
         .map_err(refuse)?;
+    for entry in bundle.entries() {
+        if let Some(copy) = verified.file(&entry.name) {
+            memory::record_backing(copy, exe, found.offset + entry.offset);
+        }
+    }
     tracing::info!(
         model = %verified.metadata.model_id,
         revision = %verified.metadata.revision,
         key = %verified.key_fingerprint,
+        trust = %verified.trust,
         manifest_sha256 = %verified.manifest_sha256,
         hashed_mib = verified.bytes_hashed / (1 << 20),
         hash_ms = format!("{:.1}", verified.hash_time.as_secs_f64() * 1000.0),
         "bundle verified"
     );
-    if verified.dev_signed {
-        tracing::warn!("THIS BUNDLE IS DEV-SIGNED: it was signed at build time by an ephemeral key. Build releases with SEALSERVE_SIGNATURE and SEALSERVE_PUBLIC_KEY, and pin the key with --trusted-key.");
-    } else if !policy.is_pinned() {
-        tracing::warn!("no --trusted-key configured: any correctly self-signed bundle would be accepted; pin the release key");
-    }
+    announce_trust(&verified);
     Ok(verified)
 }
 
-/// Fetches the `--model-url` bundle into memory and verifies it by the embedded bundle's rules
-/// (see `sealserve::remote`); the bundle embedded in this binary, if any, is not used.
-fn fetch_remote(
-    args: &ServeArgs,
-    url: &str,
-    policy: &TrustPolicy,
-) -> Result<(VerifiedBundle<'static>, LoadReport), Fatal> {
+/// The warnings for a dev-signed or unpinned bundle, and the trust gauge.
+fn announce_trust(verified: &VerifiedBundle) {
+    if verified.dev_signed {
+        tracing::warn!("THIS BUNDLE IS DEV-SIGNED: it was signed at build time by an ephemeral key. Build releases with SEALSERVE_SIGNATURE and SEALSERVE_PUBLIC_KEY, and pin the key with --trusted-key.");
+    }
+    if verified.trust == TrustState::Unpinned {
+        tracing::warn!("running UNPINNED (--allow-unpinned): any correctly self-signed bundle would have been accepted; pin the release key with --trusted-key or --trusted-keys-dir");
+    }
+    // Installs the recorder now, so the gauge is recorded before anything else.
+    sealserve::telemetry::handle();
+    metrics::gauge!(
+        sealserve::trust::TRUST_METRIC,
+        "state" => verified.trust.to_string(),
+        "signature" => if verified.dev_signed { "dev-signed" } else { "signed" }
+    )
+    .set(1.0);
+}
+
+/// A parsed `--model-url` and how to fetch it.
+struct RemoteSource {
+    url: ModelUrl,
+    options: remote::FetchOptions,
+}
+
+fn remote_source(args: &ServeArgs, url: &str) -> Result<RemoteSource, Fatal> {
     let url: ModelUrl = url.parse().map_err(|e| Fatal::new(exit::CONFIG, e))?;
-    remote::require_pin(policy, &url).map_err(|e| Fatal::new(i32::from(e.exit_code()), e))?;
-    if SEALED_BUNDLE.is_some() {
+    if embedded_bundle_len().is_some() {
         tracing::info!("--model-url given: the bundle embedded in this binary is not used");
     }
-    let options = remote::FetchOptions {
-        ca_file: args.ca_file.clone(),
-        connections: args.fetch_connections,
-        read_timeout: std::time::Duration::from_secs(args.fetch_timeout),
-    };
-    // A runtime of its own for the download, gone before the model is loaded.
+    Ok(RemoteSource {
+        url,
+        options: remote::FetchOptions {
+            ca_file: args.ca_file.clone(),
+            connections: args.fetch_connections.get(),
+            read_timeout: Duration::from_secs(args.fetch_timeout),
+        },
+    })
+}
+
+/// Fetches the `--model-url` bundle into memory and verifies it by the embedded bundle's rules
+/// (see `sealserve::remote`): same trust policy, same refusals and exit codes.
+fn fetch_remote(
+    remote: &RemoteSource,
+    policy: &TrustPolicy,
+) -> Result<(VerifiedBundle<'static>, LoadReport), Fatal> {
+    let url = &remote.url;
+    // A runtime of its own for the download, shut down (its threads joined) before the model
+    // is loaded.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sealserve-fetch")
@@ -197,7 +297,7 @@ fn fetch_remote(
             )
         })?;
     let fetched = runtime
-        .block_on(remote::fetch(&url, policy, &options))
+        .block_on(remote::fetch(url, policy, &remote.options))
         .map_err(|e| {
             let line = match &e {
                 remote::RemoteError::Refused(_) => format!("refusing to start: {url}: {e}"),
@@ -205,13 +305,14 @@ fn fetch_remote(
             };
             Fatal::new(i32::from(e.exit_code()), line)
         })?;
-    runtime.shutdown_background();
+    runtime.shutdown_timeout(Duration::from_secs(5));
     let verified = fetched.verified;
     let load = fetched.report;
     tracing::info!(
         model = %verified.metadata.model_id,
         revision = %verified.metadata.revision,
         key = %verified.key_fingerprint,
+        trust = %verified.trust,
         manifest_sha256 = %verified.manifest_sha256,
         source = %load.source,
         fetched_mib = verified.bytes_hashed / (1 << 20),
@@ -220,11 +321,7 @@ fn fetch_remote(
         retries = load.retries,
         "bundle verified"
     );
-    if verified.dev_signed {
-        tracing::warn!(
-            "THIS BUNDLE IS DEV-SIGNED: it was signed at build time by an ephemeral key."
-        );
-    }
+    announce_trust(&verified);
     Ok((verified, load))
 }
 
@@ -240,16 +337,11 @@ fn load_engine(args: &ServeArgs, verified: &VerifiedBundle<'static>) -> Result<E
         engine::EngineError::Device(_) => Fatal::new(exit::DEVICE, e),
         other => Fatal::new(exit::LOAD, other),
     })?;
-    // The tensors hold their own copy (host or device); drop any embedded weight pages left.
-    // Not for a --model-url bundle: its weights live in anonymous memory, where each tensor's
-    // pages were released as it was copied, and the rest (on CPU, the word-embedding table read
-    // in place) is still in use.
-    if args.model_url.is_none() {
-        if let Some(weights) = verified.file(&verified.metadata.weights) {
-            memory::release_pages(weights);
-        }
-    }
+    // Each tensor's source pages were released as it was loaded; what is left of the weights'
+    // copy (on CPU, the word-embedding table the model reads in place) stays.
     tracing::info!(
+        family = %loaded.info.family,
+        task = ?loaded.info.task,
         device = %loaded.info.device,
         dtype = %loaded.info.dtype,
         reason = %loaded.info.device_reason,
@@ -268,64 +360,58 @@ fn load_engine(args: &ServeArgs, verified: &VerifiedBundle<'static>) -> Result<E
     })
 }
 
-fn harden_process(args: &ServeArgs, engine: &Engine) -> Result<harden::HardenReport, Fatal> {
-    let mut readable = harden::default_readable_paths();
-    if engine.info().device == DeviceKind::Cuda {
-        // Libraries loaded lazily by name after startup need the loader cache and their folders.
-        readable.push("/etc/ld.so.cache".into());
-        readable.extend(sealserve::engine::device::cuda_library_dirs(
-            &args.cuda_lib_dirs,
-            &engine.info().library_dirs,
-        ));
+/// What the server reads from start-up on, before any thread exists: on a CUDA build that may
+/// use the GPU, also the driver's libraries, its /proc and /sys files and /dev/nvidia*.
+fn startup_allow(args: &ServeArgs, remote: Option<&RemoteSource>) -> harden::FsAllow {
+    let mut allow =
+        if candle_core::utils::cuda_is_available() && args.device != engine::DeviceRequest::Cpu {
+            harden::FsAllow::cuda(&engine::device::cuda_library_dirs(&args.cuda_lib_dirs, &[]))
+        } else {
+            harden::FsAllow::cpu()
+        };
+    if let Some(remote) = remote {
+        allow
+            .read
+            .extend(remote::readable_paths(&remote.url, &remote.options));
     }
-    if args.harden == harden::HardenLevel::Strict {
-        // Landlock binds per thread: restrict the inference thread too (it exists already).
-        let paths = readable.clone();
-        let result = Arc::new(std::sync::Mutex::new(None));
-        let slot = result.clone();
-        engine
-            .run_on_engine_thread(Box::new(move || {
-                let outcome = harden::restrict_filesystem(&paths);
-                if let Ok(mut slot) = slot.lock() {
-                    *slot = Some(outcome);
-                }
-            }))
-            .map_err(|e| Fatal::new(exit::HARDEN, e))?;
-        let outcome = result.lock().ok().and_then(|mut s| s.take());
-        if let Some(Err(e)) = outcome {
-            return Err(Fatal::new(
-                exit::HARDEN,
-                format!("hardening the inference thread failed: {e}"),
-            ));
-        }
-        // The compute pool's threads were started during warm-up: restrict each of them as well.
-        let failures: Vec<String> =
-            rayon::broadcast(|_| harden::restrict_filesystem(&readable).err())
-                .into_iter()
-                .flatten()
-                .map(|e| e.to_string())
-                .collect();
-        if let Some(first) = failures.first() {
-            return Err(Fatal::new(
-                exit::HARDEN,
-                format!("hardening the compute threads failed: {first}"),
-            ));
-        }
-    }
-    let report = harden::apply(args.harden, &readable).map_err(|e| Fatal::new(exit::HARDEN, e))?;
-    Ok(report)
+    allow
 }
 
-fn app_state(
-    args: &ServeArgs,
-    verified: &VerifiedBundle,
-    policy: &TrustPolicy,
-    engine: &Engine,
-    report: harden::HardenReport,
-    load: LoadReport,
-) -> impl FnOnce(batcher::Batcher) -> Arc<AppState> {
-    let limits = args.limits();
-    let bundle = BundleInfo {
+/// The inference thread, as a pool of one for per-thread hardening.
+struct EngineThread<'a>(&'a Engine);
+
+impl harden::ThreadRunner for EngineThread<'_> {
+    fn name(&self) -> &'static str {
+        "engine"
+    }
+
+    fn run_on_each(&self, task: harden::ThreadTask) -> Result<(), String> {
+        self.0
+            .run_on_engine_thread(Box::new(move || task()))
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn harden_process(args: &ServeArgs, engine: &Engine) -> Result<harden::HardenReport, Fatal> {
+    let cuda = engine.info().device == DeviceKind::Cuda;
+    let threads = harden::EngineThreads {
+        engine: &EngineThread(engine),
+        cuda,
+        cuda_library_dirs: if cuda {
+            sealserve::engine::device::cuda_library_dirs(
+                &args.cuda_lib_dirs,
+                &engine.info().library_dirs,
+            )
+        } else {
+            Vec::new()
+        },
+    };
+    harden::after_warm_up(args.harden, &threads).map_err(|e| Fatal::new(exit::HARDEN, e))
+}
+
+/// Provenance of the verified bundle, as /info shows it.
+fn bundle_info(verified: &VerifiedBundle, policy: &TrustPolicy, load: &LoadReport) -> BundleInfo {
+    BundleInfo {
         manifest_sha256: verified.manifest_sha256.clone(),
         key_fingerprint: verified.key_fingerprint.clone(),
         key_id: verified.key_id.clone(),
@@ -335,11 +421,24 @@ fn app_state(
             SignatureKind::Signed
         },
         trusted_keys_pinned: policy.is_pinned(),
-        load,
-    };
+        trust: verified.trust,
+        load: load.clone(),
+    }
+}
+
+fn app_state(
+    args: &ServeArgs,
+    api_key: Option<String>,
+    verified: &VerifiedBundle,
+    policy: &TrustPolicy,
+    load: &LoadReport,
+    engine: &Engine,
+    report: harden::HardenReport,
+) -> impl FnOnce(batcher::Batcher) -> Arc<AppState> {
+    let limits = args.limits();
+    let bundle = bundle_info(verified, policy, load);
     let tokenizer = engine.tokenizer().clone();
     let model = engine.info().clone();
-    let api_key = args.api_key.clone();
     move |batcher| {
         Arc::new(AppState {
             infer: Infer::new(batcher, tokenizer, model, limits),
@@ -357,6 +456,22 @@ fn serve_forever(
     engine: Engine,
     state: impl FnOnce(batcher::Batcher) -> Arc<AppState>,
 ) -> Result<(), Fatal> {
+    let engine = Arc::new(engine);
+    let limits = args.limits();
+    serve_on_runtime(args, listener, move || {
+        let state = state(batcher::Batcher::start(engine.clone(), &limits));
+        let ready = state.ready.clone();
+        (http::router(state), ready)
+    })
+}
+
+/// Starts the async runtime and serves the router `app` builds (inside the runtime) until
+/// SIGTERM/SIGINT, with the connection limits and the shutdown grace of the flags.
+fn serve_on_runtime(
+    args: &ServeArgs,
+    listener: std::net::TcpListener,
+    app: impl FnOnce() -> (axum::Router, Arc<AtomicBool>),
+) -> Result<(), Fatal> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sealserve-http")
@@ -367,21 +482,161 @@ fn serve_forever(
                 format!("cannot start the async runtime: {e}"),
             )
         })?;
-    let engine = Arc::new(engine);
-    let limits = args.limits();
     let grace = args.shutdown_grace();
+    let (connection_limits, lowered) = args.connection_limits().fitted_to_nofile();
+    if lowered {
+        tracing::warn!(
+            max_connections = connection_limits.max_connections,
+            "--max-connections lowered to fit the open-file limit (ulimit -n)"
+        );
+    }
     runtime.block_on(async move {
         listener
             .set_nonblocking(true)
             .map_err(|e| Fatal::new(exit::SERVE, e))?;
         let listener =
             tokio::net::TcpListener::from_std(listener).map_err(|e| Fatal::new(exit::SERVE, e))?;
-        let batcher = batcher::Batcher::start(engine.clone(), &limits);
-        http::serve(listener, state(batcher), grace)
+        let (router, ready) = app();
+        http::serve_app(listener, router, ready, grace, connection_limits)
             .await
             .map_err(|e| Fatal::new(exit::SERVE, format!("server failed: {e}")))
     })?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A generation bundle (task `generate`): the llama engine loaded from the verified in-memory
+/// GGUF, its scheduler thread started (after start-up Landlock, like every thread), warmed up,
+/// hardened like the embedding engine, and the generation routes served.
+fn run_generation(
+    args: &ServeArgs,
+    api_key: Option<String>,
+    verified: &VerifiedBundle<'static>,
+    policy: &TrustPolicy,
+    load: &LoadReport,
+    listener: std::net::TcpListener,
+    started: Instant,
+) -> Result<(), Fatal> {
+    check_generation_flags(args)?;
+    let metadata = &verified.metadata;
+    let config = args
+        .generation_config(metadata.max_seq_length)
+        .map_err(|e| Fatal::new(exit::CONFIG, e))?;
+    let gguf = verified.file(&metadata.weights).ok_or_else(|| {
+        refuse(VerifyError::Malformed(format!(
+            "the signed metadata names {} but the bundle has no such file",
+            metadata.weights
+        )))
+    })?;
+    let loading = Instant::now();
+    let model = TextModel::from_gguf_bytes(gguf)
+        .map_err(|e| Fatal::new(exit::LOAD, format!("cannot load {}: {e}", metadata.weights)))?;
+    // The model, tokenizer and template hold their own copies: the verified GGUF is not read again.
+    sealserve::memory::release_pages(gguf);
+    tracing::info!(
+        device = "cpu",
+        family = %metadata.family,
+        load_ms = loading.elapsed().as_millis() as u64,
+        "model loaded"
+    );
+    let generator = Generator::start(Arc::new(model), config).map_err(|e| {
+        Fatal::new(
+            exit::INTERNAL,
+            format!("cannot start the generation thread: {e}"),
+        )
+    })?;
+    let warming = Instant::now();
+    let mut warm_up = GenerateRequest::new(Prompt::Text("Hello".into()));
+    warm_up.max_tokens = Some(1);
+    generator
+        .generate_blocking(warm_up)
+        .map_err(|e| Fatal::new(exit::LOAD, format!("warm-up failed: {e}")))?;
+    tracing::info!(
+        warm_up_ms = warming.elapsed().as_millis() as u64,
+        "warmed up"
+    );
+    let hardening = harden_generation(args, &generator)?;
+    sealserve::telemetry::handle();
+    metrics::gauge!(
+        sealserve::telemetry::MODEL_INFO,
+        "model" => metadata.model_id.clone(),
+        "revision" => metadata.revision.clone(),
+        "device" => "cpu",
+        "dtype" => "gguf"
+    )
+    .set(1.0);
+    let state = Arc::new(GenerationState {
+        generator,
+        model_id: metadata.model_id.clone(),
+        revision: metadata.revision.clone(),
+        bundle: bundle_info(verified, policy, load),
+        hardening,
+        limits: args.limits(),
+        api_key,
+        ready: Arc::new(AtomicBool::new(false)),
+    });
+    let (rss, peak) = sealserve::memory::resident_bytes().unwrap_or((0, 0));
+    tracing::info!(
+        startup_ms = started.elapsed().as_millis() as u64,
+        rss_mib = rss / (1 << 20),
+        peak_rss_mib = peak / (1 << 20),
+        "ready"
+    );
+    serve_on_runtime(args, listener, move || {
+        let ready = state.ready.clone();
+        (http::generate::generation_router(state), ready)
+    })
+}
+
+/// Flags that have no meaning for the generation engine are refused, not ignored.
+fn check_generation_flags(args: &ServeArgs) -> Result<(), Fatal> {
+    if matches!(args.device, engine::DeviceRequest::Cuda(_)) {
+        return Err(Fatal::new(
+            exit::DEVICE,
+            "--device cuda: the generation engine runs on the CPU in this version; use --device cpu (or auto)",
+        ));
+    }
+    if args.dtype != engine::DTypeRequest::Auto {
+        return Err(Fatal::new(
+            exit::CONFIG,
+            "--dtype does not apply to a generation bundle (the GGUF's quantized weights decide it); remove it",
+        ));
+    }
+    if args.pooling.is_some() {
+        return Err(Fatal::new(
+            exit::CONFIG,
+            "--pooling does not apply to a generation bundle; remove it",
+        ));
+    }
+    Ok(())
+}
+
+/// The generation scheduler thread, as a pool of one for per-thread hardening.
+struct GenerationThread<'a>(&'a Generator);
+
+impl harden::ThreadRunner for GenerationThread<'_> {
+    fn name(&self) -> &'static str {
+        "generate"
+    }
+
+    fn run_on_each(&self, task: harden::ThreadTask) -> Result<(), String> {
+        self.0
+            .run_on_scheduler(Box::new(move || task()), Duration::from_secs(30))
+    }
+}
+
+/// The embedding engine's hardening for the generation engine: its scheduler thread and the
+/// rayon pool its kernels use get the after-warm-up domain (candle's barrier pool is not used).
+fn harden_generation(
+    args: &ServeArgs,
+    generator: &Generator,
+) -> Result<harden::HardenReport, Fatal> {
+    let plan = harden::Plan {
+        allow: harden::FsAllow::read_only(&harden::default_readable_paths()),
+        w_xor_x: None,
+    };
+    let thread = GenerationThread(generator);
+    let runners: Vec<&dyn harden::ThreadRunner> = vec![&thread, &harden::RayonGlobalPool];
+    harden::apply_on(args.harden, &plan, &runners).map_err(|e| Fatal::new(exit::HARDEN, e))
 }

@@ -4,7 +4,7 @@
 //! Never names a model family: it talks to [`Model`] only.
 
 use super::pooling;
-use crate::model::{Model, ModelError, Packed};
+use crate::model::{HiddenChunk, Model, ModelError, Packed};
 use crate::spec::Pooling;
 use candle_core::DType;
 
@@ -15,6 +15,10 @@ pub enum Output {
     Pooled,
     /// Every token's final hidden state (TEI's `/embed_all`).
     Tokens,
+    /// Raw logits of the classification head, one per label (`/predict`, `/rerank`).
+    Scores,
+    /// SPLADE weights: non-zero `(vocabulary index, weight)` pairs (`/embed_sparse`).
+    Sparse,
 }
 
 /// A sequence's result, matching the [`Output`] it asked for.
@@ -22,6 +26,8 @@ pub enum Output {
 pub enum Embedding {
     Pooled(Vec<f32>),
     Tokens(Vec<Vec<f32>>),
+    Scores(Vec<f32>),
+    Sparse(Vec<(u32, f32)>),
 }
 
 impl Embedding {
@@ -29,7 +35,7 @@ impl Embedding {
     pub fn into_pooled(self) -> Option<Vec<f32>> {
         match self {
             Embedding::Pooled(vector) => Some(vector),
-            Embedding::Tokens(_) => None,
+            _ => None,
         }
     }
 
@@ -37,7 +43,23 @@ impl Embedding {
     pub fn into_tokens(self) -> Option<Vec<Vec<f32>>> {
         match self {
             Embedding::Tokens(tokens) => Some(tokens),
-            Embedding::Pooled(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The head's logits, if these are.
+    pub fn into_scores(self) -> Option<Vec<f32>> {
+        match self {
+            Embedding::Scores(scores) => Some(scores),
+            _ => None,
+        }
+    }
+
+    /// The sparse weights, if these are.
+    pub fn into_sparse(self) -> Option<Vec<(u32, f32)>> {
+        match self {
+            Embedding::Sparse(weights) => Some(weights),
+            _ => None,
         }
     }
 }
@@ -79,7 +101,7 @@ impl Embedder {
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let outputs = vec![Output::Pooled; sequences.len()];
         Ok(self
-            .run_with(sequences, &outputs, pooling)?
+            .run_with(sequences, &[], &outputs, pooling)?
             .into_iter()
             .filter_map(Embedding::into_pooled)
             .collect())
@@ -91,12 +113,29 @@ impl Embedder {
         sequences: &[Vec<u32>],
         outputs: &[Output],
     ) -> Result<Vec<Embedding>, ModelError> {
-        self.run_with(sequences, outputs, self.pooling)
+        self.run_with(sequences, &[], outputs, self.pooling)
+    }
+
+    /// Like [`Self::run`] with segment ids for pair inputs: `type_ids` is empty (no pairs) or
+    /// holds one entry per sequence (`None` = all segment 0). Only heads read them.
+    pub fn run_typed(
+        &self,
+        sequences: &[Vec<u32>],
+        type_ids: &[Option<Vec<u32>>],
+        outputs: &[Output],
+    ) -> Result<Vec<Embedding>, ModelError> {
+        self.run_with(sequences, type_ids, outputs, self.pooling)
+    }
+
+    /// Label names of the model's classification head (empty without one).
+    pub fn labels(&self) -> &[String] {
+        self.model.labels()
     }
 
     fn run_with(
         &self,
         sequences: &[Vec<u32>],
+        type_ids: &[Option<Vec<u32>>],
         outputs: &[Output],
         pooling: Pooling,
     ) -> Result<Vec<Embedding>, ModelError> {
@@ -105,55 +144,161 @@ impl Embedder {
                 "one output kind per sequence is required".into(),
             ));
         }
-        let batch = Packed::from_sequences(sequences)?;
+        if !type_ids.is_empty() && type_ids.len() != sequences.len() {
+            return Err(ModelError::Batch(
+                "segment ids must be given for every sequence or none".into(),
+            ));
+        }
+        let is_hidden = |o: &Output| matches!(o, Output::Pooled | Output::Tokens);
+        if outputs.iter().all(is_hidden) {
+            return self.hidden_outputs(sequences, outputs, pooling);
+        }
         let mut results: Vec<Option<Embedding>> = vec![None; sequences.len()];
-        for chunk in self.model.hidden_states(&batch, self.max_forward_tokens)? {
-            let lengths: Vec<usize> = chunk.members.iter().map(|m| batch.lengths[*m]).collect();
-            let wants_tokens = chunk.members.iter().any(|m| outputs[*m] == Output::Tokens);
-            let wants_pooled = chunk.members.iter().any(|m| outputs[*m] == Output::Pooled);
-            let mut pooled = if wants_pooled {
-                pooling::pool(&chunk.hidden, &lengths, pooling)?
-                    .to_vec2::<f32>()?
-                    .into_iter()
-                    .map(Some)
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let mut rows = if wants_tokens {
-                chunk
-                    .hidden
-                    .to_dtype(DType::F32)?
-                    .to_vec2::<f32>()?
-                    .into_iter()
-            } else {
-                Vec::new().into_iter()
-            };
-            for (position, (member, len)) in chunk.members.iter().zip(&lengths).enumerate() {
-                let rows_of_member: Vec<Vec<f32>> = if wants_tokens {
-                    rows.by_ref().take(*len).collect()
-                } else {
-                    Vec::new()
-                };
-                results[*member] = Some(match outputs[*member] {
-                    Output::Pooled => Embedding::Pooled(
-                        pooled
-                            .get_mut(position)
-                            .and_then(Option::take)
-                            .unwrap_or_default(),
-                    ),
-                    Output::Tokens => Embedding::Tokens(rows_of_member),
-                });
+        let hidden: Vec<usize> = (0..outputs.len())
+            .filter(|i| is_hidden(&outputs[*i]))
+            .collect();
+        if !hidden.is_empty() {
+            let subset: Vec<Vec<u32>> = hidden.iter().map(|i| sequences[*i].clone()).collect();
+            let kinds: Vec<Output> = hidden.iter().map(|i| outputs[*i]).collect();
+            let done = self.hidden_outputs(&subset, &kinds, pooling)?;
+            for (member, result) in hidden.iter().zip(done) {
+                results[*member] = Some(result);
             }
         }
-        results
-            .into_iter()
-            .enumerate()
-            .map(|(index, result)| {
-                result.ok_or_else(|| {
-                    ModelError::Batch(format!("the model returned nothing for sequence {index}"))
-                })
-            })
-            .collect()
+        for kind in [Output::Scores, Output::Sparse] {
+            let members: Vec<usize> = (0..outputs.len()).filter(|i| outputs[*i] == kind).collect();
+            if members.is_empty() {
+                continue;
+            }
+            let batch = typed_batch(sequences, type_ids, &members)?;
+            let done: Vec<Embedding> = if kind == Output::Scores {
+                self.model
+                    .predict(&batch, self.max_forward_tokens)?
+                    .into_iter()
+                    .map(Embedding::Scores)
+                    .collect()
+            } else {
+                self.model
+                    .sparse_embed(&batch, self.max_forward_tokens)?
+                    .into_iter()
+                    .map(Embedding::Sparse)
+                    .collect()
+            };
+            for (member, result) in members.iter().zip(done) {
+                results[*member] = Some(result);
+            }
+        }
+        complete(results)
     }
+
+    /// Pooled vectors or token states (the embedding path), in input order.
+    fn hidden_outputs(
+        &self,
+        sequences: &[Vec<u32>],
+        outputs: &[Output],
+        pooling: Pooling,
+    ) -> Result<Vec<Embedding>, ModelError> {
+        let batch = Packed::from_sequences(sequences)?;
+        let mut results: Vec<Option<Embedding>> = vec![None; sequences.len()];
+        // Each chunk is pooled (or copied out) and dropped before the model runs the next
+        // forward, so that forward reuses its memory (see `Model::for_each_hidden_chunk`).
+        self.model
+            .for_each_hidden_chunk(&batch, self.max_forward_tokens, &mut |chunk| {
+                take_chunk(&chunk, &batch.lengths, outputs, pooling, &mut results)
+            })?;
+        complete(results)
+    }
+}
+
+/// Every sequence's result, or which one the model left out.
+fn complete(results: Vec<Option<Embedding>>) -> Result<Vec<Embedding>, ModelError> {
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(index, result)| {
+            result.ok_or_else(|| {
+                ModelError::Batch(format!("the model returned nothing for sequence {index}"))
+            })
+        })
+        .collect()
+}
+
+/// The `members` of a batch packed with their segment ids (zeros where a sequence has none);
+/// no segment ids at all when none of them is a pair.
+fn typed_batch(
+    sequences: &[Vec<u32>],
+    type_ids: &[Option<Vec<u32>>],
+    members: &[usize],
+) -> Result<Packed, ModelError> {
+    let chosen: Vec<Vec<u32>> = members.iter().map(|m| sequences[*m].clone()).collect();
+    let mut batch = Packed::from_sequences(&chosen)?;
+    let typed = |m: &usize| type_ids.get(*m).and_then(Option::as_ref);
+    if members.iter().any(|m| typed(m).is_some()) {
+        batch.token_type_ids = Some(
+            members
+                .iter()
+                .flat_map(|m| {
+                    typed(m)
+                        .cloned()
+                        .unwrap_or_else(|| vec![0; sequences[*m].len()])
+                })
+                .collect(),
+        );
+    }
+    batch.check()?;
+    Ok(batch)
+}
+
+/// Stores one chunk's results in `results` (indexed like the batch): a pooled vector or the
+/// token vectors of each member, as its `outputs` entry asks.
+fn take_chunk(
+    chunk: &HiddenChunk,
+    lengths_of_batch: &[usize],
+    outputs: &[Output],
+    pooling: Pooling,
+    results: &mut [Option<Embedding>],
+) -> Result<(), ModelError> {
+    let lengths: Vec<usize> = chunk.members.iter().map(|m| lengths_of_batch[*m]).collect();
+    let wants_tokens = chunk.members.iter().any(|m| outputs[*m] == Output::Tokens);
+    let wants_pooled = chunk.members.iter().any(|m| outputs[*m] == Output::Pooled);
+    let mut pooled = if wants_pooled {
+        pooling::pool(&chunk.hidden, &lengths, pooling)?
+            .to_vec2::<f32>()?
+            .into_iter()
+            .map(Some)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut rows = if wants_tokens {
+        chunk
+            .hidden
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?
+            .into_iter()
+    } else {
+        Vec::new().into_iter()
+    };
+    for (position, (member, len)) in chunk.members.iter().zip(&lengths).enumerate() {
+        let rows_of_member: Vec<Vec<f32>> = if wants_tokens {
+            rows.by_ref().take(*len).collect()
+        } else {
+            Vec::new()
+        };
+        results[*member] = Some(match outputs[*member] {
+            Output::Pooled => Embedding::Pooled(
+                pooled
+                    .get_mut(position)
+                    .and_then(Option::take)
+                    .unwrap_or_default(),
+            ),
+            Output::Tokens => Embedding::Tokens(rows_of_member),
+            Output::Scores | Output::Sparse => {
+                return Err(ModelError::Batch(
+                    "a head output reached the hidden-state path".into(),
+                ))
+            }
+        });
+    }
+    Ok(())
 }

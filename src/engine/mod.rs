@@ -9,20 +9,23 @@
 pub mod device;
 pub mod embedder;
 pub mod pooling;
+pub mod precut;
 pub mod tokenizer;
 
 use crate::bundle::VerifiedBundle;
 use crate::model::{LoadError, ModelError, ModelFiles};
-use crate::spec::{Family, Pooling};
+use crate::spec::{Family, Pooling, Task};
 pub use device::{ComputeDType, DTypeRequest, DeviceKind, DeviceRequest};
 pub use embedder::{Embedder, Embedding, Output};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-pub use tokenizer::{Encoded, TextTokenizer, TokenInfo, TokenizeError, TruncationDirection};
+pub use tokenizer::{
+    Encoded, EncodedPair, TextTokenizer, TokenInfo, TokenizeError, TruncationDirection,
+};
 use tokio::sync::oneshot;
 
 /// Padded tokens per forward on CPU: large enough for efficient matmuls, small enough that
@@ -71,6 +74,11 @@ pub struct ModelInfo {
     pub model_id: String,
     pub revision: String,
     pub family: Family,
+    /// What the model does (signed in `sealserve.json`); decides which core operations answer.
+    pub task: Task,
+    /// Label names of a classifier or reranker by logit index (`config.json` `id2label`);
+    /// empty for other tasks.
+    pub labels: Vec<String>,
     pub pooling: Pooling,
     pub normalize: bool,
     /// Tokens per input, special tokens included (longer inputs are truncated or refused).
@@ -116,7 +124,13 @@ pub fn load(
         config_json: verified_file(bundle, &metadata.config)?,
         safetensors: verified_file(bundle, &metadata.weights)?,
     };
-    let model = crate::model::load(metadata.family, files, dtype.dtype(), &chosen.device)?;
+    let model = crate::model::load_for_task(
+        metadata.family,
+        metadata.task,
+        files,
+        dtype.dtype(),
+        &chosen.device,
+    )?;
     let max_input_tokens = metadata.max_seq_length.min(model.max_positions());
     let tokenizer = TextTokenizer::from_bytes(
         verified_file(bundle, &metadata.tokenizer)?,
@@ -135,6 +149,8 @@ pub fn load(
         model_id: metadata.model_id.clone(),
         revision: metadata.revision.clone(),
         family: metadata.family,
+        task: metadata.task,
+        labels: model.labels().to_vec(),
         pooling,
         normalize: metadata.normalize,
         max_input_tokens,
@@ -169,9 +185,16 @@ impl LoadedModel {
         ];
         let encoded = self.tokenizer.encode(&texts, true)?;
         let ids: Vec<Vec<u32>> = encoded.into_iter().map(|e| e.ids).collect();
-        self.embedder.embed(&ids[..1])?;
-        self.embedder.embed(&ids[..2])?;
-        self.embedder.embed(&ids[2..])?;
+        // The head the task serves runs too, so its first request pays no first-use cost.
+        let output = match self.info.task {
+            Task::Classify | Task::Rerank => Output::Scores,
+            Task::SparseEmbed => Output::Sparse,
+            Task::Embed | Task::Generate => Output::Pooled,
+        };
+        for range in [0..1, 0..2, 2..3] {
+            let outputs = vec![output; range.len()];
+            self.embedder.run(&ids[range], &outputs)?;
+        }
         Ok(started.elapsed())
     }
 }
@@ -190,6 +213,8 @@ pub struct BatchOutput {
 pub struct EngineBatch {
     pub sequences: Vec<Vec<u32>>,
     pub outputs: Vec<Output>,
+    /// Segment ids of pair inputs: empty (no pairs), or one entry per sequence.
+    pub type_ids: Vec<Option<Vec<u32>>>,
 }
 
 /// Whether the inference thread can take work (TEI's `Backend::health`).
@@ -198,7 +223,8 @@ pub struct EngineBatch {
 pub enum EngineHealth {
     /// Idle, or busy for less than the stuck threshold.
     Running,
-    /// One batch has been running for longer than the threshold.
+    /// One batch has been running for longer than the threshold, or work has been queued that
+    /// long while the thread took none of it (`busy_ms` is that time).
     Stuck { busy_ms: u64 },
     /// The thread is gone (it panicked outside a batch, or the engine was shut down).
     Stopped,
@@ -211,16 +237,63 @@ enum Job {
     Run(Box<dyn FnOnce() + Send>, oneshot::Sender<()>),
 }
 
-/// Milliseconds since `epoch` plus one while the engine thread works on a job, 0 while idle.
+/// What the engine thread is doing, for [`Engine::health`]: `started` is milliseconds since
+/// `epoch` plus one while it works on a job, 0 while idle; `queued` counts jobs sent but not yet
+/// taken, and `waiting` (same encoding) is when the thread last made progress while jobs were
+/// queued. A thread that is merely idle is healthy; one that stops taking queued work (stopped
+/// by a signal, blocked outside a job) is as stuck as one stuck inside a job.
 struct BusySince {
     epoch: Instant,
     started: AtomicU64,
+    queued: AtomicUsize,
+    waiting: AtomicU64,
 }
 
 impl BusySince {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            started: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
+            waiting: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// A job was sent to the thread.
+    fn queue(&self) {
+        if self.queued.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.waiting.store(self.now(), Ordering::Release);
+        }
+    }
+
+    /// The thread took a job from its queue: progress, so the rest waits from now.
+    fn take(&self) {
+        let left = self.queued.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        let waiting = if left == 0 { 0 } else { self.now() };
+        self.waiting.store(waiting, Ordering::Release);
+    }
+
+    /// How long queued work has waited for an idle thread, if any waits.
+    fn waited_for(&self) -> Option<Duration> {
+        if self.started.load(Ordering::Acquire) != 0 || self.queued.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        match self.waiting.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(
+                self.epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(since - 1)),
+            ),
+        }
+    }
+
     fn enter(&self) {
-        let now = self.epoch.elapsed().as_millis() as u64 + 1;
-        self.started.store(now, Ordering::Release);
+        self.started.store(self.now(), Ordering::Release);
     }
 
     fn leave(&self) {
@@ -255,10 +328,7 @@ impl Engine {
     pub fn start(model: LoadedModel) -> std::io::Result<Self> {
         let (jobs, inbox) = mpsc::channel::<Job>();
         let embedder = model.embedder;
-        let busy = Arc::new(BusySince {
-            epoch: Instant::now(),
-            started: AtomicU64::new(0),
-        });
+        let busy = Arc::new(BusySince::new());
         let thread_busy = busy.clone();
         let thread = std::thread::Builder::new()
             .name("sealserve-engine".into())
@@ -282,7 +352,8 @@ impl Engine {
         &self.info
     }
 
-    /// Whether the thread is alive and not stuck on one job for longer than `stuck_after`.
+    /// Whether the thread is alive, not stuck on one job for longer than `stuck_after`, and not
+    /// leaving queued work untouched for that long.
     pub fn health(&self, stuck_after: Duration) -> EngineHealth {
         let gone = self.jobs.is_none()
             || self
@@ -292,7 +363,7 @@ impl Engine {
         if gone {
             return EngineHealth::Stopped;
         }
-        match self.busy.busy_for() {
+        match self.busy.busy_for().or_else(|| self.busy.waited_for()) {
             Some(busy) if busy > stuck_after => EngineHealth::Stuck {
                 busy_ms: busy.as_millis() as u64,
             },
@@ -307,9 +378,11 @@ impl Engine {
     ) -> oneshot::Receiver<Result<BatchOutput, EngineError>> {
         let (reply, receiver) = oneshot::channel();
         let job = Job::Embed { batch, reply };
+        self.busy.queue();
         if let Some(Err(mpsc::SendError(Job::Embed { reply, .. }))) =
             self.jobs.as_ref().map(|jobs| jobs.send(job))
         {
+            self.busy.take();
             let _ = reply.send(Err(EngineError::Stopped));
         }
         receiver
@@ -318,11 +391,12 @@ impl Engine {
     /// Runs `task` on the engine thread and waits for it (used to apply per-thread hardening).
     pub fn run_on_engine_thread(&self, task: Box<dyn FnOnce() + Send>) -> Result<(), EngineError> {
         let (done, wait) = oneshot::channel();
-        self.jobs
-            .as_ref()
-            .ok_or(EngineError::Stopped)?
-            .send(Job::Run(task, done))
-            .map_err(|_| EngineError::Stopped)?;
+        let jobs = self.jobs.as_ref().ok_or(EngineError::Stopped)?;
+        self.busy.queue();
+        if jobs.send(Job::Run(task, done)).is_err() {
+            self.busy.take();
+            return Err(EngineError::Stopped);
+        }
         wait.blocking_recv().map_err(|_| EngineError::Stopped)
     }
 }
@@ -338,6 +412,7 @@ impl Drop for Engine {
 
 fn run_engine(embedder: &Embedder, inbox: mpsc::Receiver<Job>, busy: &BusySince) {
     for job in inbox {
+        busy.take();
         match job {
             Job::Embed { batch, reply } => {
                 if reply.is_closed() {
@@ -347,7 +422,7 @@ fn run_engine(embedder: &Embedder, inbox: mpsc::Receiver<Job>, busy: &BusySince)
                 let started = Instant::now();
                 // A panic inside the tensor library must cost one batch, not the server.
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    embedder.run(&batch.sequences, &batch.outputs)
+                    embedder.run_typed(&batch.sequences, &batch.type_ids, &batch.outputs)
                 }));
                 busy.leave();
                 let result = match outcome {
@@ -367,5 +442,40 @@ fn run_engine(embedder: &Embedder, inbox: mpsc::Receiver<Job>, busy: &BusySince)
                 let _ = done.send(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread that stops taking queued work (stopped between jobs, blocked outside one) is
+    /// reported like one stuck inside a job; an idle thread with nothing queued is not.
+    #[test]
+    fn queued_work_an_idle_thread_leaves_untouched_counts_as_waiting() {
+        let busy = BusySince::new();
+        assert_eq!(busy.waited_for(), None, "idle, nothing queued");
+        busy.queue();
+        std::thread::sleep(Duration::from_millis(40));
+        let waited = busy.waited_for().expect("a queued job waits");
+        assert!(waited >= Duration::from_millis(30), "{waited:?}");
+        busy.take();
+        assert_eq!(busy.waited_for(), None, "taken: nothing waits");
+
+        // Two queued, one taken after a while: the other waits from that progress on.
+        busy.queue();
+        busy.queue();
+        std::thread::sleep(Duration::from_millis(40));
+        busy.take();
+        let waited = busy.waited_for().expect("one job still waits");
+        assert!(waited < Duration::from_millis(30), "{waited:?}");
+
+        // While a job runs, `busy_for` speaks for the thread, not the queue.
+        busy.enter();
+        assert_eq!(busy.waited_for(), None);
+        assert!(busy.busy_for().is_some());
+        busy.leave();
+        busy.take();
+        assert_eq!(busy.waited_for(), None);
     }
 }

@@ -16,6 +16,7 @@ pub mod sampling;
 mod scheduler;
 pub mod stop;
 
+use crate::engine::TokenInfo;
 use crate::model::llama::tokenizer::{TextTokenizer, TokenizerError};
 use crate::model::llama::{Gguf, LlamaLoadError, LlamaModel};
 pub use chat::{ChatError, ChatMessage, ChatTemplate};
@@ -25,30 +26,42 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Scheduler limits.
+/// Scheduler limits. `serve` fills them from the flags the embedding batcher reads
+/// (`ServeArgs::generation_config`): `--max-batch-size` is `max_batch`, `--max-batch-tokens`
+/// `max_step_tokens`, `--max-concurrent-requests` `max_concurrent_requests`.
 #[derive(Clone, Debug)]
 pub struct GeneratorConfig {
-    /// Sequences decoded together (batch slots).
+    /// Sequences decoded together (batch slots); more wait in the queue.
     pub max_batch: usize,
-    /// Requests allowed to wait for a slot; more are refused (429).
-    pub max_queue: usize,
+    /// Requests in flight, queued or generating; more are refused at once (429).
+    pub max_concurrent_requests: usize,
     /// Longest sequence (prompt + generated), capped by the model's own context length.
     pub max_context: usize,
     /// Prompt tokens one step may process for one sequence, so a long prompt is prefilled in
     /// chunks between decode steps of the others instead of stalling them.
     pub prefill_chunk: usize,
-    /// Tokens one step may process in total (decode tokens count first).
+    /// Tokens one step may process in total (decode tokens count first); at least `max_batch`,
+    /// so every slot can decode and a waiting prompt still gets a chunk.
     pub max_step_tokens: usize,
+}
+
+impl GeneratorConfig {
+    /// Batch slots when `--max-batch-size` is not given (the engine's fixed value before the
+    /// flag drove it): every stream decoding at once lengthens each one's inter-token time.
+    pub const DEFAULT_MAX_BATCH: usize = 16;
+    /// Tokens per step when `--max-batch-tokens` is not given: a step's prefill share is bounded
+    /// so the decoding streams wait at most one such step for a new prompt.
+    pub const DEFAULT_MAX_STEP_TOKENS: usize = 256;
 }
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
         Self {
-            max_batch: 16,
-            max_queue: 64,
+            max_batch: Self::DEFAULT_MAX_BATCH,
+            max_concurrent_requests: crate::limits::Limits::DEFAULT.max_concurrent_requests.get(),
             max_context: 4096,
             prefill_chunk: 128,
-            max_step_tokens: 256,
+            max_step_tokens: Self::DEFAULT_MAX_STEP_TOKENS,
         }
     }
 }
@@ -151,7 +164,7 @@ pub enum Event {
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     /// 429.
-    #[error("the generation queue is full ({limit} requests waiting); retry later")]
+    #[error("{limit} requests are in flight (queued or generating), the --max-concurrent-requests limit; retry later")]
     QueueFull { limit: usize },
     /// 422.
     #[error("prompt has {prompt_tokens} tokens and {max_tokens} more were asked for, over the {max_context}-token context limit")]
@@ -206,6 +219,9 @@ pub struct Stats {
 /// A snapshot of [`Stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
+    /// Requests submitted and not yet answered (queued or active): what
+    /// `max_concurrent_requests` bounds.
+    pub in_flight: usize,
     pub queued: usize,
     pub active: usize,
     pub completed: u64,
@@ -224,6 +240,29 @@ struct Queued {
     max_tokens: usize,
     events: mpsc::UnboundedSender<Event>,
     submitted: std::time::Instant,
+    ticket: Ticket,
+}
+
+/// A request's place in `max_concurrent_requests`, from submission until its last event is
+/// sent ([`Ticket::release`], before that event, so a client that submits again on seeing
+/// it is not refused) or it is dropped (cancelled, failed, shut down).
+struct Ticket {
+    in_flight: Arc<AtomicUsize>,
+    held: bool,
+}
+
+impl Ticket {
+    fn release(&mut self) {
+        if std::mem::take(&mut self.held) {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// State shared by the handle and the scheduler thread.
@@ -232,7 +271,15 @@ struct Shared {
     wake: Condvar,
     shutdown: std::sync::atomic::AtomicBool,
     stats: Stats,
+    /// Requests holding a [`Ticket`] (its own `Arc`: tickets sit in the queue inside `Shared`).
+    in_flight: Arc<AtomicUsize>,
+    /// Tasks to run on the scheduler thread between steps (see [`Generator::run_on_scheduler`]).
+    control: Mutex<Vec<ControlTask>>,
+    control_pending: std::sync::atomic::AtomicBool,
 }
+
+/// A task for the scheduler thread.
+type ControlTask = Box<dyn FnOnce() + Send>;
 
 /// The model, its tokenizer and chat template: what the scheduler runs and what callers need
 /// to prepare requests.
@@ -265,6 +312,41 @@ impl TextModel {
             chat_template,
         })
     }
+
+    /// The tokens of `text` as `/tokenize` shows them (TEI's shape): id, text, whether it is a
+    /// control token, byte span in `text`. With `add_special_tokens`, a BOS comes first when
+    /// the GGUF asks for one (as for a completion prompt); special-token text in `text` (e.g.
+    /// `<|im_start|>`) is always its one token, as generation reads it. A token's text is the
+    /// slice of `text` it came from (TEI's rule; a character split over two tokens shows whole
+    /// in both), a control token's its own text.
+    pub fn describe_tokens(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<Vec<TokenInfo>, TokenizerError> {
+        let tokens = self
+            .tokenizer
+            .encode_with_offsets(text, add_special_tokens)?;
+        Ok(tokens
+            .into_iter()
+            .map(|(id, (start, stop))| {
+                let special = self.tokenizer.is_special(id);
+                let text = match text.as_bytes().get(start..stop) {
+                    Some(span) if !special && start < stop => {
+                        String::from_utf8_lossy(span).into_owned()
+                    }
+                    _ => String::from_utf8_lossy(self.tokenizer.token_bytes(id)).into_owned(),
+                };
+                TokenInfo {
+                    id,
+                    text,
+                    special,
+                    start,
+                    stop,
+                }
+            })
+            .collect())
+    }
 }
 
 /// Handle to the generation engine. Cheap to share behind an `Arc`; dropping the last handle
@@ -284,13 +366,17 @@ impl Generator {
             .min(model.model.config().context_length)
             .max(1);
         config.max_batch = config.max_batch.max(1);
+        config.max_concurrent_requests = config.max_concurrent_requests.max(1);
         config.prefill_chunk = config.prefill_chunk.max(1);
-        config.max_step_tokens = config.max_step_tokens.max(config.max_batch + 1);
+        config.max_step_tokens = config.max_step_tokens.max(config.max_batch);
         let shared = Arc::new(Shared {
             queue: Mutex::new(Default::default()),
             wake: Condvar::new(),
             shutdown: Default::default(),
             stats: Stats::default(),
+            in_flight: Default::default(),
+            control: Mutex::new(Vec::new()),
+            control_pending: Default::default(),
         });
         let thread = std::thread::Builder::new()
             .name("sealserve-generate".into())
@@ -310,6 +396,41 @@ impl Generator {
     /// The loaded model (tokenizer, chat template, config).
     pub fn model(&self) -> &TextModel {
         &self.model
+    }
+
+    /// Whether the scheduler thread is still running (readiness: a thread that ended, e.g. by a
+    /// panic, serves nothing).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Runs `task` on the scheduler thread, between two steps, and waits for it (at most
+    /// `limit`). Per-thread hardening (Landlock) must run on the thread it restricts.
+    pub fn run_on_scheduler(
+        &self,
+        task: Box<dyn FnOnce() + Send>,
+        limit: Duration,
+    ) -> Result<(), String> {
+        if !self.is_running() {
+            return Err("the generation thread is not running".into());
+        }
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let task: ControlTask = Box::new(move || {
+            task();
+            let _ = done_tx.send(());
+        });
+        self.shared
+            .control
+            .lock()
+            .map_err(|_| "the generation thread's task list is poisoned".to_string())?
+            .push(task);
+        self.shared.control_pending.store(true, Ordering::Release);
+        // Under the queue lock, so the wake-up cannot fall between its check and its wait.
+        drop(self.shared.queue.lock());
+        self.shared.wake.notify_all();
+        done_rx
+            .recv_timeout(limit)
+            .map_err(|_| format!("the generation thread did not run the task within {limit:?}"))
     }
 
     /// The effective limits.
@@ -361,17 +482,25 @@ impl Generator {
                 .queue
                 .lock()
                 .map_err(|_| SubmitError::ShuttingDown)?;
-            if queue.len() >= self.config.max_queue {
+            // Taken under the queue lock, so two submissions cannot both take the last place
+            // (tickets are given back without the lock, which only frees places).
+            let in_flight = &self.shared.in_flight;
+            if in_flight.load(Ordering::Acquire) >= self.config.max_concurrent_requests {
                 return Err(SubmitError::QueueFull {
-                    limit: self.config.max_queue,
+                    limit: self.config.max_concurrent_requests,
                 });
             }
+            in_flight.fetch_add(1, Ordering::AcqRel);
             queue.push_back(Queued {
                 prompt,
                 request,
                 max_tokens,
                 events: tx,
                 submitted: std::time::Instant::now(),
+                ticket: Ticket {
+                    in_flight: self.shared.in_flight.clone(),
+                    held: true,
+                },
             });
             self.shared
                 .stats
@@ -419,6 +548,7 @@ impl Generator {
     pub fn stats(&self) -> StatsSnapshot {
         let s = &self.shared.stats;
         StatsSnapshot {
+            in_flight: self.shared.in_flight.load(Ordering::Acquire),
             queued: s.queued.load(Ordering::Relaxed),
             active: s.active.load(Ordering::Relaxed),
             completed: s.completed.load(Ordering::Relaxed),

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 /// Decoding settings of one request (OpenAI / TGI names and meanings).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {
-    /// 0 means greedy (argmax; ties go to the lowest id).
+    /// 0 means greedy (argmax; ties go to the lowest id), as does anything below [`GREEDY_BELOW`].
     pub temperature: f32,
     /// Nucleus: keep the most likely tokens whose probabilities sum to at least this. 1 = off.
     pub top_p: f32,
@@ -104,6 +104,10 @@ pub struct TokenLogprob {
     pub top: Vec<(u32, f32)>,
 }
 
+/// Temperatures below this decode greedily (vLLM's rule): dividing logits by a smaller one
+/// overflows f32, and the draw would be argmax anyway.
+pub const GREEDY_BELOW: f32 = 1e-5;
+
 /// Per-sequence sampling state: the generator and token counts for the penalties.
 pub struct Sampler {
     params: SamplingParams,
@@ -141,7 +145,7 @@ impl Sampler {
     pub fn sample(&mut self, logits: &mut [f32]) -> (u32, Option<TokenLogprob>) {
         self.apply_penalties(logits);
         let logprobs = self.params.logprobs.map(|n| (n, log_softmax(logits)));
-        let id = if self.params.temperature == 0.0 {
+        let id = if self.params.temperature < GREEDY_BELOW {
             argmax(logits)
         } else {
             self.draw(logits)
@@ -174,11 +178,14 @@ impl Sampler {
             let seen = self.prompt.iter().chain(self.counts.keys());
             for &t in seen {
                 if let Some(l) = logits.get_mut(t as usize) {
+                    // Clamped: an extreme penalty must not make a logit infinite (the draw and
+                    // the log-probabilities would turn NaN).
                     *l = if *l > 0.0 {
                         *l / p.repetition_penalty
                     } else {
                         *l * p.repetition_penalty
-                    };
+                    }
+                    .clamp(-f32::MAX, f32::MAX);
                 }
             }
         }
@@ -270,6 +277,23 @@ mod tests {
     fn greedy_picks_the_largest_and_ties_go_low() {
         let mut s = sampler(SamplingParams::greedy());
         assert_eq!(s.sample(&mut [0.0, 3.0, 1.0, 3.0]).0, 1);
+    }
+
+    #[test]
+    fn extreme_temperature_and_penalty_give_finite_log_probabilities() {
+        let params = SamplingParams {
+            temperature: f32::from_bits(1),
+            repetition_penalty: f32::from_bits(1),
+            logprobs: Some(0),
+            seed: Some(1),
+            ..SamplingParams::default()
+        };
+        let mut s = Sampler::new(params, &[2]);
+        let (id, logprob) = s.sample(&mut [0.0, 3.0, 1.0, 4.0]);
+        // Token 2 (seen in the prompt) is pushed to f32's largest logit, not to infinity.
+        assert_eq!(id, 2);
+        let logprob = logprob.expect("asked for");
+        assert!(logprob.logprob.is_finite(), "{logprob:?}");
     }
 
     #[test]

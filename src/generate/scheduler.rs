@@ -66,9 +66,13 @@ pub(super) fn run(model: &TextModel, shared: &Shared, config: &GeneratorConfig) 
             let Ok(mut queue) = shared.queue.lock() else {
                 return;
             };
+            run_control_tasks(shared);
             while active.is_empty() && queue.is_empty() {
                 if shared.shutdown.load(Ordering::Acquire) {
                     return;
+                }
+                if shared.control_pending.load(Ordering::Acquire) {
+                    break;
                 }
                 queue = match shared.wake.wait(queue) {
                     Ok(q) => q,
@@ -114,6 +118,21 @@ pub(super) fn run(model: &TextModel, shared: &Shared, config: &GeneratorConfig) 
         }
         step(model, shared, config, &mut active, &mut scratch);
         shared.stats.active.store(active.len(), Ordering::Relaxed);
+    }
+}
+
+/// Runs the tasks handed to this thread with `Generator::run_on_scheduler` (per-thread
+/// hardening), between steps.
+fn run_control_tasks(shared: &Shared) {
+    if !shared.control_pending.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    let tasks = match shared.control.lock() {
+        Ok(mut tasks) => std::mem::take(&mut *tasks),
+        Err(_) => return,
+    };
+    for task in tasks {
+        task();
     }
 }
 
@@ -196,10 +215,11 @@ fn step(
             // A failed step poisons every planned sequence's cache: end them all with the error.
             let failed: HashSet<usize> = plan.iter().map(|p| p.0).collect();
             let mut i = 0;
-            active.retain(|a| {
+            active.retain_mut(|a| {
                 let keep = !failed.contains(&i);
                 i += 1;
                 if !keep {
+                    a.queued.ticket.release();
                     let _ = a
                         .queued
                         .events
@@ -288,6 +308,10 @@ fn step(
             prompt_tokens: a.queued.prompt.len(),
             completion_tokens: a.generated.len(),
         };
+        // Counted before the answer goes out, so whoever has received `Done` also sees it in
+        // the stats (the engine tests read `completed` right after draining their streams).
+        shared.stats.completed.fetch_add(1, Ordering::Relaxed);
+        a.queued.ticket.release();
         let _ = a.queued.events.send(Event::Done(Completion {
             text,
             tokens: std::mem::take(&mut a.generated),
@@ -298,7 +322,6 @@ fn step(
                 .map_or(0.0, |t| (t - a.queued.submitted).as_secs_f64()),
             total_time: a.queued.submitted.elapsed().as_secs_f64(),
         }));
-        shared.stats.completed.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(m::REQUESTS, "reason" => reason.as_str()).increment(1);
     }
 

@@ -30,6 +30,10 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// Shutting down, or the engine has stopped.
     Unavailable,
+    /// The served model cannot do what was asked: a route of another task or of the other
+    /// model kind (an embedding route on a generation model, or back), or a head that gave NaN.
+    /// TEI answers these 424 (`backend`), so one kind and one status serve them all.
+    Unsupported,
     /// A failure inside the server.
     Internal,
 }
@@ -47,6 +51,7 @@ impl ErrorKind {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unsupported => StatusCode::FAILED_DEPENDENCY,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -61,7 +66,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::Unavailable => "unhealthy",
-            ErrorKind::Internal => "backend",
+            ErrorKind::Internal | ErrorKind::Unsupported => "backend",
         }
     }
 
@@ -73,7 +78,8 @@ impl ErrorKind {
             | ErrorKind::TooManyInputs
             | ErrorKind::PayloadTooLarge
             | ErrorKind::NotFound
-            | ErrorKind::MethodNotAllowed => "invalid_request_error",
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::Unsupported => "invalid_request_error",
             ErrorKind::Overloaded => "rate_limit_exceeded",
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Unavailable | ErrorKind::Internal => "server_error",
@@ -137,6 +143,7 @@ impl ApiError {
             InferError::Overloaded { .. } => ErrorKind::Overloaded,
             InferError::Stopped => ErrorKind::Unavailable,
             InferError::Internal(_) => ErrorKind::Internal,
+            InferError::WrongTask { .. } | InferError::NanScore => ErrorKind::Unsupported,
         };
         Self::new(family, kind, error.to_string())
     }
@@ -240,6 +247,21 @@ mod tests {
                 429,
                 "overloaded",
                 "rate_limit_exceeded",
+            ),
+            (
+                InferError::WrongTask {
+                    operation: crate::infer::Operation::Rerank,
+                    served: crate::infer::ModelKind::Classifier,
+                },
+                424,
+                "backend",
+                "invalid_request_error",
+            ),
+            (
+                InferError::NanScore,
+                424,
+                "backend",
+                "invalid_request_error",
             ),
             (InferError::Stopped, 503, "unhealthy", "server_error"),
             (

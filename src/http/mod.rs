@@ -4,7 +4,10 @@
 //! ([`crate::infer::Infer`]) and maps its errors to a status and a family's body (`error`).
 
 pub mod auth;
+pub mod connections;
 pub mod error;
+pub mod generate;
+pub mod openai_completions;
 pub mod openapi;
 pub mod routes;
 pub mod types;
@@ -28,13 +31,16 @@ use tokio::net::TcpListener;
 pub use types::SignatureKind;
 
 /// Provenance of the running model, shown by /info.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct BundleInfo {
     pub manifest_sha256: String,
     pub key_fingerprint: String,
     pub key_id: String,
     pub signature: SignatureKind,
     pub trusted_keys_pinned: bool,
+    /// How the signing key was accepted: `pinned`, or `unpinned` under `--allow-unpinned`.
+    #[schema(value_type = String, example = "pinned")]
+    pub trust: crate::bundle::TrustState,
     /// Where the bundle came from and what loading it cost (time, throughput).
     pub load: crate::remote::LoadReport,
 }
@@ -58,8 +64,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", post(routes::root))
         .route("/embed", post(routes::embed))
         .route("/embed_all", post(routes::embed_all))
+        .route("/embed_sparse", post(routes::embed_sparse))
+        .route("/predict", post(routes::predict))
+        .route("/rerank", post(routes::rerank))
         .route("/similarity", post(routes::similarity))
         .route("/v1/embeddings", post(routes::openai_embeddings))
+        .route("/v1/chat/completions", post(routes::generation_only))
+        .route("/v1/completions", post(routes::generation_only))
+        .route("/generate", post(routes::generation_only))
+        .route("/generate_stream", post(routes::generation_only))
         .route("/v1/models", get(routes::openai_models))
         // Model ids contain '/', so the id is the rest of the path.
         .route("/v1/models/{*id}", get(routes::openai_model_by_id))
@@ -89,7 +102,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn not_found(request: Request) -> ApiError {
+pub(crate) async fn not_found(request: Request) -> ApiError {
     let path = request.uri().path().to_string();
     ApiError::new(
         ApiFamily::for_path(&path),
@@ -183,19 +196,34 @@ pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     grace: Duration,
+    limits: connections::ConnectionLimits,
 ) -> std::io::Result<()> {
     let ready = state.ready.clone();
+    serve_app(listener, router(state), ready, grace, limits).await
+}
+
+/// [`serve`] for any router (the generation router, `generate::generation_router`): `ready`
+/// turns true once serving and false again at shutdown.
+pub async fn serve_app(
+    listener: TcpListener,
+    app: Router,
+    ready: Arc<AtomicBool>,
+    grace: Duration,
+    limits: connections::ConnectionLimits,
+) -> std::io::Result<()> {
     let stopping = Arc::new(tokio::sync::Notify::new());
     let stop_signal = stopping.clone();
-    let app = router(state);
     ready.store(true, Ordering::Release);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = connections::serve(listener, app, limits, async move {
         shutdown_signal().await;
         ready.store(false, Ordering::Release);
         tracing::info!("shutdown requested: no new connections; finishing in-flight requests");
         stop_signal.notify_one();
     });
-    let server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+    let server = std::pin::pin!(async {
+        server.await;
+        Ok(())
+    });
     let deadline = async {
         stopping.notified().await;
         tokio::time::sleep(grace).await;

@@ -4,7 +4,7 @@
 //! what it allows is accepted, what it forbids is refused with 4xx.
 
 use super::{routes, types};
-use crate::infer::Infer;
+use crate::infer::{Infer, ModelKind};
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
@@ -18,6 +18,9 @@ use utoipa::OpenApi;
         routes::root,
         routes::embed,
         routes::embed_all,
+        routes::embed_sparse,
+        routes::predict,
+        routes::rerank,
         routes::similarity,
         routes::openai_embeddings,
         routes::openai_models,
@@ -37,6 +40,16 @@ use utoipa::OpenApi;
         types::EmbedResponse,
         types::EmbedAllRequest,
         types::EmbedAllResponse,
+        types::EmbedSparseRequest,
+        types::EmbedSparseResponse,
+        types::SparseValue,
+        types::PredictInputs,
+        types::PredictRequest,
+        types::PredictResponse,
+        types::Prediction,
+        types::RerankRequest,
+        types::RerankResponse,
+        types::Rank,
         types::SimilarityInput,
         types::SimilarityParameters,
         types::SimilarityRequest,
@@ -78,6 +91,46 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// Routes only an embedding model answers.
+const EMBEDDING_PATHS: &[&str] = &[
+    "/embed",
+    "/embed_all",
+    "/similarity",
+    "/v1/embeddings",
+    "/model",
+];
+
+/// What the served kind of model answers: the task routes it does not serve (they answer 424)
+/// are left out of its document, and `POST /` takes and returns that task's bodies (request and
+/// response schema names; `None` keeps the embedding model's `RootRequest` / `RootResponse`).
+fn task_routes(kind: ModelKind) -> (Vec<&'static str>, Option<(&'static str, &'static str)>) {
+    let mut absent: Vec<&'static str> = Vec::new();
+    let heads = ["/predict", "/rerank", "/embed_sparse"];
+    let root = match kind {
+        ModelKind::Embedding => {
+            absent.extend(heads);
+            None
+        }
+        ModelKind::Classifier => {
+            absent.extend(EMBEDDING_PATHS.iter().chain(&["/rerank", "/embed_sparse"]));
+            Some(("PredictRequest", "PredictResponse"))
+        }
+        ModelKind::Reranker => {
+            absent.extend(EMBEDDING_PATHS.iter().chain(&["/embed_sparse"]));
+            Some(("RerankRequest", "RerankResponse"))
+        }
+        ModelKind::SparseEmbedding => {
+            absent.extend(EMBEDDING_PATHS.iter().chain(&["/predict", "/rerank"]));
+            Some(("EmbedSparseRequest", "EmbedSparseResponse"))
+        }
+        ModelKind::Generation => {
+            absent.extend(EMBEDDING_PATHS.iter().chain(&heads).chain(&["/"]));
+            None
+        }
+    };
+    (absent, root)
+}
+
 /// Bounds that depend on the served model and the flags.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bounds {
@@ -89,6 +142,8 @@ pub struct Bounds {
     pub prompt_names: Vec<String>,
     /// The model id `/v1/models/{id}` answers for.
     pub model_id: String,
+    /// What the model does: which task routes the document lists.
+    pub kind: ModelKind,
 }
 
 /// The document served at /openapi.json: [`openapi_document`] with the bounds of `infer`.
@@ -98,6 +153,7 @@ pub fn document_for(infer: &Infer) -> Value {
         dimensions: infer.model().dimensions,
         prompt_names: infer.model().prompts.keys().cloned().collect(),
         model_id: infer.model().model_id.clone(),
+        kind: infer.kind(),
     })
 }
 
@@ -108,6 +164,31 @@ pub fn document_with(bounds: &Bounds) -> Value {
         // The one id there is (other ids get 404).
         *id = json!({"type": "string", "enum": [bounds.model_id]});
     }
+    let (absent, root) = task_routes(bounds.kind);
+    if let Some(paths) = document
+        .pointer_mut("/paths")
+        .and_then(Value::as_object_mut)
+    {
+        for path in absent {
+            paths.remove(path);
+        }
+    }
+    if let Some((request, response)) = root {
+        for (pointer, name) in [
+            (
+                "/paths/~1/post/requestBody/content/application~1json/schema",
+                request,
+            ),
+            (
+                "/paths/~1/post/responses/200/content/application~1json/schema",
+                response,
+            ),
+        ] {
+            if let Some(schema) = document.pointer_mut(pointer) {
+                *schema = json!({"$ref": format!("#/components/schemas/{name}")});
+            }
+        }
+    }
     let Some(schemas) = document
         .pointer_mut("/components/schemas")
         .and_then(Value::as_object_mut)
@@ -115,28 +196,31 @@ pub fn document_with(bounds: &Bounds) -> Value {
         return document;
     };
     let string = json!({"type": "string"});
-    let token_id = json!({"type": "integer", "minimum": 0, "maximum": u32::MAX});
+    bound_inputs(schemas, bounds.max_inputs);
+    let pair = json!({"type": "array", "items": string, "minItems": 2, "maxItems": 2});
     schemas.insert(
-        "Input".into(),
+        "PredictInputs".into(),
         json!({
-            "description": "One text, or a non-empty list of texts.",
-            "oneOf": [
+            "description": "A text, a pair [text, text_pair], or a non-empty list of texts and pairs (a list of exactly two texts is one pair).",
+            "anyOf": [
                 string,
-                {"type": "array", "items": string, "minItems": 1, "maxItems": bounds.max_inputs},
+                pair,
+                {"type": "array", "items": {"anyOf": [string, pair]}, "minItems": 1, "maxItems": bounds.max_inputs},
             ],
         }),
     );
-    schemas.insert(
-        "InputIds".into(),
-        json!({
-            "description": "One id sequence, or a non-empty list of them.",
-            "oneOf": [
-                {"type": "array", "items": token_id},
-                {"type": "array", "items": {"type": "array", "items": token_id},
-                 "minItems": 1, "maxItems": bounds.max_inputs},
-            ],
-        }),
-    );
+    if let Some(texts) = schemas
+        .get_mut("RerankRequest")
+        .and_then(|s| s.pointer_mut("/properties/texts"))
+    {
+        *texts = json!({
+            "description": "Candidate texts; each is scored as the pair (query, text).",
+            "type": "array",
+            "items": string,
+            "minItems": 1,
+            "maxItems": bounds.max_inputs,
+        });
+    }
     schemas.insert(
         "TruncationDirection".into(),
         json!({
@@ -199,6 +283,266 @@ pub fn document_with(bounds: &Bounds) -> Value {
     document
 }
 
+/// What makes a generation server's document exact (see [`exact_generation_document`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GenerationBounds {
+    /// `--max-client-batch-size`: inputs of `/tokenize` and `/decode`.
+    pub max_inputs: usize,
+    /// Token ids of a prompt are below it.
+    pub vocab_size: usize,
+    /// The model id `/v1/models/{id}` answers for.
+    pub model_id: String,
+}
+
+/// The generation server's document ([`crate::http::generate::generation_openapi_document`])
+/// made exact, so that what it allows is accepted and what it forbids is refused (schemathesis
+/// checks both): the served model's id and vocabulary, the input counts, non-empty prompts,
+/// messages and stop strings, text-only message parts, integers within what the server parses,
+/// the TGI parameters it refuses, `stream_options` only with `stream: true`, and no streaming on
+/// CML's `/model`.
+pub fn exact_generation_document(mut document: Value, bounds: &GenerationBounds) -> Value {
+    if let Some(id) = document.pointer_mut("/paths/~1v1~1models~1{id}/get/parameters/0/schema") {
+        // The one id there is (other ids get 404).
+        *id = json!({"type": "string", "enum": [bounds.model_id]});
+    }
+    // Each server-sent event: `data` is one JSON object (or OpenAI's closing `[DONE]`).
+    for (path, event, error, done) in [
+        (
+            "v1~1chat~1completions",
+            "ChatCompletionChunk",
+            "OpenAiErrorBody",
+            true,
+        ),
+        (
+            "v1~1completions",
+            "TextCompletionChunk",
+            "OpenAiErrorBody",
+            true,
+        ),
+        ("generate_stream", "TgiStreamResponse", "ErrorBody", false),
+        ("", "TgiStreamResponse", "ErrorBody", false),
+    ] {
+        let pointer = format!("/paths/~1{path}/post/responses/200/content");
+        if let Some(content) = document
+            .pointer_mut(&pointer)
+            .and_then(Value::as_object_mut)
+        {
+            content.insert(
+                "text/event-stream".into(),
+                json!({"schema": sse_event(event, error, done)}),
+            );
+        }
+    }
+    let Some(schemas) = document
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    else {
+        return document;
+    };
+    bound_inputs(schemas, bounds.max_inputs);
+    let text = json!({"type": "string", "minLength": 1});
+    let token_id =
+        json!({"type": "integer", "minimum": 0, "maximum": bounds.vocab_size.saturating_sub(1)});
+    let mut set = |schema: &str, property: &str, value: Value| {
+        if let Some(slot) = schemas
+            .get_mut(schema)
+            .and_then(|s| property_mut(s, property))
+        {
+            *slot = value;
+        }
+    };
+    set(
+        "TokenizeRequest",
+        "prompt_name",
+        json!({
+            "description": "Not for a generation model (it has no sentence-transformers prompts): absent or null.",
+            "type": "null",
+        }),
+    );
+    set(
+        "ChatBody",
+        "messages",
+        json!({
+            "type": "array", "items": {"$ref": "#/components/schemas/Message"}, "minItems": 1,
+        }),
+    );
+    set("Part", "type", json!({"type": "string", "enum": ["text"]}));
+    set("Part", "text", json!({"type": "string"}));
+    set("TgiRequest", "inputs", text.clone());
+    set(
+        "TgiParameters",
+        "stop",
+        json!({"type": ["array", "null"], "items": text}),
+    );
+    for (name, value) in [
+        ("best_of", json!([1, null])),
+        ("decoder_input_details", json!([false, null])),
+        ("top_n_tokens", json!([0, null])),
+        ("watermark", json!([false, null])),
+    ] {
+        set(
+            "TgiParameters",
+            name,
+            json!({"description": "Only this value is supported.", "enum": value}),
+        );
+    }
+    for name in ["truncate", "typical_p", "grammar", "adapter_id"] {
+        set(
+            "TgiParameters",
+            name,
+            json!({"description": "Not supported: absent or null.", "type": "null"}),
+        );
+    }
+    let seed = json!({"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX});
+    set("TgiParameters", "seed", seed.clone());
+    set("Common", "seed", seed);
+    if let Some(part) = schemas.get_mut("Part") {
+        part["required"] = json!(["type", "text"]);
+    }
+    if let Some(parameters) = schemas.get_mut("TgiParameters") {
+        // Unknown parameter names are refused, not ignored.
+        parameters["additionalProperties"] = json!(false);
+    }
+    schemas.insert(
+        "Stop".into(),
+        json!({"description": "A stop string or a list of them (none empty).",
+               "oneOf": [text, {"type": "array", "items": text}]}),
+    );
+    schemas.insert(
+        "CompletionPrompt".into(),
+        json!({"description": "The prompt: text, or its token ids.",
+               "oneOf": [text, {"type": "array", "items": token_id, "minItems": 1}]}),
+    );
+    if let Some(common) = schemas.get_mut("Common").and_then(Value::as_object_mut) {
+        // stream_options only with "stream": true.
+        common.insert(
+            "if".into(),
+            json!({"required": ["stream_options"],
+                   "properties": {"stream_options": {"not": {"type": "null"}}}}),
+        );
+        common.insert(
+            "then".into(),
+            json!({"required": ["stream"], "properties": {"stream": {"const": true}}}),
+        );
+    }
+    // A chat or a completion body (a body with both is read as chat), never streamed.
+    if let Some(input) = schemas.get_mut("CmlGenerationInput") {
+        let branches = input.get("oneOf").cloned().unwrap_or_else(|| json!([]));
+        *input = json!({
+            "description": "A chat body (messages) or a text-completion body (prompt), without streaming.",
+            "allOf": [
+                {"anyOf": branches},
+                {"properties": {"stream": {"const": false}}},
+            ],
+        });
+    }
+    // Counts are parsed as unsigned 32- or 64-bit integers: larger values are refused.
+    for schema in schemas.values_mut() {
+        bound_unsigned(schema);
+    }
+    document
+}
+
+/// The schema of one server-sent event (OpenAPI before 3.2 describes a stream by its events):
+/// `data` is the JSON of schema `event`, or of the family's error body when generation fails
+/// mid-stream, or `[DONE]` (OpenAI's last event) when `done`.
+fn sse_event(event: &str, error: &str, done: bool) -> Value {
+    let json_data = json!({
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": {"anyOf": [
+            {"$ref": format!("#/components/schemas/{event}")},
+            {"$ref": format!("#/components/schemas/{error}")},
+        ]},
+    });
+    let data = if done {
+        json!({"anyOf": [{"const": "[DONE]"}, json_data]})
+    } else {
+        json_data
+    };
+    json!({
+        "description": format!("One server-sent event: `data` holds a {event} as JSON."),
+        "type": "object",
+        "required": ["data"],
+        "properties": {"data": data, "event": {"const": "message"}},
+    })
+}
+
+/// A property of an object schema, looked up in its `allOf` parts as well (serde's `flatten`).
+fn property_mut<'a>(schema: &'a mut Value, name: &str) -> Option<&'a mut Value> {
+    if schema.pointer(&format!("/properties/{name}")).is_some() {
+        return schema.pointer_mut(&format!("/properties/{name}"));
+    }
+    schema
+        .get_mut("allOf")?
+        .as_array_mut()?
+        .iter_mut()
+        .find_map(|part| part.get_mut("properties")?.get_mut(name))
+}
+
+/// Puts the largest value of its type on every unsigned integer (an integer with a
+/// non-negative `minimum` and no `maximum`: 2^32-1 for a 32-bit `format`, else 2^64-1, as
+/// utoipa writes no format for `usize`) in `schema`, however deep.
+fn bound_unsigned(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let integer = match map.get("type") {
+                Some(Value::String(t)) => t == "integer",
+                Some(Value::Array(types)) => types.iter().any(|t| t == "integer"),
+                _ => false,
+            };
+            let unsigned = integer
+                && map
+                    .get("minimum")
+                    .and_then(Value::as_f64)
+                    .is_some_and(|m| m >= 0.0)
+                && !map.contains_key("maximum");
+            let most = match map.get("format").and_then(Value::as_str) {
+                _ if !unsigned => None,
+                Some("int32" | "uint32") => Some(json!(u32::MAX)),
+                _ => Some(json!(u64::MAX)),
+            };
+            if let Some(most) = most {
+                map.insert("maximum".into(), most);
+            }
+            for value in map.values_mut() {
+                bound_unsigned(value);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_unsigned),
+        _ => {}
+    }
+}
+
+/// The `Input` (texts) and `InputIds` (id sequences) schemas with their count bound,
+/// `--max-client-batch-size`: what `/tokenize` and `/decode` (and the embedding routes) take, on
+/// the embedding and the generation server alike.
+pub(super) fn bound_inputs(schemas: &mut serde_json::Map<String, Value>, max_inputs: usize) {
+    let string = json!({"type": "string"});
+    let token_id = json!({"type": "integer", "minimum": 0, "maximum": u32::MAX});
+    schemas.insert(
+        "Input".into(),
+        json!({
+            "description": "One text, or a non-empty list of texts.",
+            "oneOf": [
+                string,
+                {"type": "array", "items": string, "minItems": 1, "maxItems": max_inputs},
+            ],
+        }),
+    );
+    schemas.insert(
+        "InputIds".into(),
+        json!({
+            "description": "One id sequence, or a non-empty list of them.",
+            "oneOf": [
+                {"type": "array", "items": token_id},
+                {"type": "array", "items": {"type": "array", "items": token_id},
+                 "minItems": 1, "maxItems": max_inputs},
+            ],
+        }),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +553,7 @@ mod tests {
             dimensions: 384,
             prompt_names: vec!["query".into()],
             model_id: "org/model".into(),
+            kind: ModelKind::Embedding,
         }
     }
 
@@ -250,5 +595,36 @@ mod tests {
         ] {
             assert!(doc["paths"][path].is_object(), "{path}");
         }
+    }
+    #[test]
+    fn each_kind_lists_its_task_routes_and_root_bodies() {
+        let doc = |kind| document_with(&Bounds { kind, ..bounds() });
+        let embedder = doc(ModelKind::Embedding);
+        for path in ["/predict", "/rerank", "/embed_sparse"] {
+            assert!(embedder["paths"].get(path).is_none(), "{path}");
+        }
+        let reranker = doc(ModelKind::Reranker);
+        for path in [
+            "/embed",
+            "/embed_all",
+            "/similarity",
+            "/v1/embeddings",
+            "/model",
+        ] {
+            assert!(reranker["paths"].get(path).is_none(), "{path}");
+        }
+        assert!(reranker["paths"]["/rerank"].is_object());
+        assert!(reranker["paths"]["/predict"].is_object());
+        assert_eq!(
+            reranker["paths"]["/"]["post"]["responses"]["200"]["content"]["application/json"]
+                ["schema"]["$ref"],
+            "#/components/schemas/RerankResponse"
+        );
+        let schemas = &reranker["components"]["schemas"];
+        assert_eq!(
+            schemas["RerankRequest"]["properties"]["texts"]["maxItems"],
+            8
+        );
+        assert_eq!(schemas["PredictInputs"]["anyOf"][2]["maxItems"], 8);
     }
 }

@@ -5,14 +5,16 @@
 use super::error::{ApiError, ApiFamily, ErrorKind};
 use super::types::{
     AuthKind, CmlEmbeddings, CmlModelRequest, CmlModelResponse, DecodeRequest, DecodeResponse,
-    EmbedAllRequest, EmbedAllResponse, EmbedRequest, EmbedResponse, EncodingFormat, ErrorBody,
-    Info, InputIds, OpenAiEmbedding, OpenAiEmbeddingValue, OpenAiEmbeddingsRequest,
-    OpenAiEmbeddingsResponse, OpenAiErrorBody, OpenAiModel, OpenAiModelList, OpenAiUsage,
-    RootRequest, RootResponse, SimilarityRequest, SimilarityResponse, SimpleToken, Status,
-    TokenizeRequest, TokenizeResponse,
+    EmbedAllRequest, EmbedAllResponse, EmbedRequest, EmbedResponse, EmbedSparseRequest,
+    EmbedSparseResponse, EncodingFormat, ErrorBody, Info, InputIds, OpenAiEmbedding,
+    OpenAiEmbeddingValue, OpenAiEmbeddingsRequest, OpenAiEmbeddingsResponse, OpenAiErrorBody,
+    OpenAiModel, OpenAiModelList, OpenAiUsage, PredictRequest, PredictResponse, Prediction, Rank,
+    RerankRequest, RerankResponse, RootRequest, RootResponse, SimilarityRequest,
+    SimilarityResponse, SimpleToken, SparseValue, Status, TokenizeRequest, TokenizeResponse,
 };
 use super::AppState;
-use crate::infer::{EmbedOptions, Infer, InferError, ModelKind, Timings};
+use crate::engine::EngineHealth;
+use crate::infer::{EmbedOptions, Infer, InferError, ModelKind, ScoreOptions, Timings};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -24,10 +26,10 @@ use serde::de::DeserializeOwned;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-type Body = Result<Bytes, BytesRejection>;
+pub(super) type Body = Result<Bytes, BytesRejection>;
 
 /// Reads the body, turning a failure into the family's 413/422 error.
-fn body_bytes(family: ApiFamily, body: Body) -> Result<Bytes, ApiError> {
+pub(super) fn body_bytes(family: ApiFamily, body: Body) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -45,13 +47,19 @@ fn body_bytes(family: ApiFamily, body: Body) -> Result<Bytes, ApiError> {
 }
 
 /// Parses a JSON body, turning every failure into the family's 413/422 error.
-fn parse_body<T: DeserializeOwned>(family: ApiFamily, body: Body) -> Result<T, ApiError> {
+pub(super) fn parse_body<T: DeserializeOwned>(
+    family: ApiFamily,
+    body: Body,
+) -> Result<T, ApiError> {
     let bytes = body_bytes(family, body)?;
     parse_json(family, &bytes)
 }
 
 /// Every request body is a JSON object (serde's derive would also take an array of the fields).
-fn parse_json<T: DeserializeOwned>(family: ApiFamily, bytes: &[u8]) -> Result<T, ApiError> {
+pub(super) fn parse_json<T: DeserializeOwned>(
+    family: ApiFamily,
+    bytes: &[u8],
+) -> Result<T, ApiError> {
     if bytes.trim_ascii_start().first() != Some(&b'{') {
         return Err(ApiError::validation(
             family,
@@ -157,18 +165,34 @@ pub async fn embed(State(state): State<Arc<AppState>>, body: Body) -> Result<Res
     Ok((headers, Json(EmbedResponse(vectors))).into_response())
 }
 
-/// TEI's default route: for an embedding model the same as `/embed`; when `inputs` is an object
-/// (`{"source_sentence", "sentences"}`) the sentence-similarity task, as `/similarity`.
+/// TEI's default route, answering as the served model's task: `/predict` for classifiers,
+/// `/rerank` for re-rankers, `/embed_sparse` for SPLADE models; for an embedding model the same
+/// as `/embed`, or, when `inputs` is an object (`{"source_sentence", "sentences"}`), the
+/// sentence-similarity task as `/similarity`.
 #[utoipa::path(post, path = "/", request_body = RootRequest,
-    responses((status = 200, description = "Embeddings, or similarities for a similarity request", body = RootResponse),
+    responses((status = 200, description = "The served task's answer: embeddings, similarities, predictions, ranks or sparse embeddings", body = RootResponse),
               (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 424, body = ErrorBody),
               (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
 pub async fn root(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
     let family = ApiFamily::Tei;
     let bytes = body_bytes(family, body)?;
     match state.infer.kind() {
-        ModelKind::Embedding => {
+        ModelKind::Classifier => {
+            let (headers, response) = predict_request(&state, parse_json(family, &bytes)?).await?;
+            Ok((headers, Json(response)).into_response())
+        }
+        ModelKind::Reranker => {
+            let (headers, response) = rerank_request(&state, parse_json(family, &bytes)?).await?;
+            Ok((headers, Json(response)).into_response())
+        }
+        ModelKind::SparseEmbedding => {
+            let request = parse_json(family, &bytes)?;
+            let (headers, response) = embed_sparse_request(&state, request).await?;
+            Ok((headers, Json(response)).into_response())
+        }
+        ModelKind::Embedding | ModelKind::Generation => {
             let value: serde_json::Value = parse_json(family, &bytes)?;
             if value
                 .get("inputs")
@@ -186,6 +210,169 @@ pub async fn root(State(state): State<Arc<AppState>>, body: Body) -> Result<Resp
             }
         }
     }
+}
+
+fn score_options(
+    infer: &Infer,
+    truncate: Option<bool>,
+    direction: Option<super::types::TruncationDirection>,
+    raw_scores: Option<bool>,
+) -> ScoreOptions {
+    let defaults = infer.default_options();
+    ScoreOptions {
+        truncate: truncate.unwrap_or(defaults.truncate),
+        truncation_direction: direction.map_or(defaults.truncation_direction, Into::into),
+        raw_scores: raw_scores.unwrap_or(false),
+    }
+}
+
+async fn predict_request(
+    state: &AppState,
+    request: PredictRequest,
+) -> Result<(HeaderMap, PredictResponse), ApiError> {
+    let options = score_options(
+        &state.infer,
+        request.truncate,
+        request.truncation_direction,
+        request.raw_scores,
+    );
+    let outcome = state
+        .infer
+        .predict(request.inputs.inputs, &options)
+        .await
+        .map_err(infer_error(ApiFamily::Tei))?;
+    let mut per_input: Vec<Vec<Prediction>> = outcome
+        .value
+        .into_iter()
+        .map(|predictions| {
+            predictions
+                .into_iter()
+                .map(|p| Prediction {
+                    score: p.score,
+                    label: p.label,
+                })
+                .collect()
+        })
+        .collect();
+    let response = if request.inputs.batched {
+        PredictResponse::Batch(per_input)
+    } else {
+        PredictResponse::Single(per_input.pop().unwrap_or_default())
+    };
+    Ok((timing_headers(&outcome.timings), response))
+}
+
+async fn rerank_request(
+    state: &AppState,
+    request: RerankRequest,
+) -> Result<(HeaderMap, RerankResponse), ApiError> {
+    let options = score_options(
+        &state.infer,
+        request.truncate,
+        request.truncation_direction,
+        request.raw_scores,
+    );
+    let texts = request
+        .return_text
+        .unwrap_or(false)
+        .then(|| request.texts.clone());
+    let outcome = state
+        .infer
+        .rerank(request.query, request.texts, &options)
+        .await
+        .map_err(infer_error(ApiFamily::Tei))?;
+    let ranks = outcome
+        .value
+        .into_iter()
+        .map(|rank| Rank {
+            index: rank.index,
+            text: texts.as_ref().and_then(|t| t.get(rank.index).cloned()),
+            score: rank.score,
+        })
+        .collect();
+    Ok((timing_headers(&outcome.timings), RerankResponse(ranks)))
+}
+
+async fn embed_sparse_request(
+    state: &AppState,
+    request: EmbedSparseRequest,
+) -> Result<(HeaderMap, EmbedSparseResponse), ApiError> {
+    let defaults = state.infer.default_options();
+    let options = EmbedOptions {
+        truncate: request.truncate.unwrap_or(defaults.truncate),
+        truncation_direction: request
+            .truncation_direction
+            .map_or(defaults.truncation_direction, Into::into),
+        prompt_name: request.prompt_name,
+        ..defaults
+    };
+    let outcome = state
+        .infer
+        .embed_sparse(request.inputs.into_vec(), &options)
+        .await
+        .map_err(infer_error(ApiFamily::Tei))?;
+    let vectors = outcome
+        .value
+        .into_iter()
+        .map(|weights| {
+            weights
+                .into_iter()
+                .map(|(index, value)| SparseValue {
+                    index: index as usize,
+                    value,
+                })
+                .collect()
+        })
+        .collect();
+    Ok((
+        timing_headers(&outcome.timings),
+        EmbedSparseResponse(vectors),
+    ))
+}
+
+/// TEI `POST /predict`: every label's score per text or pair, highest first. Classifiers and
+/// re-rankers; 424 for other models.
+#[utoipa::path(post, path = "/predict", request_body = PredictRequest,
+    responses((status = 200, description = "Scores per label, per input", body = PredictResponse),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 424, description = "The model is not a classifier", body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn predict(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+    let request: PredictRequest = parse_body(ApiFamily::Tei, body)?;
+    let (headers, response) = predict_request(&state, request).await?;
+    Ok((headers, Json(response)).into_response())
+}
+
+/// TEI `POST /rerank`: the texts ranked by relevance to the query, highest first. Re-rankers
+/// (one-label cross-encoders); 424 for other models.
+#[utoipa::path(post, path = "/rerank", request_body = RerankRequest,
+    responses((status = 200, description = "Texts by relevance", body = RerankResponse),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 424, description = "The model is not a re-ranker", body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn rerank(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+    let request: RerankRequest = parse_body(ApiFamily::Tei, body)?;
+    let (headers, response) = rerank_request(&state, request).await?;
+    Ok((headers, Json(response)).into_response())
+}
+
+/// TEI `POST /embed_sparse`: SPLADE weights per input, as (index, value) pairs. SPLADE models;
+/// 424 for other models.
+#[utoipa::path(post, path = "/embed_sparse", request_body = EmbedSparseRequest,
+    responses((status = 200, description = "Non-zero weights per input", body = EmbedSparseResponse),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 424, description = "The model is not a SPLADE model", body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn embed_sparse(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request: EmbedSparseRequest = parse_body(ApiFamily::Tei, body)?;
+    let (headers, response) = embed_sparse_request(&state, request).await?;
+    Ok((headers, Json(response)).into_response())
 }
 
 /// TEI `POST /embed_all`: every token's final hidden state, per input.
@@ -295,7 +482,7 @@ fn base64_vector(vector: &[f32]) -> String {
 fn openai_model(state: &AppState) -> OpenAiModel {
     OpenAiModel {
         id: state.infer.model().model_id.clone(),
-        object: "model",
+        object: super::types::ModelObject::Model,
         created: state.infer.created(),
         owned_by: "sealserve",
     }
@@ -306,7 +493,7 @@ fn openai_model(state: &AppState) -> OpenAiModel {
     responses((status = 200, body = OpenAiModelList)))]
 pub async fn openai_models(State(state): State<Arc<AppState>>) -> Response {
     Json(OpenAiModelList {
-        object: "list",
+        object: super::types::ListObject::List,
         data: vec![openai_model(&state)],
     })
     .into_response()
@@ -320,7 +507,12 @@ pub async fn openai_model_by_id(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let model = openai_model(&state);
+    model_if_named(openai_model(&state), &id)
+}
+
+/// The served model's object when `id` names it, else OpenAI's 404 (also for the generation
+/// routes).
+pub(super) fn model_if_named(model: OpenAiModel, id: &str) -> Result<Response, ApiError> {
     if id != model.id {
         return Err(ApiError::new(
             ApiFamily::OpenAi,
@@ -413,26 +605,60 @@ pub async fn decode(State(state): State<Arc<AppState>>, body: Body) -> Result<Re
     Ok(Json(DecodeResponse(texts)).into_response())
 }
 
-/// Liveness: the process is up and answering.
-#[utoipa::path(get, path = "/health", responses((status = 200, description = "alive", body = Status)))]
-pub async fn health() -> Response {
-    Json(Status { status: "ok" }).into_response()
+/// Liveness: the process is up and its inference thread still exists. A stopped engine thread
+/// (it panicked outside a batch) never comes back, so this turns 503 and an orchestrator
+/// restarts the process; a stuck one is reported here but left to `/ready`, because a batch
+/// that is merely slow on a starved CPU finishes on its own and a restart would lose it.
+#[utoipa::path(get, path = "/health", responses(
+    (status = 200, description = "alive; `engine` says whether inference is running or stuck", body = Status),
+    (status = 503, description = "the inference thread has stopped: restart the process", body = Status)))]
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    health_response(state.infer.health())
 }
 
-/// Readiness: verified, loaded, warmed up and not shutting down.
-#[utoipa::path(get, path = "/ready", responses((status = 200, description = "ready", body = Status),
-    (status = 503, description = "not ready", body = Status)))]
-pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
-        Json(Status { status: "ready" }).into_response()
+/// The `/health` answer for an inference thread in state `engine`, for every router: 503 only
+/// once the thread has stopped.
+pub(crate) fn health_response(engine: EngineHealth) -> Response {
+    if engine == EngineHealth::Stopped {
+        let status = Status {
+            status: "engine stopped",
+            engine,
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(status)).into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Status {
-                status: "not ready",
-            }),
-        )
-            .into_response()
+        Json(Status {
+            status: "ok",
+            engine,
+        })
+        .into_response()
+    }
+}
+
+/// Readiness: verified, loaded, warmed up, not shutting down, and the inference thread running
+/// (neither gone nor stuck on one batch for longer than [`crate::batcher::STUCK_AFTER`]). A flag
+/// set once at start would keep routing traffic to a server whose engine died: requests would
+/// queue and time out.
+#[utoipa::path(get, path = "/ready", responses((status = 200, description = "ready", body = Status),
+    (status = 503, description = "not ready: starting, shutting down, or `engine` stuck or stopped", body = Status)))]
+pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    ready_response(state.ready.load(Ordering::Acquire), state.infer.health())
+}
+
+/// The `/ready` answer, for every router: 200 only when the server says it is `ready` (verified,
+/// loaded, warmed up, not shutting down) and its inference thread is running.
+pub(crate) fn ready_response(ready: bool, engine: EngineHealth) -> Response {
+    if ready && engine == EngineHealth::Running {
+        Json(Status {
+            status: "ready",
+            engine,
+        })
+        .into_response()
+    } else {
+        let status = Status {
+            status: "not ready",
+            engine,
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(status)).into_response()
     }
 }
 
@@ -445,6 +671,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Response {
         revision: model.revision.clone(),
         model_type: state.infer.kind(),
         family: model.family,
+        labels: model.labels.clone(),
         pooling: model.pooling,
         normalize: model.normalize,
         dimensions: model.dimensions,
@@ -456,6 +683,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Response {
         key_id: state.bundle.key_id.clone(),
         signature: state.bundle.signature,
         trusted_keys_pinned: state.bundle.trusted_keys_pinned,
+        trust: state.bundle.trust,
         bundle_load: state.bundle.load.clone(),
         device: model.device,
         device_reason: model.device_reason.clone(),
@@ -490,4 +718,40 @@ pub async fn metrics() -> Response {
 /// The OpenAPI document of this API, with the served model's limits written in.
 pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
     Json(super::openapi::document_for(&state.infer)).into_response()
+}
+
+/// Generation routes on an embedding model: TEI's 424 for a route the model cannot serve
+/// (as for another task's route) instead of a 404, so a client pointed at the wrong bundle
+/// learns why.
+pub async fn generation_only(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        ApiFamily::for_path(uri.path()),
+        ErrorKind::Unsupported,
+        format!(
+            "{} needs a generation model; this server runs an embedding model: use /v1/embeddings or /embed",
+            uri.path()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt as _;
+
+    #[test]
+    fn generation_routes_on_an_embedding_model_answer_424_in_their_family_shape() {
+        for (path, family) in [
+            ("/v1/chat/completions", ApiFamily::OpenAi),
+            ("/generate", ApiFamily::Tei),
+        ] {
+            let error = generation_only(path.parse().expect("uri"))
+                .now_or_never()
+                .expect("answers at once");
+            assert_eq!(error.kind, ErrorKind::Unsupported, "{path}");
+            assert_eq!(error.kind.status(), StatusCode::FAILED_DEPENDENCY, "{path}");
+            assert_eq!(ApiFamily::for_path(path), family, "{path}");
+            assert!(error.message.contains("generation model"), "{path}");
+        }
+    }
 }

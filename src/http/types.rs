@@ -84,13 +84,15 @@ impl<'de> Deserialize<'de> for TextItem {
 
 /// A nested object field: a JSON object only. serde's derive would also take a struct from an
 /// array of its fields in order, which the OpenAPI document does not allow.
-fn object<'de, D: Deserializer<'de>, T: DeserializeOwned>(deserializer: D) -> Result<T, D::Error> {
+pub(super) fn object<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+    deserializer: D,
+) -> Result<T, D::Error> {
     let map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
     serde_json::from_value(serde_json::Value::Object(map)).map_err(de::Error::custom)
 }
 
 /// [`object`] or `null`.
-fn object_or_null<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+pub(super) fn object_or_null<'de, D: Deserializer<'de>, T: DeserializeOwned>(
     deserializer: D,
 ) -> Result<Option<T>, D::Error> {
     Option::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)?
@@ -100,25 +102,59 @@ fn object_or_null<'de, D: Deserializer<'de>, T: DeserializeOwned>(
         .transpose()
 }
 
+/// A list of [`object`]s.
+pub(super) fn objects<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+    deserializer: D,
+) -> Result<Vec<T>, D::Error> {
+    Vec::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)?
+        .into_iter()
+        .map(|map| {
+            serde_json::from_value(serde_json::Value::Object(map)).map_err(de::Error::custom)
+        })
+        .collect()
+}
+
 /// A non-negative whole number or `null`. JSON Schema counts `384.0` as an integer, so a client
 /// may send it; serde's `usize` alone would refuse it.
 fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
-    match Option::<serde_json::Number>::deserialize(deserializer)? {
-        None => Ok(None),
-        Some(number) => {
-            if let Some(n) = number.as_u64() {
-                return usize::try_from(n).map(Some).map_err(de::Error::custom);
-            }
-            match number.as_f64() {
-                Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= usize::MAX as f64 => {
-                    Ok(Some(f as usize))
-                }
-                _ => Err(de::Error::custom(format!(
-                    "expected a non-negative whole number, got {number}"
-                ))),
-            }
+    whole(deserializer)
+}
+
+/// [`whole_number`] of any unsigned type (`u32` token ids, `u64` seeds, `usize` counts); a
+/// number outside the type's range is refused.
+pub(super) fn whole<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    Option::<serde_json::Number>::deserialize(deserializer)?
+        .map(|number| whole_of(&number).map_err(de::Error::custom))
+        .transpose()
+}
+
+/// A list of [`whole`] numbers (token ids).
+pub(super) fn whole_list<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+    deserializer: D,
+) -> Result<Vec<T>, D::Error> {
+    Vec::<serde_json::Number>::deserialize(deserializer)?
+        .iter()
+        .map(|number| whole_of(number).map_err(de::Error::custom))
+        .collect()
+}
+
+fn whole_of<T: TryFrom<u64>>(number: &serde_json::Number) -> Result<T, String> {
+    let n = match (number.as_u64(), number.as_f64()) {
+        (Some(n), _) => Some(n),
+        // Below 2^64: every whole f64 there is a u64.
+        (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f < 18_446_744_073_709_551_616.0 => {
+            Some(f as u64)
         }
-    }
+        _ => None,
+    };
+    n.and_then(|n| T::try_from(n).ok()).ok_or_else(|| {
+        format!(
+            "expected a non-negative whole number that fits a {}, got {number}",
+            std::any::type_name::<T>()
+        )
+    })
 }
 
 /// Which end of an over-long input is cut (TEI's `truncation_direction`).
@@ -327,14 +363,26 @@ pub struct OpenAiEmbeddingsResponse {
     pub usage: OpenAiUsage,
 }
 
+/// `object` of an OpenAI model: always `model`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelObject {
+    Model,
+}
+
+/// `object` of an OpenAI list: always `list`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ListObject {
+    List,
+}
+
 /// One model in OpenAI's `/v1/models`.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct OpenAiModel {
     /// The Hugging Face repo id of the embedded model.
     pub id: String,
-    /// Always `model`.
-    #[schema(value_type = String, example = "model")]
-    pub object: &'static str,
+    pub object: ModelObject,
     /// Unix seconds when this server started serving it.
     pub created: u64,
     /// Always `sealserve`.
@@ -345,9 +393,7 @@ pub struct OpenAiModel {
 /// `GET /v1/models` response.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct OpenAiModelList {
-    /// Always `list`.
-    #[schema(value_type = String, example = "list")]
-    pub object: &'static str,
+    pub object: ListObject,
     pub data: Vec<OpenAiModel>,
 }
 
@@ -475,6 +521,171 @@ pub struct CmlModelResponse {
     pub response: CmlEmbeddings,
 }
 
+/// The inputs of `POST /predict`, as TEI reads them: a text, a pair `[text, text_pair]`, or a
+/// list whose items are texts or pairs. A list of exactly two texts is one pair (TEI's rule),
+/// so a batch of two single texts cannot be sent as such: send them as two requests; a batch of
+/// one pair is `[["a", "b"]]`.
+#[derive(Clone, Debug, PartialEq, Eq, ToSchema)]
+pub struct PredictInputs {
+    /// Each text or pair, in request order.
+    #[schema(value_type = Vec<String>)]
+    pub inputs: Vec<crate::infer::PredictInput>,
+    /// Whether the request was a list (the response is then a list of lists).
+    pub batched: bool,
+}
+
+impl<'de> Deserialize<'de> for PredictInputs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use crate::infer::PredictInput;
+        let expecting = "a text, a pair [text, text_pair], or a list of texts and pairs";
+        let item = |value: serde_json::Value| -> Result<PredictInput, D::Error> {
+            match value {
+                serde_json::Value::String(text) => Ok(PredictInput::Single(text)),
+                serde_json::Value::Array(pair) => match <[serde_json::Value; 2]>::try_from(pair) {
+                    Ok([serde_json::Value::String(a), serde_json::Value::String(b)]) => {
+                        Ok(PredictInput::Pair(a, b))
+                    }
+                    _ => Err(de::Error::custom(
+                        "a pair is a list of exactly two texts [text, text_pair]",
+                    )),
+                },
+                other => Err(de::Error::custom(format!(
+                    "expected a text or a pair of texts, got {other}"
+                ))),
+            }
+        };
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(text) => Ok(Self {
+                inputs: vec![PredictInput::Single(text)],
+                batched: false,
+            }),
+            serde_json::Value::Array(items) => {
+                if let [serde_json::Value::String(a), serde_json::Value::String(b)] =
+                    items.as_slice()
+                {
+                    return Ok(Self {
+                        inputs: vec![PredictInput::Pair(a.clone(), b.clone())],
+                        batched: false,
+                    });
+                }
+                Ok(Self {
+                    inputs: items.into_iter().map(item).collect::<Result<_, _>>()?,
+                    batched: true,
+                })
+            }
+            other => Err(de::Error::custom(format!(
+                "expected {expecting}, got {other}"
+            ))),
+        }
+    }
+}
+
+/// `POST /predict` (TEI), also `POST /` for classifiers.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct PredictRequest {
+    pub inputs: PredictInputs,
+    /// Truncate over-long inputs (true, default) or refuse them with 422.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub truncate: Option<bool>,
+    /// Which end of an over-long input is cut when truncating.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub truncation_direction: Option<TruncationDirection>,
+    /// The head's logits as they are (false, default: softmax over the labels, sigmoid for one).
+    #[serde(default)]
+    #[schema(nullable)]
+    pub raw_scores: Option<bool>,
+}
+
+/// A label's score.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Prediction {
+    pub score: f32,
+    /// The label's name from the model's `config.json` `id2label`.
+    pub label: String,
+}
+
+/// `POST /predict` response: per input, every label's score, highest first; a list of those
+/// when the request's `inputs` was a list.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum PredictResponse {
+    Single(Vec<Prediction>),
+    Batch(Vec<Vec<Prediction>>),
+}
+
+/// `POST /rerank` (TEI), also `POST /` for re-rankers.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct RerankRequest {
+    /// What the texts are ranked against.
+    pub query: String,
+    /// Candidate texts; each is scored as the pair (query, text).
+    pub texts: Vec<String>,
+    /// Truncate over-long pairs (true, default) or refuse them with 422.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub truncate: Option<bool>,
+    /// Which end of an over-long pair is cut when truncating.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub truncation_direction: Option<TruncationDirection>,
+    /// The cross-encoder's logit as it is (false, default: its sigmoid).
+    #[serde(default)]
+    #[schema(nullable)]
+    pub raw_scores: Option<bool>,
+    /// Echo each text in its rank (false, default).
+    #[serde(default)]
+    #[schema(nullable)]
+    pub return_text: Option<bool>,
+}
+
+/// A text's place in the ranking.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Rank {
+    /// Position of the text in the request's `texts`.
+    pub index: usize,
+    /// The text, when `return_text` was set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    pub score: f32,
+}
+
+/// `POST /rerank` response: every text, highest score first.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct RerankResponse(pub Vec<Rank>);
+
+/// `POST /embed_sparse` (TEI), also `POST /` for SPLADE models.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct EmbedSparseRequest {
+    /// Text or texts.
+    pub inputs: Input,
+    /// Truncate over-long inputs (true, default) or refuse them with 422.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub truncate: Option<bool>,
+    /// Which end of an over-long input is cut when truncating.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub truncation_direction: Option<TruncationDirection>,
+    /// A key of the model's sentence-transformers `prompts`.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub prompt_name: Option<String>,
+}
+
+/// One non-zero weight of a sparse embedding.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct SparseValue {
+    /// Vocabulary index (token id).
+    pub index: usize,
+    pub value: f32,
+}
+
+/// `POST /embed_sparse` response: per input, its non-zero weights by index.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct EmbedSparseResponse(pub Vec<Vec<SparseValue>>);
+
 /// TEI-style error body (also what `/model` adds `success: false` to).
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -502,8 +713,12 @@ pub struct OpenAiErrorBody {
 /// `GET /health` and `GET /ready` body.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Status {
-    /// `ok`, `ready` or `not ready`.
+    /// `ok` or `engine stopped` (/health); `ready` or `not ready` (/ready).
     pub status: &'static str,
+    /// The inference thread, so that a failing probe says why: `{"state": "running"}`,
+    /// `{"state": "stuck", "busy_ms": N}` or `{"state": "stopped"}`.
+    #[schema(value_type = Object)]
+    pub engine: EngineHealth,
 }
 
 /// How the bundle was signed.
@@ -535,6 +750,8 @@ pub struct Info {
     pub model_type: ModelKind,
     #[schema(value_type = String, example = "bert")]
     pub family: crate::spec::Family,
+    /// Label names of a classifier or re-ranker, by logit index (empty for other models).
+    pub labels: Vec<String>,
     #[schema(value_type = String, example = "mean")]
     pub pooling: crate::spec::Pooling,
     pub normalize: bool,
@@ -549,8 +766,10 @@ pub struct Info {
     pub key_id: String,
     pub signature: SignatureKind,
     pub trusted_keys_pinned: bool,
+    /// How the signing key was accepted: `pinned`, or `unpinned` under `--allow-unpinned`.
+    #[schema(value_type = String, example = "pinned")]
+    pub trust: crate::bundle::TrustState,
     /// Where the bundle came from (`embedded` or the `--model-url`) and what loading it cost.
-    #[schema(value_type = Object)]
     pub bundle_load: crate::remote::LoadReport,
     #[schema(value_type = String, example = "cpu")]
     pub device: DeviceKind,

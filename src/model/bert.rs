@@ -116,23 +116,31 @@ impl BertConfig {
 }
 
 /// The token embedding table: either a tensor, or — on CPU in f32 — rows read straight from the
-/// embedded (read-only, file-backed) safetensors bytes. The table is about half of MiniLM's
-/// weights; reading it in place means it is never copied, and only rows actually used become
-/// resident.
+/// verified copy of the safetensors bytes. The table is about half of MiniLM's weights; reading
+/// it in place means it is never copied, and in `serve` its pages are given back and read again
+/// on first use, each checked against its verified hash (`memory::PagedCopy`), so only rows
+/// actually used are resident.
 pub enum WordEmbeddings {
     Loaded(Tensor),
     Mapped(MappedTable),
 }
 
 /// A little-endian f32 `[vocab, hidden]` table borrowed from the embedded weights.
-#[derive(Clone, Copy)]
 pub struct MappedTable {
     pub bytes: &'static [u8],
     pub vocab: usize,
     pub hidden: usize,
+    /// Set when the table's pages were given back: rows are read through it.
+    paged: Option<crate::memory::PagedCopy>,
 }
 
 impl MappedTable {
+    /// Gives the table's pages back where they can be read again verified (see `memory`).
+    fn page_out(mut self) -> Self {
+        self.paged = crate::memory::PagedCopy::page_out(self.bytes);
+        self
+    }
+
     /// Rows for `ids`, concatenated.
     fn gather(&self, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
         let row_bytes = self.hidden * 4;
@@ -142,7 +150,13 @@ impl MappedTable {
             if id >= self.vocab {
                 candle_core::bail!("token id {id} is outside the vocabulary of {}", self.vocab);
             }
-            let row = &self.bytes[id * row_bytes..(id + 1) * row_bytes];
+            let range = id * row_bytes..(id + 1) * row_bytes;
+            if let Some(paged) = &self.paged {
+                paged
+                    .ensure(range.clone())
+                    .map_err(candle_core::Error::wrap)?;
+            }
+            let row = &self.bytes[range];
             out.extend(
                 row.chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
@@ -171,7 +185,7 @@ pub struct BertModel {
     layers: Vec<Layer>,
     /// The same layers prepared for the fused CPU f32 kernels; `None` on other devices/dtypes,
     /// for head widths the kernels are not compiled for, and for non-erf activations.
-    fast_layers: Option<Vec<FastLayer>>,
+    fast_layers: Option<Vec<cpu_f32::FusedLayer>>,
     config: BertConfig,
     dtype: DType,
 }
@@ -214,6 +228,7 @@ fn mapped_table(weights: &'static [u8], name: &str) -> Option<MappedTable> {
             bytes: view.data(),
             vocab,
             hidden,
+            paged: None,
         }),
         _ => None,
     }
@@ -257,8 +272,9 @@ impl BertModel {
         let h = config.hidden_size;
         let emb = root.pp("embeddings");
         let word_embeddings = match mapped {
+            // Paged out only once it is certain nothing loads the table as a tensor.
             Some(table) if table.vocab == config.vocab_size && table.hidden == h => {
-                WordEmbeddings::Mapped(table)
+                WordEmbeddings::Mapped(table.page_out())
             }
             _ => WordEmbeddings::Loaded(emb.get((config.vocab_size, h), "word_embeddings.weight")?),
         };
@@ -283,7 +299,7 @@ impl BertModel {
             .then(|| {
                 std::mem::take(&mut layers)
                     .into_iter()
-                    .map(|layer| FastLayer::new(&layer, config.layer_norm_eps))
+                    .map(|layer| layer.fused(config.layer_norm_eps))
                     .collect::<candle_core::Result<Vec<_>>>()
             })
             .transpose()?;
@@ -370,7 +386,7 @@ impl BertModel {
     /// padded keys are skipped rather than biased.
     fn forward_fast(
         &self,
-        layers: &[FastLayer],
+        layers: &[cpu_f32::FusedLayer],
         input_ids: &Tensor,
         lengths: Option<&[usize]>,
         batch: usize,
@@ -380,11 +396,8 @@ impl BertModel {
             .map(|b| (b * seq_len, lengths.map_or(seq_len, |l| l[b])))
             .collect();
         let hidden = self.embed(input_ids, batch, seq_len)?;
-        self.run_fast_layers(layers, hidden, &spans)?.reshape((
-            batch,
-            seq_len,
-            self.config.hidden_size,
-        ))
+        self.run_fused(layers, hidden, &spans)?
+            .reshape((batch, seq_len, self.config.hidden_size))
     }
 
     /// Hidden states `[total tokens, hidden]` for sequences given back to back (`ids` is their
@@ -421,48 +434,7 @@ impl BertModel {
         let summed = (words.reshape((ids.len(), h))?
             + self.position_and_type.index_select(&positions, 0)?)?;
         let hidden = self.embedding_norm.forward(&summed)?;
-        self.run_fast_layers(layers, hidden, &spans)
-    }
-
-    /// The encoder layers on `[tokens, hidden]`, attention within each `(first_row, len)` span.
-    fn run_fast_layers(
-        &self,
-        layers: &[FastLayer],
-        mut hidden: Tensor,
-        spans: &[(usize, usize)],
-    ) -> candle_core::Result<Tensor> {
-        let rows = hidden.dim(0)?;
-        for layer in layers {
-            let qkv = hidden.matmul(&layer.qkv_weight)?;
-            let context = qkv.apply_op1_no_bwd(&cpu_f32::Attention {
-                rows,
-                heads: self.config.num_attention_heads,
-                head_dim: self.config.head_dim(),
-                bias: &layer.qkv_bias,
-                spans,
-            })?;
-            let attended = context.matmul(&layer.out_weight)?.apply_op2_no_bwd(
-                &hidden,
-                &cpu_f32::BiasResidualNorm {
-                    bias: &layer.out_bias,
-                    norm: &layer.attention_norm,
-                },
-            )?;
-            let inner =
-                attended
-                    .matmul(&layer.ffn_in_weight)?
-                    .apply_op1_no_bwd(&cpu_f32::BiasGelu {
-                        bias: &layer.ffn_in_bias,
-                    })?;
-            hidden = inner.matmul(&layer.ffn_out_weight)?.apply_op2_no_bwd(
-                &attended,
-                &cpu_f32::BiasResidualNorm {
-                    bias: &layer.ffn_out_bias,
-                    norm: &layer.ffn_norm,
-                },
-            )?;
-        }
-        Ok(hidden)
+        self.run_fused(layers, hidden, &spans)
     }
 
     /// `[batch, 1, 1, seq]` additive bias: 0 for real tokens, MASK_BIAS for padding.
@@ -607,57 +579,32 @@ fn softmax(scores: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
-/// Per-layer parameters of the CPU f32 fast path, converted from a [`Layer`] at load: matmul
-/// weights transposed to `[in, out]` (for small batches gemm then reads them without packing:
-/// a single 16-token request ran ~2× faster than with `[out, in]`), biases and layer-norm
-/// parameters as plain vectors that the fused kernels in [`cpu_f32`] read directly.
-struct FastLayer {
-    qkv_weight: Tensor,
-    qkv_bias: Vec<f32>,
-    out_weight: Tensor,
-    out_bias: Vec<f32>,
-    attention_norm: cpu_f32::Norm,
-    ffn_in_weight: Tensor,
-    ffn_in_bias: Vec<f32>,
-    ffn_out_weight: Tensor,
-    ffn_out_bias: Vec<f32>,
-    ffn_norm: cpu_f32::Norm,
+impl BertModel {
+    /// The encoder layers on `[tokens, hidden]`, attention within each `(first_row, len)` span.
+    fn run_fused(
+        &self,
+        layers: &[cpu_f32::FusedLayer],
+        hidden: Tensor,
+        spans: &[(usize, usize)],
+    ) -> candle_core::Result<Tensor> {
+        cpu_f32::run_fused_layers(
+            layers,
+            hidden,
+            spans,
+            self.config.num_attention_heads,
+            self.config.head_dim(),
+        )
+    }
 }
 
-/// `[out, in]` → contiguous `[in, out]`, the layout gemm reads fastest as a right-hand side.
-fn transposed(weight: &Tensor) -> candle_core::Result<Tensor> {
-    weight.t()?.contiguous()
-}
-
-impl FastLayer {
-    fn new(layer: &Layer, eps: f64) -> candle_core::Result<Self> {
-        let bias = |l: &Linear| -> candle_core::Result<Vec<f32>> {
-            l.bias()
-                .ok_or_else(|| candle_core::Error::Msg("linear layer has no bias".into()))?
-                .to_vec1::<f32>()
-        };
-        let norm = |n: &LayerNorm| -> candle_core::Result<cpu_f32::Norm> {
-            Ok(cpu_f32::Norm {
-                gamma: n.weight().to_vec1::<f32>()?,
-                beta: n
-                    .bias()
-                    .ok_or_else(|| candle_core::Error::Msg("layer norm has no bias".into()))?
-                    .to_vec1::<f32>()?,
-                eps: eps as f32,
-            })
-        };
-        Ok(Self {
-            qkv_weight: transposed(layer.qkv.weight())?,
-            qkv_bias: bias(&layer.qkv)?,
-            out_weight: transposed(layer.attention_out.weight())?,
-            out_bias: bias(&layer.attention_out)?,
-            attention_norm: norm(&layer.attention_norm)?,
-            ffn_in_weight: transposed(layer.ffn_in.weight())?,
-            ffn_in_bias: bias(&layer.ffn_in)?,
-            ffn_out_weight: transposed(layer.ffn_out.weight())?,
-            ffn_out_bias: bias(&layer.ffn_out)?,
-            ffn_norm: norm(&layer.ffn_norm)?,
-        })
+impl Layer {
+    /// This layer's parameters for the fused CPU f32 kernels.
+    fn fused(&self, eps: f64) -> candle_core::Result<cpu_f32::FusedLayer> {
+        cpu_f32::FusedLayer::new(
+            [&self.qkv, &self.attention_out, &self.ffn_in, &self.ffn_out],
+            [&self.attention_norm, &self.ffn_norm],
+            eps,
+        )
     }
 }
 
@@ -682,14 +629,29 @@ impl Model for BertModel {
         self.position_and_type.device()
     }
 
-    /// Packed forwards on the fused CPU f32 path (a batch is cut only by the token budget, in
-    /// input order: mixed lengths cost nothing); elsewhere padded forwards of similar lengths,
-    /// with no mask at all when a forward's members have the same length.
     fn hidden_states(
         &self,
         batch: &Packed,
         max_forward_tokens: usize,
     ) -> Result<Vec<HiddenChunk>, ModelError> {
+        let mut chunks = Vec::new();
+        self.for_each_hidden_chunk(batch, max_forward_tokens, &mut |chunk| {
+            chunks.push(chunk);
+            Ok(())
+        })?;
+        Ok(chunks)
+    }
+
+    /// Packed forwards on the fused CPU f32 path (a batch is cut only by the token budget, in
+    /// input order: mixed lengths cost nothing); elsewhere padded forwards of similar lengths,
+    /// with no mask at all when a forward's members have the same length. Each chunk goes to
+    /// `each` before the next forward runs.
+    fn for_each_hidden_chunk(
+        &self,
+        batch: &Packed,
+        max_forward_tokens: usize,
+        each: &mut dyn FnMut(HiddenChunk) -> Result<(), ModelError>,
+    ) -> Result<(), ModelError> {
         batch.check()?;
         if batch
             .token_type_ids
@@ -703,37 +665,32 @@ impl Model for BertModel {
         let offsets = batch.offsets();
         let budget = max_forward_tokens.max(1);
         if self.fast_layers.is_some() {
-            return packed_forwards(&batch.lengths, budget)
-                .into_iter()
-                .map(|group| {
-                    let first = offsets[group.start];
-                    let tokens: usize = batch.lengths[group.clone()].iter().sum();
-                    let hidden = self.forward_packed(
-                        &batch.ids[first..first + tokens],
-                        &batch.lengths[group.clone()],
-                    )?;
-                    Ok(HiddenChunk {
-                        members: group.collect(),
-                        hidden,
-                    })
-                })
-                .collect();
-        }
-        padded_forwards(&batch.lengths, budget)
-            .into_iter()
-            .map(|forward| {
-                let hidden =
-                    self.run_padded(batch, &offsets, &forward.members, forward.padded_len)?;
-                Ok(HiddenChunk {
-                    members: forward.members,
+            for group in packed_forwards(&batch.lengths, budget) {
+                let first = offsets[group.start];
+                let tokens: usize = batch.lengths[group.clone()].iter().sum();
+                let hidden = self.forward_packed(
+                    &batch.ids[first..first + tokens],
+                    &batch.lengths[group.clone()],
+                )?;
+                each(HiddenChunk {
+                    members: group.collect(),
                     hidden,
-                })
-            })
-            .collect()
+                })?;
+            }
+            return Ok(());
+        }
+        for forward in padded_forwards(&batch.lengths, budget) {
+            let hidden = self.run_padded(batch, &offsets, &forward.members, forward.padded_len)?;
+            each(HiddenChunk {
+                members: forward.members,
+                hidden,
+            })?;
+        }
+        Ok(())
     }
 }
 
-mod cpu_f32;
+pub(crate) mod cpu_f32;
 
 #[cfg(test)]
 mod tests {
@@ -868,6 +825,29 @@ mod tests {
             }
         }
         assert_eq!(rows(&generic).concat().len(), packed_ids.len());
+        // Chunks are handed over one forward at a time, and an error from the receiver stops
+        // the batch before the next forward runs.
+        for (model, forwards) in [
+            (&fast, packed_forwards(&lengths, 40).len()),
+            (&generic, padded_forwards(&lengths, 40).len()),
+        ] {
+            assert!(forwards > 1, "the budget must split this batch");
+            let mut calls = 0;
+            model
+                .for_each_hidden_chunk(&batch, 40, &mut |_| {
+                    calls += 1;
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(calls, forwards);
+            calls = 0;
+            let stopped = model.for_each_hidden_chunk(&batch, 40, &mut |_| {
+                calls += 1;
+                Err(ModelError::Batch("receiver gave up".into()))
+            });
+            assert!(matches!(stopped, Err(ModelError::Batch(_))));
+            assert_eq!(calls, 1);
+        }
         for mask in [None, Some(lengths.as_slice())] {
             let a = fast
                 .forward_padded(&ids, mask)

@@ -11,10 +11,18 @@
 //! Knows nothing about tokenizers, batching, pooling or HTTP.
 
 pub mod bert;
+pub mod bert_like;
+pub mod families;
+pub mod gte;
+pub mod heads;
+pub mod layers;
 pub mod llama;
+pub mod modernbert;
+pub mod network;
 pub mod plan;
+pub mod qwen;
 
-use crate::spec::Family;
+use crate::spec::{Family, Task};
 use candle_core::Shape;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::var_builder::SimpleBackend;
@@ -144,6 +152,25 @@ pub trait Model: Send {
         batch: &Packed,
         max_forward_tokens: usize,
     ) -> Result<Vec<HiddenChunk>, ModelError>;
+    /// [`Self::hidden_states`] one forward at a time: `each` gets every chunk as soon as its
+    /// forward has run, and the engine pools it and drops it before the next forward starts.
+    ///
+    /// Why: a batch over one forward's budget runs as several forwards. Collected first, every
+    /// finished chunk stays alive while the later forwards run, so memory grows with the number
+    /// of forwards instead of staying at one forward's working set (`max_forward_tokens` bounds
+    /// activation memory only if chunks are let go). The default hands over what
+    /// `hidden_states` collected; a family that runs several forwards overrides this and builds
+    /// `hidden_states` on it.
+    fn for_each_hidden_chunk(
+        &self,
+        batch: &Packed,
+        max_forward_tokens: usize,
+        each: &mut dyn FnMut(HiddenChunk) -> Result<(), ModelError>,
+    ) -> Result<(), ModelError> {
+        self.hidden_states(batch, max_forward_tokens)?
+            .into_iter()
+            .try_for_each(each)
+    }
     /// Scores of a classification or rerank head, one vector per sequence. Families without a
     /// head keep the default.
     fn predict(
@@ -155,6 +182,21 @@ pub trait Model: Send {
             "classification (this model has no prediction head)",
         ))
     }
+    /// Label names of a classification head, by logit index; empty for models without one.
+    fn labels(&self) -> &[String] {
+        &[]
+    }
+    /// SPLADE sparse weights of each sequence: the non-zero `(vocabulary index, weight)` pairs,
+    /// by index. Models without a masked-LM head keep the default.
+    fn sparse_embed(
+        &self,
+        _batch: &Packed,
+        _max_forward_tokens: usize,
+    ) -> Result<Vec<Vec<(u32, f32)>>, ModelError> {
+        Err(ModelError::Unsupported(
+            "sparse embeddings (this model has no masked-LM head)",
+        ))
+    }
 }
 
 /// The verified files a family is built from.
@@ -164,15 +206,55 @@ pub struct ModelFiles {
     pub safetensors: &'static [u8],
 }
 
-/// Builds the family's network from files held in memory; no file is read or written.
+/// Builds the family's network from files held in memory; no file is read or written. An
+/// embedding model: what every bundle without a `task` is.
 pub fn load(
     family: Family,
     files: ModelFiles,
     dtype: DType,
     device: &Device,
 ) -> Result<Box<dyn Model>, LoadError> {
-    match family {
-        Family::Bert => Ok(Box::new(bert::BertModel::from_files(files, dtype, device)?)),
+    load_for_task(family, Task::Embed, files, dtype, device)
+}
+
+/// Builds the network for the signed `task`: an embedder, a classifier or reranker (a
+/// `*ForSequenceClassification` checkpoint), or a SPLADE sparse encoder (`*ForMaskedLM`).
+/// BERT embedders keep their own fused path (`bert`); every head goes through
+/// [`families::FamilyModel`], which refuses a checkpoint that is not what the task says.
+pub fn load_for_task(
+    family: Family,
+    task: Task,
+    files: ModelFiles,
+    dtype: DType,
+    device: &Device,
+) -> Result<Box<dyn Model>, LoadError> {
+    match (family, task) {
+        // Decoders run under the generation scheduler (`crate::generate`), not this trait.
+        (Family::Llama, _) => Err(LoadError::Config(
+            "a llama bundle is a generation model: serve loads it with the generation engine"
+                .into(),
+        )),
+        (_, Task::Generate) => Err(LoadError::Config(format!(
+            "the {family} family cannot generate text: task = \"generate\" needs a generation \
+             model; use task = \"embed\", \"classify\", \"rerank\" or \"sparse_embed\""
+        ))),
+        (Family::Bert, Task::Embed) => {
+            Ok(Box::new(bert::BertModel::from_files(files, dtype, device)?))
+        }
+        (
+            Family::Bert
+            | Family::DistilBert
+            | Family::XlmRoberta
+            | Family::MpNet
+            | Family::ModernBert
+            | Family::Qwen2
+            | Family::Qwen3
+            | Family::Gte
+            | Family::NomicBert,
+            _,
+        ) => Ok(Box::new(families::FamilyModel::load(
+            family, task, files, dtype, device,
+        )?)),
     }
 }
 

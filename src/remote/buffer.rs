@@ -90,7 +90,7 @@ impl Region {
         // and readable, so a 'static shared slice over it is sound.
         let bytes: &'static [u8] =
             unsafe { std::slice::from_raw_parts(region.ptr.as_ptr(), region.len) };
-        crate::memory::register_releasable(region.ptr.as_ptr() as usize, region.mapped);
+        crate::memory::register_copy(region.ptr.as_ptr() as usize, region.mapped);
         bytes
     }
 }

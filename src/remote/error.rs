@@ -4,16 +4,8 @@
 //! line naming the object and what to do, whatever the store.
 
 use crate::bundle::VerifyError;
+use crate::exit::Exit;
 use std::fmt;
-
-// TODO(lead): fold into src/exit.rs as `Exit::Fetch` (code 20, "remote bundle could not be
-// fetched: network, TLS, access denied, not found"); the trust branch takes 18 and 19.
-/// Exit code for a remote bundle that could not be fetched (refusals keep their own codes).
-pub const FETCH_EXIT_CODE: u8 = 20;
-
-// TODO(lead): branch trust defines this code (`Exit::NotPinned`, 18) for every bundle; use it.
-/// Exit code when no trusted key is configured: a remote bundle is never fetched unpinned.
-pub const NOT_PINNED_EXIT_CODE: u8 = 18;
 
 /// What kind of failure a fetch hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,15 +191,12 @@ pub enum RemoteError {
     /// The URL or a setting (CA file, credentials source) is unusable: exit 2.
     #[error("{0}")]
     Config(String),
-    /// The store could not be read: [`FETCH_EXIT_CODE`].
+    /// The store could not be read: [`Exit::Fetch`].
     #[error("cannot fetch the bundle: {0}")]
     Fetch(#[from] FetchError),
     /// The bundle was read and refused, with the same reasons and codes as an embedded one.
     #[error(transparent)]
     Refused(#[from] VerifyError),
-    /// No trusted key is configured: [`NOT_PINNED_EXIT_CODE`].
-    #[error("{0}")]
-    NotPinned(String),
     /// Memory for the files could not be had.
     #[error("cannot allocate memory for the bundle: {0}")]
     Memory(std::io::Error),
@@ -222,13 +211,7 @@ impl From<super::url::UrlError> for RemoteError {
 impl RemoteError {
     /// The process exit code: refusals keep the embedded bundle's codes.
     pub fn exit_code(&self) -> u8 {
-        match self {
-            RemoteError::Config(_) => crate::exit::Exit::Config.code(),
-            RemoteError::Fetch(_) => FETCH_EXIT_CODE,
-            RemoteError::NotPinned(_) => NOT_PINNED_EXIT_CODE,
-            RemoteError::Refused(refusal) => crate::exit::Exit::from(refusal).code(),
-            RemoteError::Memory(_) => crate::exit::Exit::Internal.code(),
-        }
+        Exit::from(self).code()
     }
 }
 

@@ -25,10 +25,12 @@ pub mod tls;
 pub mod url;
 
 use crate::bundle::{
-    missing_file, SignedManifest, TrustPolicy, VerifiedBundle, VerifyError, DEV_SIGNED_MARKER,
-    MANIFEST_FILE, SIGNING_FILES,
+    missing_file, SignedManifest, TrustPolicy, VerifiedBundle, VerifyError, MANIFEST_FILE,
+    SIGNING_FILES,
 };
-pub use error::{FetchError, FetchErrorKind, RemoteError, FETCH_EXIT_CODE};
+use crate::manifest::sha256_hex;
+use crate::spec::METADATA_FILE;
+pub use error::{FetchError, FetchErrorKind, RemoteError};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -41,7 +43,7 @@ pub use url::ModelUrl;
 /// sends more is not serving a bundle, and is not given memory for it.
 pub const SIGNING_FILE_LIMIT: u64 = 1 << 20;
 /// Parallel requests by default (`--fetch-connections`).
-pub const DEFAULT_CONNECTIONS: usize = 4;
+pub const DEFAULT_CONNECTIONS: std::num::NonZeroUsize = std::num::NonZeroUsize::new(4).unwrap();
 /// Longest silence from a store before a request counts as timed out (`--fetch-timeout`).
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -60,14 +62,14 @@ impl Default for FetchOptions {
     fn default() -> Self {
         Self {
             ca_file: None,
-            connections: DEFAULT_CONNECTIONS,
+            connections: DEFAULT_CONNECTIONS.get(),
             read_timeout: DEFAULT_READ_TIMEOUT,
         }
     }
 }
 
 /// What loading a bundle cost, for the startup log and `/info`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct LoadReport {
     /// `embedded`, or the `--model-url` it came from.
     pub source: String,
@@ -128,16 +130,65 @@ pub struct Fetched {
     pub report: LoadReport,
 }
 
-/// Refuses to fetch without a trusted key: a remote bundle is only as good as the key pinned for
-/// it. (TODO(lead): branch trust's policy makes "no anchor" exit 18 for every bundle, with the
-/// `--allow-unpinned` waiver; this check then goes.)
-pub fn require_pin(policy: &TrustPolicy, url: &ModelUrl) -> Result<(), RemoteError> {
-    if policy.is_pinned() {
-        return Ok(());
+/// Every file and folder fetching `url` may read, for `serve`'s start-up Landlock allow-list
+/// (which is in force before the fetch starts): the TLS roots (`--ca-file`, else the system
+/// store and the folders its links point into), the resolver's files and the libraries glibc
+/// may load for them (NSS), the store's credential files (AWS profile files and web identity
+/// token, registry auth files) and, for `file://`, the folder itself. Only paths that exist.
+pub fn readable_paths(url: &ModelUrl, options: &FetchOptions) -> Vec<PathBuf> {
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let var = |name: &str| {
+        env.get(name)
+            .filter(|v| !v.trim().is_empty())
+            .map(PathBuf::from)
+    };
+    let mut paths: Vec<PathBuf> = [
+        "/etc/resolv.conf",
+        "/etc/hosts",
+        "/etc/nsswitch.conf",
+        "/etc/host.conf",
+        "/etc/gai.conf",
+        "/run/systemd/resolve",
+        "/lib",
+        "/lib64",
+        "/usr/lib",
+        "/usr/lib64",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .collect();
+    match &options.ca_file {
+        Some(ca) => paths.push(ca.clone()),
+        None => {
+            paths.extend(
+                [
+                    "/etc/ssl",
+                    "/etc/pki",
+                    "/etc/ca-certificates",
+                    "/usr/share/ca-certificates",
+                    "/usr/local/share/ca-certificates",
+                ]
+                .into_iter()
+                .map(PathBuf::from),
+            );
+            paths.extend(var("SSL_CERT_FILE"));
+            paths.extend(var("SSL_CERT_DIR"));
+        }
     }
-    Err(RemoteError::NotPinned(format!(
-        "refusing to fetch {url}: no trusted key configured; pin the bundle's signing key with --trusted-key <fingerprint or key file> (SEALSERVE_TRUSTED_KEYS)"
-    )))
+    match url {
+        ModelUrl::S3 { .. } => {
+            let aws = var("HOME").map(|home| home.join(".aws"));
+            paths.extend(aws);
+            paths.extend(var("AWS_CONFIG_FILE"));
+            paths.extend(var("AWS_SHARED_CREDENTIALS_FILE"));
+            paths.extend(var("AWS_WEB_IDENTITY_TOKEN_FILE"));
+        }
+        ModelUrl::Oci { .. } => paths.extend(registry_auth::auth_files(&env)),
+        ModelUrl::Http { .. } => {}
+        ModelUrl::File { dir } => paths.push(dir.clone()),
+    }
+    paths.retain(|p| p.exists());
+    paths
 }
 
 /// Fetches and verifies the bundle at `url` (see the module doc for the order of checks).
@@ -165,13 +216,21 @@ pub async fn fetch(
     let listing = with_retries(&store, &policy_retry, &url.to_string(), || store.list()).await?;
 
     let signing = signing_files(&store, url, listing.as_ref(), &policy_retry).await?;
-    let dev_signed = signing.contains_key(DEV_SIGNED_MARKER);
-    let signed = SignedManifest::verify(
-        &|name| signing.get(name).map(Vec::as_slice),
-        dev_signed,
-        policy,
-    )?;
-    let sizes = payload_sizes(&store, url, &signed, listing.as_ref(), &policy_retry).await?;
+    let signed = SignedManifest::verify(&|name| signing.get(name).map(Vec::as_slice))?;
+    let mut sizes = payload_sizes(&store, url, &signed, listing.as_ref(), &policy_retry).await?;
+    // sealserve.json decides trust (key pin, dev build, --expect-model): it is fetched, hashed
+    // and judged before a byte of the weights is asked for.
+    let metadata_size = sizes
+        .remove(METADATA_FILE)
+        .ok_or_else(|| VerifyError::Manifest(format!("{METADATA_FILE} is not covered")))?;
+    if metadata_size > SIGNING_FILE_LIMIT {
+        return Err(RemoteError::Config(format!(
+            "{METADATA_FILE} is {metadata_size} bytes; a bundle's metadata is a few KiB"
+        )));
+    }
+    let metadata_region = fetch_metadata(&store, url, &policy_retry).await?;
+    signed.check_digest(METADATA_FILE, &sha256_hex(metadata_region.as_slice()))?;
+    let accepted = signed.accept(policy, metadata_region.as_slice())?;
     let total: u64 = sizes.values().sum();
     tracing::info!(
         files = sizes.len(),
@@ -198,11 +257,18 @@ pub async fn fetch(
     for file in &fetched {
         signed.check_digest(&file.name, &file.sha256)?;
     }
+    let metadata_len = metadata_region.len() as u64;
     let files: BTreeMap<String, &'static [u8]> = fetched
         .into_iter()
         .map(|file| (file.name, file.region.freeze()))
+        .chain([(METADATA_FILE.to_string(), metadata_region.freeze())])
         .collect();
-    let verified = signed.into_verified(files, stats.bytes, stats.hash_time)?;
+    let verified = signed.into_verified(
+        accepted,
+        files,
+        stats.bytes + metadata_len,
+        stats.hash_time,
+    )?;
     let report = LoadReport::new(
         url.to_string(),
         verified.files.len(),
@@ -246,7 +312,7 @@ async fn signing_files(
     policy: &download::RetryPolicy,
 ) -> Result<BTreeMap<&'static str, Vec<u8>>, RemoteError> {
     let mut found = BTreeMap::new();
-    for name in SIGNING_FILES.iter().copied().chain([DEV_SIGNED_MARKER]) {
+    for name in SIGNING_FILES {
         if listing.is_some_and(|l| !l.contains_key(name)) {
             continue;
         }
@@ -287,7 +353,7 @@ async fn payload_sizes(
             let present = listing
                 .keys()
                 .map(String::as_str)
-                .filter(|n| !SIGNING_FILES.contains(n) && *n != DEV_SIGNED_MARKER);
+                .filter(|n| !SIGNING_FILES.contains(n));
             signed.check_coverage(present)?;
             for (name, expected) in signed.manifest().entries() {
                 let listed = &listing[name];
@@ -315,4 +381,22 @@ async fn payload_sizes(
         }
     }
     Ok(sizes)
+}
+
+/// `sealserve.json`, read whole into a region of its own (it becomes the verified copy).
+async fn fetch_metadata(
+    store: &Store,
+    url: &ModelUrl,
+    policy: &download::RetryPolicy,
+) -> Result<buffer::Region, RemoteError> {
+    let what = url.object(METADATA_FILE);
+    let bytes = with_retries(store, policy, &what, || {
+        store.read_small(METADATA_FILE, SIGNING_FILE_LIMIT)
+    })
+    .await?
+    .ok_or_else(|| missing_file(METADATA_FILE))?;
+    let mut region = buffer::Region::new(bytes.len()).map_err(RemoteError::Memory)?;
+    // SAFETY: the region is `bytes.len()` writable bytes that nothing else references yet.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), region.as_mut_ptr(), bytes.len()) };
+    Ok(region)
 }

@@ -151,7 +151,7 @@ fn decode(entry: &AuthEntry, origin: &str) -> Result<(String, String), RemoteErr
     Ok((user.to_string(), password.to_string()))
 }
 
-fn auth_files(env: &HashMap<String, String>) -> Vec<PathBuf> {
+pub(crate) fn auth_files(env: &HashMap<String, String>) -> Vec<PathBuf> {
     let get = |key: &str| env.get(key).filter(|v| !v.is_empty()).map(PathBuf::from);
     let mut files = Vec::new();
     files.extend(get("REGISTRY_AUTH_FILE"));

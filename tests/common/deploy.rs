@@ -130,15 +130,6 @@ pub fn serve_env_names() -> BTreeSet<String> {
         .collect()
 }
 
-/// Variables the lead's trust contract (contracts.md, branch trust) adds to `serve`: the
-/// deployment files are written for it already. Delete this list once `serve_env_names()` has them.
-pub const TRUST_CONTRACT_ENV: &[&str] = &[
-    "SEALSERVE_TRUSTED_KEYS_DIR",
-    "SEALSERVE_ALLOW_UNPINNED",
-    "SEALSERVE_EXPECT_MODEL",
-    "SEALSERVE_EXPECT_MANIFEST",
-];
-
 /// Where deployments mount the trust anchor (contracts.md).
 pub const TRUST_DIR: &str = "/etc/sealserve/trust";
 

@@ -1,7 +1,7 @@
 //! Shared test helpers: the reference data and the bundle build.rs produced for this profile.
 #![allow(dead_code)]
 
-use sealserve::bundle::{Bundle, TrustPolicy, VerifiedBundle};
+use sealserve::bundle::{Bundle, HeapCopies, TrustPolicy, VerifiedBundle};
 use sealserve::engine::{self, EngineConfig, LoadedModel};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -57,12 +57,20 @@ pub fn bundle_bytes() -> &'static [u8] {
     })
 }
 
-/// The verified real bundle.
-pub fn verified_bundle() -> VerifiedBundle<'static> {
-    Bundle::parse(bundle_bytes())
+/// Verifies bundle bytes into heap copies that live for the rest of the test process (the
+/// loaded model borrows them, as `serve`'s model borrows its verified copies).
+pub fn verify_static(bytes: &[u8]) -> VerifiedBundle<'static> {
+    let copies: &'static HeapCopies = Box::leak(Box::default());
+    Bundle::parse(bytes)
         .expect("parse bundle")
-        .verify(&TrustPolicy::unpinned(), &mut |_| {})
+        .verify(&TrustPolicy::unpinned(), &mut &*copies)
         .expect("verify bundle")
+}
+
+/// The verified real bundle, verified once per test process.
+pub fn verified_bundle() -> &'static VerifiedBundle<'static> {
+    static VERIFIED: OnceLock<VerifiedBundle<'static>> = OnceLock::new();
+    VERIFIED.get_or_init(|| verify_static(bundle_bytes()))
 }
 
 /// The real model loaded on CPU with the given dtype.
@@ -72,7 +80,7 @@ pub fn load_cpu(dtype: &str) -> LoadedModel {
         dtype: dtype.parse().expect("dtype"),
         ..EngineConfig::default()
     };
-    engine::load(&verified_bundle(), &config).expect("load model")
+    engine::load(verified_bundle(), &config).expect("load model")
 }
 
 /// Largest absolute component difference.
@@ -96,5 +104,19 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
+pub mod binary;
+pub mod child;
+pub mod clients;
+pub mod families;
+pub mod inproc;
 pub mod server;
 pub mod tiny;
+
+/// Runs the client script `script` of tests/clients against the server at `base` (with the
+/// reference folder as its second argument), after checking the pinned package versions;
+/// returns its output, panicking with it unless the script passes.
+pub fn run_client(script: &str, base: &str) -> String {
+    clients::run_python(&["check_versions.py"], &clients::clients_dir());
+    let reference = reference_dir().display().to_string();
+    clients::run_python(&[script, base, &reference], &clients::clients_dir())
+}

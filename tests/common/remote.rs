@@ -153,26 +153,46 @@ impl Release {
     /// The payload of `bundle` (every file MANIFEST covers) re-signed with a new key.
     pub fn from_bundle(bundle: &[u8]) -> Release {
         let parsed = Bundle::parse(bundle).expect("parse bundle");
-        let key = SecretKey::generate();
-        let manifest = parsed
-            .get(bundle::MANIFEST_FILE)
-            .expect("MANIFEST")
-            .to_vec();
-        let signature = key.sign(&manifest, bundle::MANIFEST_FILE, 1_700_000_000);
         let dir = tempfile::tempdir().expect("tempdir");
-        for (name, bytes) in parsed.entries() {
-            if !SIGNING_FILES.contains(&name) {
-                std::fs::write(dir.path().join(name), bytes).expect("write payload");
+        for entry in parsed.entries() {
+            if !SIGNING_FILES.contains(&entry.name.as_str()) {
+                let bytes = parsed
+                    .read_entry(&entry.name)
+                    .expect("read entry")
+                    .expect("entry");
+                std::fs::write(dir.path().join(&entry.name), bytes).expect("write payload");
             }
         }
-        for (name, bytes) in bundle::signing_entries(&manifest, &signature, &key.public_key()) {
-            std::fs::write(dir.path().join(name), bytes).expect("write signing file");
-        }
-        Release {
+        let key = SecretKey::generate();
+        let release = Release {
             fingerprint: key.public_key().fingerprint(),
             dir,
             key,
+        };
+        let manifest = parsed
+            .read_entry(bundle::MANIFEST_FILE)
+            .expect("read MANIFEST")
+            .expect("MANIFEST");
+        release.sign(&manifest);
+        release
+    }
+
+    /// Writes MANIFEST and its signing files, signed with this release's key.
+    pub fn sign(&self, manifest: &[u8]) {
+        let signature = self
+            .key
+            .sign(manifest, bundle::MANIFEST_FILE, 1_700_000_000);
+        for (name, bytes) in bundle::signing_entries(manifest, &signature, &self.key.public_key())
+        {
+            std::fs::write(self.path(&name), bytes).expect("write signing file");
         }
+    }
+
+    /// Re-signs the folder as it is now (a new MANIFEST over its files, signed with this
+    /// release's key): a bundle whose signature is valid whatever was changed.
+    pub fn resign(&self) {
+        let manifest = sealserve::seal::manifest_for_dir(self.dir.path()).expect("MANIFEST");
+        self.sign(&manifest);
     }
 
     /// The tiny random-weight BERT (tests/common/tiny.rs).

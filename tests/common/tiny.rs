@@ -2,11 +2,11 @@
 //! tests that need a whole model without the 90 MB MiniLM.
 
 use candle_core::{DType, Device, Tensor};
-use sealserve::bundle::{self, Bundle, TrustPolicy, VerifiedBundle};
+use sealserve::bundle::{self, VerifiedBundle};
 use sealserve::manifest::Manifest;
 use sealserve::signature::SecretKey;
 use sealserve::spec::{
-    Family, FileRole, FileSpec, ModelSection, ModelSpec, Pooling, METADATA_FILE,
+    BuildInfo, Family, FileRole, FileSpec, ModelSection, ModelSpec, Pooling, Task, METADATA_FILE,
 };
 use std::collections::HashMap;
 
@@ -147,6 +147,7 @@ pub fn spec(files: &[(&str, FileRole, &[u8])]) -> ModelSpec {
             id: "test/tiny-bert".into(),
             revision: "0123456789abcdef0123456789abcdef01234567".into(),
             family: Family::Bert,
+            task: Task::Embed,
             pooling: Pooling::Mean,
             normalize: true,
             max_seq_length: MAX_SEQ,
@@ -176,11 +177,24 @@ pub fn bundle_bytes(weights: &[u8], dev_signed: bool) -> (Vec<u8>, SecretKey) {
         ("tokenizer.json", FileRole::Tokenizer, &tokenizer),
         ("config.json", FileRole::Config, &config),
     ];
-    let spec = spec(&files);
-    let metadata = spec.metadata().to_canonical_bytes();
+    seal(&spec(&files), &files, dev_signed)
+}
+
+/// Seals `files` under `spec` into a signed bundle (dev-signed flag as given), with a fresh key.
+pub fn seal(
+    spec: &ModelSpec,
+    files: &[(&str, FileRole, &[u8])],
+    dev_signed: bool,
+) -> (Vec<u8>, SecretKey) {
+    let build = if dev_signed {
+        BuildInfo::dev("0.0.0-test")
+    } else {
+        BuildInfo::release("0.0.0-test")
+    };
+    let metadata = spec.metadata(&build).to_canonical_bytes();
     let mut manifest = Manifest::new();
     let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
-    for (name, _, bytes) in &files {
+    for (name, _, bytes) in files {
         manifest.insert_bytes(*name, bytes);
         entries.push((name.to_string(), bytes.to_vec()));
     }
@@ -195,7 +209,7 @@ pub fn bundle_bytes(weights: &[u8], dev_signed: bool) -> (Vec<u8>, SecretKey) {
         &key.public_key(),
     ));
     let mut out = Vec::new();
-    bundle::write_bundle(&mut out, dev_signed, &entries).expect("write bundle");
+    bundle::write_bundle(&mut out, &entries).expect("write bundle");
     (out, key)
 }
 
@@ -203,9 +217,5 @@ pub fn bundle_bytes(weights: &[u8], dev_signed: bool) -> (Vec<u8>, SecretKey) {
 pub fn verified(prefix: &str) -> VerifiedBundle<'static> {
     let (weights, _) = weights(prefix, None);
     let (bytes, _) = bundle_bytes(&weights, true);
-    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-    Bundle::parse(bytes)
-        .expect("parse tiny bundle")
-        .verify(&TrustPolicy::unpinned(), &mut |_| {})
-        .expect("verify tiny bundle")
+    super::verify_static(&bytes)
 }

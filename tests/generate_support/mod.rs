@@ -156,3 +156,39 @@ pub fn text_model() -> std::sync::Arc<sealserve::generate::TextModel> {
         })
         .clone()
 }
+
+/// schemathesis with all its checks against a generation server's /openapi.json (`base` is its
+/// URL), through `run_python` (`common::clients::run_python`: the pinned clients' interpreter,
+/// panicking on failure); returns the report. tests/clients/generation_hooks.py caps the tokens
+/// each generated request may generate, so the run takes minutes on a CPU.
+pub fn schemathesis(base: &str, run_python: impl Fn(&[&str], &Path) -> String) -> String {
+    let clients = root().join("tests/clients");
+    run_python(&["check_versions.py"], &clients);
+    // Hypothesis and schemathesis keep state in the working directory: keep it out of the repo.
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let schema = format!("{base}/openapi.json");
+    let out = run_python(
+        &[
+            "-c",
+            "import os, sys; sys.path.insert(0, sys.argv.pop(1)); \
+             os.environ['SCHEMATHESIS_HOOKS'] = 'generation_hooks'; \
+             from schemathesis.cli import schemathesis; \
+             sys.argv[0] = 'schemathesis'; schemathesis()",
+            clients.to_str().expect("UTF-8 path"),
+            "run",
+            &schema,
+            "--checks",
+            "all",
+            "--max-examples",
+            "25",
+            "--workers",
+            "2",
+            "--seed",
+            "20261130",
+            "--generation-deterministic",
+        ],
+        scratch.path(),
+    );
+    assert!(out.contains(" passed"), "{out}");
+    out
+}

@@ -3,39 +3,48 @@
 //!
 //! Layout (all integers little-endian; offsets relative to the first byte of the bundle):
 //! ```text
-//!  0..16   marker  b"SEALSERVE-BUNDLE"
-//! 16..20   u32     format version (1)
+//!  0..16   marker  "SEALSERVE-BUNDLE" (see `marker()`)
+//! 16..20   u32     format version (2)
 //! 20..24   u32     index length in bytes
-//! 24..32   u64     total bundle length in bytes
+//! 24..32   u64     total bundle length in bytes (a multiple of 64)
 //! 32..64   [u8;32] sha256 of the index
-//! 64..     index   JSON {"dev_signed": bool, "entries": [{"name","offset","len"}...]}
-//!          entries each start on a 64-byte boundary
+//! 64..     index   JSON {"entries": [{"name","offset","len"}...]}
+//!          entries follow each other in index order, each on the next 64-byte boundary;
+//!          every byte between and after them is zero, up to `total`
 //! ```
-//! `seal` finds a bundle inside a binary by scanning for the marker and accepting the first
-//! candidate whose header and index checksum are consistent; the index checksum is for locating
-//! and diagnostics only, security comes from MANIFEST + signature.
+//! The layout is canonical: one list of entries has exactly one byte image, so a bundle has no
+//! room for bytes nobody checks. Parsing insists on it. The index and its checksum are not
+//! signed and carry nothing security-relevant (names and offsets); authenticity comes from
+//! MANIFEST, its signature and the trust policy, and whether a build is dev-signed is part of
+//! the signed `sealserve.json`.
 //!
-//! Knows nothing about model formats. Which keys may sign is the `trust` module's business.
+//! Verification copies every payload file into memory the caller provides ([`Copies`]) and
+//! hashes the copy, so what the rest of the program reads is exactly what was hashed, whatever
+//! happens to the file afterwards. Knows nothing about model formats; which keys may sign is
+//! the `trust` module's business, where a bundle sits in a binary is `placement`'s.
 
 use crate::manifest::{is_plain_file_name, sha256_hex, Manifest, ManifestError};
 use crate::signature::{PublicKey, Signature, SignatureError};
 use crate::spec::{BundleMetadata, METADATA_FILE};
-pub use crate::trust::{TrustKeyError, TrustPolicy};
+pub use crate::trust::{TrustKeyError, TrustPolicy, TrustState};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The documented marker at the start of every bundle.
-pub const MARKER: &[u8; 16] = b"SEALSERVE-BUNDLE";
-/// Bundle format written by this version.
-pub const FORMAT_VERSION: u32 = 1;
-/// Alignment of every entry (and of the bundle itself when embedded), so tensors can be read in
-/// place and cache lines are not split.
+/// Bundle format written and read by this version.
+pub const FORMAT_VERSION: u32 = 2;
+/// Alignment of every entry and of the bundle's total length, so tensors can be read in place,
+/// cache lines are not split, and an embedded bundle fills its aligned section exactly.
 pub const ALIGN: usize = 64;
-const HEADER_LEN: usize = 64;
+/// Bytes before the index.
+pub const HEADER_LEN: usize = 64;
+/// The ELF section of `serve` that holds its bundle.
+pub const SECTION: &str = ".sealserve";
 
 /// Entry names with a fixed meaning.
 pub const MANIFEST_FILE: &str = "MANIFEST";
@@ -48,10 +57,6 @@ pub const PUBLIC_KEY_FILE: &str = "model.pub";
 /// Public key, minisign format (carries the minisign key id).
 pub const PUBLIC_KEY_MINISIGN_FILE: &str = "model.pub.minisign";
 
-/// Written beside an exported dev-signed bundle (the dev flag lives in the index, which an
-/// export does not carry).
-pub const DEV_SIGNED_MARKER: &str = "DEV-SIGNED";
-
 /// The signing entries (what signs the payload, not part of it).
 pub const SIGNING_FILES: [&str; 5] = [
     MANIFEST_FILE,
@@ -60,6 +65,29 @@ pub const SIGNING_FILES: [&str; 5] = [
     PUBLIC_KEY_FILE,
     PUBLIC_KEY_MINISIGN_FILE,
 ];
+
+const MARKER_MASK: u8 = 0xa5;
+const MARKER_MASKED: [u8; 16] = mask(*b"SEALSERVE-BUNDLE");
+
+const fn mask(mut bytes: [u8; 16]) -> [u8; 16] {
+    let mut i = 0;
+    while i < bytes.len() {
+        bytes[i] ^= MARKER_MASK;
+        i += 1;
+    }
+    bytes
+}
+
+/// The 16 bytes every bundle starts with, `SEALSERVE-BUNDLE`.
+///
+/// Why a function: the marker is stored masked and unmasked at run time through `black_box`, so
+/// the compiler cannot fold it back into a constant. A built `serve` therefore holds these bytes
+/// in exactly one place, the first bytes of its bundle, and `seal` and `serve` can refuse any
+/// file that holds them anywhere else (a planted or appended second bundle).
+pub fn marker() -> [u8; 16] {
+    let mask = std::hint::black_box(MARKER_MASK);
+    MARKER_MASKED.map(|b| b ^ mask)
+}
 
 /// Why a bundle was refused. Each variant has its own process exit code (sealserve's `exit`
 /// table).
@@ -85,7 +113,7 @@ pub enum VerifyError {
         file: &'static str,
         source: SignatureError,
     },
-    #[error("bundle is signed by key {fingerprint}, which is not among the trusted keys ({trusted}); rebuild with a trusted key or add it to --trusted-key")]
+    #[error("bundle is signed by key {fingerprint}, which is not among the trusted keys ({trusted}); rebuild with a trusted key or pin this one")]
     Untrusted {
         fingerprint: String,
         trusted: String,
@@ -94,6 +122,13 @@ pub enum VerifyError {
     DevSigned { fingerprint: String },
     #[error("bundle carries no signature ({SIGNATURE_RAW_FILE} or {SIGNATURE_MINISIGN_FILE}); refusing to run an unsigned model")]
     MissingSignature,
+    #[error("bundle's {what} is {actual}, but this deployment expects {expected} ({flag}); it is bound to another model or build")]
+    Binding {
+        what: &'static str,
+        flag: &'static str,
+        expected: String,
+        actual: String,
+    },
 }
 
 impl From<ManifestError> for VerifyError {
@@ -103,29 +138,39 @@ impl From<ManifestError> for VerifyError {
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Index {
-    dev_signed: bool,
     entries: Vec<IndexEntry>,
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct IndexEntry {
     name: String,
     offset: u64,
     len: u64,
 }
 
+fn align_up(n: u64) -> u64 {
+    n.div_ceil(ALIGN as u64) * ALIGN as u64
+}
+
+/// Offsets of each entry and the total length, for entries of these lengths after an index of
+/// `index_len` bytes: the one layout `write_bundle` produces and `Bundle::read` accepts.
+fn layout(index_len: u64, lens: impl Iterator<Item = u64>) -> Option<(Vec<u64>, u64)> {
+    let mut next = align_up(HEADER_LEN as u64 + index_len);
+    let mut offsets = Vec::new();
+    for len in lens {
+        offsets.push(next);
+        next = align_up(next.checked_add(len)?);
+    }
+    Some((offsets, next))
+}
+
 /// Writes a bundle. `entries` keep their order; names must be plain file names.
-pub fn write_bundle(
-    out: &mut impl Write,
-    dev_signed: bool,
-    entries: &[(String, Vec<u8>)],
-) -> std::io::Result<()> {
-    let index_len_estimate = |index: &Index| serde_json::to_vec(index).map(|v| v.len());
-    // Offsets depend on the index length, which depends on the offsets' digits: iterate to a
-    // fixed point (two passes in practice).
+pub fn write_bundle(out: &mut impl Write, entries: &[(String, Vec<u8>)]) -> std::io::Result<()> {
+    let lens = || entries.iter().map(|(_, b)| b.len() as u64);
     let mut index = Index {
-        dev_signed,
         entries: entries
             .iter()
             .map(|(name, bytes)| IndexEntry {
@@ -135,45 +180,39 @@ pub fn write_bundle(
             })
             .collect(),
     };
-    let mut index_len = 0usize;
-    loop {
-        let mut offset = align_up(HEADER_LEN + index_len);
-        for entry in &mut index.entries {
-            entry.offset = offset as u64;
-            offset = align_up(offset + entry.len as usize);
+    // Offsets depend on the index length, which depends on the offsets' digits: iterate to a
+    // fixed point (two passes in practice).
+    let mut index_len = 0u64;
+    let total = loop {
+        let (offsets, total) = layout(index_len, lens())
+            .ok_or_else(|| std::io::Error::other("bundle larger than 2^64 bytes"))?;
+        for (entry, offset) in index.entries.iter_mut().zip(offsets) {
+            entry.offset = offset;
         }
-        let new_len = index_len_estimate(&index)?;
+        let new_len = serde_json::to_vec(&index)?.len() as u64;
         if new_len == index_len {
-            break;
+            break total;
         }
         index_len = new_len;
-    }
+    };
     let index_bytes = serde_json::to_vec(&index)?;
-    let total = index
-        .entries
-        .last()
-        .map(|e| e.offset + e.len)
-        .unwrap_or((HEADER_LEN + index_len) as u64);
-    let mut header = Vec::with_capacity(HEADER_LEN);
-    header.extend_from_slice(MARKER);
-    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    header.extend_from_slice(&(index_bytes.len() as u32).to_le_bytes());
-    header.extend_from_slice(&total.to_le_bytes());
-    header.extend_from_slice(&Sha256::digest(&index_bytes));
-    out.write_all(&header)?;
-    out.write_all(&index_bytes)?;
-    let mut written = HEADER_LEN + index_bytes.len();
+    let index_len = u32::try_from(index_bytes.len())
+        .map_err(|_| std::io::Error::other("bundle index larger than 4 GiB"))?;
+    let mut head = Vec::with_capacity(HEADER_LEN + index_bytes.len());
+    head.extend_from_slice(&marker());
+    head.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    head.extend_from_slice(&index_len.to_le_bytes());
+    head.extend_from_slice(&total.to_le_bytes());
+    head.extend_from_slice(&Sha256::digest(&index_bytes));
+    head.extend_from_slice(&index_bytes);
+    out.write_all(&head)?;
+    let mut written = head.len() as u64;
     for ((_, bytes), entry) in entries.iter().zip(&index.entries) {
-        let pad = entry.offset as usize - written;
-        out.write_all(&vec![0u8; pad])?;
+        out.write_all(&vec![0u8; (entry.offset - written) as usize])?;
         out.write_all(bytes)?;
-        written = entry.offset as usize + bytes.len();
+        written = entry.offset + entry.len;
     }
-    Ok(())
-}
-
-fn align_up(n: usize) -> usize {
-    n.div_ceil(ALIGN) * ALIGN
+    out.write_all(&vec![0u8; (total - written) as usize])
 }
 
 /// The signing entries for a bundle: MANIFEST, each encoding of the signature that exists, and
@@ -198,174 +237,393 @@ pub fn signing_entries(
     entries
 }
 
-/// A parsed (not yet verified) bundle borrowing its bytes.
-#[derive(Debug)]
-pub struct Bundle<'a> {
-    bytes: &'a [u8],
-    dev_signed: bool,
-    entries: Vec<(String, &'a [u8])>,
+/// Where a bundle's bytes are read from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'s> {
+    /// Bytes in memory: tests, build outputs, folders `seal verify` reassembles.
+    Memory(&'s [u8]),
+    /// A range of an open file (the `.sealserve` section of a `serve` binary), read with
+    /// `pread`: nothing is mapped, so nothing can be re-read from the file behind our back.
+    File {
+        file: &'s File,
+        offset: u64,
+        len: u64,
+    },
 }
 
-impl<'a> Bundle<'a> {
-    /// Parses a bundle that starts at `bytes[0]` (what `serve` embeds).
-    pub fn parse(bytes: &'a [u8]) -> Result<Self, VerifyError> {
-        let malformed = |m: String| VerifyError::Malformed(m);
-        if bytes.len() < HEADER_LEN || &bytes[..16] != MARKER {
-            return Err(malformed("missing SEALSERVE-BUNDLE marker".into()));
+impl Source<'_> {
+    /// Bytes in the bundle.
+    pub fn len(&self) -> u64 {
+        match self {
+            Source::Memory(bytes) => bytes.len() as u64,
+            Source::File { len, .. } => *len,
         }
-        let version = u32::from_le_bytes(read_array(bytes, 16));
+    }
+
+    /// True for an empty source.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills `buf` from bundle offset `at`.
+    fn read_at(&self, at: u64, buf: &mut [u8]) -> Result<(), VerifyError> {
+        let end = at
+            .checked_add(buf.len() as u64)
+            .filter(|e| *e <= self.len());
+        let out_of_range = || {
+            VerifyError::Malformed(format!(
+                "{} bytes at offset {at} lie outside the {}-byte bundle",
+                buf.len(),
+                self.len()
+            ))
+        };
+        end.ok_or_else(out_of_range)?;
+        match self {
+            Source::Memory(bytes) => {
+                let start = at as usize;
+                buf.copy_from_slice(&bytes[start..start + buf.len()]);
+                Ok(())
+            }
+            Source::File { file, offset, .. } => file
+                .read_exact_at(buf, offset + at)
+                .map_err(|e| VerifyError::Malformed(format!("cannot read bundle bytes: {e}"))),
+        }
+    }
+
+    fn read_vec(&self, at: u64, len: u64) -> Result<Vec<u8>, VerifyError> {
+        let len = usize::try_from(len)
+            .map_err(|_| VerifyError::Malformed(format!("entry of {len} bytes")))?;
+        let mut buf = vec![0u8; len];
+        self.read_at(at, &mut buf)?;
+        Ok(buf)
+    }
+}
+
+/// One entry of a parsed bundle: its name and where its bytes lie, relative to the bundle start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// A parsed (not yet verified) bundle: header, index and layout checked, no entry read yet.
+#[derive(Debug)]
+pub struct Bundle<'s> {
+    source: Source<'s>,
+    entries: Vec<Entry>,
+}
+
+/// Bytes read per step when copying, hashing or scanning: large enough for few system calls,
+/// small enough that a copied chunk is still in cache when it is hashed.
+pub const CHUNK: usize = 1 << 20;
+/// Entries at least this large are copied one chunk ahead of the hashing on a second thread.
+const PIPELINE_MIN: usize = 8 * CHUNK;
+/// Chunks the copying thread may run ahead of the hashing one (bounded, so a copied chunk is
+/// still in the shared cache when it is hashed).
+const PIPELINE_DEPTH: usize = 2;
+
+impl<'s> Bundle<'s> {
+    /// Parses a bundle that fills `bytes` exactly.
+    pub fn parse(bytes: &'s [u8]) -> Result<Self, VerifyError> {
+        Self::read(Source::Memory(bytes))
+    }
+
+    /// Parses the bundle that fills `source` exactly, insisting on the canonical layout.
+    pub fn read(source: Source<'s>) -> Result<Self, VerifyError> {
+        let malformed = |m: String| VerifyError::Malformed(m);
+        if source.len() < HEADER_LEN as u64 {
+            return Err(malformed(format!(
+                "{} bytes, shorter than a bundle header",
+                source.len()
+            )));
+        }
+        let mut header = [0u8; HEADER_LEN];
+        source.read_at(0, &mut header)?;
+        if header[..16] != marker() {
+            return Err(malformed("missing bundle marker".into()));
+        }
+        let word = |at: usize| {
+            u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+        };
+        let version = word(16);
         if version != FORMAT_VERSION {
             return Err(malformed(format!(
                 "format version {version}, this build reads {FORMAT_VERSION}"
             )));
         }
-        let index_len = u32::from_le_bytes(read_array(bytes, 20)) as usize;
-        let total = u64::from_le_bytes(read_array(bytes, 24));
-        let total = usize::try_from(total)
-            .ok()
-            .filter(|t| *t <= bytes.len() && *t >= HEADER_LEN + index_len)
-            .ok_or_else(|| malformed(format!("declared length {total} exceeds the data")))?;
-        let index_bytes = &bytes[HEADER_LEN..HEADER_LEN + index_len];
-        if Sha256::digest(index_bytes).as_slice() != &bytes[32..64] {
+        let index_len = u64::from(word(20));
+        let total = u64::from_le_bytes(header[24..32].try_into().unwrap_or_default());
+        if total != source.len() {
+            return Err(malformed(format!(
+                "declared length {total} does not match the {} bytes it occupies",
+                source.len()
+            )));
+        }
+        if HEADER_LEN as u64 + index_len > total {
+            return Err(malformed(format!(
+                "declared index length {index_len} exceeds the data"
+            )));
+        }
+        let index_bytes = source.read_vec(HEADER_LEN as u64, index_len)?;
+        if Sha256::digest(&index_bytes).as_slice() != &header[32..64] {
             return Err(malformed("index checksum does not match".into()));
         }
-        let index: Index = serde_json::from_slice(index_bytes)
-            .map_err(|e| malformed(format!("index is not valid JSON: {e}")))?;
-        let bytes = &bytes[..total];
-        let mut entries = Vec::with_capacity(index.entries.len());
-        for entry in index.entries {
-            let start = usize::try_from(entry.offset).unwrap_or(usize::MAX);
-            let end = start.saturating_add(usize::try_from(entry.len).unwrap_or(usize::MAX));
-            if !is_plain_file_name(&entry.name) || end > total || start < HEADER_LEN + index_len {
-                return Err(malformed(format!(
-                    "entry {:?} has a bad name or lies outside the bundle",
-                    entry.name
-                )));
+        let index: Index = serde_json::from_slice(&index_bytes)
+            .map_err(|e| malformed(format!("index is not valid: {e}")))?;
+        let (offsets, expected_total) = layout(index_len, index.entries.iter().map(|e| e.len))
+            .ok_or_else(|| malformed("entry lengths overflow".into()))?;
+        let mut entries: Vec<Entry> = Vec::with_capacity(index.entries.len());
+        for (entry, expected) in index.entries.into_iter().zip(offsets) {
+            if !is_plain_file_name(&entry.name) {
+                return Err(malformed(format!("entry {:?} has a bad name", entry.name)));
             }
-            if entries.iter().any(|(n, _)| n == &entry.name) {
+            if entries.iter().any(|e| e.name == entry.name) {
                 return Err(malformed(format!("entry {} appears twice", entry.name)));
             }
-            entries.push((entry.name, &bytes[start..end]));
-        }
-        Ok(Self {
-            bytes,
-            dev_signed: index.dev_signed,
-            entries,
-        })
-    }
-
-    /// Finds the bundle inside a binary (or any file) by its marker.
-    pub fn locate(haystack: &'a [u8]) -> Result<Self, VerifyError> {
-        let mut last_error = None;
-        for position in memchr::memmem::find_iter(haystack, MARKER) {
-            match Self::parse(&haystack[position..]) {
-                Ok(bundle) => return Ok(bundle),
-                Err(e) => last_error = Some(e),
+            if entry.offset != expected {
+                return Err(malformed(format!(
+                    "entry {} starts at {}, not at {expected} where the canonical layout puts it",
+                    entry.name, entry.offset
+                )));
             }
+            entries.push(Entry {
+                name: entry.name,
+                offset: entry.offset,
+                len: entry.len,
+            });
         }
-        Err(last_error.unwrap_or_else(|| {
-            VerifyError::Malformed(
-                "no SEALSERVE-BUNDLE marker found; is this a `serve` binary?".into(),
-            )
-        }))
+        if expected_total != total {
+            return Err(malformed(format!(
+                "entries end at {expected_total}, but the bundle is {total} bytes"
+            )));
+        }
+        let bundle = Self { source, entries };
+        bundle.check_padding(HEADER_LEN as u64 + index_len)?;
+        Ok(bundle)
     }
 
-    /// The whole bundle's bytes.
-    pub fn bytes(&self) -> &'a [u8] {
-        self.bytes
-    }
-
-    /// Whether build.rs signed it with an ephemeral key (no release key was given).
-    pub fn dev_signed(&self) -> bool {
-        self.dev_signed
-    }
-
-    /// One entry's bytes.
-    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
-        self.entries
+    /// Every byte outside the header, index and entries must be zero: there is nowhere to hide
+    /// anything in a bundle.
+    fn check_padding(&self, index_end: u64) -> Result<(), VerifyError> {
+        let mut gap_start = index_end;
+        let ends = self
+            .entries
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, bytes)| *bytes)
+            .map(|e| (e.offset, e.offset + e.len))
+            .chain(std::iter::once((self.source.len(), self.source.len())));
+        for (start, end) in ends {
+            let gap = self.source.read_vec(gap_start, start - gap_start)?;
+            if let Some(at) = gap.iter().position(|b| *b != 0) {
+                return Err(VerifyError::Malformed(format!(
+                    "non-zero byte at offset {} between entries; a bundle carries nothing outside its entries",
+                    gap_start + at as u64
+                )));
+            }
+            gap_start = end;
+        }
+        Ok(())
+    }
+
+    /// Total bytes.
+    pub fn len(&self) -> u64 {
+        self.source.len()
+    }
+
+    /// True for an empty bundle (never, once parsed).
+    pub fn is_empty(&self) -> bool {
+        self.source.is_empty()
     }
 
     /// All entries in bundle order.
-    pub fn entries(&self) -> impl Iterator<Item = (&str, &'a [u8])> {
-        self.entries.iter().map(|(n, b)| (n.as_str(), *b))
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    fn entry(&self, name: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.name == name)
+    }
+
+    /// One entry's bytes, `None` when the bundle has no such entry.
+    pub fn read_entry(&self, name: &str) -> Result<Option<Vec<u8>>, VerifyError> {
+        self.entry(name)
+            .map(|e| self.source.read_vec(e.offset, e.len))
+            .transpose()
     }
 
     /// Writes every entry to `dir` so anyone can re-check it with sha256sum, minisign, openssl,
-    /// cosign; a dev-signed bundle also gets a [`DEV_SIGNED_MARKER`] file, so checks of the
-    /// folder can refuse it as `serve --trusted-key` would. Returns the paths written.
+    /// cosign. Each file is created new: an existing name (a file, or a symlink planted to
+    /// redirect the write) is an error, never written through. Returns the paths written.
     pub fn export(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir)?;
         let mut written = Vec::new();
-        for (name, bytes) in self.entries() {
-            let path = dir.join(name);
-            std::fs::write(&path, bytes)?;
-            written.push(path);
-        }
-        if self.dev_signed {
-            let path = dir.join(DEV_SIGNED_MARKER);
-            std::fs::write(
-                &path,
-                "This bundle was signed at build time by an ephemeral key (no release key).\n",
-            )?;
+        for entry in &self.entries {
+            let path = dir.join(&entry.name);
+            // O_CREAT|O_EXCL: fails on any existing name and never follows a symlink.
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{}: {e} (export writes new files only; use a new or empty folder)",
+                            path.display()
+                        ),
+                    )
+                })?;
+            let mut buf = vec![0u8; CHUNK];
+            let mut at = entry.offset;
+            let end = entry.offset + entry.len;
+            while at < end {
+                let n = (end - at).min(CHUNK as u64) as usize;
+                self.source
+                    .read_at(at, &mut buf[..n])
+                    .map_err(std::io::Error::other)?;
+                file.write_all(&buf[..n])?;
+                at += n as u64;
+            }
+            file.sync_all()?;
             written.push(path);
         }
         Ok(written)
     }
 
-    /// Full startup verification: key parse → trust → signature over MANIFEST → MANIFEST covers
-    /// exactly the payload → every digest. `after_hash` sees each hashed chunk (serve uses it to
-    /// drop the pages from its resident set).
-    pub fn verify(
+    /// Full verification: key parse → signature over MANIFEST → MANIFEST covers exactly the
+    /// payload → `sealserve.json` (copied, hashed, parsed) → trust policy → every other file
+    /// copied into `copies` and hashed there. Only hashed copies are handed out. The signing
+    /// half and every rule about the payload are [`SignedManifest`]'s, the same code that
+    /// judges a bundle fetched from a store (sealserve's `remote` module).
+    pub fn verify<'v>(
         &self,
         policy: &TrustPolicy,
-        after_hash: &mut dyn FnMut(&'a [u8]),
-    ) -> Result<VerifiedBundle<'a>, VerifyError> {
-        let signed = SignedManifest::verify(&|name| self.get(name), self.dev_signed, policy)?;
-        let payload: BTreeMap<String, &'a [u8]> = self
-            .entries()
-            .filter(|(name, _)| !SIGNING_FILES.contains(name))
-            .map(|(name, bytes)| (name.to_string(), bytes))
-            .collect();
-        signed.check_coverage(payload.keys().map(String::as_str))?;
-        let started = Instant::now();
-        let mut bytes_hashed = 0u64;
-        for (name, bytes) in &payload {
-            let actual = hash_chunked(bytes, after_hash);
-            bytes_hashed += bytes.len() as u64;
-            signed.check_digest(name, &actual)?;
+        copies: &mut dyn Copies<'v>,
+    ) -> Result<VerifiedBundle<'v>, VerifyError> {
+        let mut signing = BTreeMap::new();
+        for name in SIGNING_FILES {
+            if let Some(bytes) = self.read_entry(name)? {
+                signing.insert(name, bytes);
+            }
         }
-        signed.into_verified(payload, bytes_hashed, started.elapsed())
+        let signed = SignedManifest::verify(&|name| signing.get(name).map(Vec::as_slice))?;
+        let payload: BTreeMap<&str, &Entry> = self
+            .entries
+            .iter()
+            .filter(|e| !SIGNING_FILES.contains(&e.name.as_str()))
+            .map(|e| (e.name.as_str(), e))
+            .collect();
+        signed.check_coverage(payload.keys().copied())?;
+        let started = Instant::now();
+        let mut files = BTreeMap::new();
+        let mut bytes_hashed = 0u64;
+        // sealserve.json first: it says what the bundle is (model, build, dev-signed), which the
+        // trust policy needs before the large files are read.
+        let metadata_entry = payload
+            .get(METADATA_FILE)
+            .ok_or_else(|| VerifyError::Manifest(format!("{METADATA_FILE} is not covered")))?;
+        let metadata_copy = self.copy_verified(metadata_entry, &signed, copies)?;
+        let accepted = signed.accept(policy, metadata_copy)?;
+        bytes_hashed += metadata_copy.len() as u64;
+        files.insert(METADATA_FILE.to_string(), metadata_copy);
+        for entry in payload.values().filter(|e| e.name != METADATA_FILE) {
+            let copy = self.copy_verified(entry, &signed, copies)?;
+            bytes_hashed += copy.len() as u64;
+            files.insert(entry.name.clone(), copy);
+        }
+        signed.into_verified(accepted, files, bytes_hashed, started.elapsed())
+    }
+
+    /// Copies one entry into fresh memory from `copies`, hashing each chunk after it is written,
+    /// and hands the copy out only if the digest is the one MANIFEST records.
+    fn copy_verified<'v>(
+        &self,
+        entry: &Entry,
+        signed: &SignedManifest,
+        copies: &mut dyn Copies<'v>,
+    ) -> Result<&'v [u8], VerifyError> {
+        let len = usize::try_from(entry.len)
+            .map_err(|_| VerifyError::Malformed(format!("{} is too large", entry.name)))?;
+        let copy = copies.allocate(len).map_err(|e| {
+            VerifyError::Malformed(format!(
+                "cannot allocate {len} bytes to verify {}: {e}",
+                entry.name
+            ))
+        })?;
+        let actual = hex::encode(self.copy_and_hash(entry.offset, copy)?);
+        signed.check_digest(&entry.name, &actual)?;
+        Ok(copies.seal(copy))
+    }
+
+    /// Fills `copy` from the entry at `offset` and returns the SHA-256 of what it wrote, hashing
+    /// each chunk from the copy after it is written (never the source). A large entry is copied
+    /// on a second thread one chunk ahead of the hashing: copying (system call, page faults on
+    /// the fresh memory) and hashing then overlap instead of adding up, which is most of what
+    /// verifying the embedded weights costs at start-up.
+    fn copy_and_hash(&self, offset: u64, copy: &mut [u8]) -> Result<[u8; 32], VerifyError> {
+        let mut hasher = Sha256::new();
+        let parallel = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        if !parallel || copy.len() < PIPELINE_MIN {
+            let mut at = offset;
+            for chunk in copy.chunks_mut(CHUNK) {
+                self.source.read_at(at, chunk)?;
+                hasher.update(&*chunk);
+                at += chunk.len() as u64;
+            }
+            return Ok(hasher.finalize().into());
+        }
+        let source = &self.source;
+        let (written, filled) = std::sync::mpsc::sync_channel::<&[u8]>(PIPELINE_DEPTH);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(move || -> Result<(), VerifyError> {
+                let mut at = offset;
+                for chunk in copy.chunks_mut(CHUNK) {
+                    source.read_at(at, chunk)?;
+                    at += chunk.len() as u64;
+                    let chunk: &[u8] = chunk;
+                    if written.send(chunk).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            });
+            for chunk in filled.iter() {
+                hasher.update(chunk);
+            }
+            reader
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })?;
+        Ok(hasher.finalize().into())
     }
 }
 
 /// The signing half of verification, the same wherever a bundle's bytes come from (the bundle
-/// embedded in `serve`, or a bundle fetched from S3, HTTPS or an OCI registry): the embedded
-/// public key parses (and both encodings agree), the trust policy accepts it, every signature
-/// present verifies over MANIFEST, and MANIFEST is canonical. What is left, checking the payload
-/// against MANIFEST, is done through [`SignedManifest::check_coverage`] and
-/// [`SignedManifest::check_digest`], so a remote bundle can be judged before a byte of its
-/// payload is downloaded and hashed while it arrives, by the very rules `Bundle::verify` applies.
+/// embedded in `serve`, or one fetched from S3, HTTPS or an OCI registry): the public key parses
+/// (and both encodings agree), every signature present verifies over MANIFEST, and MANIFEST is
+/// canonical. The payload is then judged by [`Self::check_coverage`] and [`Self::check_digest`],
+/// and the trust policy by [`Self::accept`] once `sealserve.json` is verified, so a remote bundle
+/// can be refused before a byte of its weights is downloaded, by the rules `Bundle::verify`
+/// applies.
 #[derive(Debug)]
 pub struct SignedManifest {
     key: PublicKey,
     manifest: Manifest,
     manifest_sha256: String,
-    dev_signed: bool,
+}
+
+/// What the trust policy accepted: the parsed `sealserve.json` and how the key was trusted.
+#[derive(Debug)]
+pub struct Accepted {
+    metadata: BundleMetadata,
+    trust: TrustState,
 }
 
 impl SignedManifest {
-    /// Key parse → trust → signatures → MANIFEST parse. `signing` returns the bytes of a signing
-    /// file ([`SIGNING_FILES`]) by name, `None` when the bundle has no such file.
-    pub fn verify<'b>(
-        signing: &dyn Fn(&str) -> Option<&'b [u8]>,
-        dev_signed: bool,
-        policy: &TrustPolicy,
-    ) -> Result<Self, VerifyError> {
+    /// Key parse → signatures → MANIFEST parse. `signing` returns the bytes of a signing file
+    /// ([`SIGNING_FILES`]) by name, `None` when the bundle has no such file.
+    pub fn verify<'b>(signing: &dyn Fn(&str) -> Option<&'b [u8]>) -> Result<Self, VerifyError> {
         let key = public_key(signing)?;
-        policy.check(&key, dev_signed)?;
         let manifest_bytes = signing(MANIFEST_FILE)
             .ok_or_else(|| VerifyError::Malformed(format!("no {MANIFEST_FILE} entry")))?;
         verify_signatures(signing, manifest_bytes, &key)?;
@@ -374,7 +632,6 @@ impl SignedManifest {
             key,
             manifest,
             manifest_sha256: sha256_hex(manifest_bytes),
-            dev_signed,
         })
     }
 
@@ -422,26 +679,36 @@ impl SignedManifest {
         Ok(())
     }
 
+    /// Parses `sealserve.json` (bytes whose digest [`Self::check_digest`] accepted) and applies
+    /// the trust policy: pinned keys, no dev build under a pin, the `expect` bindings.
+    pub fn accept(
+        &self,
+        policy: &TrustPolicy,
+        metadata: &[u8],
+    ) -> Result<Accepted, VerifyError> {
+        let metadata = BundleMetadata::from_bytes(metadata)
+            .map_err(|e| VerifyError::Manifest(format!("{METADATA_FILE} is invalid: {e}")))?;
+        let trust = policy.check(&self.key, &metadata, &self.manifest_sha256)?;
+        Ok(Accepted { metadata, trust })
+    }
+
     /// The verified bundle, from the payload files whose digests were checked with
-    /// [`Self::check_digest`]; reads `sealserve.json` among them.
-    pub fn into_verified<'a>(
+    /// [`Self::check_digest`] (their set is checked once more against MANIFEST here).
+    pub fn into_verified<'v>(
         self,
-        files: BTreeMap<String, &'a [u8]>,
+        accepted: Accepted,
+        files: BTreeMap<String, &'v [u8]>,
         bytes_hashed: u64,
         hash_time: Duration,
-    ) -> Result<VerifiedBundle<'a>, VerifyError> {
+    ) -> Result<VerifiedBundle<'v>, VerifyError> {
         self.check_coverage(files.keys().map(String::as_str))?;
-        let metadata_bytes = files
-            .get(METADATA_FILE)
-            .ok_or_else(|| VerifyError::Manifest(format!("{METADATA_FILE} is not covered")))?;
-        let metadata = BundleMetadata::from_bytes(metadata_bytes)
-            .map_err(|e| VerifyError::Manifest(format!("{METADATA_FILE} is invalid: {e}")))?;
         Ok(VerifiedBundle {
-            metadata,
+            dev_signed: accepted.metadata.dev_signed,
+            metadata: accepted.metadata,
             manifest_sha256: self.manifest_sha256,
             key_fingerprint: self.key.fingerprint(),
             key_id: self.key.key_id_hex(),
-            dev_signed: self.dev_signed,
+            trust: accepted.trust,
             files,
             bytes_hashed,
             hash_time,
@@ -449,8 +716,8 @@ impl SignedManifest {
     }
 }
 
-/// The refusal for a file MANIFEST lists but the bundle does not carry (also what a remote
-/// store's 404 for a listed file becomes).
+/// The refusal for a file MANIFEST lists but the bundle does not carry (also what a store's
+/// 404 for a listed file becomes).
 pub fn missing_file(name: &str) -> VerifyError {
     VerifyError::Manifest(format!("it lists {name}, which the bundle does not carry"))
 }
@@ -503,40 +770,52 @@ fn verify_signatures<'b>(
     }
 }
 
-fn read_array<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
-    let mut out = [0u8; N];
-    out.copy_from_slice(&bytes[at..at + N]);
-    out
+/// Memory that verified files are copied into. Verification writes each file into a fresh
+/// allocation and hashes it there, so the bytes the rest of the program reads are exactly the
+/// bytes that were hashed.
+pub trait Copies<'v> {
+    /// Writable room for `len` bytes (contents are overwritten).
+    fn allocate(&mut self, len: usize) -> std::io::Result<&'v mut [u8]>;
+    /// Called once a copy is complete and its digest matched; may make it read-only.
+    fn seal(&mut self, copy: &'v mut [u8]) -> &'v [u8] {
+        copy
+    }
 }
 
-const HASH_CHUNK: usize = 8 << 20;
+/// Verified copies on the heap, living as long as this arena: for `seal` and tests. (`serve`
+/// uses page-aligned, read-only mappings instead; see sealserve's `memory` module.)
+#[derive(Default)]
+pub struct HeapCopies {
+    arena: bumpalo::Bump,
+}
 
-fn hash_chunked<'a>(bytes: &'a [u8], after_hash: &mut dyn FnMut(&'a [u8])) -> String {
-    let mut hasher = Sha256::new();
-    for chunk in bytes.chunks(HASH_CHUNK) {
-        hasher.update(chunk);
-        after_hash(chunk);
+impl<'v> Copies<'v> for &'v HeapCopies {
+    fn allocate(&mut self, len: usize) -> std::io::Result<&'v mut [u8]> {
+        let copies = *self;
+        Ok(copies.arena.alloc_slice_fill_copy(len, 0u8))
     }
-    hex::encode(hasher.finalize())
 }
 
 /// What verification established; the only way the rest of the program gets model bytes.
 #[derive(Debug)]
-pub struct VerifiedBundle<'a> {
+pub struct VerifiedBundle<'v> {
     pub metadata: BundleMetadata,
     pub manifest_sha256: String,
     pub key_fingerprint: String,
     pub key_id: String,
+    /// Signed at build time by an ephemeral key, as the signed `sealserve.json` says.
     pub dev_signed: bool,
-    /// Every file MANIFEST covers, by name, digest-checked.
-    pub files: BTreeMap<String, &'a [u8]>,
+    /// How the signing key was accepted: pinned, or only under an explicit waiver.
+    pub trust: TrustState,
+    /// Every file MANIFEST covers, by name: the hashed copies.
+    pub files: BTreeMap<String, &'v [u8]>,
     pub bytes_hashed: u64,
     pub hash_time: Duration,
 }
 
-impl<'a> VerifiedBundle<'a> {
+impl<'v> VerifiedBundle<'v> {
     /// A verified file by name.
-    pub fn file(&self, name: &str) -> Option<&'a [u8]> {
+    pub fn file(&self, name: &str) -> Option<&'v [u8]> {
         self.files.get(name).copied()
     }
 }

@@ -13,7 +13,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use blake2::{Blake2b512, Digest as _};
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
+};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use sha2::Sha256;
 
@@ -238,12 +240,17 @@ impl SecretKey {
         Ok(Self { key })
     }
 
-    /// PKCS#8 PEM text; the caller writes it with mode 0600.
+    /// PKCS#8 PEM text; the caller writes it with mode 0600. Version 1 (RFC 8410, the seed
+    /// only), the form `openssl genpkey -algorithm ed25519` writes: OpenSSL 3.0 refuses the
+    /// version-2 encoding that carries the public key too.
     pub fn to_pkcs8_pem(&self) -> String {
-        self.key
-            .to_pkcs8_pem(LineEnding::LF)
+        let v1 = KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
+        };
+        v1.to_pkcs8_pem(LineEnding::LF)
             .map(|pem| pem.to_string())
-            .unwrap_or_else(|e| unreachable!("encoding a valid key cannot fail: {e}"))
+            .unwrap_or_else(|e| unreachable!("encoding a 32-byte seed cannot fail: {e}"))
     }
 
     /// The matching public key.
@@ -358,27 +365,27 @@ impl Signature {
         key_id.copy_from_slice(&blob[2..10]);
         let mut bytes = [0u8; 64];
         bytes.copy_from_slice(&blob[10..74]);
-        let trusted = match lines.next() {
-            None => None,
-            Some(line) => {
-                let text = line
-                    .strip_prefix(TRUSTED_PREFIX)
-                    .ok_or_else(|| bad("third line must start with `trusted comment: `"))?;
-                let global = lines
-                    .next()
-                    .ok_or_else(|| bad("missing global signature"))?;
-                let global = B64
-                    .decode(global.trim())
-                    .map_err(|e| bad(&format!("global signature: {e}")))?;
-                let signature: [u8; 64] = global
-                    .try_into()
-                    .map_err(|_| bad("global signature must be 64 bytes"))?;
-                Some(TrustedComment {
-                    text: text.to_string(),
-                    signature,
-                })
-            }
-        };
+        // minisign itself refuses a signature without its trusted comment and global signature,
+        // so we do too: the trusted comment is what ties the signature to a file name and time.
+        let comment = lines
+            .next()
+            .ok_or_else(|| bad("missing trusted comment line (minisign requires it)"))?;
+        let text = comment
+            .strip_prefix(TRUSTED_PREFIX)
+            .ok_or_else(|| bad("third line must start with `trusted comment: `"))?;
+        let global = lines
+            .next()
+            .ok_or_else(|| bad("missing global signature (minisign requires it)"))?;
+        let global = B64
+            .decode(global.trim())
+            .map_err(|e| bad(&format!("global signature: {e}")))?;
+        let signature: [u8; 64] = global
+            .try_into()
+            .map_err(|_| bad("global signature must be 64 bytes"))?;
+        let trusted = Some(TrustedComment {
+            text: text.to_string(),
+            signature,
+        });
         Ok(Self {
             algorithm,
             key_id: Some(key_id),
@@ -478,6 +485,32 @@ mod tests {
             sig.verify(b"m", &sk.public_key()),
             Err(SignatureError::TrustedCommentInvalid { .. })
         ));
+    }
+
+    #[test]
+    fn minisign_signature_without_trusted_comment_is_refused_as_minisign_does() {
+        let sk = SecretKey::generate();
+        let full = sk.sign(b"m", "MANIFEST", 1).to_minisign().unwrap();
+        let lines: Vec<&str> = full.lines().collect();
+        for cut in [2, 3] {
+            let truncated = lines[..cut].join("\n") + "\n";
+            let err = Signature::parse(truncated.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("minisign requires it"), "{err}");
+        }
+    }
+
+    #[test]
+    fn private_key_is_pkcs8_version_1() {
+        // RFC 8410 v1: SEQUENCE { INTEGER 0, AlgorithmIdentifier 1.3.101.112, OCTET STRING {
+        // OCTET STRING seed } }: 48 bytes, version byte 0.
+        let pem = SecretKey::generate().to_pkcs8_pem();
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = B64.decode(body).unwrap();
+        assert_eq!(der.len(), 48, "{pem}");
+        assert_eq!(
+            &der[..16],
+            b"\x30\x2e\x02\x01\x00\x30\x05\x06\x03\x2b\x65\x70\x04\x22\x04\x20"
+        );
     }
 
     #[test]

@@ -8,6 +8,9 @@
 use crate::bundle::VerifyError;
 use crate::manifest::is_lower_hex;
 use crate::signature::PublicKey;
+use crate::spec::BundleMetadata;
+use std::fmt;
+use std::str::FromStr;
 
 /// A trust anchor that is neither a fingerprint nor a usable key file.
 #[derive(Debug, thiserror::Error)]
@@ -18,10 +21,71 @@ pub struct TrustKeyError {
     pub reason: String,
 }
 
-/// Which signing keys may sign the bundle.
+/// How a verified bundle's signing key was accepted, for /info, logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustState {
+    /// The key is one the operator pinned.
+    Pinned,
+    /// Nothing was pinned and the operator waived that (`--allow-unpinned`): any correctly
+    /// self-signed bundle would have been accepted.
+    Unpinned,
+}
+
+impl fmt::Display for TrustState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TrustState::Pinned => "pinned",
+            TrustState::Unpinned => "unpinned",
+        })
+    }
+}
+
+/// A model at one revision, `<repo>@<40-hex commit>`: what `--expect-model` binds to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelRef {
+    pub model_id: String,
+    pub revision: String,
+}
+
+impl FromStr for ModelRef {
+    type Err = String;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let (model_id, revision) = value.trim().rsplit_once('@').ok_or_else(|| {
+            format!("{value:?} is not <repo>@<revision>, e.g. sentence-transformers/all-MiniLM-L6-v2@c9745ed1d9f207416be6d2e6f8de32d1f16199bf")
+        })?;
+        let revision = revision.to_ascii_lowercase();
+        if model_id.is_empty() || model_id.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "{value:?}: the repo id before '@' is empty or has spaces"
+            ));
+        }
+        if !is_lower_hex(&revision, 40) {
+            return Err(format!(
+                "{value:?}: the revision must be the full 40-hex commit id the model is pinned to, not a branch, tag or short id"
+            ));
+        }
+        Ok(Self {
+            model_id: model_id.to_string(),
+            revision,
+        })
+    }
+}
+
+impl fmt::Display for ModelRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.model_id, self.revision)
+    }
+}
+
+/// Which signing keys may sign the bundle, and what the bundle must be.
 #[derive(Clone, Debug)]
 pub struct TrustPolicy {
-    fingerprints: Vec<String>,
+    /// `None`: nothing pinned (an explicit waiver); `Some`: only these fingerprints, and an
+    /// empty list accepts no key at all.
+    pinned: Option<Vec<String>>,
+    expect_model: Option<ModelRef>,
+    expect_manifest: Option<String>,
 }
 
 impl TrustPolicy {
@@ -29,47 +93,103 @@ impl TrustPolicy {
     /// operator's explicit waiver, never as a default.
     pub fn unpinned() -> Self {
         Self {
-            fingerprints: Vec::new(),
+            pinned: None,
+            expect_model: None,
+            expect_manifest: None,
         }
     }
 
     /// Pins the keys with these fingerprints (lowercase hex sha256 of the raw key, see
-    /// [`PublicKey::fingerprint`]).
+    /// [`PublicKey::fingerprint`]). An empty list pins nothing and so accepts no key.
     pub fn pinned(fingerprints: impl IntoIterator<Item = String>) -> Self {
         let mut fingerprints: Vec<String> = fingerprints.into_iter().collect();
         fingerprints.sort();
         fingerprints.dedup();
-        Self { fingerprints }
+        Self {
+            pinned: Some(fingerprints),
+            ..Self::unpinned()
+        }
     }
 
-    /// True when at least one key is pinned.
+    /// Also requires the bundle to carry this model at this revision.
+    pub fn expecting_model(mut self, model: ModelRef) -> Self {
+        self.expect_model = Some(model);
+        self
+    }
+
+    /// Also requires the bundle's MANIFEST to have this sha256 (lowercase hex).
+    pub fn expecting_manifest(mut self, sha256: String) -> Self {
+        self.expect_manifest = Some(sha256);
+        self
+    }
+
+    /// True when keys are pinned.
     pub fn is_pinned(&self) -> bool {
-        !self.fingerprints.is_empty()
+        self.pinned.is_some()
     }
 
-    /// Refuses a key that is not pinned, and any dev-signed bundle once something is pinned.
-    pub(crate) fn check(&self, key: &PublicKey, dev_signed: bool) -> Result<(), VerifyError> {
-        let fingerprint = key.fingerprint();
-        if !self.is_pinned() {
-            return Ok(());
+    /// What a bundle accepted under this policy is trusted as.
+    pub fn state(&self) -> TrustState {
+        if self.is_pinned() {
+            TrustState::Pinned
+        } else {
+            TrustState::Unpinned
         }
-        // A pinned deployment never runs a dev build, whatever key it carries.
-        if dev_signed {
-            return Err(VerifyError::DevSigned { fingerprint });
+    }
+
+    /// Applies the policy to a bundle whose signature and `sealserve.json` already verified:
+    /// a pinned deployment never runs a dev build and only pinned keys; the `expect` bindings
+    /// hold whether or not keys are pinned.
+    pub(crate) fn check(
+        &self,
+        key: &PublicKey,
+        metadata: &BundleMetadata,
+        manifest_sha256: &str,
+    ) -> Result<TrustState, VerifyError> {
+        if let Some(pinned) = &self.pinned {
+            let fingerprint = key.fingerprint();
+            if metadata.dev_signed {
+                return Err(VerifyError::DevSigned { fingerprint });
+            }
+            if !pinned.contains(&fingerprint) {
+                return Err(VerifyError::Untrusted {
+                    fingerprint,
+                    trusted: pinned.join(", "),
+                });
+            }
         }
-        if self.fingerprints.contains(&fingerprint) {
-            return Ok(());
+        if let Some(expected) = &self.expect_manifest {
+            if expected != manifest_sha256 {
+                return Err(VerifyError::Binding {
+                    what: "MANIFEST sha256",
+                    flag: "--expect-manifest",
+                    expected: expected.clone(),
+                    actual: manifest_sha256.to_string(),
+                });
+            }
         }
-        Err(VerifyError::Untrusted {
-            fingerprint,
-            trusted: self.fingerprints.join(", "),
-        })
+        if let Some(expected) = &self.expect_model {
+            let actual = ModelRef {
+                model_id: metadata.model_id.clone(),
+                revision: metadata.revision.clone(),
+            };
+            if *expected != actual {
+                return Err(VerifyError::Binding {
+                    what: "model",
+                    flag: "--expect-model",
+                    expected: expected.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
+        }
+        Ok(self.state())
     }
 }
 
-/// A key fingerprint as operators write it: 64 hex digits, either case, optionally prefixed with
-/// `sha256:`. Returns the canonical lowercase form, `None` for anything else.
-pub fn parse_fingerprint(value: &str) -> Option<String> {
+/// A sha256 as operators write it (a key fingerprint, a MANIFEST digest): 64 hex digits, either
+/// case, optionally prefixed with `sha256:`. Returns the canonical lowercase form, `None` for
+/// anything else.
+pub fn parse_sha256(value: &str) -> Option<String> {
     let value = value.trim();
     let hex = value.strip_prefix("sha256:").unwrap_or(value);
     let lower = hex.to_ascii_lowercase();
@@ -103,7 +223,7 @@ pub fn fingerprints_in_file(origin: &str, bytes: &[u8]) -> Result<Vec<String>, T
     lines
         .iter()
         .map(|line| {
-            parse_fingerprint(line).ok_or_else(|| {
+            parse_sha256(line).ok_or_else(|| {
                 error(format!(
                     "{line:?} is not a 64-hex key fingerprint, and the file is not a public key ({key_error})"
                 ))
@@ -118,16 +238,16 @@ mod tests {
     use crate::signature::SecretKey;
 
     #[test]
-    fn fingerprints_are_read_in_every_accepted_form() {
+    fn sha256_values_are_read_in_every_accepted_form() {
         let fp = "AB".repeat(32);
-        assert_eq!(parse_fingerprint(&fp), Some("ab".repeat(32)));
+        assert_eq!(parse_sha256(&fp), Some("ab".repeat(32)));
         assert_eq!(
-            parse_fingerprint(&format!(" sha256:{fp} ")),
+            parse_sha256(&format!(" sha256:{fp} ")),
             Some("ab".repeat(32))
         );
-        assert_eq!(parse_fingerprint(&"ab".repeat(31)), None);
-        assert_eq!(parse_fingerprint(&format!("{}zz", "ab".repeat(31))), None);
-        assert_eq!(parse_fingerprint(""), None);
+        assert_eq!(parse_sha256(&"ab".repeat(31)), None);
+        assert_eq!(parse_sha256(&format!("{}zz", "ab".repeat(31))), None);
+        assert_eq!(parse_sha256(""), None);
     }
 
     #[test]
@@ -148,6 +268,32 @@ mod tests {
         for bad in ["", "# only a comment\n", "not a key\n"] {
             let err = fingerprints_in_file("bad.pub", bad.as_bytes()).unwrap_err();
             assert!(err.to_string().starts_with("bad.pub: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn model_refs_need_a_repo_and_a_full_commit() {
+        let rev = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf";
+        let parsed: ModelRef = format!(
+            "sentence-transformers/all-MiniLM-L6-v2@{}",
+            rev.to_uppercase()
+        )
+        .parse()
+        .unwrap();
+        assert_eq!(parsed.model_id, "sentence-transformers/all-MiniLM-L6-v2");
+        assert_eq!(parsed.revision, rev);
+        assert_eq!(
+            parsed.to_string(),
+            format!("sentence-transformers/all-MiniLM-L6-v2@{rev}")
+        );
+        for bad in [
+            "no-revision",
+            "repo@main",
+            "repo@c9745ed",
+            &format!("@{rev}"),
+            &format!("a b@{rev}"),
+        ] {
+            assert!(bad.parse::<ModelRef>().is_err(), "{bad}");
         }
     }
 }

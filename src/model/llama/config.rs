@@ -46,6 +46,11 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
+/// Largest width, head count or vocabulary accepted. Far above any model this loader runs
+/// (hidden 16,384, feed-forward 53,248, vocabularies of 262,144), and small enough that every
+/// product of two sizes fits in a `usize`, so the widths derived from them cannot overflow.
+pub const MAX_SIZE: usize = 1 << 24;
+
 /// Hyper-parameters of one llama-family network.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
@@ -138,11 +143,39 @@ impl LlamaConfig {
                 .map(Vec::len)
                 .ok_or_else(|| ConfigError::Missing(format!("{prefix}.vocab_size")))?,
         };
+        let intermediate = usize_of("feed_forward_length")?;
+        for (key, value) in [
+            ("embedding_length", hidden),
+            ("feed_forward_length", intermediate),
+            ("attention.head_count", heads),
+            ("attention.head_count_kv", kv_heads),
+            ("attention.key_length", head_dim),
+            ("vocab_size", vocab_size),
+        ] {
+            if !(1..=MAX_SIZE).contains(&value) {
+                return Err(ConfigError::Invalid {
+                    key: format!("{prefix}.{key}"),
+                    reason: format!("{value} is outside 1..={MAX_SIZE}"),
+                });
+            }
+        }
+        // Every block is several tensors: a count above the tensors present is a broken file,
+        // and would otherwise size allocations (layers, caches) before any tensor is looked up.
+        let layers = usize_of("block_count")?;
+        if layers > content.tensor_infos.len() {
+            return Err(ConfigError::Invalid {
+                key: format!("{prefix}.block_count"),
+                reason: format!(
+                    "{layers} blocks, but the file has only {} tensors",
+                    content.tensor_infos.len()
+                ),
+            });
+        }
         Ok(Self {
             architecture,
-            layers: usize_of("block_count")?,
+            layers,
             hidden,
-            intermediate: usize_of("feed_forward_length")?,
+            intermediate,
             heads,
             kv_heads,
             head_dim,

@@ -11,6 +11,7 @@
 //! semantics but without the multi-row reuse.
 
 pub mod config;
+pub mod header;
 pub mod ops;
 pub mod quant;
 pub mod tokenizer;
@@ -27,6 +28,8 @@ pub use config::ConfigError;
 /// Why a GGUF could not be turned into a runnable model.
 #[derive(Debug, thiserror::Error)]
 pub enum LlamaLoadError {
+    #[error("malformed GGUF header: {0}")]
+    Header(#[from] header::HeaderError),
     #[error("not a readable GGUF file: {0}")]
     Gguf(candle_core::Error),
     #[error(transparent)]
@@ -52,8 +55,12 @@ pub struct Gguf<'a> {
 }
 
 impl<'a> Gguf<'a> {
-    /// Parses the header of GGUF bytes held in memory (no file is opened).
+    /// Parses the header of GGUF bytes held in memory (no file is opened). The header is first
+    /// walked with every length, count and tensor extent bounded by the bytes (see `header`),
+    /// so a malformed file is an error before candle allocates what it claims. The bytes have
+    /// passed signature verification by then: this is defence in depth, not the trust boundary.
     pub fn read(bytes: &'a [u8]) -> Result<Self, LlamaLoadError> {
+        header::check(bytes)?;
         let content =
             gguf_file::Content::read(&mut Cursor::new(bytes)).map_err(LlamaLoadError::Gguf)?;
         Ok(Self { content, bytes })
@@ -81,24 +88,33 @@ impl<'a> Gguf<'a> {
         self.content.tensor_infos.contains_key(name)
     }
 
-    /// The raw bytes of a tensor, in place.
+    /// The raw bytes of a tensor, in place. Every size is checked arithmetic: `header::check`
+    /// has bounded them already, and this stays safe without it.
     fn raw(&self, name: &str) -> Result<(&'a [u8], GgmlDType, Vec<usize>), LlamaLoadError> {
         let info = self.info(name)?;
         let dims = info.shape.dims().to_vec();
-        let elems: usize = dims.iter().product();
         let dtype = info.ggml_dtype;
-        let len = elems / dtype.block_size() * dtype.type_size();
-        let start = usize::try_from(self.content.tensor_data_offset + info.offset)
-            .ok()
-            .filter(|s| {
-                s.checked_add(len)
-                    .is_some_and(|end| end <= self.bytes.len())
+        let outside = |reason: &str| LlamaLoadError::Tensor {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        };
+        let elems = dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| outside("its shape has more elements than a size can count"))?;
+        if !elems.is_multiple_of(dtype.block_size()) {
+            return Err(outside("its elements do not fill whole blocks of its type"));
+        }
+        let range = (elems / dtype.block_size())
+            .checked_mul(dtype.type_size())
+            .and_then(|len| {
+                let start = self.content.tensor_data_offset.checked_add(info.offset)?;
+                let start = usize::try_from(start).ok()?;
+                Some(start..start.checked_add(len)?)
             })
-            .ok_or_else(|| LlamaLoadError::Tensor {
-                name: name.to_string(),
-                reason: "data lies outside the file".into(),
-            })?;
-        Ok((&self.bytes[start..start + len], dtype, dims))
+            .filter(|range| range.end <= self.bytes.len())
+            .ok_or_else(|| outside("data lies outside the file"))?;
+        Ok((&self.bytes[range], dtype, dims))
     }
 
     fn qtensor(&self, name: &str) -> Result<QTensor, LlamaLoadError> {
@@ -335,6 +351,17 @@ impl LlamaModel {
         } else {
             std::sync::Arc::new(Linear::load(gguf, &["token_embd.weight".into()], hidden)?)
         };
+        // Logits are `vocab` wide: the sampler and the tokenizer index them by token id.
+        if lm_head.outputs() != c.vocab_size {
+            return Err(LlamaLoadError::Tensor {
+                name: "output.weight".into(),
+                reason: format!(
+                    "{} outputs, expected the vocabulary's {}",
+                    lm_head.outputs(),
+                    c.vocab_size
+                ),
+            });
+        }
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let name = |t: &str| format!("blk.{i}.{t}");
@@ -632,6 +659,143 @@ impl SendPtr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::quantized::gguf_file::Value;
+
+    /// A tiny random llama (Q8_0, 2 blocks, tied output), the `gguf` fuzz target's seed,
+    /// written by tests/data/make_tiny_gguf.py.
+    fn tiny_llama() -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("crates/fuzz/seeds/gguf/llama-q8_0.gguf");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn load_error(gguf: &Gguf<'_>) -> LlamaLoadError {
+        match LlamaModel::load(gguf) {
+            Ok(_) => panic!("the model loaded"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn malformed_headers_are_errors_from_read() {
+        let bytes = tiny_llama();
+        assert!(LlamaModel::load(&Gguf::read(&bytes).unwrap()).is_ok());
+        // Cut inside the tensor data: every tensor's extent is checked before candle reads.
+        let err = Gguf::read(&bytes[..bytes.len() - 1])
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(
+                err,
+                LlamaLoadError::Header(header::HeaderError::TensorOutside { .. })
+            ),
+            "{err}"
+        );
+        // `general.alignment = 0`, on which candle divides by zero.
+        let mut g = b"GGUF".to_vec();
+        g.extend_from_slice(&3u32.to_le_bytes());
+        g.extend_from_slice(&0u64.to_le_bytes());
+        g.extend_from_slice(&1u64.to_le_bytes());
+        g.extend_from_slice(&17u64.to_le_bytes());
+        g.extend_from_slice(b"general.alignment");
+        g.extend_from_slice(&4u32.to_le_bytes());
+        g.extend_from_slice(&0u32.to_le_bytes());
+        let err = Gguf::read(&g).err().expect("refused");
+        assert!(
+            matches!(
+                err,
+                LlamaLoadError::Header(header::HeaderError::Alignment(0))
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hyper_parameters_are_bounded_before_anything_is_sized_by_them() {
+        let bytes = tiny_llama();
+        let tensors = Gguf::read(&bytes).unwrap().content.tensor_infos.len();
+        for (key, value) in [
+            // `Vec::with_capacity(block_count)` would abort on these.
+            ("llama.block_count", Value::U64(1 << 40)),
+            ("llama.block_count", Value::U64(tensors as u64 + 1)),
+            ("llama.embedding_length", Value::U32(0)),
+            ("llama.feed_forward_length", Value::U64(1 << 40)),
+            // heads × head_dim would overflow.
+            ("llama.attention.key_length", Value::U64(u64::MAX)),
+            ("llama.vocab_size", Value::U32(0)),
+            ("llama.attention.head_count", Value::U64(1 << 30)),
+        ] {
+            let mut gguf = Gguf::read(&bytes).unwrap();
+            gguf.content.metadata.insert(key.into(), value);
+            let err = load_error(&gguf);
+            assert!(
+                matches!(&err, LlamaLoadError::Config(ConfigError::Invalid { key: k, .. }) if k.ends_with(&key[6..])),
+                "{key}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_output_projection_must_be_vocabulary_wide() {
+        let bytes = tiny_llama();
+        let mut gguf = Gguf::read(&bytes).unwrap();
+        // A [32, 32] matrix where the [vocab, 32] output projection belongs.
+        let q = gguf.info("blk.0.attn_q.weight").unwrap();
+        let output = gguf_file::TensorInfo {
+            ggml_dtype: q.ggml_dtype,
+            shape: q.shape.clone(),
+            offset: q.offset,
+        };
+        gguf.content
+            .tensor_infos
+            .insert("output.weight".into(), output);
+        let err = load_error(&gguf);
+        assert!(
+            err.to_string()
+                .contains("output.weight: 32 outputs, expected the vocabulary's"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn raw_tensor_extents_use_checked_arithmetic() {
+        let bytes = tiny_llama();
+        let name = "token_embd.weight";
+        let reason = |gguf: &Gguf<'_>| match gguf.raw(name) {
+            Ok(_) => panic!("read"),
+            Err(e) => e.to_string(),
+        };
+        let mut gguf = Gguf::read(&bytes).unwrap();
+        gguf.content.tensor_infos.get_mut(name).unwrap().offset = u64::MAX;
+        assert!(reason(&gguf).contains("outside the file"));
+        let mut gguf = Gguf::read(&bytes).unwrap();
+        gguf.content.tensor_infos.get_mut(name).unwrap().shape = vec![usize::MAX, 2].into();
+        assert!(reason(&gguf).contains("more elements"));
+        let mut gguf = Gguf::read(&bytes).unwrap();
+        gguf.content.tensor_infos.get_mut(name).unwrap().shape = vec![1, 33].into();
+        assert!(reason(&gguf).contains("whole blocks"));
+    }
+
+    #[test]
+    fn special_token_ids_must_lie_in_the_vocabulary() {
+        let bytes = tiny_llama();
+        let mut gguf = Gguf::read(&bytes).unwrap();
+        assert!(tokenizer::TextTokenizer::from_gguf(&gguf).is_ok());
+        gguf.content
+            .metadata
+            .insert("tokenizer.ggml.bos_token_id".into(), Value::U32(1 << 20));
+        let err = match tokenizer::TextTokenizer::from_gguf(&gguf) {
+            Ok(_) => panic!("built"),
+            Err(e) => e,
+        };
+        assert!(
+            matches!(
+                err,
+                tokenizer::TokenizerError::TokenId { id: 1_048_576, .. }
+            ),
+            "{err}"
+        );
+    }
 
     /// Our packed kernels and candle's CPU quantized matmul on the same quantized weights agree
     /// (both quantize activations to 8 bits per 32-block), and the candle fallback (K-quants)

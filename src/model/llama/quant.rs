@@ -281,7 +281,11 @@ fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], sums: &mut [i32]) {
     {
         let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
         let scale = amax / 127.0;
-        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        // A subnormal scale has no finite inverse: `v * inf` would round to i32::MAX and
+        // overflow the block sum (found by the gguf fuzz target). Such blocks are zero for
+        // every purpose (|x| < 2^-126 · 127), so they quantize to zeros.
+        let inv = 1.0 / scale;
+        let inv = if inv.is_finite() { inv } else { 0.0 };
         let mut sum = 0i32;
         for (q, v) in qb.iter_mut().zip(xb) {
             let r = (v * inv).round() as i32;
@@ -622,6 +626,22 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tiny_huge_and_nan_activations_quantize_without_overflow() {
+        // Found by the gguf fuzz target: a block whose largest value is subnormal had an
+        // infinite inverse scale, and its quantized values overflowed the block sum.
+        let mut x = vec![1e-40f32; BLOCK];
+        x.extend([f32::INFINITY; BLOCK]);
+        x.extend([f32::NAN; BLOCK]);
+        x.extend((0..BLOCK).map(|i| i as f32 - 16.0));
+        let mut rows = QuantizedRows::default();
+        rows.quantize(&x, BLOCK);
+        assert_eq!(rows.rows(), 4);
+        assert!(rows.qs[..3 * BLOCK].iter().all(|&q| q == 0));
+        assert_eq!(rows.sums[..3], [0, 0, 0]);
+        assert_eq!(rows.qs[3 * BLOCK], -127);
+    }
 
     /// Deterministic pseudo-random bytes (xorshift), so the test needs no RNG crate.
     fn bytes(seed: u64, len: usize) -> Vec<u8> {

@@ -39,7 +39,16 @@ pub enum TokenizerError {
     Build(String),
     #[error("encoding failed: {0}")]
     Encode(String),
+    #[error("GGUF metadata {key} names token {id}, outside the {vocab}-token vocabulary")]
+    TokenId {
+        key: &'static str,
+        id: u32,
+        vocab: usize,
+    },
 }
+
+/// A token id and the byte span `(start, stop)` of the text it came from.
+pub type SpannedToken = (u32, (usize, usize));
 
 /// Encoder plus the exact bytes of every token.
 pub struct TextTokenizer {
@@ -65,12 +74,23 @@ fn strings(gguf: &Gguf<'_>, key: &'static str) -> Result<Vec<String>, TokenizerE
         .collect()
 }
 
-fn token_id(gguf: &Gguf<'_>, key: &'static str) -> Option<u32> {
-    gguf.content
+/// A special token's id, if the metadata names one; an id outside the vocabulary is an error
+/// (it would be fed to the model as BOS, or never match as EOS).
+fn token_id(
+    gguf: &Gguf<'_>,
+    key: &'static str,
+    vocab: usize,
+) -> Result<Option<u32>, TokenizerError> {
+    let id = gguf
+        .content
         .metadata
         .get(key)
         .and_then(|v| super::config::as_usize(v, key).ok())
-        .and_then(|v| u32::try_from(v).ok())
+        .and_then(|v| u32::try_from(v).ok());
+    match id {
+        Some(id) if id as usize >= vocab => Err(TokenizerError::TokenId { key, id, vocab }),
+        _ => Ok(id),
+    }
 }
 
 /// GPT-2's byte ↔ printable character table (`bytes_to_unicode`), inverted.
@@ -208,8 +228,8 @@ impl TextTokenizer {
             tokenizer,
             token_bytes,
             special,
-            bos: token_id(gguf, "tokenizer.ggml.bos_token_id"),
-            eos: token_id(gguf, "tokenizer.ggml.eos_token_id"),
+            bos: token_id(gguf, "tokenizer.ggml.bos_token_id", tokens.len())?,
+            eos: token_id(gguf, "tokenizer.ggml.eos_token_id", tokens.len())?,
             add_bos: matches!(
                 gguf.content.metadata.get("tokenizer.ggml.add_bos_token"),
                 Some(Value::Bool(true))
@@ -230,6 +250,32 @@ impl TextTokenizer {
         }
         ids.extend_from_slice(encoding.get_ids());
         Ok(ids)
+    }
+
+    /// [`TextTokenizer::encode`] with each token's byte span in `text` (`/tokenize`). The ids
+    /// are the same; a BOS the GGUF asks for comes first with the empty span `(0, 0)`. Slower
+    /// than `encode` (offsets are tracked), so generation uses `encode`.
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_bos: bool,
+    ) -> Result<Vec<SpannedToken>, TokenizerError> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let mut out = Vec::with_capacity(encoding.len() + 1);
+        if add_bos && self.add_bos {
+            out.extend(self.bos.map(|bos| (bos, (0, 0))));
+        }
+        out.extend(
+            encoding
+                .get_ids()
+                .iter()
+                .copied()
+                .zip(encoding.get_offsets().iter().copied()),
+        );
+        Ok(out)
     }
 
     /// Exact bytes of one token (may be part of a UTF-8 character).

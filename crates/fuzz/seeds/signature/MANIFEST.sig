@@ -1,0 +1,1 @@
+i7YmrdwyCwq9avi5+rrOaW6+rvGRv1jykIPdjRhFaEHS7xfXYElwo6pqsJ2xowx1CcyBy3AIb2g6qLyi4YUECw==

@@ -1,0 +1,1549 @@
+//! The HTTP service of a generation model: OpenAI's `/v1/chat/completions` and
+//! `/v1/completions` (JSON, or server-sent events with `stream: true`), TGI's `/generate`,
+//! `/generate_stream` and `POST /` (what `huggingface_hub.InferenceClient.text_generation`
+//! sends), CML's `/model` with `{"request": {"prompt" | "messages", ...}}`, `/v1/models`, and the
+//! operational routes (`/health`, `/ready`, `/info` with `"kind": "generation"`, `/metrics`,
+//! `/openapi.json`). Auth, the body limit, the request log line and metrics, the panic guard and
+//! the 404/405 bodies are the embedding router's (`super`). Does no inference itself: every
+//! request goes to the [`Generator`]'s scheduler, whose channel it turns into one response or an
+//! event stream; dropping the stream (client gone) cancels the request.
+
+use super::error::{ApiError, ApiFamily, ErrorKind};
+use super::openai_completions::{
+    unix_now, ChatCompletion, ChatCompletionChunk, CompletionObject, Reply, Shape, TextCompletion,
+    TextCompletionChunk,
+};
+use super::routes::{body_bytes, Body};
+use super::types::{
+    AuthKind, DecodeRequest, DecodeResponse, InputIds, OpenAiModel, OpenAiModelList, SimpleToken,
+    Status, TokenizeRequest, TokenizeResponse,
+};
+use super::BundleInfo;
+use crate::engine::EngineHealth;
+use crate::generate::{
+    ChatMessage, Completion, Event, FinishReason, GenerateRequest, Generator, Prompt,
+    SamplingParams, SubmitError,
+};
+use crate::harden::HardenReport;
+use crate::limits::Limits;
+use crate::telemetry;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// What the generation routes share.
+pub struct GenerationState {
+    pub generator: Generator,
+    /// The model id shown in responses and /v1/models (the bundle's repo id).
+    pub model_id: String,
+    /// The pinned revision of the model's repo.
+    pub revision: String,
+    /// Provenance of the bundle, shown by /info.
+    pub bundle: BundleInfo,
+    /// The hardening in force.
+    pub hardening: HardenReport,
+    /// `payload_limit` bounds every body, `max_client_batch_size` the inputs of `/tokenize` and
+    /// `/decode`; the batching and concurrency limits in force are the generator's config
+    /// (`/info` shows those).
+    pub limits: Limits,
+    pub api_key: Option<String>,
+    /// True once serving, false again when shutting down.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The routes of a generation model. The embedding and other task routes answer TEI's 424
+/// (`Unsupported`, as another task's route does on an embedding server) with a message saying
+/// this server runs a generation model, so a client pointed at the wrong bundle learns why.
+pub fn generation_router(state: Arc<GenerationState>) -> Router {
+    telemetry::handle();
+    serving_since();
+    let protected = Router::new()
+        .route("/", post(tgi_root))
+        .route("/generate", post(tgi_generate))
+        .route("/generate_stream", post(tgi_generate_stream))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        // Model ids contain '/', so the id is the rest of the path.
+        .route("/v1/models/{*id}", get(model_by_id))
+        .route("/tokenize", post(tokenize))
+        .route("/decode", post(decode))
+        .route("/info", get(info))
+        .route("/metrics", get(super::routes::metrics))
+        .route("/openapi.json", get(openapi))
+        .route("/embed", post(wrong_kind))
+        .route("/embed_all", post(wrong_kind))
+        .route("/embed_sparse", post(wrong_kind))
+        .route("/predict", post(wrong_kind))
+        .route("/rerank", post(wrong_kind))
+        .route("/similarity", post(wrong_kind))
+        .route("/v1/embeddings", post(wrong_kind))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/model", post(cml_model))
+        .merge(protected)
+        .fallback(super::not_found)
+        .method_not_allowed_fallback(super::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.limits.payload_limit.get()))
+        .layer(middleware::from_fn(super::observe))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            super::panic_response,
+        ))
+        .with_state(state)
+}
+
+/// The Bearer check of every protected route (the embedding router's rule, over this state).
+async fn require_api_key(
+    State(state): State<Arc<GenerationState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if super::key_matches(
+        state.api_key.as_deref(),
+        super::bearer_token(request.headers()),
+    ) {
+        next.run(request).await
+    } else {
+        super::unauthorized(ApiFamily::for_path(request.uri().path())).into_response()
+    }
+}
+
+async fn wrong_kind(request: Request) -> ApiError {
+    let path = request.uri().path().to_string();
+    ApiError::new(
+        ApiFamily::for_path(&path),
+        ErrorKind::Unsupported,
+        format!("{path} needs an embedding, classifier or re-ranker model; this server runs a generation model: use /v1/chat/completions, /v1/completions or /generate"),
+    )
+}
+
+/// The scheduler thread's state in the shape the embedding engine reports: it is alive
+/// (`running`) or gone (`stopped`); a stuck step is not detected for generation yet.
+fn scheduler_health(state: &GenerationState) -> EngineHealth {
+    if state.generator.is_running() {
+        EngineHealth::Running
+    } else {
+        EngineHealth::Stopped
+    }
+}
+
+/// Liveness: 503 once the generation thread is gone (only a restart helps).
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "alive", body = Status),
+    (status = 503, description = "the generation thread has stopped", body = Status)))]
+async fn health(State(state): State<Arc<GenerationState>>) -> Response {
+    super::routes::health_response(scheduler_health(&state))
+}
+
+/// Readiness: serving, and the scheduler thread is alive.
+#[utoipa::path(get, path = "/ready", responses((status = 200, description = "ready", body = Status),
+    (status = 503, description = "not ready, or the generation thread has stopped", body = Status)))]
+async fn ready(State(state): State<Arc<GenerationState>>) -> Response {
+    super::routes::ready_response(
+        state.ready.load(Ordering::Acquire),
+        scheduler_health(&state),
+    )
+}
+
+/// What a generation server serves: `kind` (and `model_type`) is always `generation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GenerationKind {
+    /// Text in, text out (chat and completions).
+    Generation,
+}
+
+/// The generation scheduler thread: `running`, or `stopped` (it ended; the server is not ready).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerState {
+    Running,
+    Stopped,
+}
+
+/// `GET /info` of a generation server.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct GenerationInfo {
+    /// What runtime-image/cml_model.py routes on.
+    pub kind: GenerationKind,
+    /// The same value under the key the embedding server's /info uses.
+    pub model_type: GenerationKind,
+    pub model_id: String,
+    pub revision: String,
+    #[schema(value_type = String, example = "llama")]
+    pub family: crate::spec::Family,
+    /// Sequences decoded together (batch slots, `--max-batch-size`); more requests wait.
+    pub max_batch: usize,
+    /// Tokens one scheduler step runs (`--max-batch-tokens`): every decoding sequence's next
+    /// token, then prompt chunks.
+    pub max_step_tokens: usize,
+    /// Prompt tokens of one sequence per step (a long prompt is prefilled in chunks between
+    /// the others' decode steps).
+    pub prefill_chunk: usize,
+    /// Requests in flight, queued or generating (`--max-concurrent-requests`); more get 429.
+    pub max_concurrent_requests: usize,
+    /// Longest sequence, prompt plus generated tokens; longer requests get 422.
+    pub max_context: usize,
+    /// Tokens in the vocabulary (valid prompt token ids are below it).
+    pub vocab_size: usize,
+    /// Whether the model carries a chat template (`/v1/chat/completions` needs one).
+    pub chat_template: bool,
+    /// Provenance: manifest digest, signing key, signature kind, trust (the embedding /info's
+    /// fields of the same names).
+    #[serde(flatten)]
+    pub bundle: BundleInfo,
+    /// The generation engine runs on the CPU.
+    #[schema(value_type = String, example = "cpu")]
+    pub device: crate::engine::DeviceKind,
+    /// The limits in force, as on the embedding server: the batching ones are the scheduler's
+    /// (`max_batch_size` = `max_batch`, `max_batch_tokens` = `max_step_tokens`).
+    pub limits: Limits,
+    pub auth: AuthKind,
+    pub scheduler: SchedulerState,
+    /// What hardening is in force (see `serve --help`, `--harden`).
+    #[schema(value_type = Object)]
+    pub hardening: HardenReport,
+    pub version: &'static str,
+}
+
+/// What is being served: model, limits, provenance, hardening, version.
+#[utoipa::path(get, path = "/info", responses((status = 200, description = "server and model information", body = GenerationInfo)))]
+async fn info(State(state): State<Arc<GenerationState>>) -> Response {
+    let config = state.generator.config();
+    let model = state.generator.model();
+    Json(GenerationInfo {
+        kind: GenerationKind::Generation,
+        model_type: GenerationKind::Generation,
+        model_id: state.model_id.clone(),
+        revision: state.revision.clone(),
+        family: crate::spec::Family::Llama,
+        max_batch: config.max_batch,
+        max_step_tokens: config.max_step_tokens,
+        prefill_chunk: config.prefill_chunk,
+        max_concurrent_requests: config.max_concurrent_requests,
+        max_context: config.max_context,
+        vocab_size: model.tokenizer.vocab_size(),
+        chat_template: model.chat_template.is_some(),
+        bundle: state.bundle.clone(),
+        device: crate::engine::DeviceKind::Cpu,
+        limits: effective_limits(&state),
+        auth: if state.api_key.is_some() {
+            AuthKind::Bearer
+        } else {
+            AuthKind::None
+        },
+        scheduler: if state.generator.is_running() {
+            SchedulerState::Running
+        } else {
+            SchedulerState::Stopped
+        },
+        hardening: state.hardening.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+    })
+    .into_response()
+}
+
+/// The limits in force: the flags' request limits with the scheduler's effective batching and
+/// concurrency values (`Generator::start` may raise a step budget below the slots).
+fn effective_limits(state: &GenerationState) -> Limits {
+    let config = state.generator.config();
+    let at_least_one =
+        |n: usize| std::num::NonZeroUsize::new(n).unwrap_or(std::num::NonZeroUsize::MIN);
+    Limits {
+        max_batch_size: at_least_one(config.max_batch),
+        max_batch_tokens: at_least_one(config.max_step_tokens),
+        max_concurrent_requests: at_least_one(config.max_concurrent_requests),
+        ..state.limits
+    }
+}
+
+/// Unix seconds when this process started serving (the first router built), which OpenAI
+/// shows as the model's `created`.
+fn serving_since() -> u64 {
+    static CREATED: OnceLock<u64> = OnceLock::new();
+    *CREATED.get_or_init(unix_now)
+}
+
+fn model_object(state: &GenerationState) -> OpenAiModel {
+    OpenAiModel {
+        id: state.model_id.clone(),
+        object: super::types::ModelObject::Model,
+        created: serving_since(),
+        owned_by: "sealserve",
+    }
+}
+
+/// OpenAI `GET /v1/models`: the one embedded model.
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = OpenAiModelList)))]
+async fn models(State(state): State<Arc<GenerationState>>) -> Response {
+    Json(OpenAiModelList {
+        object: super::types::ListObject::List,
+        data: vec![model_object(&state)],
+    })
+    .into_response()
+}
+
+/// OpenAI `GET /v1/models/{id}`: the embedded model, 404 for any other id.
+#[utoipa::path(get, path = "/v1/models/{id}",
+    params(("id" = String, Path, description = "Model id")),
+    responses((status = 200, body = OpenAiModel), (status = 404, body = super::types::OpenAiErrorBody)))]
+async fn model_by_id(
+    State(state): State<Arc<GenerationState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    super::routes::model_if_named(model_object(&state), &id)
+}
+
+/// The input count rule of `/tokenize` and `/decode` (the embedding server's): at least one,
+/// at most `--max-client-batch-size`.
+fn check_count<T>(state: &GenerationState, items: &[T], what: &str) -> Result<(), ApiError> {
+    let limit = state.limits.max_client_batch_size.get();
+    if items.is_empty() {
+        return Err(tgi_invalid(format!("{what} must not be empty")));
+    }
+    if items.len() > limit {
+        return Err(ApiError::new(
+            ApiFamily::Tei,
+            ErrorKind::TooManyInputs,
+            format!(
+                "{} {what} in one request, over the limit of {limit} (--max-client-batch-size); send fewer per request",
+                items.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs tokenizer work on the blocking pool, one per core at a time (the embedding server's
+/// rule, `infer::TOKENIZING`): a body at the payload limit takes long enough to stall an async
+/// worker, and hundreds at once would hold hundreds of copies.
+async fn on_tokenizer<T: Send + 'static>(
+    state: &Arc<GenerationState>,
+    work: impl FnOnce(&GenerationState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let slot = crate::infer::TOKENIZING
+        .acquire()
+        .await
+        .map_err(|e| tgi_failed(format!("tokenizer slots closed: {e}")))?;
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = work(&state);
+        drop(slot);
+        result
+    })
+    .await
+    .map_err(|e| tgi_failed(format!("tokenizer task failed: {e}")))?
+}
+
+/// TEI `POST /tokenize` with the GGUF's tokenizer: the tokens of each input (id, text,
+/// `special`, byte span), the ids a completion prompt of that text gets. Inputs longer than the
+/// context are cut to it (`truncate`, default) or refused (`"truncate": false`, 422).
+#[utoipa::path(post, path = "/tokenize", request_body = TokenizeRequest,
+    responses((status = 200, body = TokenizeResponse),
+              (status = 401, body = super::types::ErrorBody), (status = 413, body = super::types::ErrorBody),
+              (status = 422, body = super::types::ErrorBody)))]
+async fn tokenize(
+    State(state): State<Arc<GenerationState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request: TokenizeRequest = super::routes::parse_body(ApiFamily::Tei, body)?;
+    if request.prompt_name.is_some() {
+        return Err(tgi_invalid(
+            "prompt_name does not apply to a generation model (it has no sentence-transformers prompts); remove it",
+        ));
+    }
+    let inputs = request.inputs.into_vec();
+    check_count(&state, &inputs, "inputs")?;
+    let truncate = request.truncate.unwrap_or(true);
+    let add_special_tokens = request.add_special_tokens.unwrap_or(true);
+    let tokens = on_tokenizer(&state, move |state| {
+        let model = state.generator.model();
+        let limit = state.generator.config().max_context;
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                let mut tokens = model
+                    .describe_tokens(text, add_special_tokens)
+                    .map_err(|e| tgi_invalid(format!("input {index}: {e}")))?;
+                if tokens.len() > limit {
+                    if !truncate {
+                        return Err(ApiError::new(
+                            ApiFamily::Tei,
+                            ErrorKind::TooLong,
+                            format!(
+                                "input {index} is {} tokens, over the {limit}-token context; send shorter text or allow truncation",
+                                tokens.len()
+                            ),
+                        ));
+                    }
+                    tokens.truncate(limit);
+                }
+                Ok(tokens.into_iter().map(SimpleToken::from).collect())
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    Ok(Json(TokenizeResponse(tokens)).into_response())
+}
+
+/// TEI `POST /decode` with the GGUF's tokenizer: the text of each id sequence (ids outside
+/// the vocabulary are skipped, as on the embedding server).
+#[utoipa::path(post, path = "/decode", request_body = DecodeRequest,
+    responses((status = 200, body = DecodeResponse),
+              (status = 401, body = super::types::ErrorBody), (status = 413, body = super::types::ErrorBody),
+              (status = 422, body = super::types::ErrorBody)))]
+async fn decode(
+    State(state): State<Arc<GenerationState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request: DecodeRequest = super::routes::parse_body(ApiFamily::Tei, body)?;
+    let sequences = match request.ids {
+        InputIds::Single(ids) => vec![ids],
+        InputIds::Batch(batch) => batch,
+    };
+    check_count(&state, &sequences, "ids")?;
+    let skip = request.skip_special_tokens.unwrap_or(true);
+    let texts = on_tokenizer(&state, move |state| {
+        let tokenizer = &state.generator.model().tokenizer;
+        Ok(sequences
+            .iter()
+            .map(|ids| tokenizer.decode(ids, skip))
+            .collect())
+    })
+    .await?;
+    Ok(Json(DecodeResponse(texts)).into_response())
+}
+
+/// A stop field: one string or a list (OpenAI allows both).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// The range a sampling number must be in, checked on the number as sent (f64: what JSON
+/// Schema's bounds in /openapi.json mean) before it is narrowed to the engine's f32, so a value
+/// just outside a bound is refused and one just inside is never rounded onto or past it. The
+/// bounds are 0, 1 and 2, whose neighbours serde_json parses exactly; no bound sits at f32's
+/// largest value, whose neighbours it may parse one step off (it does not round-trip every
+/// float), so unbounded numbers beyond f32's range act as its largest.
+struct Range {
+    name: &'static str,
+    low: f64,
+    /// Whether `low` itself is allowed.
+    low_inclusive: bool,
+    /// None: any finite number (beyond f32's range it acts as f32's largest).
+    high: Option<f64>,
+}
+
+const TEMPERATURE: Range = Range {
+    name: "temperature",
+    low: 0.0,
+    low_inclusive: true,
+    high: None,
+};
+const TGI_TEMPERATURE: Range = Range {
+    low_inclusive: false,
+    ..TEMPERATURE
+};
+const TOP_P: Range = Range {
+    name: "top_p",
+    low: 0.0,
+    low_inclusive: false,
+    high: Some(1.0),
+};
+const MIN_P: Range = Range {
+    name: "min_p",
+    low: 0.0,
+    low_inclusive: true,
+    high: Some(1.0),
+};
+const REPETITION_PENALTY: Range = Range {
+    name: "repetition_penalty",
+    low: 0.0,
+    low_inclusive: false,
+    high: None,
+};
+const FREQUENCY_PENALTY: Range = Range {
+    name: "frequency_penalty",
+    low: -2.0,
+    low_inclusive: true,
+    high: Some(2.0),
+};
+const PRESENCE_PENALTY: Range = Range {
+    name: "presence_penalty",
+    ..FREQUENCY_PENALTY
+};
+
+impl Range {
+    /// `value` (or `default` when absent) checked against the range, then as f32 inside it.
+    fn narrow(&self, value: Option<f64>, default: f32) -> Result<f32, String> {
+        let Some(v) = value else {
+            return Ok(default);
+        };
+        let above_low = if self.low_inclusive {
+            v >= self.low
+        } else {
+            v > self.low
+        };
+        if !(v.is_finite() && above_low && self.high.is_none_or(|high| v <= high)) {
+            let open = if self.low_inclusive { '[' } else { '(' };
+            let high = self.high.map_or("inf)".to_string(), |h| format!("{h}]"));
+            return Err(format!(
+                "{} must be in {open}{}, {high}, got {v}",
+                self.name, self.low
+            ));
+        }
+        // Bounds are f32 values; rounding may only land on an excluded low bound.
+        let low = self.low as f32;
+        let high = self.high.map_or(f32::MAX, |h| h as f32);
+        let narrowed = (v as f32).clamp(low, high);
+        Ok(if !self.low_inclusive && narrowed <= low {
+            low.next_up()
+        } else {
+            narrowed
+        })
+    }
+}
+
+/// Fields shared by both routes (OpenAI names; `top_k`, `min_p`, `repetition_penalty` as vLLM
+/// and TGI accept them).
+#[derive(Deserialize, utoipa::ToSchema)]
+struct Common {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default, deserialize_with = "super::types::whole")]
+    #[schema(minimum = 1)]
+    max_tokens: Option<usize>,
+    #[serde(default, deserialize_with = "super::types::whole")]
+    #[schema(minimum = 1)]
+    max_completion_tokens: Option<usize>,
+    #[serde(default)]
+    #[schema(minimum = 0.0)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
+    top_p: Option<f64>,
+    #[serde(default, deserialize_with = "super::types::whole")]
+    top_k: Option<usize>,
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    min_p: Option<f64>,
+    #[serde(default)]
+    #[schema(minimum = -2.0, maximum = 2.0)]
+    frequency_penalty: Option<f64>,
+    #[serde(default)]
+    #[schema(minimum = -2.0, maximum = 2.0)]
+    presence_penalty: Option<f64>,
+    #[serde(default)]
+    #[schema(exclusive_minimum = 0.0)]
+    repetition_penalty: Option<f64>,
+    #[serde(default, deserialize_with = "super::types::whole")]
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default, deserialize_with = "super::types::whole")]
+    #[schema(minimum = 1, maximum = 1)]
+    n: Option<usize>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default, deserialize_with = "super::types::object_or_null")]
+    stream_options: Option<StreamOptions>,
+}
+
+/// Message content: a string, or a list of parts of which only text is accepted.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(#[serde(deserialize_with = "super::types::objects")] Vec<Part>),
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+struct Message {
+    role: String,
+    #[serde(default)]
+    content: Option<Content>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+struct ChatBody {
+    #[serde(deserialize_with = "super::types::objects")]
+    messages: Vec<Message>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+/// A completion prompt: one text, or one prompt's token ids.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum CompletionPrompt {
+    Text(String),
+    Tokens(#[serde(deserialize_with = "super::types::whole_list")] Vec<u32>),
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+struct CompletionBody {
+    prompt: CompletionPrompt,
+    #[serde(flatten)]
+    common: Common,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::validation(ApiFamily::OpenAi, message)
+}
+
+/// An OpenAI body: a JSON object of the route's type (the embedding routes' rule).
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    super::routes::parse_json(ApiFamily::OpenAi, bytes)
+}
+
+fn submit_error(error: SubmitError) -> ApiError {
+    let kind = match &error {
+        SubmitError::QueueFull { .. } => ErrorKind::Overloaded,
+        SubmitError::ContextLength { .. } => ErrorKind::TooLong,
+        SubmitError::ShuttingDown => ErrorKind::Unavailable,
+        SubmitError::EmptyPrompt
+        | SubmitError::InvalidParameter(_)
+        | SubmitError::Chat(_)
+        | SubmitError::Tokenizer(_) => ErrorKind::Validation,
+    };
+    ApiError::new(ApiFamily::OpenAi, kind, error.to_string())
+}
+
+impl Common {
+    fn request(self, prompt: Prompt) -> Result<GenerateRequest, ApiError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(invalid("n must be 1: one choice per request"));
+        }
+        let d = SamplingParams::default();
+        let number = |range: &Range, value, default| range.narrow(value, default).map_err(invalid);
+        let sampling = SamplingParams {
+            temperature: number(&TEMPERATURE, self.temperature, d.temperature)?,
+            top_p: number(&TOP_P, self.top_p, d.top_p)?,
+            top_k: self.top_k.unwrap_or(d.top_k),
+            min_p: number(&MIN_P, self.min_p, d.min_p)?,
+            repetition_penalty: number(
+                &REPETITION_PENALTY,
+                self.repetition_penalty,
+                d.repetition_penalty,
+            )?,
+            frequency_penalty: number(
+                &FREQUENCY_PENALTY,
+                self.frequency_penalty,
+                d.frequency_penalty,
+            )?,
+            presence_penalty: number(&PRESENCE_PENALTY, self.presence_penalty, d.presence_penalty)?,
+            seed: self.seed,
+            logprobs: None,
+        };
+        let stop = match self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(v)) => v,
+        };
+        if stop.iter().any(String::is_empty) {
+            return Err(invalid("stop strings must not be empty"));
+        }
+        Ok(GenerateRequest {
+            prompt,
+            sampling,
+            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            stop,
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+        })
+    }
+}
+
+/// The conversation of a chat request, text parts only.
+fn chat_prompt(messages: Vec<Message>) -> Result<Prompt, ApiError> {
+    let mut out = Vec::with_capacity(messages.len());
+    for message in messages {
+        let content = match message.content {
+            None => String::new(),
+            Some(Content::Text(text)) => text,
+            Some(Content::Parts(parts)) => {
+                let mut text = String::new();
+                for part in parts {
+                    match (part.kind.as_str(), part.text) {
+                        ("text", Some(t)) => text.push_str(&t),
+                        (kind, _) => {
+                            return Err(invalid(format!(
+                                "message content part of type {kind:?} is not supported: this model reads text only"
+                            )))
+                        }
+                    }
+                }
+                text
+            }
+        };
+        out.push(ChatMessage {
+            role: message.role,
+            content,
+        });
+    }
+    if out.is_empty() {
+        return Err(invalid("messages must not be empty"));
+    }
+    Ok(Prompt::Chat(out))
+}
+
+/// OpenAI chat completions: JSON, or server-sent `chat.completion.chunk`s ending in `[DONE]`.
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatBody,
+    responses((status = 200, description = "A `chat.completion` object; with `stream: true`, `text/event-stream`: one `data:` event per `chat.completion.chunk`, then `data: [DONE]`",
+                content((ChatCompletion = "application/json"), (ChatCompletionChunk = "text/event-stream"))),
+              (status = 401, body = super::types::OpenAiErrorBody), (status = 413, body = super::types::OpenAiErrorBody),
+              (status = 422, body = super::types::OpenAiErrorBody), (status = 429, body = super::types::OpenAiErrorBody),
+              (status = 503, body = super::types::OpenAiErrorBody)))]
+async fn chat_completions(
+    State(state): State<Arc<GenerationState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body: ChatBody = parse(&body_bytes(ApiFamily::OpenAi, body)?)?;
+    let prompt = chat_prompt(body.messages)?;
+    run(state, Shape::Chat, body.common, prompt).await
+}
+
+/// OpenAI text completions: JSON, or server-sent `text_completion` chunks ending in `[DONE]`.
+#[utoipa::path(post, path = "/v1/completions", request_body = CompletionBody,
+    responses((status = 200, description = "A `text_completion` object; with `stream: true`, `text/event-stream`: one `data:` event per `text_completion` chunk, then `data: [DONE]`",
+                content((TextCompletion = "application/json"), (TextCompletionChunk = "text/event-stream"))),
+              (status = 401, body = super::types::OpenAiErrorBody), (status = 413, body = super::types::OpenAiErrorBody),
+              (status = 422, body = super::types::OpenAiErrorBody), (status = 429, body = super::types::OpenAiErrorBody),
+              (status = 503, body = super::types::OpenAiErrorBody)))]
+async fn completions(
+    State(state): State<Arc<GenerationState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body: CompletionBody = parse(&body_bytes(ApiFamily::OpenAi, body)?)?;
+    run(state, Shape::Text, body.common, body.prompt.into()).await
+}
+
+impl From<CompletionPrompt> for Prompt {
+    fn from(prompt: CompletionPrompt) -> Self {
+        match prompt {
+            CompletionPrompt::Text(text) => Prompt::Text(text),
+            CompletionPrompt::Tokens(ids) => Prompt::Tokens(ids),
+        }
+    }
+}
+
+/// Validates an OpenAI request and queues it: the event receiver, the reply's identity, and
+/// whether the client asked for a stream.
+fn submit(
+    state: &GenerationState,
+    shape: Shape,
+    common: Common,
+    prompt: Prompt,
+) -> Result<(UnboundedReceiver<Event>, Reply, bool), ApiError> {
+    let stream = common.stream;
+    let include_usage = common
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    if common.stream_options.is_some() && !stream {
+        return Err(invalid("stream_options is only allowed with stream: true"));
+    }
+    let model = common
+        .model
+        .clone()
+        .unwrap_or_else(|| state.model_id.clone());
+    let request = common.request(prompt)?;
+    let rx = state.generator.submit(request).map_err(submit_error)?;
+    Ok((rx, Reply::new(shape, model, include_usage), stream))
+}
+
+async fn run(
+    state: Arc<GenerationState>,
+    shape: Shape,
+    common: Common,
+    prompt: Prompt,
+) -> Result<Response, ApiError> {
+    let (rx, reply, stream) = submit(&state, shape, common, prompt)?;
+    if stream {
+        Ok(Sse::new(events(rx, reply)).into_response())
+    } else {
+        let done = collect(rx).await?;
+        Ok(Json(reply.complete(&done)).into_response())
+    }
+}
+
+async fn collect(mut rx: UnboundedReceiver<Event>) -> Result<Completion, ApiError> {
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Token { .. } => {}
+            Event::Done(done) => return Ok(done),
+            Event::Error(e) => {
+                return Err(ApiError::new(
+                    ApiFamily::OpenAi,
+                    ErrorKind::Internal,
+                    format!("generation failed: {e}"),
+                ))
+            }
+        }
+    }
+    Err(ApiError::new(
+        ApiFamily::OpenAi,
+        ErrorKind::Unavailable,
+        "the generator stopped before the request finished",
+    ))
+}
+
+/// State of one event stream.
+struct Streaming {
+    rx: UnboundedReceiver<Event>,
+    reply: Reply,
+    pending: VecDeque<SseEvent>,
+    role_sent: bool,
+    finished: bool,
+}
+
+fn data(value: &impl Serialize) -> SseEvent {
+    SseEvent::default().data(serde_json::to_string(value).unwrap_or_default())
+}
+
+/// The SSE stream of one request: a first chunk with the role (chat), one chunk per non-empty
+/// text delta, a chunk with the finish reason, the usage chunk when asked, then `[DONE]`. An
+/// engine error ends the stream with an OpenAI error object. Dropping the stream drops the
+/// receiver, which cancels the request in the scheduler.
+fn events(
+    rx: UnboundedReceiver<Event>,
+    reply: Reply,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let state = Streaming {
+        rx,
+        reply,
+        pending: VecDeque::new(),
+        role_sent: false,
+        finished: false,
+    };
+    stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(event) = s.pending.pop_front() {
+                return Some((Ok(event), s));
+            }
+            if s.finished {
+                return None;
+            }
+            if !s.role_sent {
+                s.role_sent = true;
+                if matches!(s.reply.shape, Shape::Chat) {
+                    s.pending
+                        .push_back(data(&s.reply.chunk(Some(""), true, None)));
+                    continue;
+                }
+            }
+            match s.rx.recv().await {
+                Some(Event::Token { text, .. }) => {
+                    if !text.is_empty() {
+                        s.pending
+                            .push_back(data(&s.reply.chunk(Some(&text), false, None)));
+                    }
+                }
+                Some(Event::Done(done)) => {
+                    let reason = done.finish_reason;
+                    s.pending
+                        .push_back(data(&s.reply.chunk(None, false, Some(reason))));
+                    if s.reply.include_usage {
+                        s.pending.push_back(data(&s.reply.usage_chunk(&done)));
+                    }
+                    s.pending.push_back(SseEvent::default().data("[DONE]"));
+                    s.finished = true;
+                }
+                Some(Event::Error(e)) => {
+                    s.pending.push_back(data(&json!({"error": {
+                        "message": format!("generation failed: {e}"),
+                        "type": "server_error", "param": null, "code": null}})));
+                    s.finished = true;
+                }
+                None => {
+                    s.pending.push_back(data(&json!({"error": {
+                        "message": "the generator stopped before the request finished",
+                        "type": "server_error", "param": null, "code": null}})));
+                    s.finished = true;
+                }
+            }
+        }
+    })
+}
+
+/// CML Models `POST /model` on a generation model: `{"accessKey"?, "request": {...}}` where the
+/// request is an OpenAI chat (`messages`) or text completion (`prompt`) body without streaming;
+/// the answer is `{"success": true, "response": <the OpenAI object>}`.
+#[derive(Deserialize, utoipa::ToSchema)]
+struct CmlGenerationRequest {
+    /// CML's key in the body, accepted instead of the Authorization header.
+    #[serde(rename = "accessKey", default)]
+    access_key: Option<String>,
+    request: CmlGenerationInput,
+}
+
+/// A chat body (has `messages`) or a text-completion body (has `prompt`).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum CmlGenerationInput {
+    Chat(ChatBody),
+    Text(CompletionBody),
+}
+
+/// CML's answer around the OpenAI object.
+#[derive(Serialize, utoipa::ToSchema)]
+struct CmlGenerationResponse {
+    /// Always true (errors use CML's error body and an HTTP error status).
+    success: bool,
+    /// The `chat.completion` or `text_completion` object.
+    response: CompletionObject,
+}
+
+/// CML Models `POST /model` for a generation model.
+#[utoipa::path(post, path = "/model", request_body = CmlGenerationRequest,
+    responses((status = 200, body = CmlGenerationResponse),
+              (status = 401, body = super::types::ErrorBody), (status = 413, body = super::types::ErrorBody),
+              (status = 422, body = super::types::ErrorBody), (status = 429, body = super::types::ErrorBody),
+              (status = 503, body = super::types::ErrorBody)))]
+async fn cml_model(
+    State(state): State<Arc<GenerationState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let family = ApiFamily::Cml;
+    let in_cml = |e: ApiError| ApiError::new(family, e.kind, e.message);
+    let header_ok = super::key_matches(state.api_key.as_deref(), super::bearer_token(&headers));
+    let parsed = body_bytes(family, body).and_then(|bytes| {
+        let value: Value = parse(&bytes).map_err(in_cml)?;
+        // Say which field is missing rather than serde's "did not match any variant".
+        let has = |key: &str| value.pointer(&format!("/request/{key}")).is_some();
+        if !has("messages") && !has("prompt") {
+            return Err(ApiError::validation(
+                family,
+                "body must be {\"request\": {\"messages\": [...]}} (chat) or {\"request\": {\"prompt\": \"...\"}} (text completion)",
+            ));
+        }
+        serde_json::from_value::<CmlGenerationRequest>(value).map_err(|e| {
+            ApiError::validation(family, format!("request is not a valid chat or completion body: {e}"))
+        })
+    });
+    let request = match parsed {
+        Ok(request) => request,
+        // Without a valid header the caller learns nothing but that it is not authorised.
+        Err(_) if !header_ok => return Err(super::unauthorized(family)),
+        Err(e) => return Err(e),
+    };
+    if !header_ok && !super::key_matches(state.api_key.as_deref(), request.access_key.as_deref()) {
+        return Err(super::unauthorized(family));
+    }
+    let (shape, common, prompt) = match request.request {
+        CmlGenerationInput::Chat(body) => (Shape::Chat, body.common, chat_prompt(body.messages)),
+        CmlGenerationInput::Text(body) => (Shape::Text, body.common, Ok(body.prompt.into())),
+    };
+    if common.stream {
+        return Err(ApiError::validation(
+            family,
+            "stream is not supported on /model: use /v1/chat/completions for server-sent events",
+        ));
+    }
+    let (rx, reply, _) = submit(&state, shape, common, prompt.map_err(in_cml)?).map_err(in_cml)?;
+    let done = collect(rx).await.map_err(in_cml)?;
+    Ok(Json(CmlGenerationResponse {
+        success: true,
+        response: reply.complete(&done),
+    })
+    .into_response())
+}
+
+/// TGI's generation request (`/generate`, `/generate_stream`, `POST /`), as
+/// `huggingface_hub.InferenceClient.text_generation` sends it.
+#[derive(Deserialize, utoipa::ToSchema)]
+struct TgiRequest {
+    inputs: String,
+    #[serde(default, deserialize_with = "super::types::object")]
+    parameters: TgiParameters,
+    /// `POST /` streams when true; `/generate` and `/generate_stream` ignore it.
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+/// TGI's `parameters`. Those this server cannot honour are refused (422) when set, never
+/// silently ignored; unknown names are refused too.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct TgiParameters {
+    /// Only 1 (or absent).
+    #[serde(default, deserialize_with = "super::types::whole")]
+    best_of: Option<usize>,
+    /// Only false.
+    #[serde(default)]
+    decoder_input_details: Option<bool>,
+    /// Add `details` (finish reason, token ids, logprobs) to the answer.
+    #[serde(default)]
+    details: Option<bool>,
+    /// Sample instead of greedy decoding; also implied by temperature != 1, top_k, top_p < 1.
+    #[serde(default)]
+    do_sample: Option<bool>,
+    #[serde(default)]
+    #[schema(minimum = -2.0, maximum = 2.0)]
+    frequency_penalty: Option<f64>,
+    /// Tokens to generate at most; absent = up to the context limit.
+    #[serde(default, deserialize_with = "super::types::whole")]
+    #[schema(minimum = 1)]
+    max_new_tokens: Option<usize>,
+    #[serde(default)]
+    #[schema(exclusive_minimum = 0.0)]
+    repetition_penalty: Option<f64>,
+    /// Put the prompt before the generated text in `generated_text`.
+    #[serde(default)]
+    return_full_text: Option<bool>,
+    #[serde(default, deserialize_with = "super::types::whole")]
+    seed: Option<u64>,
+    /// Stop strings; generation ends before the first one (it is not in the text).
+    #[serde(default)]
+    stop: Option<Vec<String>>,
+    #[serde(default)]
+    #[schema(exclusive_minimum = 0.0)]
+    temperature: Option<f64>,
+    #[serde(default, deserialize_with = "super::types::whole")]
+    top_k: Option<usize>,
+    /// Only 0 (or absent).
+    #[serde(default, deserialize_with = "super::types::whole")]
+    top_n_tokens: Option<u32>,
+    #[serde(default)]
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
+    top_p: Option<f64>,
+    /// Not supported (refused when set).
+    #[serde(default, deserialize_with = "super::types::whole")]
+    truncate: Option<usize>,
+    /// Not supported (refused when set).
+    #[serde(default)]
+    typical_p: Option<f64>,
+    /// Only false.
+    #[serde(default)]
+    watermark: Option<bool>,
+    /// Not supported (refused when set).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    grammar: Option<Value>,
+    /// Not supported (refused when set).
+    #[serde(default)]
+    adapter_id: Option<String>,
+}
+
+/// One generated token as TGI reports it.
+#[derive(Serialize, Clone, Debug, utoipa::ToSchema)]
+struct TgiToken {
+    id: u32,
+    /// The text this token completed (empty for an end token, or half a character whose rest
+    /// comes with the next token); the texts of all tokens add up to `generated_text`.
+    text: String,
+    logprob: f32,
+    /// An end-of-sequence or other special token.
+    special: bool,
+}
+
+/// TGI's finish reasons.
+#[derive(Serialize, Clone, Copy, Debug, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum TgiFinishReason {
+    Length,
+    EosToken,
+    StopSequence,
+}
+
+/// `details` of a `/generate` answer.
+#[derive(Serialize, utoipa::ToSchema)]
+struct TgiDetails {
+    finish_reason: TgiFinishReason,
+    generated_tokens: usize,
+    seed: Option<u64>,
+    /// Prompt tokens with logprobs: always empty (`decoder_input_details` is not supported).
+    prefill: Vec<TgiToken>,
+    tokens: Vec<TgiToken>,
+}
+
+/// `POST /generate`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+struct TgiResponse {
+    generated_text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<TgiDetails>,
+}
+
+/// `details` of the last streamed event.
+#[derive(Serialize, utoipa::ToSchema)]
+struct TgiStreamDetails {
+    finish_reason: TgiFinishReason,
+    generated_tokens: usize,
+    seed: Option<u64>,
+    input_length: usize,
+}
+
+/// One `/generate_stream` event (`data: {...}`); the last carries `generated_text` (and
+/// `details` when asked for).
+#[derive(Serialize, utoipa::ToSchema)]
+struct TgiStreamResponse {
+    index: usize,
+    token: TgiToken,
+    /// Always null (`top_n_tokens` is not supported).
+    top_tokens: Option<Vec<TgiToken>>,
+    generated_text: Option<String>,
+    details: Option<TgiStreamDetails>,
+}
+
+fn tgi_invalid(message: impl Into<String>) -> ApiError {
+    ApiError::validation(ApiFamily::Tei, message)
+}
+
+/// A validated TGI request, queued.
+struct TgiSubmitted {
+    rx: UnboundedReceiver<Event>,
+    details: bool,
+    seed: Option<u64>,
+    /// The prompt when `return_full_text` asks for it in `generated_text`.
+    prefix: String,
+    eos: Option<u32>,
+}
+
+fn tgi_submit(state: &GenerationState, bytes: &[u8]) -> Result<(TgiSubmitted, bool), ApiError> {
+    let request: TgiRequest = super::routes::parse_json(ApiFamily::Tei, bytes)?;
+    let p = request.parameters;
+    let refuse = |name: &str, set: bool| -> Result<(), ApiError> {
+        if set {
+            Err(tgi_invalid(format!(
+                "parameter `{name}` is not supported by this server"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    refuse("best_of", p.best_of.is_some_and(|n| n != 1))?;
+    refuse(
+        "decoder_input_details",
+        p.decoder_input_details == Some(true),
+    )?;
+    refuse("top_n_tokens", p.top_n_tokens.is_some_and(|n| n != 0))?;
+    refuse("watermark", p.watermark == Some(true))?;
+    refuse("truncate", p.truncate.is_some())?;
+    refuse("typical_p", p.typical_p.is_some())?;
+    refuse("grammar", p.grammar.is_some())?;
+    refuse("adapter_id", p.adapter_id.is_some())?;
+    let number = |range: &Range, value, default| range.narrow(value, default).map_err(tgi_invalid);
+    let temperature = number(&TGI_TEMPERATURE, p.temperature, 1.0)?;
+    // TGI samples when asked to, or when any warper is set; otherwise it decodes greedily.
+    let warpers = p.temperature.is_some_and(|t| t != 1.0)
+        || p.top_k.is_some_and(|k| k > 0)
+        || p.top_p.is_some_and(|t| t < 1.0);
+    let sample = p.do_sample.unwrap_or(false) || warpers;
+    let defaults = SamplingParams::default();
+    let sampling = SamplingParams {
+        temperature: if sample { temperature } else { 0.0 },
+        top_p: number(&TOP_P, p.top_p, defaults.top_p)?,
+        top_k: p.top_k.unwrap_or(defaults.top_k),
+        min_p: defaults.min_p,
+        repetition_penalty: number(
+            &REPETITION_PENALTY,
+            p.repetition_penalty,
+            defaults.repetition_penalty,
+        )?,
+        frequency_penalty: number(
+            &FREQUENCY_PENALTY,
+            p.frequency_penalty,
+            defaults.frequency_penalty,
+        )?,
+        presence_penalty: defaults.presence_penalty,
+        seed: p.seed,
+        // The chosen token's logprob only: TGI reports it for every token.
+        logprobs: Some(0),
+    };
+    let stop = p.stop.unwrap_or_default();
+    if stop.iter().any(String::is_empty) {
+        return Err(tgi_invalid("stop strings must not be empty"));
+    }
+    let prefix = if p.return_full_text == Some(true) {
+        request.inputs.clone()
+    } else {
+        String::new()
+    };
+    let generate = GenerateRequest {
+        prompt: Prompt::Text(request.inputs),
+        sampling,
+        max_tokens: p.max_new_tokens,
+        stop,
+        stop_token_ids: Vec::new(),
+        ignore_eos: false,
+    };
+    let rx = state.generator.submit(generate).map_err(|e| {
+        let e = submit_error(e);
+        ApiError::new(ApiFamily::Tei, e.kind, e.message)
+    })?;
+    Ok((
+        TgiSubmitted {
+            rx,
+            details: p.details == Some(true),
+            seed: p.seed,
+            prefix,
+            eos: state.generator.model().tokenizer.eos(),
+        },
+        request.stream == Some(true),
+    ))
+}
+
+/// TGI's finish reason of a completion: a stop that ended on the end token is `eos_token`,
+/// any other stop a stop sequence.
+fn tgi_finish(done: &Completion, eos: Option<u32>) -> TgiFinishReason {
+    match done.finish_reason {
+        FinishReason::Length => TgiFinishReason::Length,
+        FinishReason::Stop if done.tokens.last().copied() == eos && eos.is_some() => {
+            TgiFinishReason::EosToken
+        }
+        FinishReason::Stop => TgiFinishReason::StopSequence,
+    }
+}
+
+/// Folds token events into TGI tokens: the text flushed after the last token (held back while
+/// it could have been a stop string's start) belongs to that token.
+fn tgi_fold(
+    tokens: &mut Vec<TgiToken>,
+    id: u32,
+    text: String,
+    logprob: Option<f32>,
+    eos: Option<u32>,
+) {
+    match (tokens.last_mut(), logprob) {
+        (Some(last), None) if last.id == id => last.text.push_str(&text),
+        _ => tokens.push(TgiToken {
+            id,
+            text,
+            logprob: logprob.unwrap_or(0.0),
+            special: Some(id) == eos,
+        }),
+    }
+}
+
+fn tgi_failed(message: impl Into<String>) -> ApiError {
+    ApiError::new(ApiFamily::Tei, ErrorKind::Internal, message)
+}
+
+/// The whole answer of a TGI request.
+async fn tgi_collect(mut submitted: TgiSubmitted) -> Result<TgiResponse, ApiError> {
+    let mut tokens = Vec::new();
+    while let Some(event) = submitted.rx.recv().await {
+        match event {
+            Event::Token { id, text, logprob } => tgi_fold(
+                &mut tokens,
+                id,
+                text,
+                logprob.map(|l| l.logprob),
+                submitted.eos,
+            ),
+            Event::Done(done) => {
+                let details = submitted.details.then(|| TgiDetails {
+                    finish_reason: tgi_finish(&done, submitted.eos),
+                    generated_tokens: done.usage.completion_tokens,
+                    seed: submitted.seed,
+                    prefill: Vec::new(),
+                    tokens,
+                });
+                return Ok(TgiResponse {
+                    generated_text: submitted.prefix + &done.text,
+                    details,
+                });
+            }
+            Event::Error(e) => return Err(tgi_failed(format!("generation failed: {e}"))),
+        }
+    }
+    Err(ApiError::new(
+        ApiFamily::Tei,
+        ErrorKind::Unavailable,
+        "the generator stopped before the request finished",
+    ))
+}
+
+/// State of one TGI event stream: the latest token is held back until the next event shows
+/// whether more text belongs to it or it is the last one (which carries `generated_text`).
+struct TgiStreaming {
+    submitted: TgiSubmitted,
+    held: Vec<TgiToken>,
+    index: usize,
+    finished: bool,
+}
+
+fn tgi_event(value: &impl Serialize) -> SseEvent {
+    SseEvent::default().data(serde_json::to_string(value).unwrap_or_default())
+}
+
+fn tgi_error_event(message: String) -> SseEvent {
+    tgi_event(&json!({"error": message, "error_type": "generation"}))
+}
+
+/// TGI's `/generate_stream`: one `data:` event per token, the last with `generated_text` (and
+/// `details` when asked for). Dropping the stream (client gone) cancels the request.
+fn tgi_events(submitted: TgiSubmitted) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let state = TgiStreaming {
+        submitted,
+        held: Vec::new(),
+        index: 0,
+        finished: false,
+    };
+    stream::unfold(state, |mut s| async move {
+        if s.finished {
+            return None;
+        }
+        loop {
+            match s.submitted.rx.recv().await {
+                Some(Event::Token { id, text, logprob }) => {
+                    let logprob = logprob.map(|l| l.logprob);
+                    tgi_fold(&mut s.held, id, text, logprob, s.submitted.eos);
+                    if s.held.len() > 1 {
+                        let token = s.held.remove(0);
+                        s.index += 1;
+                        let event = TgiStreamResponse {
+                            index: s.index,
+                            token,
+                            top_tokens: None,
+                            generated_text: None,
+                            details: None,
+                        };
+                        return Some((Ok(tgi_event(&event)), s));
+                    }
+                }
+                Some(Event::Done(done)) => {
+                    s.finished = true;
+                    let Some(token) = s.held.pop() else {
+                        return Some((Ok(tgi_error_event("no token was generated".into())), s));
+                    };
+                    s.index += 1;
+                    let details = s.submitted.details.then(|| TgiStreamDetails {
+                        finish_reason: tgi_finish(&done, s.submitted.eos),
+                        generated_tokens: done.usage.completion_tokens,
+                        seed: s.submitted.seed,
+                        input_length: done.usage.prompt_tokens,
+                    });
+                    let event = TgiStreamResponse {
+                        index: s.index,
+                        token,
+                        top_tokens: None,
+                        generated_text: Some(std::mem::take(&mut s.submitted.prefix) + &done.text),
+                        details,
+                    };
+                    return Some((Ok(tgi_event(&event)), s));
+                }
+                Some(Event::Error(e)) => {
+                    s.finished = true;
+                    return Some((Ok(tgi_error_event(format!("generation failed: {e}"))), s));
+                }
+                None => {
+                    s.finished = true;
+                    let message = "the generator stopped before the request finished".to_string();
+                    return Some((Ok(tgi_error_event(message)), s));
+                }
+            }
+        }
+    })
+}
+
+/// TGI `POST /generate`: the generated text (and `details` when asked for).
+#[utoipa::path(post, path = "/generate", request_body = TgiRequest,
+    responses((status = 200, body = TgiResponse),
+              (status = 401, body = super::types::ErrorBody), (status = 413, body = super::types::ErrorBody),
+              (status = 422, body = super::types::ErrorBody), (status = 429, body = super::types::ErrorBody),
+              (status = 503, body = super::types::ErrorBody)))]
+async fn tgi_generate(
+    State(state): State<Arc<GenerationState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (submitted, _) = tgi_submit(&state, &body_bytes(ApiFamily::Tei, body)?)?;
+    Ok(Json(tgi_collect(submitted).await?).into_response())
+}
+
+/// TGI `POST /generate_stream`: server-sent events, one per token.
+#[utoipa::path(post, path = "/generate_stream", request_body = TgiRequest,
+    responses((status = 200, description = "`text/event-stream`: one `data:` event per token; the last carries `generated_text`", body = TgiStreamResponse, content_type = "text/event-stream"),
+              (status = 401, body = super::types::ErrorBody), (status = 413, body = super::types::ErrorBody),
+              (status = 422, body = super::types::ErrorBody), (status = 429, body = super::types::ErrorBody),
+              (status = 503, body = super::types::ErrorBody)))]
+async fn tgi_generate_stream(
+    State(state): State<Arc<GenerationState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (submitted, _) = tgi_submit(&state, &body_bytes(ApiFamily::Tei, body)?)?;
+    Ok(Sse::new(tgi_events(submitted)).into_response())
+}
+
+/// TGI's `POST /`: `/generate`, or `/generate_stream` when the body says `"stream": true` (what
+/// `InferenceClient(model=<url>).text_generation` posts).
+#[utoipa::path(post, path = "/", request_body = TgiRequest,
+    responses((status = 200, description = "As /generate, or with `\"stream\": true` as /generate_stream", body = TgiResponse),
+              (status = 401, body = super::types::ErrorBody), (status = 413, body = super::types::ErrorBody),
+              (status = 422, body = super::types::ErrorBody), (status = 429, body = super::types::ErrorBody),
+              (status = 503, body = super::types::ErrorBody)))]
+async fn tgi_root(
+    State(state): State<Arc<GenerationState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (submitted, stream) = tgi_submit(&state, &body_bytes(ApiFamily::Tei, body)?)?;
+    if stream {
+        Ok(Sse::new(tgi_events(submitted)).into_response())
+    } else {
+        Ok(Json(tgi_collect(submitted).await?).into_response())
+    }
+}
+
+/// The OpenAPI document of a generation server.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "sealserve (generation)",
+        description = "Text generation from a signed, embedded model: OpenAI-, TGI- and CML-compatible."
+    ),
+    paths(
+        tgi_root,
+        tgi_generate,
+        tgi_generate_stream,
+        chat_completions,
+        completions,
+        models,
+        model_by_id,
+        tokenize,
+        decode,
+        cml_model,
+        health,
+        ready,
+        info,
+        super::routes::metrics
+    ),
+    components(schemas(
+        ChatBody,
+        Message,
+        Content,
+        Part,
+        Common,
+        Stop,
+        StreamOptions,
+        CompletionBody,
+        CompletionPrompt,
+        CmlGenerationRequest,
+        CmlGenerationInput,
+        CmlGenerationResponse,
+        CompletionObject,
+        ChatCompletion,
+        ChatCompletionChunk,
+        TextCompletion,
+        TextCompletionChunk,
+        super::openai_completions::ChatCompletionObject,
+        super::openai_completions::ChatCompletionChunkObject,
+        super::openai_completions::TextCompletionObject,
+        super::openai_completions::AssistantRole,
+        super::openai_completions::OpenAiFinishReason,
+        super::openai_completions::CompletionUsage,
+        super::openai_completions::ChatCompletionMessage,
+        super::openai_completions::ChatCompletionChoice,
+        super::openai_completions::ChatCompletionDelta,
+        super::openai_completions::ChatCompletionChunkChoice,
+        super::openai_completions::TextCompletionChoice,
+        super::openai_completions::TextCompletionChunkChoice,
+        TgiRequest,
+        TgiParameters,
+        TgiToken,
+        TgiFinishReason,
+        TgiDetails,
+        TgiResponse,
+        TgiStreamDetails,
+        TgiStreamResponse,
+        super::types::OpenAiModel,
+        super::types::OpenAiModelList,
+        TokenizeRequest,
+        TokenizeResponse,
+        SimpleToken,
+        super::types::Input,
+        DecodeRequest,
+        DecodeResponse,
+        InputIds,
+        super::BundleInfo,
+        GenerationInfo,
+        GenerationKind,
+        SchedulerState,
+        super::types::OpenAiError,
+        super::types::OpenAiErrorBody,
+        super::types::ErrorBody,
+        super::types::Status,
+        super::types::SignatureKind,
+        super::types::AuthKind,
+        Limits
+    ))
+)]
+struct GenerationApiDoc;
+
+/// The OpenAPI document of the generation routes.
+pub fn generation_openapi_document() -> utoipa::openapi::OpenApi {
+    <GenerationApiDoc as utoipa::OpenApi>::openapi()
+}
+
+/// The OpenAPI document of this API, made exact for the served model and limits.
+async fn openapi(State(state): State<Arc<GenerationState>>) -> Response {
+    let document = serde_json::to_value(generation_openapi_document()).unwrap_or(Value::Null);
+    let bounds = super::openapi::GenerationBounds {
+        max_inputs: state.limits.max_client_batch_size.get(),
+        vocab_size: state.generator.model().tokenizer.vocab_size(),
+        model_id: state.model_id.clone(),
+    };
+    Json(super::openapi::exact_generation_document(document, &bounds)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_numbers_are_checked_as_sent_then_narrowed_inside_their_range() {
+        // Just outside a bound is refused, though f32 would round it onto the bound.
+        assert!(TOP_P.narrow(Some(1.0 + f64::EPSILON), 1.0).is_err());
+        assert!(TEMPERATURE.narrow(Some(-1e-300), 1.0).is_err());
+        assert_eq!(TEMPERATURE.narrow(Some(1e300), 1.0), Ok(f32::MAX));
+        assert!(FREQUENCY_PENALTY.narrow(Some(f64::NAN), 0.0).is_err());
+        // Just inside an excluded bound stays inside it, though f32 would round it to 0.
+        let tiny = TOP_P.narrow(Some(1e-300), 1.0).expect("inside (0, 1]");
+        assert!(tiny > 0.0);
+        assert!(SamplingParams {
+            top_p: tiny,
+            ..SamplingParams::default()
+        }
+        .validate()
+        .is_ok());
+        assert_eq!(TEMPERATURE.narrow(Some(f32::MAX.into()), 1.0), Ok(f32::MAX));
+        assert_eq!(MIN_P.narrow(None, 0.25), Ok(0.25));
+        let err = TGI_TEMPERATURE.narrow(Some(0.0), 1.0).unwrap_err();
+        assert!(err.contains("temperature must be in (0,"), "{err}");
+    }
+}

@@ -1,0 +1,551 @@
+//! The generation routes over HTTP, served from the library's router with the real SmolLM2
+//! GGUF: OpenAI chat and text completions (JSON and server-sent events), TGI's `/generate`,
+//! `/generate_stream` and `POST /`, and CML's `/model` give the golden greedy text; `/tokenize`
+//! and `/decode` match the golden token ids; `/info` is typed and `/openapi.json` lists exactly
+//! the generation routes, exact enough for schemathesis with all checks; errors come in each
+//! family's body, embedding routes refuse with TEI's 424; the official `openai` and
+//! `huggingface_hub` Python clients (pinned in tests/clients/requirements.txt, installed by
+//! scripts/install-test-clients; `$SEALSERVE_CLIENTS_PYTHON`, else `python3`) chat with it, and
+//! the `openai` package's pydantic models validate every OpenAI answer and event.
+
+mod common;
+mod generate_support;
+
+use generate_support::{golden, text_model, LlamaCppGreedy};
+use sealserve::bundle::TrustState;
+use sealserve::generate::{Generator, GeneratorConfig};
+use sealserve::harden::{self, HardenLevel, LandlockStatus};
+use sealserve::http::generate::{generation_router, GenerationState};
+use sealserve::http::{BundleInfo, SignatureKind};
+use sealserve::limits::Limits;
+use serde_json::{json, Value};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+
+/// The chat prompt of the golden file and llama.cpp's greedy answer to it (same GGUF).
+const QUESTION: &str = "What is 2+2?";
+const ANSWER: &str = "The answer to this classic math problem is 4.";
+
+/// One server per test binary, on its own runtime thread; returns its base URL.
+fn server() -> &'static str {
+    static BASE: OnceLock<String> = OnceLock::new();
+    BASE.get_or_init(|| {
+        // reqwest's TLS is rustls without a built-in provider (src/remote/tls.rs): install ring's.
+        sealserve::remote::tls::install_crypto_provider();
+        let generator =
+            Generator::start(text_model(), GeneratorConfig::default()).expect("generator starts");
+        let state = Arc::new(GenerationState {
+            generator,
+            model_id: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
+            revision: "0".repeat(40),
+            bundle: BundleInfo {
+                manifest_sha256: "0".repeat(64),
+                key_fingerprint: "0".repeat(64),
+                key_id: "0".repeat(16),
+                signature: SignatureKind::DevSigned,
+                trusted_keys_pinned: false,
+                trust: TrustState::Unpinned,
+                load: sealserve::remote::LoadReport {
+                    source: "embedded".into(),
+                    files: 0,
+                    bytes: 0,
+                    load_ms: 0,
+                    throughput_mib_s: 0.0,
+                    hash_ms: 0,
+                    connections: 0,
+                    retries: 0,
+                },
+            },
+            hardening: harden::report(HardenLevel::Off, LandlockStatus::NotRequested),
+            limits: Limits::DEFAULT,
+            api_key: None,
+            ready: Arc::new(AtomicBool::new(true)),
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                axum::serve(listener, generation_router(state))
+                    .await
+                    .expect("serves");
+            });
+        });
+        base
+    })
+}
+
+fn post(path: &str, body: &Value) -> (u16, String) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(format!("{}{path}", server()))
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("body"))
+    })
+}
+
+fn get(path: &str) -> (u16, String) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", server()))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("body"))
+    })
+}
+
+fn chat_body(stream: bool) -> Value {
+    json!({
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": QUESTION}],
+        "temperature": 0,
+        "max_tokens": 20,
+        "stream": stream,
+    })
+}
+
+/// The `data:` payloads of an SSE body, in order.
+fn sse_data(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn chat_completion_is_the_golden_greedy_answer() {
+    let chat = gguf_chat();
+    let (status, body) = post("/v1/chat/completions", &chat_body(false));
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "smollm2");
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(body["choices"][0]["message"]["content"], ANSWER);
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        body["usage"]["completion_tokens"],
+        chat.generated_ids.len(),
+        "{body}"
+    );
+    assert_eq!(body["usage"]["prompt_tokens"], chat.prompt_ids.len());
+}
+
+#[test]
+fn streamed_chat_gives_the_same_text_then_usage_then_done() {
+    let mut request = chat_body(true);
+    request["stream_options"] = json!({"include_usage": true});
+    let (status, body) = post("/v1/chat/completions", &request);
+    assert_eq!(status, 200, "{body}");
+    let data = sse_data(&body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{body}");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("chunk is JSON"))
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let mut text = String::new();
+    for chunk in &chunks {
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+        if let Some(delta) = chunk["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(delta);
+        }
+    }
+    assert_eq!(text, ANSWER);
+    let last = chunks.last().expect("chunks");
+    assert_eq!(last["choices"], json!([]), "usage chunk has no choices");
+    assert!(last["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0);
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+}
+
+#[test]
+fn text_completion_honours_max_tokens_and_stop_streamed_or_not() {
+    let body = json!({"prompt": "The capital of France is", "temperature": 0, "max_tokens": 6});
+    let (status, plain) = post("/v1/completions", &body);
+    assert_eq!(status, 200, "{plain}");
+    let plain: Value = serde_json::from_str(&plain).expect("JSON");
+    assert_eq!(plain["object"], "text_completion");
+    assert_eq!(plain["usage"]["completion_tokens"], 6);
+    assert_eq!(plain["choices"][0]["finish_reason"], "length");
+    let text = plain["choices"][0]["text"]
+        .as_str()
+        .expect("text")
+        .to_string();
+    assert!(!text.is_empty());
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (status, sse) = post("/v1/completions", &streamed);
+    assert_eq!(status, 200, "{sse}");
+    let data = sse_data(&sse);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let joined: String = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).expect("chunk"))
+        .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(joined, text, "streaming and non-streaming agree");
+
+    // A stop string cut from the greedy text: the answer ends right before it.
+    let word = text
+        .split_whitespace()
+        .nth(1)
+        .expect("two words")
+        .to_string();
+    let mut stopped = body.clone();
+    stopped["stop"] = json!([word]);
+    let (status, out) = post("/v1/completions", &stopped);
+    assert_eq!(status, 200, "{out}");
+    let out: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(out["choices"][0]["finish_reason"], "stop");
+    let cut = out["choices"][0]["text"].as_str().expect("text");
+    assert!(
+        text.starts_with(cut) && !cut.contains(&word),
+        "{cut:?} / {text:?}"
+    );
+}
+
+#[test]
+fn errors_come_in_openai_shape_and_embedding_routes_refuse() {
+    let (status, body) = post("/v1/chat/completions", &json!({"messages": []}));
+    assert_eq!(status, 422, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("messages")));
+
+    let too_long = json!({"prompt": "hi", "max_tokens": 1_000_000});
+    let (status, body) = post("/v1/completions", &too_long);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("context"), "{body}");
+
+    let (status, body) = post("/v1/embeddings", &json!({"input": "hi"}));
+    assert_eq!(status, 424, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("generation model")));
+}
+
+#[test]
+fn openai_python_client_chats_with_and_without_streaming() {
+    println!("{}", common::run_client("openai_chat.py", server()));
+}
+
+#[test]
+fn every_openai_object_validates_against_the_openai_package_models() {
+    println!("{}", common::run_client("openai_schemas.py", server()));
+}
+
+/// llama.cpp's greedy run of the golden chat prompt on the same GGUF.
+fn gguf_chat() -> LlamaCppGreedy {
+    golden()
+        .llama_cpp_gguf
+        .greedy
+        .into_iter()
+        .find(|r| r.name == "chat_template")
+        .expect("golden chat prompt")
+}
+
+/// The golden chat prompt rendered through SmolLM2's template, as TGI clients send it.
+fn chat_prompt_text() -> String {
+    golden()
+        .results
+        .into_iter()
+        .find(|r| r.name == "chat_template")
+        .map(|r| r.prompt)
+        .expect("golden chat prompt text")
+}
+
+#[test]
+fn tgi_generate_and_generate_stream_give_the_golden_tokens_and_the_same_text() {
+    let chat = gguf_chat();
+    let request = json!({"inputs": chat_prompt_text(), "parameters": {"max_new_tokens": 20, "details": true}});
+    let (status, body) = post("/generate", &request);
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(body["generated_text"], ANSWER, "{body}");
+    let details = &body["details"];
+    assert_eq!(details["finish_reason"], "eos_token", "{body}");
+    let ids: Vec<u64> = details["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .filter_map(|t| t["id"].as_u64())
+        .collect();
+    let want: Vec<u64> = chat.generated_ids.iter().map(|&i| u64::from(i)).collect();
+    assert_eq!(ids, want);
+    assert_eq!(details["tokens"].as_array().map(Vec::len), Some(want.len()));
+    assert!(details["tokens"][0]["logprob"]
+        .as_f64()
+        .is_some_and(|l| l <= 0.0));
+
+    for path in ["/generate_stream", "/"] {
+        let mut streamed = request.clone();
+        streamed["stream"] = json!(true);
+        let (status, sse) = post(path, &streamed);
+        assert_eq!(status, 200, "{path}: {sse}");
+        let events: Vec<Value> = sse_data(&sse)
+            .iter()
+            .map(|d| serde_json::from_str(d).expect("event is JSON"))
+            .collect();
+        let ids: Vec<u64> = events
+            .iter()
+            .filter_map(|e| e["token"]["id"].as_u64())
+            .collect();
+        assert_eq!(ids, want, "{path}");
+        let text: String = events
+            .iter()
+            .filter_map(|e| e["token"]["text"].as_str())
+            .collect();
+        assert_eq!(text, ANSWER, "{path}");
+        let last = events.last().expect("events");
+        assert_eq!(last["generated_text"], ANSWER, "{path}");
+        assert_eq!(last["details"]["finish_reason"], "eos_token", "{path}");
+        assert!(events[..events.len() - 1]
+            .iter()
+            .all(|e| e["generated_text"].is_null()));
+    }
+
+    // POST / without "stream" is /generate; return_full_text puts the prompt first.
+    let full = json!({"inputs": "The capital of France is",
+        "parameters": {"max_new_tokens": 3, "return_full_text": true}});
+    let (status, body) = post("/", &full);
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    let text = body["generated_text"].as_str().expect("text");
+    assert!(text.starts_with("The capital of France is "), "{text:?}");
+    assert!(body.get("details").is_none(), "{body}");
+
+    // Parameters this server cannot honour are refused, not ignored.
+    for parameters in [
+        json!({"grammar": {"type": "json", "value": {}}}),
+        json!({"truncate": 10}),
+        json!({"best_of": 2}),
+        json!({"top_n_tokens": 3}),
+        json!({"no_such_parameter": 1}),
+    ] {
+        let (status, body) = post(
+            "/generate",
+            &json!({"inputs": "hi", "parameters": parameters}),
+        );
+        assert_eq!(status, 422, "{parameters}: {body}");
+        let body: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(body["error_type"], "validation", "{body}");
+    }
+}
+
+#[test]
+fn cml_model_route_takes_a_chat_or_a_completion_request() {
+    let (status, body) = post("/model", &json!({"request": chat_body(false)}));
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(body["success"], true);
+    assert_eq!(body["response"]["object"], "chat.completion");
+    assert_eq!(body["response"]["choices"][0]["message"]["content"], ANSWER);
+
+    let completion =
+        json!({"request": {"prompt": chat_prompt_text(), "max_tokens": 20, "temperature": 0}});
+    let (status, body) = post("/model", &completion);
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(body["response"]["object"], "text_completion");
+    assert_eq!(body["response"]["choices"][0]["text"], ANSWER);
+
+    for bad in [
+        json!({"request": {"inputs": "x"}}),
+        json!({"request": chat_body(true)}),
+        json!({"request": {"messages": "not a list"}}),
+    ] {
+        let (status, body) = post("/model", &bad);
+        assert_eq!(status, 422, "{bad}: {body}");
+    }
+}
+
+#[test]
+fn info_says_generation_and_openapi_documents_exactly_the_generation_routes() {
+    let (status, body) = get("/info");
+    assert_eq!(status, 200, "{body}");
+    let info: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(info["kind"], "generation");
+    assert_eq!(info["model_type"], "generation");
+    assert_eq!(info["scheduler"], "running");
+    assert_eq!(info["chat_template"], true);
+    assert_eq!(info["family"], "llama");
+
+    let (status, body) = get("/openapi.json");
+    assert_eq!(status, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).expect("JSON");
+    let mut paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        [
+            "/",
+            "/decode",
+            "/generate",
+            "/generate_stream",
+            "/health",
+            "/info",
+            "/metrics",
+            "/model",
+            "/ready",
+            "/tokenize",
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/models",
+            "/v1/models/{id}",
+        ]
+    );
+    // `kind` is a property of /info's schema, beside the flattened provenance.
+    let parts = doc["components"]["schemas"]["GenerationInfo"]["allOf"]
+        .as_array()
+        .expect("GenerationInfo is its own properties and BundleInfo's");
+    assert!(
+        parts
+            .iter()
+            .any(|p| p["properties"]["kind"]["$ref"] == "#/components/schemas/GenerationKind"),
+        "{parts:?}"
+    );
+    assert_eq!(
+        doc["components"]["schemas"]["GenerationKind"]["enum"],
+        json!(["generation"])
+    );
+    assert_eq!(
+        doc["paths"]["/v1/models/{id}"]["get"]["parameters"][0]["schema"]["enum"],
+        json!(["HuggingFaceTB/SmolLM2-135M-Instruct"])
+    );
+
+    let (status, metrics) = get("/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("sealserve_requests_total"), "{metrics}");
+}
+
+#[test]
+fn huggingface_hub_client_chats_and_generates_text() {
+    println!("{}", common::run_client("hf_generate.py", server()));
+}
+
+#[test]
+fn tokenize_gives_the_golden_prompt_ids_and_decode_gives_the_text_back() {
+    let golden = golden();
+    let chat = golden
+        .results
+        .iter()
+        .find(|r| r.name == "chat_template")
+        .expect("golden chat prompt");
+    let (status, body) = post("/tokenize", &json!({"inputs": chat.prompt}));
+    assert_eq!(status, 200, "{body}");
+    let tokens: Value = serde_json::from_str(&body).expect("JSON");
+    let tokens = tokens[0].as_array().expect("one input's tokens");
+    let ids: Vec<u32> = tokens
+        .iter()
+        .map(|t| t["id"].as_u64().expect("id") as u32)
+        .collect();
+    assert_eq!(ids, chat.prompt_ids, "the reference tokenizer's ids");
+    // Spans tile the input; control tokens are flagged and show their own text.
+    let mut at = 0;
+    for token in tokens {
+        let (start, stop) = (
+            token["start"].as_u64().unwrap() as usize,
+            token["stop"].as_u64().unwrap() as usize,
+        );
+        assert_eq!(start, at, "{token}");
+        assert_eq!(token["text"], chat.prompt[start..stop], "{token}");
+        let control = ["<|im_start|>", "<|im_end|>"].contains(&&chat.prompt[start..stop]);
+        assert_eq!(token["special"], control, "{token}");
+        at = stop;
+    }
+    assert_eq!(at, chat.prompt.len());
+
+    // A batch: llama.cpp's ids for each text of the tokenizer agreement set.
+    let agreement = &golden.llama_cpp_gguf.tokenizer_agreement;
+    let texts: Vec<&str> = agreement.iter().map(|a| a.text.as_str()).collect();
+    let (status, body) = post(
+        "/tokenize",
+        &json!({"inputs": texts, "add_special_tokens": true}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let batch: Vec<Vec<Value>> = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(batch.len(), agreement.len());
+    for (tokens, reference) in batch.iter().zip(agreement) {
+        let ids: Vec<u32> = tokens
+            .iter()
+            .map(|t| t["id"].as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(ids, reference.llama_cpp_ids, "{:?}", reference.text);
+    }
+
+    // /decode: the ids give the text back, with or without the control tokens.
+    let (status, body) = post(
+        "/decode",
+        &json!({"ids": [chat.prompt_ids.clone(), agreement[0].llama_cpp_ids.clone()], "skip_special_tokens": false}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let texts: Vec<String> = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(texts, [chat.prompt.as_str(), agreement[0].text.as_str()]);
+    let (status, body) = post("/decode", &json!({"ids": chat.prompt_ids}));
+    assert_eq!(status, 200, "{body}");
+    let texts: Vec<String> = serde_json::from_str(&body).expect("JSON");
+    let without = chat
+        .prompt
+        .replace("<|im_start|>", "")
+        .replace("<|im_end|>", "");
+    assert_eq!(texts, [without]);
+
+    // Limits and refusals in TEI's error shape.
+    let long = "word ".repeat(5000);
+    let (status, body) = post("/tokenize", &json!({"inputs": long}));
+    assert_eq!(status, 200, "{body}");
+    let cut: Vec<Vec<Value>> = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        cut[0].len(),
+        GeneratorConfig::default().max_context,
+        "cut to the context"
+    );
+    for (request, kind) in [
+        (json!({"inputs": long, "truncate": false}), "validation"),
+        (
+            json!({"inputs": "hi", "prompt_name": "query"}),
+            "validation",
+        ),
+        (json!({"inputs": []}), "validation"),
+        (json!({"inputs": vec!["x"; 65]}), "validation"),
+        (json!({"ids": vec![vec![1]; 65]}), "validation"),
+    ] {
+        let path = if request.get("ids").is_some() {
+            "/decode"
+        } else {
+            "/tokenize"
+        };
+        let (status, body) = post(path, &request);
+        assert_eq!(status, 422, "{path}: {body}");
+        let body: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(body["error_type"], kind, "{body}");
+    }
+}
+
+#[test]
+fn schemathesis_finds_no_failure_on_the_generation_document() {
+    println!(
+        "{}",
+        generate_support::schemathesis(server(), common::clients::run_python)
+    );
+}
