@@ -413,11 +413,7 @@ pub fn publish(
 
 /// Fetches the bundle at `url` into memory and verifies it exactly as `serve --model-url` does
 /// (same checks, same exit codes, same trust flags). Returns the one-line summary.
-pub fn verify_url(
-    url: &str,
-    trust: &TrustArgs,
-    options: &remote::FetchOptions,
-) -> Result<String> {
+pub fn verify_url(url: &str, trust: &TrustArgs, options: &remote::FetchOptions) -> Result<String> {
     let url: remote::ModelUrl = url.parse().map_err(remote::RemoteError::from)?;
     let policy = trust.policy()?;
     let fetched = runtime()?.block_on(remote::fetch(&url, &policy, options))?;

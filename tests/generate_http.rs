@@ -80,6 +80,7 @@ fn server() -> &'static str {
 fn post(path: &str, body: &Value) -> (u16, String) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
+        sealserve::remote::tls::install_crypto_provider();
         let response = reqwest::Client::new()
             .post(format!("{}{path}", server()))
             .json(body)
@@ -94,6 +95,7 @@ fn post(path: &str, body: &Value) -> (u16, String) {
 fn get(path: &str) -> (u16, String) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
+        sealserve::remote::tls::install_crypto_provider();
         let response = reqwest::Client::new()
             .get(format!("{}{path}", server()))
             .send()

@@ -54,6 +54,7 @@ async fn start_tiny_server_with(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_has_its_documented_shape() {
     let (base, _engine) = start_tiny_server(&[]).await;
+    sealserve::remote::tls::install_crypto_provider();
     let client = reqwest::Client::new();
     let post = |path: &str, body: Value| client.post(format!("{base}{path}")).json(&body).send();
 
@@ -184,6 +185,7 @@ async fn every_route_has_its_documented_shape() {
 }
 
 async fn post_json(base: &str, path: &str, body: Value) -> (u16, Value) {
+    sealserve::remote::tls::install_crypto_provider();
     let response = reqwest::Client::new()
         .post(format!("{base}{path}"))
         .json(&body)
@@ -336,6 +338,7 @@ async fn tei_parity_routes() {
     assert_ne!(right, all_cats);
 
     // The served OpenAPI document states this model's bounds.
+    sealserve::remote::tls::install_crypto_provider();
     let doc: Value = reqwest::get(format!("{base}/openapi.json"))
         .await
         .unwrap()
@@ -417,6 +420,7 @@ impl Backend for QuickToStick {
 
 /// Status and JSON body of a GET.
 async fn probe(base: &str, path: &str) -> (u16, Value) {
+    sealserve::remote::tls::install_crypto_provider();
     let response = reqwest::get(format!("{base}{path}")).await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())

@@ -149,6 +149,8 @@ fn s3_500_and_a_reset_mid_body_are_retried_through_a_faulty_proxy() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_seal"))
         .args([
             "publish",
+            "--trusted-key",
+            &release.fingerprint,
             &release.dir.path().display().to_string(),
             "s3://models/tiny/",
         ])

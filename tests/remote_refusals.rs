@@ -9,9 +9,9 @@ mod remote;
 
 use remote::{last_line, serve_refuses, FileServer, Moto, Refusal, Release};
 use sealserve::bundle::{MANIFEST_FILE, SIGNATURE_MINISIGN_FILE, SIGNATURE_RAW_FILE};
-use sealserve::spec::METADATA_FILE;
 use sealserve::remote::s3::S3Store;
 use sealserve::signature::SecretKey;
+use sealserve::spec::METADATA_FILE;
 use std::collections::HashMap;
 
 const WEIGHTS: &str = "model.safetensors";
@@ -109,11 +109,7 @@ fn every_trust_rule_holds_for_a_bundle_in_a_folder() {
     dev["dev_signed"] = serde_json::Value::Bool(true);
     std::fs::write(release.path(METADATA_FILE), dev.to_string()).unwrap();
     release.resign();
-    assert_refused(
-        &refuse(&url, Some(&pin), &[]),
-        16,
-        &["dev-signed"],
-    );
+    assert_refused(&refuse(&url, Some(&pin), &[]), 16, &["dev-signed"]);
     std::fs::write(release.path(METADATA_FILE), metadata).unwrap();
     release.resign();
     // Signed by another key than the one it carries.

@@ -100,7 +100,12 @@ fn minilm_published_to_s3_is_served_with_golden_answers() {
     let moto = Moto::start(&["models"]);
     let release = Release::minilm();
     let dir = release.dir.path().display().to_string();
-    let url = publish(&dir, "s3://models/minilm/v1/", &[], &moto.env());
+    let url = publish(
+        &dir,
+        "s3://models/minilm/v1/",
+        &["--trusted-key", &release.fingerprint],
+        &moto.env(),
+    );
     assert_eq!(url, "s3://models/minilm/v1/");
 
     // `seal verify` checks it where it lives, with serve's rules.
@@ -137,14 +142,24 @@ fn minilm_pushed_to_an_oci_registry_is_pulled_by_digest_and_served() {
     let dir = release.dir.path().display().to_string();
     let ca = pki.ca.display().to_string();
     let destination = format!("oci://{}/sealserve/minilm:v1", registry.host);
-    let url = publish(&dir, &destination, &["--ca-file", &ca], &registry.env());
+    let url = publish(
+        &dir,
+        &destination,
+        &["--ca-file", &ca, "--trusted-key", &release.fingerprint],
+        &registry.env(),
+    );
     assert!(
         url.starts_with(&format!("oci://{}/sealserve/minilm@sha256:", registry.host)),
         "{url}"
     );
     // Publishing the same bundle again gives the same artifact.
     assert_eq!(
-        publish(&dir, &destination, &["--ca-file", &ca], &registry.env()),
+        publish(
+            &dir,
+            &destination,
+            &["--ca-file", &ca, "--trusted-key", &release.fingerprint],
+            &registry.env()
+        ),
         url
     );
 

@@ -124,13 +124,35 @@ impl FetchError {
             FetchErrorKind::Timeout
         } else if let Some(status) = error.status() {
             FetchErrorKind::of_status(status.as_u16())
-        } else if error.is_connect() || error.is_request() || error.is_body() {
+        } else if error.is_connect()
+            || error.is_request()
+            || error.is_body()
+            || body_cut_short(error)
+        {
             FetchErrorKind::Transient
         } else {
             FetchErrorKind::Permanent
         };
         Self::new(kind, what, error_chain(error))
     }
+}
+
+/// True for a body that ended before its length (the connection closed or was reset mid-body),
+/// which reqwest reports as a decode error: worth retrying, from where it stopped.
+fn body_cut_short(error: &reqwest::Error) -> bool {
+    error.is_decode()
+        && visit_chain(error, &mut |e| {
+            e.downcast_ref::<hyper::Error>()
+                .is_some_and(|h| h.is_incomplete_message() || h.is_body_write_aborted())
+                || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                    matches!(
+                        io.kind(),
+                        std::io::ErrorKind::UnexpectedEof
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionAborted
+                    )
+                })
+        })
 }
 
 /// Every message in an error's source chain, joined, each said once. `io::Error` hides its inner

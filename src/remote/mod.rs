@@ -157,9 +157,11 @@ pub fn readable_paths(url: &ModelUrl, options: &FetchOptions) -> Vec<PathBuf> {
     .into_iter()
     .map(PathBuf::from)
     .collect();
-    match &options.ca_file {
-        Some(ca) => paths.push(ca.clone()),
-        None => {
+    paths.extend(options.ca_file.clone());
+    // oci-client also builds a default HTTPS client, which reads the system store (see
+    // `oci::client`), so an OCI fetch needs it even with --ca-file.
+    if options.ca_file.is_none() || matches!(url, ModelUrl::Oci { .. }) {
+        {
             paths.extend(
                 [
                     "/etc/ssl",
@@ -217,20 +219,25 @@ pub async fn fetch(
 
     let signing = signing_files(&store, url, listing.as_ref(), &policy_retry).await?;
     let signed = SignedManifest::verify(&|name| signing.get(name).map(Vec::as_slice))?;
-    let mut sizes = payload_sizes(&store, url, &signed, listing.as_ref(), &policy_retry).await?;
+    // A store with a listing shows a missing or an extra file before anything is read.
+    if let Some(listing) = listing.as_ref() {
+        signed.check_coverage(
+            listing
+                .keys()
+                .map(String::as_str)
+                .filter(|n| !SIGNING_FILES.contains(n)),
+        )?;
+    }
     // sealserve.json decides trust (key pin, dev build, --expect-model): it is fetched, hashed
-    // and judged before a byte of the weights is asked for.
-    let metadata_size = sizes
-        .remove(METADATA_FILE)
-        .ok_or_else(|| VerifyError::Manifest(format!("{METADATA_FILE} is not covered")))?;
-    if metadata_size > SIGNING_FILE_LIMIT {
-        return Err(RemoteError::Config(format!(
-            "{METADATA_FILE} is {metadata_size} bytes; a bundle's metadata is a few KiB"
-        )));
+    // and judged before the payload is sized or a byte of the weights is asked for.
+    if signed.manifest().digest(METADATA_FILE).is_none() {
+        return Err(VerifyError::Manifest(format!("{METADATA_FILE} is not covered")).into());
     }
     let metadata_region = fetch_metadata(&store, url, &policy_retry).await?;
     signed.check_digest(METADATA_FILE, &sha256_hex(metadata_region.as_slice()))?;
     let accepted = signed.accept(policy, metadata_region.as_slice())?;
+    let mut sizes = payload_sizes(&store, url, &signed, listing.as_ref(), &policy_retry).await?;
+    sizes.remove(METADATA_FILE);
     let total: u64 = sizes.values().sum();
     tracing::info!(
         files = sizes.len(),
@@ -263,16 +270,12 @@ pub async fn fetch(
         .map(|file| (file.name, file.region.freeze()))
         .chain([(METADATA_FILE.to_string(), metadata_region.freeze())])
         .collect();
-    let verified = signed.into_verified(
-        accepted,
-        files,
-        stats.bytes + metadata_len,
-        stats.hash_time,
-    )?;
+    let verified =
+        signed.into_verified(accepted, files, stats.bytes + metadata_len, stats.hash_time)?;
     let report = LoadReport::new(
         url.to_string(),
         verified.files.len(),
-        stats.bytes,
+        verified.bytes_hashed,
         started.elapsed(),
         stats.hash_time,
         options.connections,

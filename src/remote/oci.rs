@@ -60,6 +60,17 @@ pub fn client(
     roots: &Roots,
     read_timeout: std::time::Duration,
 ) -> Result<Client, RemoteError> {
+    // oci-client builds a `reqwest::Client::default()` inside every client it makes (and then
+    // replaces it with ours), and reqwest's default client panics when the system CA store is
+    // empty or unreadable, as in a FROM-scratch image: refuse with what to do instead.
+    if rustls_native_certs::load_native_certs().certs.is_empty() {
+        return Err(RemoteError::Config(
+            "oci:// needs a readable system CA store even with --ca-file (the OCI client library \
+             builds a default HTTPS client with it): mount a CA bundle (e.g. Debian's \
+             /etc/ssl/certs/ca-certificates.crt from a ConfigMap) and point SSL_CERT_FILE at it"
+                .into(),
+        ));
+    }
     let config = ClientConfig {
         protocol: if plain_http {
             ClientProtocol::Http

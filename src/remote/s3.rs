@@ -201,9 +201,29 @@ fn classify(what: String, error: &object_store::Error) -> FetchError {
         | object_store::Error::Unauthenticated { .. } => FetchErrorKind::Denied,
         other if chain_has_tls_error(other) => FetchErrorKind::Tls,
         other if is_timeout(other) => FetchErrorKind::Timeout,
-        _ => FetchErrorKind::Permanent,
+        other => {
+            status_in_chain(other).map_or(FetchErrorKind::Permanent, FetchErrorKind::of_status)
+        }
     };
     FetchError::new(kind, what, error_chain(error))
+}
+
+/// The HTTP status of a failed request that object_store reports as `Generic` (a listing, for
+/// one): its retry error is not public, so the status is read from the message it always
+/// carries, "... status code: 403 Forbidden ..." (tests/remote_refusals.rs holds it to that).
+fn status_in_chain(error: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if let Some(at) = text.find("status code: ") {
+            let digits = text.get(at + 13..at + 16)?;
+            if let Ok(status) = digits.parse::<u16>() {
+                return Some(status);
+            }
+        }
+        current = e.source();
+    }
+    None
 }
 
 fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {

@@ -169,11 +169,15 @@ impl Release {
             dir,
             key,
         };
-        let manifest = parsed
-            .read_entry(bundle::MANIFEST_FILE)
-            .expect("read MANIFEST")
-            .expect("MANIFEST");
-        release.sign(&manifest);
+        // A release: the build's signed metadata says dev-signed (this build's ephemeral key);
+        // the release key signs a bundle that says it is not, as a release build's does.
+        let metadata_path = release.path(sealserve::spec::METADATA_FILE);
+        let metadata = std::fs::read(&metadata_path).expect("sealserve.json");
+        let mut metadata: serde_json::Value =
+            serde_json::from_slice(&metadata).expect("sealserve.json is JSON");
+        metadata["dev_signed"] = serde_json::Value::Bool(false);
+        std::fs::write(&metadata_path, metadata.to_string()).expect("write sealserve.json");
+        release.resign();
         release
     }
 
@@ -182,8 +186,7 @@ impl Release {
         let signature = self
             .key
             .sign(manifest, bundle::MANIFEST_FILE, 1_700_000_000);
-        for (name, bytes) in bundle::signing_entries(manifest, &signature, &self.key.public_key())
-        {
+        for (name, bytes) in bundle::signing_entries(manifest, &signature, &self.key.public_key()) {
             std::fs::write(self.path(&name), bytes).expect("write signing file");
         }
     }
@@ -290,12 +293,24 @@ fn error_response(status: u16) -> Response {
     (status, format!("injected {status}")).into_response()
 }
 
-/// A body that sends `bytes[..cut]` and then fails, so the server drops the connection.
+/// A body that sends `bytes[..cut]` and then fails, so the server drops the connection. The
+/// failure waits a moment, so the first part has left the server (and reached the client's
+/// socket) before the connection is torn down: the client then holds exactly `cut` bytes.
 fn cut_body(bytes: bytes::Bytes, cut: usize) -> Body {
-    let first: Result<bytes::Bytes, std::io::Error> = Ok(bytes.slice(..cut));
-    let then: Result<bytes::Bytes, std::io::Error> =
-        Err(std::io::Error::other("injected connection reset"));
-    Body::from_stream(futures_util::stream::iter([first, then]))
+    let stream = futures_util::stream::unfold(0u8, move |step| {
+        let bytes = bytes.clone();
+        async move {
+            match step {
+                0 => Some((Ok(bytes.slice(..cut)), 1)),
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Some((Err(std::io::Error::other("injected connection reset")), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    Body::from_stream(stream)
 }
 
 /// A server running on a tokio runtime of its own (so blocking tests can use it too).
@@ -639,6 +654,7 @@ impl Moto {
         let unsigned = |service: &str| {
             format!("AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0")
         };
+        sealserve::remote::tls::install_crypto_provider();
         let client = reqwest::blocking::Client::new();
         let iam = |form: &[(&str, &str)]| -> String {
             let response = client

@@ -119,9 +119,16 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let address = addr_rx
-            .recv_timeout(ready_within.max(Duration::from_secs(60)))
-            .expect("serve did not report its address in time");
+        let address = match addr_rx.recv_timeout(ready_within.max(Duration::from_secs(60))) {
+            Ok(address) => address,
+            Err(e) => {
+                let said: Vec<String> = logs.try_iter().collect();
+                panic!(
+                    "serve did not report its address in time ({e}); it said:\n{}",
+                    said.join("\n")
+                );
+            }
+        };
         let port: u16 = address
             .rsplit(':')
             .next()

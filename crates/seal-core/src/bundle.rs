@@ -681,11 +681,7 @@ impl SignedManifest {
 
     /// Parses `sealserve.json` (bytes whose digest [`Self::check_digest`] accepted) and applies
     /// the trust policy: pinned keys, no dev build under a pin, the `expect` bindings.
-    pub fn accept(
-        &self,
-        policy: &TrustPolicy,
-        metadata: &[u8],
-    ) -> Result<Accepted, VerifyError> {
+    pub fn accept(&self, policy: &TrustPolicy, metadata: &[u8]) -> Result<Accepted, VerifyError> {
         let metadata = BundleMetadata::from_bytes(metadata)
             .map_err(|e| VerifyError::Manifest(format!("{METADATA_FILE} is invalid: {e}")))?;
         let trust = policy.check(&self.key, &metadata, &self.manifest_sha256)?;
