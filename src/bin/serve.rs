@@ -116,6 +116,9 @@ fn init_logging(format: LogFormat) {
 
 fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
     args.validate().map_err(|e| Fatal::new(exit::CONFIG, e))?;
+    if embedded_bundle_len().is_none() && args.model_url.is_none() {
+        return Err(no_model());
+    }
     let api_key = args.api_key().map_err(|e| Fatal::new(exit::CONFIG, e))?;
     let policy = args
         .trust
@@ -174,6 +177,15 @@ fn run(args: &ServeArgs, started: Instant) -> Result<(), Fatal> {
     serve_forever(args, listener, engine, state)
 }
 
+/// A model-less build (`SEALSERVE_MODEL=none`) started without `--model-url`: a configuration
+/// error, said before anything else (the trust flags cannot help it).
+fn no_model() -> Fatal {
+    Fatal::new(
+        exit::CONFIG,
+        "this serve was built without a model (SEALSERVE_MODEL=none): pass --model-url (or SEALSERVE_MODEL_URL) naming a signed bundle",
+    )
+}
+
 /// The refusal for a bundle that does not verify: its exit code and one line.
 fn refuse(e: VerifyError) -> Fatal {
     Fatal::new(
@@ -201,10 +213,7 @@ fn verify(
     exe: &'static std::fs::File,
 ) -> Result<VerifiedBundle<'static>, Fatal> {
     let Some(built_len) = embedded_bundle_len() else {
-        return Err(Fatal::new(
-            exit::CONFIG,
-            "this serve was built without a model (SEALSERVE_MODEL=none): pass --model-url (or SEALSERVE_MODEL_URL) naming a signed bundle",
-        ));
+        return Err(no_model());
     };
     let found = placement::locate(exe).map_err(refuse)?;
     if found.container != Container::Elf || found.len != built_len {
@@ -283,6 +292,9 @@ fn fetch_remote(
     policy: &TrustPolicy,
 ) -> Result<(VerifiedBundle<'static>, LoadReport), Fatal> {
     let url = &remote.url;
+    // What the process holds before the bundle is fetched: the start-up log compares the peak
+    // with it, so what loading costs is visible apart from the binary and its runtime.
+    let (rss_before, _) = memory::resident_bytes().unwrap_or((0, 0));
     // A runtime of its own for the download, shut down (its threads joined) before the model
     // is loaded.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -306,6 +318,7 @@ fn fetch_remote(
             Fatal::new(i32::from(e.exit_code()), line)
         })?;
     runtime.shutdown_timeout(Duration::from_secs(5));
+    let (_, peak_fetched) = memory::resident_bytes().unwrap_or((0, 0));
     let verified = fetched.verified;
     let load = fetched.report;
     tracing::info!(
@@ -319,6 +332,8 @@ fn fetch_remote(
         load_ms = load.load_ms,
         throughput_mib_s = load.throughput_mib_s,
         retries = load.retries,
+        rss_before_fetch_mib = rss_before / (1 << 20),
+        peak_rss_fetched_mib = peak_fetched / (1 << 20),
         "bundle verified"
     );
     announce_trust(&verified);

@@ -117,6 +117,24 @@ impl<'a> Gguf<'a> {
         Ok((&self.bytes[range], dtype, dims))
     }
 
+    /// Gives back the pages of the verified bytes that lie wholly inside tensors whose names
+    /// start with `prefix` (`crate::memory::release_pages`; a no-op for bytes that are not a
+    /// verified copy, such as a test's buffer). Call it only once nothing reads those tensors
+    /// again: a released page faults on the next read.
+    fn release_tensors(&self, prefix: &str) {
+        let names: Vec<&String> = self
+            .content
+            .tensor_infos
+            .keys()
+            .filter(|name| name.starts_with(prefix))
+            .collect();
+        for name in names {
+            if let Ok((bytes, _, _)) = self.raw(name) {
+                crate::memory::release_pages(bytes);
+            }
+        }
+    }
+
     fn qtensor(&self, name: &str) -> Result<QTensor, LlamaLoadError> {
         self.content
             .tensor(&mut Cursor::new(self.bytes), name, &Device::Cpu)
@@ -427,6 +445,9 @@ impl LlamaModel {
                 gate_up,
                 down,
             });
+            // The layer holds its own copies now: give back the verified pages they came from,
+            // so the GGUF and the loaded model are never resident in full at once.
+            gguf.release_tensors(&format!("blk.{i}."));
         }
         let factors = if gguf.has("rope_freqs.weight") {
             Some(gguf.vector("rope_freqs.weight", c.rope_dims / 2)?)
