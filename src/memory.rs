@@ -38,25 +38,11 @@ impl Copies<'static> for VerifiedCopies {
         if len == 0 {
             return Ok(&mut []);
         }
-        let mapped = len.div_ceil(page_size()) * page_size();
-        // SAFETY: a fresh anonymous private mapping; no existing memory is touched.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                mapped,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        register_copy(ptr as usize, mapped);
+        let (ptr, mapped) = map_anonymous(len, 0)?;
+        register_copy(ptr.as_ptr() as usize, mapped);
         // SAFETY: the mapping is `mapped >= len` bytes, readable and writable, zero-filled, owned
         // by nobody else, and never unmapped, so handing it out for 'static is sound.
-        Ok(unsafe { std::slice::from_raw_parts_mut(ptr.cast::<u8>(), len) })
+        Ok(unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) })
     }
 
     fn seal(&mut self, copy: &'static mut [u8]) -> &'static [u8] {
@@ -69,6 +55,34 @@ impl Copies<'static> for VerifiedCopies {
         unsafe { libc::mprotect(copy.as_mut_ptr().cast(), len, libc::PROT_READ) };
         copy
     }
+}
+
+/// A fresh, zero-filled, readable and writable anonymous private mapping for `len` (> 0) bytes,
+/// rounded up to whole pages: its start and mapped length. `extra_flags` are or-ed into mmap's
+/// flags (a remote download adds `MAP_NORESERVE`). Shared by [`VerifiedCopies`] and
+/// `remote::buffer`, the two places verified bytes are held.
+pub(crate) fn map_anonymous(
+    len: usize,
+    extra_flags: libc::c_int,
+) -> std::io::Result<(std::ptr::NonNull<u8>, usize)> {
+    let mapped = len.div_ceil(page_size()) * page_size();
+    // SAFETY: a fresh anonymous private mapping; no existing memory is touched.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            mapped,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra_flags,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let ptr = std::ptr::NonNull::new(ptr.cast::<u8>())
+        .ok_or_else(|| std::io::Error::other("mmap returned a null mapping"))?;
+    Ok((ptr, mapped))
 }
 
 /// Records `[start, start + len)` as a verified copy whose pages [`release_pages`] may give back:
@@ -287,7 +301,7 @@ impl PagedCopy {
     }
 }
 
-fn page_size() -> usize {
+pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(size)

@@ -32,22 +32,7 @@ impl Region {
                 mapped: 0,
             });
         }
-        let mapped = len.div_ceil(page_size()) * page_size();
-        // SAFETY: a fresh anonymous private mapping; no existing memory is touched.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                mapped,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| std::io::Error::other("mmap"))?;
+        let (ptr, mapped) = crate::memory::map_anonymous(len, libc::MAP_NORESERVE)?;
         Ok(Self { ptr, len, mapped })
     }
 
@@ -104,18 +89,10 @@ impl Drop for Region {
     }
 }
 
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size)
-        .ok()
-        .filter(|s| *s > 0)
-        .unwrap_or(4096)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::page_size;
 
     #[test]
     fn regions_are_page_aligned_frozen_read_only_and_releasable() {

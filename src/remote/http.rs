@@ -23,6 +23,23 @@ impl HttpStore {
         Self { client, base }
     }
 
+    /// Sends `request`; `None` on 404 (the file is not there), the answer when it succeeded,
+    /// and any other status or failure as a classified error.
+    async fn present(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<Option<reqwest::Response>, FetchError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| FetchError::from_reqwest(url, &e))?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        check_status(url, response).await.map(Some)
+    }
+
     fn url(&self, name: &str) -> String {
         format!("{}{name}", self.base)
     }
@@ -30,16 +47,9 @@ impl HttpStore {
     /// A whole small file, `None` on 404; refuses anything longer than `limit`.
     pub async fn read_small(&self, name: &str, limit: u64) -> Result<Option<Vec<u8>>, FetchError> {
         let url = self.url(name);
-        let response = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| FetchError::from_reqwest(&url, &e))?;
-        if response.status() == StatusCode::NOT_FOUND {
+        let Some(response) = self.present(self.client.get(&url), &url).await? else {
             return Ok(None);
-        }
-        let response = check_status(&url, response).await?;
+        };
         if response.content_length().is_some_and(|len| len > limit) {
             return Err(too_large(&url, limit));
         }
@@ -58,16 +68,9 @@ impl HttpStore {
     /// A file's size from HEAD's Content-Length, `None` on 404.
     pub async fn size(&self, name: &str) -> Result<Option<u64>, FetchError> {
         let url = self.url(name);
-        let response = self
-            .client
-            .head(&url)
-            .send()
-            .await
-            .map_err(|e| FetchError::from_reqwest(&url, &e))?;
-        if response.status() == StatusCode::NOT_FOUND {
+        let Some(response) = self.present(self.client.head(&url), &url).await? else {
             return Ok(None);
-        }
-        let response = check_status(&url, response).await?;
+        };
         // reqwest's content_length() is the body's, which a HEAD answer has none of.
         let length = response
             .headers()
