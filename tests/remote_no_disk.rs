@@ -5,13 +5,12 @@
 mod common;
 #[path = "common/remote.rs"]
 mod remote;
+#[path = "common/strace.rs"]
+mod strace;
 
 use remote::{free_port, FileServer, Moto, Pki, Release};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// System calls that create, write or name files, or make memory-backed files.
-const TRACED: &str = "trace=open,openat,openat2,creat,memfd_create,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat,link,linkat,symlink,symlinkat,truncate,ftruncate";
 
 /// Runs serve under `strace -f` until it answered one /embed, then stops it and returns every
 /// traced call that wrote to the filesystem or created a memfd.
@@ -25,7 +24,7 @@ fn writes_during_load_and_first_request(args: &[&str], env: &[(String, String)])
     let trace = dir.path().join("trace");
     let port = free_port();
     let mut child = Command::new("strace")
-        .args(["-f", "-qq", "-e", TRACED, "-o"])
+        .args(["-f", "-qq", "-e", strace::TRACED, "-o"])
         .arg(&trace)
         .arg(env!("CARGO_BIN_EXE_serve"))
         // `strict` and `basic` refuse to start under a tracer; and with Landlock in force an
@@ -58,16 +57,7 @@ fn writes_during_load_and_first_request(args: &[&str], env: &[(String, String)])
         .send()
         .expect("POST /embed");
     assert!(response.status().is_success());
-    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
-        .expect("strace's children");
-    let serve_pid: i32 = children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("serve pid");
-    // SAFETY: plain kill(2) of a process this test started.
-    unsafe { libc::kill(serve_pid, libc::SIGTERM) };
-    assert!(child.wait().expect("strace exits").success());
+    assert!(strace::stop_traced_serve(&mut child).success());
     let text = std::fs::read_to_string(&trace).expect("read trace");
     assert!(
         text.lines().count() > 5,
@@ -79,28 +69,8 @@ fn writes_during_load_and_first_request(args: &[&str], env: &[(String, String)])
         1,
         "only the trace appeared in the working directory"
     );
-    text.lines()
-        .filter(|line| {
-            let succeeded = !line.contains("= -1");
-            let writes = ["O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_TMPFILE"]
-                .iter()
-                .any(|flag| line.contains(flag))
-                && !line.contains("\"/dev/null\"");
-            let creates = [
-                "memfd_create(",
-                "creat(",
-                "mkdir",
-                "rename",
-                "unlink",
-                "link(",
-                "linkat(",
-                "symlink",
-                "truncate(",
-            ]
-            .iter()
-            .any(|call| line.contains(call));
-            succeeded && (writes || creates)
-        })
+    strace::disk_writes(&text)
+        .into_iter()
         .map(str::to_string)
         .collect()
 }

@@ -3,6 +3,8 @@
 //! embedded weight bytes after warm-up and a request.
 
 mod common;
+#[path = "common/strace.rs"]
+mod strace;
 
 use common::server::Server;
 use std::process::Command;
@@ -80,7 +82,7 @@ fn startup_and_serving_write_no_file_and_no_memfd() {
         .unwrap()
         .port();
     let mut child = Command::new("strace")
-        .args(["-f", "-qq", "-e", "trace=open,openat,openat2,creat,memfd_create,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat,link,linkat,symlink,symlinkat,truncate", "-o"])
+        .args(["-f", "-qq", "-e", strace::TRACED, "-o"])
         .arg(&trace)
         .arg(env!("CARGO_BIN_EXE_serve"))
         // `strict` and `basic` refuse to start under a tracer; and with Landlock in force an
@@ -109,16 +111,7 @@ fn startup_and_serving_write_no_file_and_no_memfd() {
     assert!(ready, "serve under strace never became ready");
     embed(&base);
     // Stop serve itself (strace's child); strace exits when its tracee does.
-    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
-        .expect("strace's children");
-    let serve_pid: i32 = children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("serve pid");
-    // SAFETY: plain kill(2) of a process this test started.
-    unsafe { libc::kill(serve_pid, libc::SIGTERM) };
-    let status = child.wait().expect("strace exits after serve");
+    let status = strace::stop_traced_serve(&mut child);
     assert!(
         status.success(),
         "serve exited cleanly under strace: {status:?}"
@@ -128,30 +121,7 @@ fn startup_and_serving_write_no_file_and_no_memfd() {
         text.lines().count() > 5,
         "trace recorded the process's opens:\n{text}"
     );
-    let violations: Vec<&str> = text
-        .lines()
-        .filter(|line| {
-            let opens_for_write = (line.contains("open") && !line.contains("= -1"))
-                && ["O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"]
-                    .iter()
-                    .any(|f| line.contains(f))
-                && !line.contains("\"/dev/null\"");
-            let other = [
-                "memfd_create(",
-                "creat(",
-                "mkdir",
-                "rename",
-                "unlink",
-                "link(",
-                "linkat(",
-                "symlink",
-                "truncate(",
-            ]
-            .iter()
-            .any(|call| line.contains(call));
-            opens_for_write || other
-        })
-        .collect();
+    let violations = strace::disk_writes(&text);
     assert!(
         violations.is_empty(),
         "serve wrote to the filesystem or a memfd:\n{}",
