@@ -6,7 +6,8 @@
 //!   sampling, streaming): aggregate generated tok/s end to end.
 //!
 //! `cargo bench --bench generate` (threads: RAYON_NUM_THREADS). Env: BENCH_PROMPT_TOKENS (128),
-//! BENCH_DECODE_TOKENS (64), BENCH_STREAMS (8). Prints one JSON object per measurement.
+//! BENCH_DECODE_TOKENS (64), BENCH_STREAMS (8), BENCH_LEVELS (`model,engine`: which levels to
+//! run, so a profiler can record one of them alone). Prints one JSON object per measurement.
 
 #[path = "../tests/generate_support/mod.rs"]
 mod generate_support;
@@ -136,10 +137,20 @@ fn main() {
     prompt.truncate(prompt_tokens);
     // Warm-up (page faults, thread pool).
     model_level(&prompt[..16], 4, 1);
-    for s in [1, streams] {
-        println!("{}", model_level(&prompt, decode, s));
-    }
-    for s in [1, streams] {
-        println!("{}", engine_level(&prompt, decode, s));
+    let levels = std::env::var("BENCH_LEVELS").unwrap_or_else(|_| "model,engine".into());
+    let counts = if streams == 1 {
+        vec![1]
+    } else {
+        vec![1, streams]
+    };
+    for level in levels.split(',') {
+        for &s in &counts {
+            let result = match level.trim() {
+                "model" => model_level(&prompt, decode, s),
+                "engine" => engine_level(&prompt, decode, s),
+                other => panic!("BENCH_LEVELS: unknown level {other:?} (model, engine)"),
+            };
+            println!("{result}");
+        }
     }
 }

@@ -126,13 +126,22 @@ fn streaming_and_non_streaming_agree_and_stops_are_honoured() {
     // A stop string taken from the middle of the free-running text: cut before it, streamed
     // text equal, finish reason stop.
     let free = g.generate_blocking(text(prompt, 20)).unwrap().text;
-    let stop = " talented";
+    // The first whole word (with its leading space) after the middle of the text.
+    let mid = (free.len() / 2..)
+        .find(|&i| free.is_char_boundary(i) && free[i..].starts_with(' '))
+        .expect("a space after the middle of the greedy text");
+    let end = free[mid + 1..]
+        .find(' ')
+        .map_or(free.len(), |i| mid + 1 + i);
+    let stop = &free[mid..end];
+    assert!(stop.len() > 1, "a word after the middle: {free:?}");
     let at = free
         .find(stop)
         .expect("greedy text contains the stop string");
+    assert!(at > 0 && at <= mid, "{stop:?} in {free:?}");
     let (_, streamed, done) = drain(
         g.submit(GenerateRequest {
-            stop: vec!["never appears".into(), stop.into()],
+            stop: vec!["never appears".into(), stop.to_string()],
             ..text(prompt, 20)
         })
         .unwrap(),

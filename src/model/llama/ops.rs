@@ -1,11 +1,10 @@
-//! The per-row parts of a llama layer on CPU f32: RMS norm, rotary embedding, SiLU gate and
-//! causal attention over a sequence's KV cache.
+//! The per-row parts of a llama layer on CPU f32: RMS norm, rotary embedding and SiLU gate
+//! (attention has its own module).
 //!
 //! Why plain loops and not candle ops: in a decode step each of these works on a handful of
 //! vectors of a few hundred floats; a candle op costs more in dispatch and allocation than the
 //! arithmetic, and attention must read each sequence's own cache. The loops are written so the
-//! compiler vectorises them; `attention_rows` is also compiled for AVX2+FMA and picked at run
-//! time.
+//! compiler vectorises them.
 
 use super::config::RopeStyle;
 
@@ -107,105 +106,6 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// What one attention task needs: one query head of one sequence's new rows.
-pub struct AttentionTask<'a> {
-    /// Query rows, each `head_dim` wide (already rotated), `rows` of them.
-    pub queries: Vec<&'a [f32]>,
-    /// Absolute position of the first query row; row `i` sees keys `0..=first_pos + i`.
-    pub first_pos: usize,
-    /// The sequence's cache for this layer: `[pos][kv_width]`.
-    pub keys: &'a [f32],
-    pub values: &'a [f32],
-    /// Offset of this head's key/value slice inside a cache row.
-    pub kv_offset: usize,
-    pub kv_width: usize,
-}
-
-/// Softmax attention of each query row over its causal window; writes `head_dim` floats per
-/// row into `out[i]`. `scores` is scratch.
-pub fn attention_rows(
-    task: &AttentionTask<'_>,
-    head_dim: usize,
-    out: &mut [&mut [f32]],
-    scores: &mut Vec<f32>,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *FMA.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-        {
-            // SAFETY: AVX2 and FMA were detected at run time.
-            return unsafe { attention_rows_avx2(task, head_dim, out, scores) };
-        }
-    }
-    attention_body(task, head_dim, out, scores)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attention_rows_avx2(
-    task: &AttentionTask<'_>,
-    head_dim: usize,
-    out: &mut [&mut [f32]],
-    scores: &mut Vec<f32>,
-) {
-    attention_body(task, head_dim, out, scores)
-}
-
-#[inline(always)]
-fn attention_body(
-    task: &AttentionTask<'_>,
-    head_dim: usize,
-    out: &mut [&mut [f32]],
-    scores: &mut Vec<f32>,
-) {
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    for (i, (q, o)) in task.queries.iter().zip(out.iter_mut()).enumerate() {
-        let seen = task.first_pos + i + 1;
-        scores.clear();
-        let mut max = f32::NEG_INFINITY;
-        for t in 0..seen {
-            let k = &task.keys[t * task.kv_width + task.kv_offset..][..head_dim];
-            let s = dot(q, k) * scale;
-            max = max.max(s);
-            scores.push(s);
-        }
-        let mut total = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            total += *s;
-        }
-        let inv = 1.0 / total;
-        o.fill(0.0);
-        for (t, &w) in scores.iter().enumerate() {
-            let v = &task.values[t * task.kv_width + task.kv_offset..][..head_dim];
-            let w = w * inv;
-            for (o, v) in o.iter_mut().zip(v) {
-                *o += w * v;
-            }
-        }
-    }
-}
-
-/// Dot product with 8 independent partial sums (vectorises).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let rest: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for j in 0..8 {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    acc.iter().sum::<f32>() + rest
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,26 +123,5 @@ mod tests {
         let mut row = vec![1.0, 0.0, 0.0, 0.0];
         apply_rope(&mut row, 4, &angles, RopeStyle::Halves);
         assert!((row[0] - c).abs() < 1e-6 && (row[2] - s).abs() < 1e-6);
-    }
-
-    #[test]
-    fn attention_is_causal_and_normalised() {
-        // Two positions, one head of width 2; values are one-hot so the output is the weights.
-        let keys = [1.0, 0.0, 0.0, 1.0];
-        let values = [1.0, 0.0, 0.0, 1.0];
-        let q0 = [5.0, 0.0];
-        let q1 = [0.0, 0.0];
-        let task = AttentionTask {
-            queries: vec![&q0, &q1],
-            first_pos: 0,
-            keys: &keys,
-            values: &values,
-            kv_offset: 0,
-            kv_width: 2,
-        };
-        let (mut o0, mut o1) = ([0f32; 2], [0f32; 2]);
-        attention_rows(&task, 2, &mut [&mut o0, &mut o1], &mut Vec::new());
-        assert_eq!(o0, [1.0, 0.0], "row 0 sees only position 0");
-        assert!((o1[0] - 0.5).abs() < 1e-6 && (o1[1] - 0.5).abs() < 1e-6);
     }
 }

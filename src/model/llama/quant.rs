@@ -249,6 +249,9 @@ pub struct QuantizedRows {
     d: Vec<f32>,
     /// Exact block sums of `qs` `[row][kb]`.
     sums: Vec<i32>,
+    /// `d · sum` per block `[row][kb]` (the Q4_1 minimum's weight, computed once per row
+    /// instead of once per weight tile).
+    ds: Vec<f32>,
 }
 
 impl QuantizedRows {
@@ -262,7 +265,23 @@ impl QuantizedRows {
         self.qs.resize(rows * k, 0);
         self.d.resize(rows * self.kb, 0.0);
         self.sums.resize(rows * self.kb, 0);
-        quantize_blocks(x, &mut self.qs, &mut self.d, &mut self.sums);
+        self.ds.resize(rows * self.kb, 0.0);
+        match isa() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512F/BW were detected at run time (`isa`).
+            Isa::Vnni512 => unsafe {
+                x86::quantize_avx512(x, &mut self.qs, &mut self.d, &mut self.sums)
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX2 was detected at run time (`isa`); SSE4.1 comes with it.
+            Isa::Avx2 => unsafe {
+                x86::quantize_avx2(x, &mut self.qs, &mut self.d, &mut self.sums)
+            },
+            _ => quantize_blocks(x, &mut self.qs, &mut self.d, &mut self.sums),
+        }
+        for ((ds, d), sum) in self.ds.iter_mut().zip(&self.d).zip(&self.sums) {
+            *ds = d * *sum as f32;
+        }
     }
 
     /// Number of rows.
@@ -271,7 +290,8 @@ impl QuantizedRows {
     }
 }
 
-/// Per block: `d = max|x| / 127`, `q = round(x / d)`.
+/// Per block: `d = max|x| / 127`, `q = round(x / d)` (halves away from zero, as `roundf`).
+#[inline(always)]
 fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], sums: &mut [i32]) {
     for (((xb, qb), db), sb) in x
         .chunks_exact(BLOCK)
@@ -451,7 +471,7 @@ fn tile_scalar<const R: usize>(
                 let scale = w.d[at + r].to_f32() * da;
                 *acc = (isum as f32).mul_add(scale, *acc);
                 if w.kind == QuantKind::Q4_1 {
-                    *acc = w.m[at + r].to_f32().mul_add(da * asum as f32, *acc);
+                    *acc = w.m[at + r].to_f32().mul_add(a.ds[row * kb + b], *acc);
                 }
             }
         }
@@ -471,6 +491,66 @@ mod x86 {
         p.read_unaligned()
     }
 
+    /// The portable quantizer compiled for AVX2: `round` becomes `vroundps` instead of a libm
+    /// call, and the loops vectorise. Same results.
+    #[target_feature(enable = "avx2,fma,sse4.1")]
+    pub(super) unsafe fn quantize_avx2(x: &[f32], qs: &mut [i8], d: &mut [f32], sums: &mut [i32]) {
+        super::quantize_blocks(x, qs, d, sums)
+    }
+
+    /// `quantize_blocks` with two 16-lane vectors per block: the same scale, the same rounding
+    /// (halves away from zero), NaN to 0, the same exact sums.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn quantize_avx512(
+        x: &[f32],
+        qs: &mut [i8],
+        d: &mut [f32],
+        sums: &mut [i32],
+    ) {
+        let sign = _mm512_set1_ps(-0.0);
+        let half = _mm512_set1_ps(0.5);
+        let one = _mm512_set1_ps(1.0);
+        for (((xb, qb), db), sb) in x
+            .chunks_exact(BLOCK)
+            .zip(qs.chunks_exact_mut(BLOCK))
+            .zip(d.iter_mut())
+            .zip(sums.iter_mut())
+        {
+            let v = [
+                _mm512_loadu_ps(xb.as_ptr()),
+                _mm512_loadu_ps(xb.as_ptr().add(16)),
+            ];
+            // `max` returns its second operand when the first is NaN: NaNs are skipped as in
+            // the scalar fold.
+            let mut amax = _mm512_setzero_ps();
+            for v in v {
+                amax = _mm512_max_ps(_mm512_andnot_ps(sign, v), amax);
+            }
+            let scale = _mm512_reduce_max_ps(amax) / 127.0;
+            let inv = 1.0 / scale;
+            let inv = _mm512_set1_ps(if inv.is_finite() { inv } else { 0.0 });
+            let mut total = _mm512_setzero_si512();
+            for (h, v) in v.into_iter().enumerate() {
+                let r = _mm512_mul_ps(v, inv);
+                let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(r);
+                let away = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(
+                    _mm512_andnot_ps(sign, _mm512_sub_ps(r, t)),
+                    half,
+                );
+                let step = _mm512_or_ps(_mm512_and_ps(r, sign), one);
+                let rounded = _mm512_mask_add_ps(t, away, t, step);
+                let q = _mm512_maskz_cvtps_epi32(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(r, r), rounded);
+                total = _mm512_add_epi32(total, q);
+                _mm_storeu_si128(
+                    qb.as_mut_ptr().add(16 * h) as *mut __m128i,
+                    _mm512_cvtepi32_epi8(q),
+                );
+            }
+            *db = scale;
+            *sb = _mm512_reduce_add_epi32(total);
+        }
+    }
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma")]
     pub(super) unsafe fn tile_vnni512<const R: usize>(
         w: &PackedMatrix,
@@ -479,58 +559,116 @@ mod x86 {
         row0: usize,
         out: &mut [[f32; TILE]; ROWS],
     ) {
+        match w.kind {
+            QuantKind::Q4_0 => vnni512::<R, 0>(w, tile, a, row0, out),
+            QuantKind::Q4_1 => vnni512::<R, 1>(w, tile, a, row0, out),
+            QuantKind::Q8_0 => vnni512::<R, 2>(w, tile, a, row0, out),
+        }
+    }
+
+    /// How far ahead of the block being multiplied its tile's weights are prefetched.
+    const PREFETCH_BYTES: usize = 2048;
+
+    /// `K`: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0 (a constant, so each type gets its own loop).
+    ///
+    /// Per block the 8 weight vectors are loaded and unpacked once, then each row's block sum
+    /// is built from two independent `vpdpbusd` chains (one long chain made a single row wait
+    /// on its latency) and folded into the float accumulator right away.
+    #[inline(always)]
+    unsafe fn vnni512<const R: usize, const K: u8>(
+        w: &PackedMatrix,
+        tile: usize,
+        a: &QuantizedRows,
+        row0: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        let nibbles = K != 2;
+        let has_min = K == 1;
+        let offset = match K {
+            0 => 8,
+            1 => 0,
+            _ => 128,
+        };
         let kb = w.kb;
-        let qs_bytes = w.kind.tile_qs_bytes();
-        let offset = w.kind.offset();
-        let nibbles = w.kind != QuantKind::Q8_0;
-        let has_min = w.kind == QuantKind::Q4_1;
+        let qs_bytes = if nibbles {
+            TILE * BLOCK / 2
+        } else {
+            TILE * BLOCK
+        };
+        let tq0 = w.qs.as_ptr().add(tile * kb * qs_bytes);
+        let d0 = w.d.as_ptr().add(tile * kb * TILE);
+        let m0 = if has_min {
+            w.m.as_ptr().add(tile * kb * TILE)
+        } else {
+            d0
+        };
+        let mut xs = [a.qs.as_ptr() as *const u8; R];
+        for (i, x) in xs.iter_mut().enumerate() {
+            *x = a.qs.as_ptr().add((row0 + i) * a.k) as *const u8;
+        }
+        let first = row0 * kb;
+        let (ad, ads, asums) = (
+            a.d.as_ptr().add(first),
+            a.ds.as_ptr().add(first),
+            a.sums.as_ptr().add(first),
+        );
         let low = _mm512_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); R];
         for b in 0..kb {
-            let tq = w.qs.as_ptr().add((tile * kb + b) * qs_bytes);
-            let mut isum = [_mm512_setzero_si512(); R];
+            let tq = tq0.add(b * qs_bytes);
+            // The weights stream from memory once per step; the hardware prefetcher alone left
+            // the multiply work of a many-row step waiting on them (rows × tiles took the sum of
+            // the two times, not the larger). 2 KiB ahead covered the latency here. A prefetch
+            // past the end of the matrix is a harmless hint, hence `wrapping_add`.
+            let ahead = tq.wrapping_add(PREFETCH_BYTES);
+            for line in (0..qs_bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8);
+            }
+            let scales_ahead = b + PREFETCH_BYTES / qs_bytes;
+            _mm_prefetch::<_MM_HINT_T0>(d0.wrapping_add(scales_ahead * TILE) as *const i8);
+            if has_min {
+                _mm_prefetch::<_MM_HINT_T0>(m0.wrapping_add(scales_ahead * TILE) as *const i8);
+            }
+            // Weight vector j multiplies activation bytes 4j..4j+4 of the block.
+            let mut wv = [_mm512_setzero_si512(); 8];
             if nibbles {
-                for g in 0..BLOCK / 8 {
+                for g in 0..4 {
                     let v = _mm512_loadu_si512(tq.add(g * 64) as *const _);
-                    let lo = _mm512_and_si512(v, low);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-                    for (i, s) in isum.iter_mut().enumerate() {
-                        let x0 = _mm512_set1_epi32(act4(a, row0 + i, b, 8 * g));
-                        let x1 = _mm512_set1_epi32(act4(a, row0 + i, b, 8 * g + 4));
-                        *s = _mm512_dpbusd_epi32(*s, lo, x0);
-                        *s = _mm512_dpbusd_epi32(*s, hi, x1);
-                    }
+                    wv[2 * g] = _mm512_and_si512(v, low);
+                    wv[2 * g + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
                 }
             } else {
-                for g in 0..BLOCK / 4 {
-                    let v = _mm512_loadu_si512(tq.add(g * 64) as *const _);
-                    for (i, s) in isum.iter_mut().enumerate() {
-                        let x = _mm512_set1_epi32(act4(a, row0 + i, b, 4 * g));
-                        *s = _mm512_dpbusd_epi32(*s, v, x);
-                    }
+                for (g, v) in wv.iter_mut().enumerate() {
+                    *v = _mm512_loadu_si512(tq.add(g * 64) as *const _);
                 }
             }
-            let at = (tile * kb + b) * TILE;
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(w.d.as_ptr().add(at) as *const _));
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(d0.add(b * TILE) as *const _));
             let mw = if has_min {
-                _mm512_cvtph_ps(_mm256_loadu_si256(w.m.as_ptr().add(at) as *const _))
+                _mm512_cvtph_ps(_mm256_loadu_si256(m0.add(b * TILE) as *const _))
             } else {
                 _mm512_setzero_ps()
             };
-            for i in 0..R {
-                let row = row0 + i;
-                let da = *a.d.get_unchecked(row * kb + b);
-                let asum = *a.sums.get_unchecked(row * kb + b);
-                let s = _mm512_sub_epi32(isum[i], _mm512_set1_epi32(offset * asum));
-                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(da));
-                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[i]);
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let x = xs[i].add(b * BLOCK);
+                let mut s = [_mm512_setzero_si512(); 2];
+                for (j, wv) in wv.iter().enumerate() {
+                    let xj = _mm512_set1_epi32((x.add(4 * j) as *const i32).read_unaligned());
+                    s[j % 2] = _mm512_dpbusd_epi32(s[j % 2], *wv, xj);
+                }
+                let at = i * kb + b;
+                let mut isum = _mm512_add_epi32(s[0], s[1]);
+                if offset != 0 {
+                    isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(offset * *asums.add(at)));
+                }
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*ad.add(at)));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
                 if has_min {
-                    acc[i] = _mm512_fmadd_ps(mw, _mm512_set1_ps(da * asum as f32), acc[i]);
+                    *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*ads.add(at)), *acc);
                 }
             }
         }
-        for i in 0..R {
-            _mm512_storeu_ps(out[i].as_mut_ptr(), acc[i]);
+        for (o, acc) in out.iter_mut().zip(&acc) {
+            _mm512_storeu_ps(o.as_mut_ptr(), *acc);
         }
     }
 
@@ -610,8 +748,8 @@ mod x86 {
                     let scale = _mm256_mul_ps(dw, _mm256_set1_ps(da));
                     acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[i][h]);
                     if has_min {
-                        acc[i][h] =
-                            _mm256_fmadd_ps(mw, _mm256_set1_ps(da * asum as f32), acc[i][h]);
+                        let ds = *a.ds.get_unchecked(row * kb + b);
+                        acc[i][h] = _mm256_fmadd_ps(mw, _mm256_set1_ps(ds), acc[i][h]);
                     }
                 }
             }
@@ -624,7 +762,7 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -643,8 +781,34 @@ mod tests {
         assert_eq!(rows.qs[3 * BLOCK], -127);
     }
 
+    #[test]
+    fn halves_round_away_from_zero_and_every_quantizer_agrees_with_the_portable_one() {
+        // Largest magnitude 127 makes the scale exactly 1: the quants are the inputs rounded.
+        let mut x = vec![0f32; 2 * BLOCK];
+        x[..9].copy_from_slice(&[
+            127.0,
+            2.5,
+            -2.5,
+            0.5,
+            -0.5,
+            1.499_999_9,
+            -126.5,
+            3.5,
+            f32::NAN,
+        ]);
+        for (i, v) in x[BLOCK..].iter_mut().enumerate() {
+            *v = (i as f32 - 15.5) * 0.37;
+        }
+        let mut rows = QuantizedRows::default();
+        rows.quantize(&x, BLOCK);
+        assert_eq!(rows.qs[..9], [127, 3, -3, 1, -1, 1, -127, 4, 0]);
+        let (mut qs, mut d, mut sums) = (vec![0i8; 2 * BLOCK], vec![0f32; 2], vec![0i32; 2]);
+        quantize_blocks(&x, &mut qs, &mut d, &mut sums);
+        assert_eq!((rows.qs, rows.d, rows.sums), (qs, d, sums));
+    }
+
     /// Deterministic pseudo-random bytes (xorshift), so the test needs no RNG crate.
-    fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    pub(in crate::model::llama) fn bytes(seed: u64, len: usize) -> Vec<u8> {
         let mut s = seed | 1;
         (0..len)
             .map(|_| {

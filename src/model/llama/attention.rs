@@ -1,0 +1,510 @@
+//! Causal softmax attention of a step's new query rows over one sequence's KV cache, for one KV
+//! head and the query heads that share it (grouped-query attention).
+//!
+//! Why a kernel of its own: attention is the part of a decode step that grows with the number of
+//! sequences and their lengths (each sequence reads its own cache), so at 8 streams the plain
+//! loop (one horizontal sum per key, one libm `expf` per score, every key read again for each
+//! query head) was a third of the step. The AVX-512 path, for head widths 64 and 128:
+//! - reads each value row once for all query heads of the group;
+//! - scores 16 keys per pass, one vector per key, summed by one transpose-add tree instead of
+//!   16 horizontal sums;
+//! - exponentiates 16 scores at once (Cody-Waite reduction, Cephes' degree-6 polynomial,
+//!   ~1 ulp) and scales by the softmax sum once at the end.
+//!
+//! Every query row is computed on its own, in the same order whatever else is in the step, so
+//! batching or chunking a prefill never changes a sequence's result.
+
+use half::f16;
+
+/// One sequence's new rows for one KV head.
+pub struct AttentionTask<'a> {
+    /// Query rows; row `i` holds the group's query heads side by side (`group × head_dim`).
+    pub queries: Vec<&'a [f32]>,
+    /// Absolute position of the first query row; row `i` sees keys `0..=first_pos + i`.
+    pub first_pos: usize,
+    /// The sequence's cache for this layer: `[pos][kv_width]`, f16 (see `KvCache`).
+    pub keys: &'a [f16],
+    pub values: &'a [f16],
+    /// Offset of this KV head's slice inside a cache row.
+    pub kv_offset: usize,
+    pub kv_width: usize,
+}
+
+/// Writes `group × head_dim` floats per query row into `out[i]`. `scores` is scratch.
+pub fn attend(
+    task: &AttentionTask<'_>,
+    head_dim: usize,
+    group: usize,
+    out: &mut [&mut [f32]],
+    scores: &mut Vec<f32>,
+) {
+    debug_assert_eq!(task.queries.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx512() {
+            // SAFETY: AVX-512F was detected at run time; the task's slices are bounds-checked
+            // in `check` before any unchecked read.
+            match head_dim {
+                64 if check(task, head_dim, group, out) => {
+                    return unsafe { x86::attend::<4>(task, group, out, scores) };
+                }
+                128 if check(task, head_dim, group, out) => {
+                    return unsafe { x86::attend::<8>(task, group, out, scores) };
+                }
+                _ => {}
+            }
+        }
+    }
+    portable(task, head_dim, group, out, scores)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX512.get_or_init(|| {
+        std::env::var_os("SEALSERVE_LLM_SCALAR").is_none()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("f16c")
+    })
+}
+
+/// Whether every read and write of the unchecked path lies inside the task's slices.
+#[cfg(target_arch = "x86_64")]
+fn check(task: &AttentionTask<'_>, head_dim: usize, group: usize, out: &[&mut [f32]]) -> bool {
+    let rows = task.queries.len();
+    let seen = task.first_pos + rows;
+    let cache = (seen.saturating_sub(1)) * task.kv_width + task.kv_offset + head_dim;
+    task.queries.iter().all(|q| q.len() >= group * head_dim)
+        && out.iter().all(|o| o.len() >= group * head_dim)
+        && task.kv_offset + head_dim <= task.kv_width
+        && task.keys.len() >= cache
+        && task.values.len() >= cache
+}
+
+use half::slice::HalfFloatSliceExt;
+
+/// Any head width, any CPU: the same steps with scalar loops.
+fn portable(
+    task: &AttentionTask<'_>,
+    head_dim: usize,
+    group: usize,
+    out: &mut [&mut [f32]],
+    scores: &mut Vec<f32>,
+) {
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut k = vec![0f32; head_dim];
+    let mut v = vec![0f32; head_dim];
+    for (i, (q, o)) in task.queries.iter().zip(out.iter_mut()).enumerate() {
+        let seen = task.first_pos + i + 1;
+        for g in 0..group {
+            let q = &q[g * head_dim..(g + 1) * head_dim];
+            let o = &mut o[g * head_dim..(g + 1) * head_dim];
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for t in 0..seen {
+                let row = &task.keys[t * task.kv_width + task.kv_offset..][..head_dim];
+                row.convert_to_f32_slice(&mut k);
+                let s = dot(q, &k) * scale;
+                max = max.max(s);
+                scores.push(s);
+            }
+            let mut total = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                total += *s;
+            }
+            o.fill(0.0);
+            for (t, &w) in scores.iter().enumerate() {
+                let row = &task.values[t * task.kv_width + task.kv_offset..][..head_dim];
+                row.convert_to_f32_slice(&mut v);
+                for (o, v) in o.iter_mut().zip(&v) {
+                    *o += w * v;
+                }
+            }
+            let inv = 1.0 / total;
+            o.iter_mut().for_each(|o| *o *= inv);
+        }
+    }
+}
+
+/// Dot product with 8 independent partial sums (vectorises).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::AttentionTask;
+    use std::arch::x86_64::*;
+
+    /// 16 cache values from f16.
+    #[inline(always)]
+    unsafe fn load16(p: *const half::f16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+
+    /// Query heads of one value pass: `HEADS × C` accumulators stay in registers.
+    const PASS_VECTORS: usize = 24;
+
+    /// Head width `16 × C`. Callers checked the bounds (`super::check`).
+    #[target_feature(enable = "avx512f,f16c")]
+    pub(super) unsafe fn attend<const C: usize>(
+        task: &AttentionTask<'_>,
+        group: usize,
+        out: &mut [&mut [f32]],
+        scores: &mut Vec<f32>,
+    ) {
+        let hd = 16 * C;
+        let scale = _mm512_set1_ps(1.0 / (hd as f32).sqrt());
+        let (keys, values) = (task.keys.as_ptr(), task.values.as_ptr());
+        let (kw, off) = (task.kv_width, task.kv_offset);
+        let mut inv = vec![0f32; group];
+        for (i, (q, o)) in task.queries.iter().zip(out.iter_mut()).enumerate() {
+            let seen = task.first_pos + i + 1;
+            let padded = seen.next_multiple_of(16);
+            scores.resize(group * padded, 0.0);
+            for (g, inv) in inv.iter_mut().enumerate() {
+                let qp = q.as_ptr().add(g * hd);
+                let mut qv = [_mm512_setzero_ps(); C];
+                for (c, v) in qv.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(qp.add(16 * c));
+                }
+                let srow = scores.as_mut_ptr().add(g * padded);
+                let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+                let mut t0 = 0;
+                while t0 < seen {
+                    let mut p = [_mm512_setzero_ps(); 16];
+                    for (j, p) in p.iter_mut().enumerate() {
+                        // Past the end of the window the last key is read again and masked.
+                        let k = keys.add((t0 + j).min(seen - 1) * kw + off);
+                        let mut acc = _mm512_mul_ps(qv[0], load16(k));
+                        for (c, q) in qv.iter().enumerate().skip(1) {
+                            acc = _mm512_fmadd_ps(*q, load16(k.add(16 * c)), acc);
+                        }
+                        *p = acc;
+                    }
+                    let valid = lanes(seen - t0);
+                    let s = _mm512_mask_mov_ps(
+                        _mm512_set1_ps(f32::NEG_INFINITY),
+                        valid,
+                        _mm512_mul_ps(sum16(&p), scale),
+                    );
+                    _mm512_storeu_ps(srow.add(t0), s);
+                    vmax = _mm512_max_ps(vmax, s);
+                    t0 += 16;
+                }
+                let max = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+                let mut vsum = _mm512_setzero_ps();
+                let mut t0 = 0;
+                while t0 < seen {
+                    let s = _mm512_loadu_ps(srow.add(t0));
+                    let e = _mm512_maskz_mov_ps(lanes(seen - t0), exp16(_mm512_sub_ps(s, max)));
+                    _mm512_storeu_ps(srow.add(t0), e);
+                    vsum = _mm512_add_ps(vsum, e);
+                    t0 += 16;
+                }
+                *inv = 1.0 / _mm512_reduce_add_ps(vsum);
+            }
+            let heads_per_pass = (PASS_VECTORS / C).max(1);
+            let mut g0 = 0;
+            while g0 < group {
+                let n = heads_per_pass.min(group - g0);
+                let pass = Pass {
+                    values,
+                    kw,
+                    off,
+                    seen,
+                    scores: scores.as_ptr().add(g0 * padded),
+                    padded,
+                    inv: &inv[g0..g0 + n],
+                    out: o.as_mut_ptr().add(g0 * hd),
+                };
+                match n {
+                    1 => weigh::<C, 1>(&pass),
+                    2 => weigh::<C, 2>(&pass),
+                    3 => weigh::<C, 3>(&pass),
+                    4 => weigh::<C, 4>(&pass),
+                    5 => weigh::<C, 5>(&pass),
+                    _ => weigh::<C, 6>(&pass),
+                }
+                g0 += n;
+            }
+        }
+    }
+
+    /// One value pass over `N` query heads.
+    struct Pass<'a> {
+        values: *const half::f16,
+        kw: usize,
+        off: usize,
+        seen: usize,
+        /// Exponentiated scores of the first head; head `g` at `g × padded`.
+        scores: *const f32,
+        padded: usize,
+        inv: &'a [f32],
+        out: *mut f32,
+    }
+
+    /// `out[g] = inv[g] · Σ_t scores[g][t] · v_t`, each value row loaded once for all heads.
+    #[inline(always)]
+    unsafe fn weigh<const C: usize, const N: usize>(p: &Pass<'_>) {
+        let mut acc = [[_mm512_setzero_ps(); C]; N];
+        for t in 0..p.seen {
+            let v = p.values.add(t * p.kw + p.off);
+            let mut vv = [_mm512_setzero_ps(); C];
+            for (c, x) in vv.iter_mut().enumerate() {
+                *x = load16(v.add(16 * c));
+            }
+            for (g, acc) in acc.iter_mut().enumerate() {
+                let w = _mm512_set1_ps(*p.scores.add(g * p.padded + t));
+                for (a, x) in acc.iter_mut().zip(&vv) {
+                    *a = _mm512_fmadd_ps(w, *x, *a);
+                }
+            }
+        }
+        for (g, acc) in acc.iter().enumerate() {
+            let inv = _mm512_set1_ps(p.inv[g]);
+            for (c, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(p.out.add(16 * (g * C + c)), _mm512_mul_ps(*a, inv));
+            }
+        }
+    }
+
+    /// Mask of the first `n` lanes (all 16 when `n ≥ 16`).
+    #[inline(always)]
+    fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
+    /// Lane `j` of the result is the sum of the 16 lanes of `p[j]`, by a fixed tree.
+    #[inline(always)]
+    unsafe fn sum16(p: &[__m512; 16]) -> __m512 {
+        // Pairs: within each 128-bit lane [a0+a2, b0+b2, a1+a3, b1+b3].
+        let mut a = [_mm512_setzero_ps(); 8];
+        for (j, a) in a.iter_mut().enumerate() {
+            let (x, y) = (p[2 * j], p[2 * j + 1]);
+            *a = _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+        }
+        // Quads: within each 128-bit lane one partial sum of each of 4 keys.
+        let mut b = [_mm512_setzero_ps(); 4];
+        for (j, b) in b.iter_mut().enumerate() {
+            let (x, y) = (_mm512_castps_pd(a[2 * j]), _mm512_castps_pd(a[2 * j + 1]));
+            let lo = _mm512_castpd_ps(_mm512_unpacklo_pd(x, y));
+            let hi = _mm512_castpd_ps(_mm512_unpackhi_pd(x, y));
+            *b = _mm512_add_ps(lo, hi);
+        }
+        // 128-bit lanes: [keys 0-3 (two partials), keys 4-7 (two partials)] per pair of quads.
+        let c0 = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(b[0], b[1]),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(b[0], b[1]),
+        );
+        let c1 = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(b[2], b[3]),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(b[2], b[3]),
+        );
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(c0, c1),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(c0, c1),
+        )
+    }
+
+    /// `e^x` for x ≤ 0 (scores minus their maximum), ~1 ulp; tiny results flush towards zero.
+    #[inline(always)]
+    pub(super) unsafe fn exp16(x: __m512) -> __m512 {
+        // Below -104 the result is under the smallest subnormal.
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        // x - n·ln2 in two parts (Cephes' C1 + C2 = ln 2).
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut y = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
+        }
+        let y = _mm512_fmadd_ps(
+            y,
+            _mm512_mul_ps(r, r),
+            _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+        );
+        _mm512_scalef_ps(y, n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attention_is_causal_and_normalised() {
+        // Two positions, one head of width 2; values are one-hot so the output is the weights.
+        let keys = [1.0, 0.0, 0.0, 1.0].map(f16::from_f32);
+        let values = [1.0, 0.0, 0.0, 1.0].map(f16::from_f32);
+        let q0 = [5.0, 0.0];
+        let q1 = [0.0, 0.0];
+        let task = AttentionTask {
+            queries: vec![&q0, &q1],
+            first_pos: 0,
+            keys: &keys,
+            values: &values,
+            kv_offset: 0,
+            kv_width: 2,
+        };
+        let (mut o0, mut o1) = ([0f32; 2], [0f32; 2]);
+        attend(&task, 2, 1, &mut [&mut o0, &mut o1], &mut Vec::new());
+        assert_eq!(o0, [1.0, 0.0], "row 0 sees only position 0");
+        assert!((o1[0] - 0.5).abs() < 1e-6 && (o1[1] - 0.5).abs() < 1e-6);
+    }
+
+    /// Deterministic values in [-scale, scale).
+    fn values(seed: u64, len: usize, scale: f32) -> Vec<f32> {
+        crate::model::llama::quant::tests::bytes(seed, len)
+            .into_iter()
+            .map(|b| (f32::from(b) / 128.0 - 1.0) * scale)
+            .collect()
+    }
+
+    /// f64 softmax attention of one query head.
+    fn reference(q: &[f64], keys: &[Vec<f64>], vals: &[Vec<f64>]) -> Vec<f64> {
+        let scale = 1.0 / (q.len() as f64).sqrt();
+        let s: Vec<f64> = keys
+            .iter()
+            .map(|k| k.iter().zip(q).map(|(a, b)| a * b).sum::<f64>() * scale)
+            .collect();
+        let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|v| (v - max).exp()).collect();
+        let total: f64 = e.iter().sum();
+        (0..q.len())
+            .map(|d| e.iter().zip(vals).map(|(w, v)| w * v[d]).sum::<f64>() / total)
+            .collect()
+    }
+
+    #[test]
+    fn every_path_matches_an_f64_reference_and_rows_do_not_depend_on_their_neighbours() {
+        // Head widths with (64, 128) and without (48) the vector path; groups of 1 to 7 query
+        // heads; windows that end inside and on a 16-key chunk.
+        for (hd, group, kv_heads) in [(64, 3, 3), (128, 2, 2), (64, 7, 1), (48, 1, 2), (128, 1, 1)]
+        {
+            let kw = hd * kv_heads;
+            for (first_pos, rows) in [(0, 1), (0, 17), (15, 1), (31, 3), (100, 2)] {
+                let seen = first_pos + rows;
+                let half = |v: Vec<f32>| v.into_iter().map(f16::from_f32).collect::<Vec<_>>();
+                let keys = half(values(hd as u64 + seen as u64, seen * kw, 3.0));
+                let vals = half(values(7 + seen as u64, seen * kw, 1.0));
+                let qs = values(11 + group as u64, rows * group * hd, 3.0);
+                for kv in 0..kv_heads {
+                    let task = AttentionTask {
+                        queries: qs.chunks_exact(group * hd).collect(),
+                        first_pos,
+                        keys: &keys,
+                        values: &vals,
+                        kv_offset: kv * hd,
+                        kv_width: kw,
+                    };
+                    let mut out = vec![0f32; rows * group * hd];
+                    let mut outs: Vec<&mut [f32]> = out.chunks_exact_mut(group * hd).collect();
+                    attend(&task, hd, group, &mut outs, &mut Vec::new());
+                    for r in 0..rows {
+                        let window = first_pos + r + 1;
+                        let head = |data: &[f16], t: usize| -> Vec<f64> {
+                            data[t * kw + kv * hd..][..hd]
+                                .iter()
+                                .map(|&x| f64::from(x))
+                                .collect()
+                        };
+                        let ks: Vec<Vec<f64>> = (0..window).map(|t| head(&keys, t)).collect();
+                        let vs: Vec<Vec<f64>> = (0..window).map(|t| head(&vals, t)).collect();
+                        for g in 0..group {
+                            let q: Vec<f64> = qs[(r * group + g) * hd..][..hd]
+                                .iter()
+                                .map(|&x| f64::from(x))
+                                .collect();
+                            let want = reference(&q, &ks, &vs);
+                            let got = &out[(r * group + g) * hd..][..hd];
+                            for (d, (g2, w)) in got.iter().zip(&want).enumerate() {
+                                assert!(
+                                    (f64::from(*g2) - w).abs() < 2e-5,
+                                    "hd {hd} group {group} pos {first_pos}+{r} head {g} dim {d}: {g2} vs {w}"
+                                );
+                            }
+                        }
+                        // The same row alone gives the same bits.
+                        let alone = AttentionTask {
+                            queries: vec![&qs[r * group * hd..(r + 1) * group * hd]],
+                            first_pos: first_pos + r,
+                            keys: &keys,
+                            values: &vals,
+                            kv_offset: kv * hd,
+                            kv_width: kw,
+                        };
+                        let mut one = vec![0f32; group * hd];
+                        attend(&alone, hd, group, &mut [&mut one], &mut Vec::new());
+                        assert_eq!(one, out[r * group * hd..(r + 1) * group * hd]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_vector_exponential_is_within_two_ulps_of_libm() {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            use std::arch::x86_64::*;
+            let mut x = -104.0f32;
+            while x <= 0.0 {
+                let xs: Vec<f32> = (0..16)
+                    .map(|i| x + i as f32 * 0.0007)
+                    .map(|v| v.min(0.0))
+                    .collect();
+                let mut got = [0f32; 16];
+                // SAFETY: AVX-512F detected above.
+                unsafe {
+                    #[target_feature(enable = "avx512f")]
+                    unsafe fn run(xs: &[f32], got: &mut [f32; 16]) {
+                        _mm512_storeu_ps(
+                            got.as_mut_ptr(),
+                            x86::exp16(_mm512_loadu_ps(xs.as_ptr())),
+                        );
+                    }
+                    run(&xs, &mut got);
+                }
+                for (v, g) in xs.iter().zip(got) {
+                    let want = v.exp();
+                    if want >= f32::MIN_POSITIVE {
+                        let ulps = (g.to_bits() as i64 - want.to_bits() as i64).abs();
+                        assert!(ulps <= 2, "exp({v}) = {g}, libm {want} ({ulps} ulps)");
+                    } else {
+                        assert!(g < 2.0 * f32::MIN_POSITIVE, "exp({v}) = {g}");
+                    }
+                }
+                x += 0.0113;
+            }
+        }
+    }
+}
