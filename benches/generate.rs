@@ -7,7 +7,8 @@
 //!
 //! `cargo bench --bench generate` (threads: RAYON_NUM_THREADS). Env: BENCH_PROMPT_TOKENS (128),
 //! BENCH_DECODE_TOKENS (64), BENCH_STREAMS (8), BENCH_LEVELS (`model,engine`: which levels to
-//! run, so a profiler can record one of them alone). Prints one JSON object per measurement.
+//! run, so a profiler can record one of them alone), BENCH_ROUNDS (1: rounds alternating the
+//! stream counts, then median lines). Prints one JSON object per measurement.
 
 #[path = "../tests/generate_support/mod.rs"]
 mod generate_support;
@@ -138,19 +139,63 @@ fn main() {
     // Warm-up (page faults, thread pool).
     model_level(&prompt[..16], 4, 1);
     let levels = std::env::var("BENCH_LEVELS").unwrap_or_else(|_| "model,engine".into());
+    let rounds = env("BENCH_ROUNDS", 1).max(1);
     let counts = if streams == 1 {
         vec![1]
     } else {
         vec![1, streams]
     };
-    for level in levels.split(',') {
-        for &s in &counts {
-            let result = match level.trim() {
-                "model" => model_level(&prompt, decode, s),
-                "engine" => engine_level(&prompt, decode, s),
-                other => panic!("BENCH_LEVELS: unknown level {other:?} (model, engine)"),
-            };
-            println!("{result}");
+    // Rounds alternate the stream counts (1, 8, 1, 8, …) so that both see the same machine: on a
+    // shared VM memory bandwidth drifts by 2× within minutes, and the figure that matters is the
+    // ratio of the two. Each round prints its own lines; with more than one round a summary line
+    // per (level, streams) gives the medians.
+    let mut runs: Vec<serde_json::Value> = Vec::new();
+    for round in 0..rounds {
+        for level in levels.split(',') {
+            for &s in &counts {
+                let mut result = match level.trim() {
+                    "model" => model_level(&prompt, decode, s),
+                    "engine" => engine_level(&prompt, decode, s),
+                    other => panic!("BENCH_LEVELS: unknown level {other:?} (model, engine)"),
+                };
+                result["round"] = round.into();
+                result["level"] = level.trim().into();
+                println!("{result}");
+                runs.push(result);
+            }
+        }
+    }
+    if rounds > 1 {
+        for level in levels.split(',') {
+            for &s in &counts {
+                let of = |key: &str| -> Vec<f64> {
+                    let mut v: Vec<f64> = runs
+                        .iter()
+                        .filter(|r| r["streams"] == s && r["level"] == level.trim())
+                        .filter_map(|r| r[key].as_f64())
+                        .collect();
+                    v.sort_by(f64::total_cmp);
+                    v
+                };
+                let median = |v: Vec<f64>| v.get(v.len() / 2).copied();
+                let key = if level.trim() == "model" {
+                    "decode_tok_s"
+                } else {
+                    "generated_tok_s"
+                };
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "summary": level.trim(),
+                        "streams": s,
+                        "rounds": rounds,
+                        "median_tok_s": median(of(key)),
+                        "all_tok_s": of(key),
+                        "median_prefill_tok_s": median(of("prefill_tok_s")),
+                        "median_ttft_s": median(of("ttft_s")).or(median(of("mean_ttft_s"))),
+                    })
+                );
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 //! sequences and their lengths (each sequence reads its own cache), so at 8 streams the plain
 //! loop (one horizontal sum per key, one libm `expf` per score, every key read again for each
 //! query head) was a third of the step. The AVX-512 path, for head widths 64 and 128:
-//! - reads each value row once for all query heads of the group;
+//! - reads and converts each key and value row once for all query heads of the group;
 //! - scores 16 keys per pass, one vector per key, summed by one transpose-add tree instead of
 //!   16 horizontal sums;
 //! - exponentiates 16 scores at once (Cody-Waite reduction, Cephes' degree-6 polynomial,
@@ -173,41 +173,47 @@ mod x86 {
         let (keys, values) = (task.keys.as_ptr(), task.values.as_ptr());
         let (kw, off) = (task.kv_width, task.kv_offset);
         let mut inv = vec![0f32; group];
+        let mut vmax = vec![_mm512_set1_ps(f32::NEG_INFINITY); group];
+        // One 16-key chunk converted to f32 once for every head of the group.
+        let mut chunk = [[_mm512_setzero_ps(); C]; 16];
         for (i, (q, o)) in task.queries.iter().zip(out.iter_mut()).enumerate() {
             let seen = task.first_pos + i + 1;
             let padded = seen.next_multiple_of(16);
             scores.resize(group * padded, 0.0);
-            for (g, inv) in inv.iter_mut().enumerate() {
-                let qp = q.as_ptr().add(g * hd);
-                let mut qv = [_mm512_setzero_ps(); C];
-                for (c, v) in qv.iter_mut().enumerate() {
-                    *v = _mm512_loadu_ps(qp.add(16 * c));
+            vmax.fill(_mm512_set1_ps(f32::NEG_INFINITY));
+            let mut t0 = 0;
+            while t0 < seen {
+                for (j, key) in chunk.iter_mut().enumerate() {
+                    // Past the end of the window the last key is read again and masked.
+                    let k = keys.add((t0 + j).min(seen - 1) * kw + off);
+                    for (c, x) in key.iter_mut().enumerate() {
+                        *x = load16(k.add(16 * c));
+                    }
                 }
-                let srow = scores.as_mut_ptr().add(g * padded);
-                let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
-                let mut t0 = 0;
-                while t0 < seen {
+                let valid = lanes(seen - t0);
+                for (g, vmax) in vmax.iter_mut().enumerate() {
+                    let qp = q.as_ptr().add(g * hd);
                     let mut p = [_mm512_setzero_ps(); 16];
-                    for (j, p) in p.iter_mut().enumerate() {
-                        // Past the end of the window the last key is read again and masked.
-                        let k = keys.add((t0 + j).min(seen - 1) * kw + off);
-                        let mut acc = _mm512_mul_ps(qv[0], load16(k));
-                        for (c, q) in qv.iter().enumerate().skip(1) {
-                            acc = _mm512_fmadd_ps(*q, load16(k.add(16 * c)), acc);
+                    for (p, key) in p.iter_mut().zip(&chunk) {
+                        let mut acc = _mm512_mul_ps(_mm512_loadu_ps(qp), key[0]);
+                        for (c, k) in key.iter().enumerate().skip(1) {
+                            acc = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(16 * c)), *k, acc);
                         }
                         *p = acc;
                     }
-                    let valid = lanes(seen - t0);
                     let s = _mm512_mask_mov_ps(
                         _mm512_set1_ps(f32::NEG_INFINITY),
                         valid,
                         _mm512_mul_ps(sum16(&p), scale),
                     );
-                    _mm512_storeu_ps(srow.add(t0), s);
-                    vmax = _mm512_max_ps(vmax, s);
-                    t0 += 16;
+                    _mm512_storeu_ps(scores.as_mut_ptr().add(g * padded + t0), s);
+                    *vmax = _mm512_max_ps(*vmax, s);
                 }
-                let max = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+                t0 += 16;
+            }
+            for (g, (inv, vmax)) in inv.iter_mut().zip(&vmax).enumerate() {
+                let srow = scores.as_mut_ptr().add(g * padded);
+                let max = _mm512_set1_ps(_mm512_reduce_max_ps(*vmax));
                 let mut vsum = _mm512_setzero_ps();
                 let mut t0 = 0;
                 while t0 < seen {

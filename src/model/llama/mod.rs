@@ -683,9 +683,10 @@ impl LlamaModel {
                 .collect();
             attention::attend(task, hd, group, &mut outs, &mut scores);
         };
-        // Below ~32k (query head, key) pairs a layer's attention takes less than the pool's
-        // fork and join (measured: a decode step of 8 streams at 160 tokens is ~12k).
-        if work < 1 << 15 {
+        // Below ~4k (query head, key) pairs a layer's attention takes less than the pool's
+        // fork and join (one stream's decode step at 200 tokens is ~2k); above, the caches are
+        // read at the bandwidth of both cores.
+        if work < 1 << 12 {
             tasks.iter().for_each(run);
         } else {
             tasks.par_iter().for_each(run);

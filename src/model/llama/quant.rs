@@ -507,9 +507,10 @@ mod x86 {
         d: &mut [f32],
         sums: &mut [i32],
     ) {
-        let sign = _mm512_set1_ps(-0.0);
+        // Sign bit and 1.0 as integers: the float and/or/andnot forms need AVX-512DQ.
+        let sign = _mm512_set1_epi32(i32::MIN);
+        let one = _mm512_castps_si512(_mm512_set1_ps(1.0));
         let half = _mm512_set1_ps(0.5);
-        let one = _mm512_set1_ps(1.0);
         for (((xb, qb), db), sb) in x
             .chunks_exact(BLOCK)
             .zip(qs.chunks_exact_mut(BLOCK))
@@ -524,7 +525,7 @@ mod x86 {
             // the scalar fold.
             let mut amax = _mm512_setzero_ps();
             for v in v {
-                amax = _mm512_max_ps(_mm512_andnot_ps(sign, v), amax);
+                amax = _mm512_max_ps(_mm512_abs_ps(v), amax);
             }
             let scale = _mm512_reduce_max_ps(amax) / 127.0;
             let inv = 1.0 / scale;
@@ -533,11 +534,12 @@ mod x86 {
             for (h, v) in v.into_iter().enumerate() {
                 let r = _mm512_mul_ps(v, inv);
                 let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(r);
-                let away = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(
-                    _mm512_andnot_ps(sign, _mm512_sub_ps(r, t)),
-                    half,
-                );
-                let step = _mm512_or_ps(_mm512_and_ps(r, sign), one);
+                let away =
+                    _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(_mm512_sub_ps(r, t)), half);
+                let step = _mm512_castsi512_ps(_mm512_or_si512(
+                    _mm512_and_si512(_mm512_castps_si512(r), sign),
+                    one,
+                ));
                 let rounded = _mm512_mask_add_ps(t, away, t, step);
                 let q = _mm512_maskz_cvtps_epi32(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(r, r), rounded);
                 total = _mm512_add_epi32(total, q);
