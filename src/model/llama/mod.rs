@@ -277,7 +277,9 @@ struct Layer {
     down: Linear,
 }
 
-/// One sequence's keys and values for every layer, `[pos][kv_width]` each, grown as it decodes.
+/// One sequence's keys and values for every (layer, KV head), `[pos][head_dim]` each, grown as
+/// it decodes. One run per KV head: an attention task reads its head's keys and values as two
+/// sequential streams (with `[pos][kv_width]` rows it read 128 bytes in every 384).
 ///
 /// Stored as f16, as llama.cpp does by default: at 8 streams the caches are read every step and
 /// were, in f32, as many bytes as the weights (a decode step is bound by memory bandwidth), and
@@ -331,6 +333,8 @@ pub struct Scratch {
     act: Vec<f32>,
     quant: QuantizedRows,
     angles: Vec<(f32, f32)>,
+    /// The output projection of the rows that need logits (`vocab` wide each).
+    logits: Vec<f32>,
 }
 
 /// A loaded llama-family model.
@@ -484,8 +488,8 @@ impl LlamaModel {
     /// A fresh, empty cache for one sequence.
     pub fn new_cache(&self) -> KvCache {
         KvCache {
-            keys: vec![Vec::new(); self.config.layers],
-            values: vec![Vec::new(); self.config.layers],
+            keys: vec![Vec::new(); self.config.layers * self.config.kv_heads],
+            values: vec![Vec::new(); self.config.layers * self.config.kv_heads],
             len: 0,
         }
     }
@@ -554,10 +558,13 @@ impl LlamaModel {
             let mut r = 0;
             for b in batch.iter_mut() {
                 let n = b.tokens.len();
-                let (keys, values) = (&mut b.cache.keys[l], &mut b.cache.values[l]);
                 for row in s.qkv[r * width..(r + n) * width].chunks_exact(width) {
-                    append_f16(keys, &row[qw..qw + kw]);
-                    append_f16(values, &row[qw + kw..]);
+                    let (k, v) = row[qw..].split_at(kw);
+                    for (h, (k, v)) in k.chunks_exact(hd).zip(v.chunks_exact(hd)).enumerate() {
+                        let at = l * c.kv_heads + h;
+                        append_f16(&mut b.cache.keys[at], k);
+                        append_f16(&mut b.cache.values[at], v);
+                    }
                 }
                 r += n;
             }
@@ -596,10 +603,9 @@ impl LlamaModel {
         }
         s.h.resize(last.len(), 0.0);
         ops::rms_norm(&last, &self.output_norm, c.rms_eps, &mut s.h);
-        let mut logits = Vec::new();
         self.lm_head
-            .forward(&s.h, hidden, &mut s.quant, &mut logits)?;
-        Ok(logits
+            .forward(&s.h, hidden, &mut s.quant, &mut s.logits)?;
+        Ok(s.logits
             .chunks_exact(self.lm_head.outputs())
             .map(<[f32]>::to_vec)
             .collect())
@@ -656,10 +662,10 @@ impl LlamaModel {
                     attention::AttentionTask {
                         queries,
                         first_pos: start,
-                        keys: &b.cache.keys[layer],
-                        values: &b.cache.values[layer],
-                        kv_offset: kv * hd,
-                        kv_width: kw,
+                        keys: &b.cache.keys[layer * c.kv_heads + kv],
+                        values: &b.cache.values[layer * c.kv_heads + kv],
+                        kv_offset: 0,
+                        kv_width: hd,
                     },
                     first_row,
                     kv,
@@ -669,8 +675,11 @@ impl LlamaModel {
             first_row += n;
         }
         let out = SendPtr(attn.as_mut_ptr());
+        thread_local! {
+            /// Score rows of one attention task, kept per thread from step to step.
+            static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         let run = |(task, first_row, kv): &(attention::AttentionTask<'_>, usize, usize)| {
-            let mut scores = Vec::new();
             // SAFETY: every (row, KV head) slice of `attn` belongs to exactly one task, and lies
             // inside `attn` (rows × qw).
             let mut outs: Vec<&mut [f32]> = (0..task.queries.len())
@@ -681,7 +690,7 @@ impl LlamaModel {
                     )
                 })
                 .collect();
-            attention::attend(task, hd, group, &mut outs, &mut scores);
+            SCORES.with_borrow_mut(|scores| attention::attend(task, hd, group, &mut outs, scores));
         };
         // Below ~4k (query head, key) pairs a layer's attention takes less than the pool's
         // fork and join (one stream's decode step at 200 tokens is ~2k); above, the caches are
