@@ -238,18 +238,22 @@ impl PackedMatrix {
 }
 
 /// Activation rows quantized to i8 per 32-value block (llama.cpp's Q8_0/Q8_1 activations).
+///
+/// Stored block-major (`[block][row]`): the rows a kernel call multiplies lie at fixed offsets
+/// from one pointer per block. With one pointer per row, 8 rows ran out of general registers
+/// and the 8-row kernel spilled inside its inner loop.
 #[derive(Default)]
 pub struct QuantizedRows {
     rows: usize,
     k: usize,
     kb: usize,
-    /// `[row][k]`.
+    /// `[block][row][32]`.
     qs: Vec<i8>,
-    /// Block scales `[row][kb]`.
+    /// Block scales `[block][row]`.
     d: Vec<f32>,
-    /// Exact block sums of `qs` `[row][kb]`.
+    /// Exact block sums of `qs` `[block][row]`.
     sums: Vec<i32>,
-    /// `d · sum` per block `[row][kb]` (the Q4_1 minimum's weight, computed once per row
+    /// `d · sum` per block `[block][row]` (the Q4_1 minimum's weight, computed once per row
     /// instead of once per weight tile).
     ds: Vec<f32>,
 }
@@ -270,14 +274,14 @@ impl QuantizedRows {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX-512F/BW were detected at run time (`isa`).
             Isa::Vnni512 => unsafe {
-                x86::quantize_avx512(x, &mut self.qs, &mut self.d, &mut self.sums)
+                x86::quantize_avx512(x, self.kb, &mut self.qs, &mut self.d, &mut self.sums)
             },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX2 was detected at run time (`isa`); SSE4.1 comes with it.
             Isa::Avx2 => unsafe {
-                x86::quantize_avx2(x, &mut self.qs, &mut self.d, &mut self.sums)
+                x86::quantize_avx2(x, self.kb, &mut self.qs, &mut self.d, &mut self.sums)
             },
-            _ => quantize_blocks(x, &mut self.qs, &mut self.d, &mut self.sums),
+            _ => quantize_blocks(x, self.kb, &mut self.qs, &mut self.d, &mut self.sums),
         }
         for ((ds, d), sum) in self.ds.iter_mut().zip(&self.d).zip(&self.sums) {
             *ds = d * *sum as f32;
@@ -288,17 +292,31 @@ impl QuantizedRows {
     pub fn rows(&self) -> usize {
         self.rows
     }
+
+    /// Index of (row, block) in `d`, `sums` and `ds`; times 32 in `qs`.
+    #[inline(always)]
+    fn at(&self, row: usize, block: usize) -> usize {
+        block * self.rows + row
+    }
+}
+
+/// Where block `blk` of row-major `x` (`kb` blocks per row, `rows` rows) goes block-major.
+#[inline(always)]
+fn block_major(blk: usize, kb: usize, rows: usize) -> usize {
+    (blk % kb) * rows + blk / kb
 }
 
 /// Per block: `d = max|x| / 127`, `q = round(x / d)` (halves away from zero, as `roundf`).
 #[inline(always)]
-fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], sums: &mut [i32]) {
-    for (((xb, qb), db), sb) in x
-        .chunks_exact(BLOCK)
-        .zip(qs.chunks_exact_mut(BLOCK))
-        .zip(d.iter_mut())
-        .zip(sums.iter_mut())
-    {
+fn quantize_blocks(x: &[f32], kb: usize, qs: &mut [i8], d: &mut [f32], sums: &mut [i32]) {
+    let rows = d.len() / kb;
+    for (blk, xb) in x.chunks_exact(BLOCK).enumerate() {
+        let at = block_major(blk, kb, rows);
+        let (qb, db, sb) = (
+            &mut qs[at * BLOCK..(at + 1) * BLOCK],
+            &mut d[at],
+            &mut sums[at],
+        );
         let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
         let scale = amax / 127.0;
         // A subnormal scale has no finite inverse: `v * inf` would round to i32::MAX and
@@ -381,11 +399,14 @@ pub fn matmul(w: &PackedMatrix, a: &QuantizedRows, out: &mut [f32]) {
                         // SAFETY: each (row, tile) output range is written by exactly one task, and
                         // the range lies inside `out` (checked by the asserts above).
                         unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                res.as_ptr(),
-                                out_ptr.get().add((row0 + r) * w.n + tile * TILE),
-                                cols,
-                            );
+                            let dst = out_ptr.get().add((row0 + r) * w.n + tile * TILE);
+                            if cols == TILE {
+                                // A whole tile: one inlined 64-byte store (a length known only
+                                // at run time made this a memmove call per row and tile).
+                                (dst as *mut [f32; TILE]).write_unaligned(*res);
+                            } else {
+                                std::ptr::copy_nonoverlapping(res.as_ptr(), dst, cols);
+                            }
                         }
                     }
                     row0 += count;
@@ -459,9 +480,10 @@ fn tile_scalar<const R: usize>(
         let at = (tile * kb + b) * TILE;
         for (i, acc) in acc.iter_mut().enumerate() {
             let row = row0 + i;
-            let aq = &a.qs[row * a.k + b * BLOCK..row * a.k + (b + 1) * BLOCK];
-            let da = a.d[row * kb + b];
-            let asum = a.sums[row * kb + b];
+            let at_a = a.at(row, b);
+            let aq = &a.qs[at_a * BLOCK..(at_a + 1) * BLOCK];
+            let da = a.d[at_a];
+            let asum = a.sums[at_a];
             for (r, acc) in acc.iter_mut().enumerate() {
                 let mut isum = 0i32;
                 for (j, &q) in aq.iter().enumerate() {
@@ -471,7 +493,7 @@ fn tile_scalar<const R: usize>(
                 let scale = w.d[at + r].to_f32() * da;
                 *acc = (isum as f32).mul_add(scale, *acc);
                 if w.kind == QuantKind::Q4_1 {
-                    *acc = w.m[at + r].to_f32().mul_add(a.ds[row * kb + b], *acc);
+                    *acc = w.m[at + r].to_f32().mul_add(a.ds[at_a], *acc);
                 }
             }
         }
@@ -487,15 +509,21 @@ mod x86 {
     /// 4 activation bytes of row `row`, block `b`, starting at value `j`, as one i32.
     #[inline(always)]
     unsafe fn act4(a: &QuantizedRows, row: usize, b: usize, j: usize) -> i32 {
-        let p = a.qs.as_ptr().add(row * a.k + b * BLOCK + j) as *const i32;
+        let p = a.qs.as_ptr().add(a.at(row, b) * BLOCK + j) as *const i32;
         p.read_unaligned()
     }
 
     /// The portable quantizer compiled for AVX2: `round` becomes `vroundps` instead of a libm
     /// call, and the loops vectorise. Same results.
     #[target_feature(enable = "avx2,fma,sse4.1")]
-    pub(super) unsafe fn quantize_avx2(x: &[f32], qs: &mut [i8], d: &mut [f32], sums: &mut [i32]) {
-        super::quantize_blocks(x, qs, d, sums)
+    pub(super) unsafe fn quantize_avx2(
+        x: &[f32],
+        kb: usize,
+        qs: &mut [i8],
+        d: &mut [f32],
+        sums: &mut [i32],
+    ) {
+        super::quantize_blocks(x, kb, qs, d, sums)
     }
 
     /// `quantize_blocks` with two 16-lane vectors per block: the same scale, the same rounding
@@ -503,20 +531,23 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn quantize_avx512(
         x: &[f32],
+        kb: usize,
         qs: &mut [i8],
         d: &mut [f32],
         sums: &mut [i32],
     ) {
+        let rows = d.len() / kb;
         // Sign bit and 1.0 as integers: the float and/or/andnot forms need AVX-512DQ.
         let sign = _mm512_set1_epi32(i32::MIN);
         let one = _mm512_castps_si512(_mm512_set1_ps(1.0));
         let half = _mm512_set1_ps(0.5);
-        for (((xb, qb), db), sb) in x
-            .chunks_exact(BLOCK)
-            .zip(qs.chunks_exact_mut(BLOCK))
-            .zip(d.iter_mut())
-            .zip(sums.iter_mut())
-        {
+        for (blk, xb) in x.chunks_exact(BLOCK).enumerate() {
+            let at = super::block_major(blk, kb, rows);
+            let (qb, db, sb) = (
+                &mut qs[at * BLOCK..(at + 1) * BLOCK],
+                &mut d[at],
+                &mut sums[at],
+            );
             let v = [
                 _mm512_loadu_ps(xb.as_ptr()),
                 _mm512_loadu_ps(xb.as_ptr().add(16)),
@@ -604,16 +635,14 @@ mod x86 {
         } else {
             d0
         };
-        let mut xs = [a.qs.as_ptr() as *const u8; R];
-        for (i, x) in xs.iter_mut().enumerate() {
-            *x = a.qs.as_ptr().add((row0 + i) * a.k) as *const u8;
-        }
-        let first = row0 * kb;
+        // Block-major activations: block b's rows row0.. start at `a.at(row0, b)`.
+        let xq = a.qs.as_ptr().add(row0 * BLOCK) as *const u8;
         let (ad, ads, asums) = (
-            a.d.as_ptr().add(first),
-            a.ds.as_ptr().add(first),
-            a.sums.as_ptr().add(first),
+            a.d.as_ptr().add(row0),
+            a.ds.as_ptr().add(row0),
+            a.sums.as_ptr().add(row0),
         );
+        let rows = a.rows;
         let low = _mm512_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); R];
         for b in 0..kb {
@@ -650,14 +679,15 @@ mod x86 {
             } else {
                 _mm512_setzero_ps()
             };
+            let xb = xq.add(b * rows * BLOCK);
             for (i, acc) in acc.iter_mut().enumerate() {
-                let x = xs[i].add(b * BLOCK);
+                let x = xb.add(i * BLOCK);
                 let mut s = [_mm512_setzero_si512(); 2];
                 for (j, wv) in wv.iter().enumerate() {
                     let xj = _mm512_set1_epi32((x.add(4 * j) as *const i32).read_unaligned());
                     s[j % 2] = _mm512_dpbusd_epi32(s[j % 2], *wv, xj);
                 }
-                let at = i * kb + b;
+                let at = b * rows + i;
                 let mut isum = _mm512_add_epi32(s[0], s[1]);
                 if offset != 0 {
                     isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(offset * *asums.add(at)));
@@ -744,13 +774,13 @@ mod x86 {
                 };
                 for i in 0..R {
                     let row = row0 + i;
-                    let da = *a.d.get_unchecked(row * kb + b);
-                    let asum = *a.sums.get_unchecked(row * kb + b);
+                    let da = *a.d.get_unchecked(a.at(row, b));
+                    let asum = *a.sums.get_unchecked(a.at(row, b));
                     let s = _mm256_sub_epi32(isum[i][h], _mm256_set1_epi32(offset * asum));
                     let scale = _mm256_mul_ps(dw, _mm256_set1_ps(da));
                     acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[i][h]);
                     if has_min {
-                        let ds = *a.ds.get_unchecked(row * kb + b);
+                        let ds = *a.ds.get_unchecked(a.at(row, b));
                         acc[i][h] = _mm256_fmadd_ps(mw, _mm256_set1_ps(ds), acc[i][h]);
                     }
                 }
@@ -805,7 +835,7 @@ pub(super) mod tests {
         rows.quantize(&x, BLOCK);
         assert_eq!(rows.qs[..9], [127, 3, -3, 1, -1, 1, -127, 4, 0]);
         let (mut qs, mut d, mut sums) = (vec![0i8; 2 * BLOCK], vec![0f32; 2], vec![0i32; 2]);
-        quantize_blocks(&x, &mut qs, &mut d, &mut sums);
+        quantize_blocks(&x, 1, &mut qs, &mut d, &mut sums);
         assert_eq!((rows.qs, rows.d, rows.sums), (qs, d, sums));
     }
 
@@ -846,9 +876,10 @@ pub(super) mod tests {
             for r in 0..a.rows {
                 let mut sum = 0f64;
                 for b in 0..a.kb {
-                    let d = f64::from(a.d[r * a.kb + b]);
+                    let at = a.at(r, b);
+                    let d = f64::from(a.d[at]);
                     for j in 0..BLOCK {
-                        let x = f64::from(a.qs[r * a.k + b * BLOCK + j]) * d;
+                        let x = f64::from(a.qs[at * BLOCK + j]) * d;
                         sum += x * f64::from(row[b * BLOCK + j]);
                     }
                 }
