@@ -54,7 +54,36 @@ pub fn attend(
                 _ => {}
             }
         }
+        if avx2() {
+            // SAFETY: AVX2, FMA and F16C were detected at run time.
+            return unsafe { portable_avx2(task, head_dim, group, out, scores) };
+        }
     }
+    portable(task, head_dim, group, out, scores)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX2.get_or_init(|| {
+        std::env::var_os("SEALSERVE_LLM_SCALAR").is_none()
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
+}
+
+/// The portable loops compiled for AVX2 machines (no AVX-512): they vectorise 8 wide and
+/// convert f16 with F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn portable_avx2(
+    task: &AttentionTask<'_>,
+    head_dim: usize,
+    group: usize,
+    out: &mut [&mut [f32]],
+    scores: &mut Vec<f32>,
+) {
     portable(task, head_dim, group, out, scores)
 }
 
@@ -84,6 +113,7 @@ fn check(task: &AttentionTask<'_>, head_dim: usize, group: usize, out: &[&mut [f
 use half::slice::HalfFloatSliceExt;
 
 /// Any head width, any CPU: the same steps with scalar loops.
+#[inline(always)]
 fn portable(
     task: &AttentionTask<'_>,
     head_dim: usize,
