@@ -41,7 +41,8 @@ pub fn attend(
     debug_assert_eq!(task.queries.len(), out.len());
     #[cfg(target_arch = "x86_64")]
     {
-        if avx512() {
+        let cpu = cpu();
+        if cpu == Cpu::Avx512 {
             // SAFETY: AVX-512F was detected at run time; the task's slices are bounds-checked
             // in `check` before any unchecked read.
             match head_dim {
@@ -54,7 +55,7 @@ pub fn attend(
                 _ => {}
             }
         }
-        if avx2() {
+        if cpu != Cpu::Plain {
             // SAFETY: AVX2, FMA and F16C were detected at run time.
             return unsafe { portable_avx2(task, head_dim, group, out, scores) };
         }
@@ -62,14 +63,33 @@ pub fn attend(
     portable(task, head_dim, group, out, scores)
 }
 
+/// What this CPU runs attention with, detected once.
 #[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
-    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX2.get_or_init(|| {
-        std::env::var_os("SEALSERVE_LLM_SCALAR").is_none()
-            && is_x86_feature_detected!("avx2")
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cpu {
+    /// AVX-512F and F16C (and AVX2, FMA, which every AVX-512 CPU has): the vector kernel for
+    /// head widths 64 and 128, the AVX2 build of the portable loops for other widths.
+    Avx512,
+    /// AVX2, FMA and F16C: the AVX2 build of the portable loops.
+    Avx2,
+    /// Neither, or `SEALSERVE_LLM_SCALAR` set: the portable loops as compiled.
+    Plain,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cpu() -> Cpu {
+    static CPU: std::sync::OnceLock<Cpu> = std::sync::OnceLock::new();
+    *CPU.get_or_init(|| {
+        let avx2 = is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
+            && is_x86_feature_detected!("f16c");
+        if std::env::var_os("SEALSERVE_LLM_SCALAR").is_some() || !avx2 {
+            Cpu::Plain
+        } else if is_x86_feature_detected!("avx512f") {
+            Cpu::Avx512
+        } else {
+            Cpu::Avx2
+        }
     })
 }
 
@@ -85,16 +105,6 @@ unsafe fn portable_avx2(
     scores: &mut Vec<f32>,
 ) {
     portable(task, head_dim, group, out, scores)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
-    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX512.get_or_init(|| {
-        std::env::var_os("SEALSERVE_LLM_SCALAR").is_none()
-            && is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("f16c")
-    })
 }
 
 /// Whether every read and write of the unchecked path lies inside the task's slices.
@@ -510,7 +520,7 @@ mod tests {
     #[test]
     fn the_vector_exponential_is_within_two_ulps_of_libm() {
         #[cfg(target_arch = "x86_64")]
-        if avx512() {
+        if cpu() == Cpu::Avx512 {
             use std::arch::x86_64::*;
             let mut x = -104.0f32;
             while x <= 0.0 {

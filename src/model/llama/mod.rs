@@ -498,9 +498,10 @@ impl LlamaModel {
     /// with `logits: true`, in input order. Caches grow by their inputs' token counts.
     ///
     /// The step runs on a thread of the rayon pool. A step makes ~5 parallel calls per layer;
-    /// made from outside the pool, each one parks the caller and wakes a pool thread, which in
-    /// a VM cost 10–80 µs apiece (a quarter of a one-stream decode step). Inside the pool the
-    /// calling worker takes part and the other workers are usually still spinning.
+    /// made from outside the pool, each one parks the caller and wakes a pool thread (~90 µs a
+    /// call measured with a one-thread pool in this project's 2-core VM; scheduler and futex
+    /// time was ~20 % of a one-stream decode step). Inside the pool the calling worker takes
+    /// part and the other workers are usually still spinning.
     pub fn forward(
         &self,
         batch: &mut [SeqInput<'_>],
