@@ -5,7 +5,7 @@ Standard library only for everything that talks to `serve`; torch + transformers
 machines have them in /opt/torch/.venv) only for the PyTorch baseline, which is skipped when
 they are missing. Steps:
 
-  a. serve --verify-only (empty environment)
+  a. serve --verify-only --allow-unpinned (empty environment; a local build is dev-signed)
   b. golden embeddings on the GPU in f16 and f32 (scripts/gpu-golden.json, derived from
      tests/data/reference/minilm_golden.json): f16 min cosine >= 0.9995, f32 max |diff| <= 1e-3
   c. every route once or twice (/embed, /v1/embeddings, /tokenize, /model, /info shows
@@ -387,13 +387,15 @@ def main():
     log(f"serve: {args.serve} ({report['serve_bytes'] / 1e6:.1f} MB)")
 
     # a. verify-only, empty environment
-    r = subprocess.run([args.serve, "--verify-only"], env={}, capture_output=True, text=True,
+    r = subprocess.run([args.serve, "--verify-only", "--allow-unpinned"], env={}, capture_output=True, text=True,
                        cwd=tempfile.gettempdir(), timeout=120)
     checks.add("serve --verify-only (env -i)", r.returncode == 0 and r.stdout.startswith("OK "),
                r.stdout.strip()[:400] if r.returncode == 0 else (r.stdout + r.stderr).strip()[-600:])
 
     base_env = {k: v for k, v in os.environ.items() if k not in ("SEALSERVE_CUDA_LIB_DIRS",)}
     base_env.setdefault("RUST_LOG", "info")
+    # A local build is dev-signed (ephemeral key): serve refuses it unless told it is unpinned.
+    base_env["SEALSERVE_ALLOW_UNPINNED"] = "1"
     common = ["--harden", "strict", "--max-client-batch-size", "256", "--log-format", "json"]
     serve_bench = {}
     ids_by_tokens = None

@@ -4,18 +4,8 @@
 
 mod generate_support;
 
-use generate_support::{confident_prefix, golden, model, root};
+use generate_support::{argmax, assert_greedy_matches, assert_prompt_logits, golden, model, root};
 use sealserve::model::llama::{Scratch, SeqInput};
-
-fn argmax(xs: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in xs.iter().enumerate() {
-        if x > xs[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
 
 /// Greedy decoding with one sequence, prefill in one step.
 fn greedy(prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<f32>) {
@@ -111,15 +101,7 @@ fn prompt_logits_match_the_f32_reference() {
             )
             .unwrap()
             .remove(0);
-        let top = &result.prompt_last_logits_top10;
-        for (id, want) in top.ids.iter().zip(&top.logits) {
-            let got = logits[*id as usize];
-            assert!(
-                (got - want).abs() < 0.5,
-                "{}: logit of {id} is {got}, reference {want}",
-                result.name
-            );
-        }
+        assert_prompt_logits(&result, &logits);
     }
 }
 
@@ -127,27 +109,7 @@ fn prompt_logits_match_the_f32_reference() {
 fn greedy_tokens_match_the_references() {
     let golden = golden();
     for result in &golden.results {
-        let reference = golden
-            .llama_cpp_gguf
-            .greedy
-            .iter()
-            .find(|g| g.name == result.name)
-            .unwrap();
-        assert_eq!(reference.prompt_ids, result.prompt_ids);
         let (tokens, _) = greedy(&result.prompt_ids, result.generated_ids.len());
-        if result.name == "chat_template" {
-            assert_eq!(
-                tokens, reference.generated_ids,
-                "same quantized weights as llama.cpp"
-            );
-        } else {
-            let n = confident_prefix(result);
-            assert!(
-                n >= 3,
-                "{}: the reference is confident for {n} steps",
-                result.name
-            );
-            assert_eq!(tokens[..n], result.generated_ids[..n], "{}", result.name);
-        }
+        assert_greedy_matches(&golden, result, &tokens);
     }
 }

@@ -544,13 +544,17 @@ fn run_generation(
             metadata.weights
         )))
     })?;
+    let chosen = engine::device::choose(args.device, &args.cuda_lib_dirs)
+        .map_err(|e| Fatal::new(exit::DEVICE, e))?;
+    let device = DeviceKind::of(&chosen.device);
     let loading = Instant::now();
-    let model = TextModel::from_gguf_bytes(gguf)
+    let model = TextModel::from_gguf_bytes_on(gguf, &chosen.device)
         .map_err(|e| Fatal::new(exit::LOAD, format!("cannot load {}: {e}", metadata.weights)))?;
     // The model, tokenizer and template hold their own copies: the verified GGUF is not read again.
     sealserve::memory::release_pages(gguf);
     tracing::info!(
-        device = "cpu",
+        device = %device,
+        reason = %chosen.reason,
         family = %metadata.family,
         load_ms = loading.elapsed().as_millis() as u64,
         "model loaded"
@@ -571,13 +575,13 @@ fn run_generation(
         warm_up_ms = warming.elapsed().as_millis() as u64,
         "warmed up"
     );
-    let hardening = harden_generation(args, &generator)?;
+    let hardening = harden_generation(args, &generator, device, &chosen.library_dirs)?;
     sealserve::telemetry::handle();
     metrics::gauge!(
         sealserve::telemetry::MODEL_INFO,
         "model" => metadata.model_id.clone(),
         "revision" => metadata.revision.clone(),
-        "device" => "cpu",
+        "device" => device.to_string(),
         "dtype" => "gguf"
     )
     .set(1.0);
@@ -606,12 +610,6 @@ fn run_generation(
 
 /// Flags that have no meaning for the generation engine are refused, not ignored.
 fn check_generation_flags(args: &ServeArgs) -> Result<(), Fatal> {
-    if matches!(args.device, engine::DeviceRequest::Cuda(_)) {
-        return Err(Fatal::new(
-            exit::DEVICE,
-            "--device cuda: the generation engine runs on the CPU in this version; use --device cpu (or auto)",
-        ));
-    }
     if args.dtype != engine::DTypeRequest::Auto {
         return Err(Fatal::new(
             exit::CONFIG,
@@ -642,16 +640,32 @@ impl harden::ThreadRunner for GenerationThread<'_> {
 }
 
 /// The embedding engine's hardening for the generation engine: its scheduler thread and the
-/// rayon pool its kernels use get the after-warm-up domain (candle's barrier pool is not used).
+/// rayon pool its kernels use get the after-warm-up domain (candle's barrier pool is not used
+/// on CPU); on a GPU, exactly the embedding engine's CUDA plan (driver library folders stay
+/// readable, the same W^X rule).
 fn harden_generation(
     args: &ServeArgs,
     generator: &Generator,
+    device: DeviceKind,
+    library_dirs: &[std::path::PathBuf],
 ) -> Result<harden::HardenReport, Fatal> {
+    let thread = GenerationThread(generator);
+    if device == DeviceKind::Cuda {
+        let threads = harden::EngineThreads {
+            engine: &thread,
+            cuda: true,
+            cuda_library_dirs: sealserve::engine::device::cuda_library_dirs(
+                &args.cuda_lib_dirs,
+                library_dirs,
+            ),
+        };
+        return harden::after_warm_up(args.harden, &threads)
+            .map_err(|e| Fatal::new(exit::HARDEN, e));
+    }
     let plan = harden::Plan {
         allow: harden::FsAllow::read_only(&harden::default_readable_paths()),
         w_xor_x: None,
     };
-    let thread = GenerationThread(generator);
     let runners: Vec<&dyn harden::ThreadRunner> = vec![&thread, &harden::RayonGlobalPool];
     harden::apply_on(args.harden, &plan, &runners).map_err(|e| Fatal::new(exit::HARDEN, e))
 }

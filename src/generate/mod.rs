@@ -290,10 +290,19 @@ pub struct TextModel {
 }
 
 impl TextModel {
-    /// Loads everything from GGUF bytes held in memory.
+    /// Loads everything from GGUF bytes held in memory, the model for the CPU.
     pub fn from_gguf_bytes(bytes: &[u8]) -> Result<Self, EngineError> {
+        Self::from_gguf_bytes_on(bytes, &candle_core::Device::Cpu)
+    }
+
+    /// Loads everything from GGUF bytes held in memory, the model onto `device` (see
+    /// [`LlamaModel::load_on`]).
+    pub fn from_gguf_bytes_on(
+        bytes: &[u8],
+        device: &candle_core::Device,
+    ) -> Result<Self, EngineError> {
         let gguf = Gguf::read(bytes)?;
-        let model = LlamaModel::load(&gguf)?;
+        let model = LlamaModel::load_on(&gguf, device)?;
         let tokenizer = TextTokenizer::from_gguf(&gguf)?;
         let token_text = |id: Option<u32>| {
             id.map(|id| String::from_utf8_lossy(tokenizer.token_bytes(id)).into_owned())

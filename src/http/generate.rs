@@ -208,7 +208,7 @@ pub struct GenerationInfo {
     /// fields of the same names).
     #[serde(flatten)]
     pub bundle: BundleInfo,
-    /// The generation engine runs on the CPU.
+    /// Where the model runs: `cpu` (this project's kernels) or `cuda` (candle's GGUF kernels).
     #[schema(value_type = String, example = "cpu")]
     pub device: crate::engine::DeviceKind,
     /// The limits in force, as on the embedding server: the batching ones are the scheduler's
@@ -241,7 +241,7 @@ async fn info(State(state): State<Arc<GenerationState>>) -> Response {
         vocab_size: model.tokenizer.vocab_size(),
         chat_template: model.chat_template.is_some(),
         bundle: state.bundle.clone(),
-        device: crate::engine::DeviceKind::Cpu,
+        device: crate::engine::DeviceKind::of(&model.model.device()),
         limits: effective_limits(&state),
         auth: if state.api_key.is_some() {
             AuthKind::Bearer

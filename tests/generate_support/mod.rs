@@ -145,6 +145,57 @@ pub fn confident_prefix(result: &GoldenResult) -> usize {
         .unwrap_or(result.per_step_top5.len())
 }
 
+/// The greedy choice: the highest logit, the lowest id among ties.
+pub fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The prompt's last-position logits are within 0.5 of the f32 reference's top 10.
+pub fn assert_prompt_logits(result: &GoldenResult, logits: &[f32]) {
+    let top = &result.prompt_last_logits_top10;
+    for (id, want) in top.ids.iter().zip(&top.logits) {
+        let got = logits[*id as usize];
+        assert!(
+            (got - want).abs() < 0.5,
+            "{}: logit of {id} is {got}, reference {want}",
+            result.name
+        );
+    }
+}
+
+/// The greedy rule every engine meets on `result`'s prompt: the chat prompt gives llama.cpp's
+/// tokens exactly (same quantized weights); the others give the f32 reference's tokens up to its
+/// first near tie.
+pub fn assert_greedy_matches(golden: &Golden, result: &GoldenResult, tokens: &[u32]) {
+    let reference = golden
+        .llama_cpp_gguf
+        .greedy
+        .iter()
+        .find(|g| g.name == result.name)
+        .expect("a llama.cpp reference of the same prompt");
+    assert_eq!(reference.prompt_ids, result.prompt_ids);
+    if result.name == "chat_template" {
+        assert_eq!(
+            tokens, reference.generated_ids,
+            "same quantized weights as llama.cpp"
+        );
+    } else {
+        let n = confident_prefix(result);
+        assert!(
+            n >= 3,
+            "{}: the reference is confident for {n} steps",
+            result.name
+        );
+        assert_eq!(tokens[..n], result.generated_ids[..n], "{}", result.name);
+    }
+}
+
 /// The engine's view of the model (model, tokenizer, chat template), loaded once.
 pub fn text_model() -> std::sync::Arc<sealserve::generate::TextModel> {
     static MODEL: OnceLock<std::sync::Arc<sealserve::generate::TextModel>> = OnceLock::new();

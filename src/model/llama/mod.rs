@@ -13,6 +13,7 @@
 pub mod attention;
 pub mod config;
 pub mod header;
+pub mod on_device;
 pub mod ops;
 pub mod quant;
 pub mod tokenizer;
@@ -47,6 +48,8 @@ pub enum ForwardError {
     Candle(#[from] candle_core::Error),
     #[error("token id {0} is outside the vocabulary")]
     Token(u32),
+    #[error("a KV cache made by another model was passed to this one")]
+    WrongCache,
 }
 
 /// The GGUF parsed once: metadata for the tokenizer and chat template, tensor directory for the
@@ -288,6 +291,8 @@ struct Layer {
 pub struct KvCache {
     keys: Vec<Vec<f16>>,
     values: Vec<Vec<f16>>,
+    /// The caches of a model on a candle device (GPU) instead.
+    device: Option<on_device::DeviceKv>,
     len: usize,
 }
 
@@ -304,11 +309,13 @@ impl KvCache {
 
     /// Bytes held (for limits and metrics).
     pub fn bytes(&self) -> usize {
-        self.keys
+        let host: usize = self
+            .keys
             .iter()
             .chain(&self.values)
             .map(|v| v.capacity() * std::mem::size_of::<f16>())
-            .sum()
+            .sum();
+        host + self.device.as_ref().map_or(0, on_device::DeviceKv::bytes)
     }
 }
 
@@ -337,8 +344,111 @@ pub struct Scratch {
     logits: Vec<f32>,
 }
 
-/// A loaded llama-family model.
+/// A loaded llama-family model: on the CPU, our own kernels; on a GPU, candle's.
 pub struct LlamaModel {
+    engine: ModelEngine,
+}
+
+enum ModelEngine {
+    Cpu(CpuModel),
+    Device(on_device::DeviceLlama),
+}
+
+impl LlamaModel {
+    /// Loads the model for the CPU, on this project's kernels (Q4_0/Q4_1/Q8_0; other types
+    /// through candle's CPU matmul).
+    pub fn load(gguf: &Gguf<'_>) -> Result<Self, LlamaLoadError> {
+        CpuModel::load(gguf).map(|m| Self {
+            engine: ModelEngine::Cpu(m),
+        })
+    }
+
+    /// Loads the model onto `device`: the CPU engine for `Device::Cpu`, candle's tensor ops
+    /// (its GGUF CUDA kernels) for a GPU.
+    pub fn load_on(gguf: &Gguf<'_>, device: &Device) -> Result<Self, LlamaLoadError> {
+        if device.is_cpu() {
+            Self::load(gguf)
+        } else {
+            Self::load_candle(gguf, device)
+        }
+    }
+
+    /// Loads the model as candle tensor ops on `device` whatever it is: the GPU path, which
+    /// tests run on the CPU to check it against the references without a GPU.
+    pub fn load_candle(gguf: &Gguf<'_>, device: &Device) -> Result<Self, LlamaLoadError> {
+        on_device::DeviceLlama::load(gguf, device).map(|m| Self {
+            engine: ModelEngine::Device(m),
+        })
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        match &self.engine {
+            ModelEngine::Cpu(m) => &m.config,
+            ModelEngine::Device(m) => m.config(),
+        }
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        match &self.engine {
+            ModelEngine::Cpu(_) => Device::Cpu,
+            ModelEngine::Device(m) => m.device().clone(),
+        }
+    }
+
+    /// A fresh, empty cache for one sequence.
+    pub fn new_cache(&self) -> KvCache {
+        match &self.engine {
+            ModelEngine::Cpu(m) => m.new_cache(),
+            ModelEngine::Device(m) => KvCache {
+                device: Some(m.new_cache()),
+                ..KvCache::default()
+            },
+        }
+    }
+
+    /// Runs one step. Returns the logits (`vocab` wide) of the last new token of every input
+    /// with `logits: true`, in input order. Caches grow by their inputs' token counts. A cache
+    /// must come from this model's [`LlamaModel::new_cache`].
+    pub fn forward(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        s: &mut Scratch,
+    ) -> Result<Vec<Vec<f32>>, ForwardError> {
+        match &self.engine {
+            ModelEngine::Cpu(m) => m.forward(batch, s),
+            ModelEngine::Device(m) => {
+                let vocab = m.config().vocab_size;
+                if let Some(&bad) = batch
+                    .iter()
+                    .flat_map(|b| b.tokens)
+                    .find(|&&t| t as usize >= vocab)
+                {
+                    return Err(ForwardError::Token(bad));
+                }
+                // The device caches move out for the step (the inputs borrow the host side).
+                let mut caches = Vec::with_capacity(batch.len());
+                for b in batch.iter_mut() {
+                    caches.push(b.cache.device.take().ok_or(ForwardError::WrongCache)?);
+                }
+                let mut refs: Vec<&mut on_device::DeviceKv> = caches.iter_mut().collect();
+                let result = m.step(batch, &mut refs);
+                for (b, cache) in batch.iter_mut().zip(caches) {
+                    b.cache.device = Some(cache);
+                }
+                let logits = result?;
+                for b in batch.iter_mut() {
+                    b.cache.len += b.tokens.len();
+                }
+                Ok(logits)
+            }
+        }
+    }
+}
+
+/// The CPU engine.
+struct CpuModel {
     config: LlamaConfig,
     embedding: Embedding,
     layers: Vec<Layer>,
@@ -347,7 +457,7 @@ pub struct LlamaModel {
     rope: ops::RopeTable,
 }
 
-impl LlamaModel {
+impl CpuModel {
     /// Builds the model from a parsed GGUF. Quantized weights are repacked into our own
     /// layout (Q4_0/Q4_1/Q8_0) or copied into candle tensors (other types); nothing keeps a
     /// borrow of the GGUF bytes afterwards.
@@ -480,33 +590,31 @@ impl LlamaModel {
         })
     }
 
-    /// The hyper-parameters.
-    pub fn config(&self) -> &LlamaConfig {
-        &self.config
-    }
-
-    /// A fresh, empty cache for one sequence.
-    pub fn new_cache(&self) -> KvCache {
+    fn new_cache(&self) -> KvCache {
         KvCache {
             keys: vec![Vec::new(); self.config.layers * self.config.kv_heads],
             values: vec![Vec::new(); self.config.layers * self.config.kv_heads],
+            device: None,
             len: 0,
         }
     }
 
-    /// Runs one step. Returns the logits (`vocab` wide) of the last new token of every input
-    /// with `logits: true`, in input order. Caches grow by their inputs' token counts.
-    ///
-    /// The step runs on a thread of the rayon pool. A step makes ~5 parallel calls per layer;
+    /// See [`LlamaModel::forward`]. The step runs on a thread of the rayon pool. A step makes ~5 parallel calls per layer;
     /// made from outside the pool, each one parks the caller and wakes a pool thread (~90 µs a
     /// call measured with a one-thread pool in this project's 2-core VM; scheduler and futex
     /// time was ~20 % of a one-stream decode step). Inside the pool the calling worker takes
     /// part and the other workers are usually still spinning.
-    pub fn forward(
+    fn forward(
         &self,
         batch: &mut [SeqInput<'_>],
         s: &mut Scratch,
     ) -> Result<Vec<Vec<f32>>, ForwardError> {
+        if batch
+            .iter()
+            .any(|b| b.cache.keys.len() != self.layers.len() * self.config.kv_heads)
+        {
+            return Err(ForwardError::WrongCache);
+        }
         if rayon::current_thread_index().is_some() {
             self.step(batch, s)
         } else {

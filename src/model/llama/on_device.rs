@@ -1,0 +1,407 @@
+//! The llama step as candle tensor ops on a candle device: an NVIDIA GPU in production (candle's
+//! GGUF kernels, ported from llama.cpp's MMVQ), the CPU in tests, which check this very code
+//! against the references on machines without a GPU.
+//!
+//! Same step contract as the CPU engine (`super::LlamaModel::forward`): any number of sequences,
+//! each with its own KV cache and any number of new tokens; the rows of all sequences go through
+//! every weight matrix together, attention runs per sequence on its own cache.
+//!
+//! Why the matmuls always run on whole groups of 8 rows on CUDA: candle picks a kernel by row
+//! count (MMVQ for 1–8 rows, with a thread split that changes at 4; MMQ tiles above 8), and each
+//! sums in its own order. A sequence's logits would then depend on how many other sequences
+//! share its step. With every call exactly 8 rows (zero rows pad the last group), every row is
+//! computed by the same kernel in the same order whatever the batch, so continuous batching does
+//! not change results. The padding costs nothing measurable: MMVQ is bound by reading weights.
+
+use super::config::{LlamaConfig, RopeStyle};
+use super::ops::RopeTable;
+use super::{Gguf, LlamaLoadError, SeqInput};
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+use std::sync::Arc;
+
+/// Rows per quantized matmul call on CUDA (see the module comment).
+const CUDA_ROW_GROUP: usize = 8;
+
+/// One weight matrix `[n, k]` on the device.
+struct DeviceLinear(QMatMul);
+
+impl DeviceLinear {
+    /// `x[rows, k] · Wᵀ`, in groups of [`CUDA_ROW_GROUP`] rows on CUDA.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if !x.device().is_cuda() {
+            return self.0.forward(x);
+        }
+        let rows = x.dim(0)?;
+        let padded = rows.div_ceil(CUDA_ROW_GROUP) * CUDA_ROW_GROUP;
+        let x = if padded == rows {
+            x.clone()
+        } else {
+            let pad = Tensor::zeros((padded - rows, x.dim(1)?), x.dtype(), x.device())?;
+            Tensor::cat(&[x, &pad], 0)?
+        };
+        let groups = (0..padded / CUDA_ROW_GROUP)
+            .map(|g| {
+                self.0
+                    .forward(&x.narrow(0, g * CUDA_ROW_GROUP, CUDA_ROW_GROUP)?)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut groups = groups;
+        let out = if groups.len() == 1 {
+            groups.swap_remove(0)
+        } else {
+            Tensor::cat(&groups, 0)?
+        };
+        out.narrow(0, 0, rows)
+    }
+}
+
+struct DeviceLayer {
+    attn_norm: Tensor,
+    q: DeviceLinear,
+    k: DeviceLinear,
+    v: DeviceLinear,
+    /// Qwen2 biases of Q, K, V.
+    bias: Option<(Tensor, Tensor, Tensor)>,
+    /// Qwen3 per-head norms of Q and K.
+    qk_norm: Option<(Tensor, Tensor)>,
+    attn_out: DeviceLinear,
+    ffn_norm: Tensor,
+    gate: DeviceLinear,
+    up: DeviceLinear,
+    down: DeviceLinear,
+}
+
+/// One sequence's keys and values on the device, per layer `[kv_heads, pos, head_dim]`, grown
+/// in place (candle's preallocating cache, which extends by 256 positions when full).
+pub struct DeviceKv {
+    layers: Vec<candle_nn::kv_cache::KvCache>,
+    /// Bytes of one position's keys and values in one layer (f32).
+    position_bytes: usize,
+}
+
+impl DeviceKv {
+    /// Device memory held: the positions the caches have room for, in all layers.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.k_cache().max_seq_len() * self.position_bytes)
+            .sum()
+    }
+}
+
+/// A llama-family model whose weights live on a candle device.
+pub struct DeviceLlama {
+    device: Device,
+    config: LlamaConfig,
+    embedding: Arc<QTensor>,
+    layers: Vec<DeviceLayer>,
+    output_norm: Tensor,
+    lm_head: DeviceLinear,
+    rope: RopeTable,
+}
+
+fn tensor_error(name: &str, e: impl std::fmt::Display) -> LlamaLoadError {
+    LlamaLoadError::Tensor {
+        name: name.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+impl DeviceLlama {
+    /// Copies the weights from the verified GGUF bytes onto `device`, quantized as stored
+    /// (candle uploads each tensor from host memory; nothing is written to a file).
+    pub fn load(gguf: &Gguf<'_>, device: &Device) -> Result<Self, LlamaLoadError> {
+        let config = LlamaConfig::from_gguf(&gguf.content)?;
+        let c = &config;
+        if c.rope_style == RopeStyle::Halves && c.rope_dims != c.head_dim {
+            return Err(LlamaLoadError::Tensor {
+                name: "rope".into(),
+                reason: format!(
+                    "partial NeoX rotary embeddings ({} of {} dimensions) are not supported on this device",
+                    c.rope_dims, c.head_dim
+                ),
+            });
+        }
+        let q = |name: &str| -> Result<Arc<QTensor>, LlamaLoadError> {
+            gguf.info(name)?;
+            gguf.content
+                .tensor(&mut std::io::Cursor::new(gguf.bytes), name, device)
+                .map(Arc::new)
+                .map_err(|e| tensor_error(name, e))
+        };
+        let linear = |name: &str, n: usize, k: usize| -> Result<DeviceLinear, LlamaLoadError> {
+            let t = q(name)?;
+            if t.shape().dims() != [n, k] {
+                return Err(tensor_error(
+                    name,
+                    format!("shape {:?}, expected [{n}, {k}]", t.shape().dims()),
+                ));
+            }
+            QMatMul::from_arc(t)
+                .map(DeviceLinear)
+                .map_err(|e| tensor_error(name, e))
+        };
+        let vector = |name: &str, len: usize| -> Result<Tensor, LlamaLoadError> {
+            let values = gguf.vector(name, len)?;
+            Tensor::from_vec(values, len, device).map_err(|e| tensor_error(name, e))
+        };
+        let (hidden, qw, kw) = (c.hidden, c.q_width(), c.kv_width());
+        let embedding = q("token_embd.weight")?;
+        if embedding.shape().dims() != [c.vocab_size, hidden] {
+            return Err(tensor_error(
+                "token_embd.weight",
+                format!(
+                    "shape {:?}, expected [{}, {hidden}]",
+                    embedding.shape().dims(),
+                    c.vocab_size
+                ),
+            ));
+        }
+        let lm_head = if gguf.has("output.weight") {
+            linear("output.weight", c.vocab_size, hidden)?
+        } else {
+            DeviceLinear(
+                QMatMul::from_arc(embedding.clone())
+                    .map_err(|e| tensor_error("token_embd.weight", e))?,
+            )
+        };
+        let mut layers = Vec::with_capacity(c.layers);
+        for i in 0..c.layers {
+            let name = |t: &str| format!("blk.{i}.{t}");
+            let bias = if gguf.has(&name("attn_q.bias")) {
+                Some((
+                    vector(&name("attn_q.bias"), qw)?,
+                    vector(&name("attn_k.bias"), kw)?,
+                    vector(&name("attn_v.bias"), kw)?,
+                ))
+            } else if c.architecture == super::config::Architecture::Qwen2 {
+                return Err(tensor_error(&name("attn_q.bias"), "missing from the GGUF"));
+            } else {
+                None
+            };
+            let qk_norm = if gguf.has(&name("attn_q_norm.weight")) {
+                Some((
+                    vector(&name("attn_q_norm.weight"), c.head_dim)?,
+                    vector(&name("attn_k_norm.weight"), c.head_dim)?,
+                ))
+            } else if c.architecture == super::config::Architecture::Qwen3 {
+                return Err(tensor_error(
+                    &name("attn_q_norm.weight"),
+                    "Qwen3 needs per-head Q/K norms",
+                ));
+            } else {
+                None
+            };
+            layers.push(DeviceLayer {
+                attn_norm: vector(&name("attn_norm.weight"), hidden)?,
+                q: linear(&name("attn_q.weight"), qw, hidden)?,
+                k: linear(&name("attn_k.weight"), kw, hidden)?,
+                v: linear(&name("attn_v.weight"), kw, hidden)?,
+                bias,
+                qk_norm,
+                attn_out: linear(&name("attn_output.weight"), hidden, qw)?,
+                ffn_norm: vector(&name("ffn_norm.weight"), hidden)?,
+                gate: linear(&name("ffn_gate.weight"), c.intermediate, hidden)?,
+                up: linear(&name("ffn_up.weight"), c.intermediate, hidden)?,
+                down: linear(&name("ffn_down.weight"), hidden, c.intermediate)?,
+            });
+            // On a GPU the layer lives in device memory now: give back the verified host pages.
+            if device.is_cuda() {
+                gguf.release_tensors(&format!("blk.{i}."));
+            }
+        }
+        let factors = if gguf.has("rope_freqs.weight") {
+            Some(gguf.vector("rope_freqs.weight", c.rope_dims / 2)?)
+        } else {
+            None
+        };
+        let rope = RopeTable::new(
+            c.rope_dims,
+            c.rope_theta,
+            c.rope_linear_scale,
+            factors.as_deref(),
+        );
+        Ok(Self {
+            output_norm: vector("output_norm.weight", hidden)?,
+            device: device.clone(),
+            config,
+            embedding,
+            layers,
+            lm_head,
+            rope,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A fresh, empty cache for one sequence.
+    pub fn new_cache(&self) -> DeviceKv {
+        DeviceKv {
+            layers: (0..self.config.layers)
+                .map(|_| candle_nn::kv_cache::KvCache::new(1, 256))
+                .collect(),
+            position_bytes: 2 * self.config.kv_width() * std::mem::size_of::<f32>(),
+        }
+    }
+
+    /// Runs one step (see `LlamaModel::forward`). `caches` are the sequences' device caches,
+    /// in `batch` order; the caller advances each `KvCache::len` afterwards.
+    pub fn step(
+        &self,
+        batch: &[SeqInput<'_>],
+        caches: &mut [&mut DeviceKv],
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let c = &self.config;
+        let (hd, dev) = (c.head_dim, &self.device);
+        let rows: usize = batch.iter().map(|b| b.tokens.len()).sum();
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|b| b.tokens.iter().copied())
+            .collect();
+        // Rotation angles of every row's position, computed as the CPU engine does (f64), padded
+        // with the identity for dimensions that do not rotate.
+        let half = hd / 2;
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(rows * half),
+            Vec::with_capacity(rows * half),
+        );
+        let mut angles = Vec::new();
+        for b in batch {
+            for j in 0..b.tokens.len() {
+                angles.clear();
+                self.rope.push_position(b.cache.len() + j, &mut angles);
+                for i in 0..half {
+                    let (co, si) = angles.get(i).copied().unwrap_or((1.0, 0.0));
+                    cos.push(co);
+                    sin.push(si);
+                }
+            }
+        }
+        let cos = Tensor::from_vec(cos, (rows, 1, half), dev)?;
+        let sin = Tensor::from_vec(sin, (rows, 1, half), dev)?;
+        let rope = |x: &Tensor, heads: usize| -> candle_core::Result<Tensor> {
+            let x = x.reshape((rows, heads, 1, hd))?;
+            let y = match c.rope_style {
+                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
+                RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
+            };
+            y.reshape((rows, heads, hd))
+        };
+        let masks = batch
+            .iter()
+            .map(|b| causal_mask(b.tokens.len(), b.cache.len(), dev))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+
+        let mut x = self
+            .embedding
+            .embedding(&Tensor::new(ids.as_slice(), dev)?)?
+            .to_dtype(DType::F32)?;
+        let group = c.heads / c.kv_heads;
+        let scale = 1.0 / (hd as f64).sqrt();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps)?;
+            let (mut q, mut k, mut v) = (
+                layer.q.forward(&h)?,
+                layer.k.forward(&h)?,
+                layer.v.forward(&h)?,
+            );
+            if let Some((bq, bk, bv)) = &layer.bias {
+                q = q.broadcast_add(bq)?;
+                k = k.broadcast_add(bk)?;
+                v = v.broadcast_add(bv)?;
+            }
+            let mut q = q.reshape((rows, c.heads, hd))?;
+            let mut k = k.reshape((rows, c.kv_heads, hd))?;
+            if let Some((qn, kn)) = &layer.qk_norm {
+                q = candle_nn::ops::rms_norm(&q.contiguous()?, qn, c.rms_eps)?;
+                k = candle_nn::ops::rms_norm(&k.contiguous()?, kn, c.rms_eps)?;
+            }
+            let q = rope(&q.contiguous()?, c.heads)?;
+            let k = rope(&k.contiguous()?, c.kv_heads)?;
+            let v = v.reshape((rows, c.kv_heads, hd))?;
+            let mut outs = Vec::with_capacity(batch.len());
+            let mut r0 = 0;
+            for ((b, cache), mask) in batch.iter().zip(caches.iter_mut()).zip(&masks) {
+                let n = b.tokens.len();
+                let kb = k.narrow(0, r0, n)?.transpose(0, 1)?.contiguous()?;
+                let vb = v.narrow(0, r0, n)?.transpose(0, 1)?.contiguous()?;
+                let (keys, values) = cache.layers[l].append(&kb, &vb)?;
+                let (keys, values) = (keys.contiguous()?, values.contiguous()?);
+                let len = keys.dim(1)?;
+                // [n, kv_heads, group, hd] -> [kv_heads, group * n, hd]
+                let qb = q
+                    .narrow(0, r0, n)?
+                    .reshape((n, c.kv_heads, group, hd))?
+                    .permute((1, 2, 0, 3))?
+                    .contiguous()?
+                    .reshape((c.kv_heads, group * n, hd))?;
+                let mut scores = (qb.matmul(&keys.t()?)? * scale)?;
+                if let Some(mask) = mask {
+                    scores = scores
+                        .reshape((c.kv_heads, group, n, len))?
+                        .broadcast_add(mask)?
+                        .reshape((c.kv_heads, group * n, len))?;
+                }
+                let p = candle_nn::ops::softmax_last_dim(&scores)?;
+                // [kv_heads, group * n, hd] -> [n, heads * hd]
+                let o = p
+                    .matmul(&values)?
+                    .reshape((c.heads, n, hd))?
+                    .transpose(0, 1)?
+                    .reshape((n, c.heads * hd))?;
+                outs.push(o);
+                r0 += n;
+            }
+            let attn = Tensor::cat(&outs, 0)?;
+            x = (x + layer.attn_out.forward(&attn)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, c.rms_eps)?;
+            let act = (layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?;
+            x = (x + layer.down.forward(&act)?)?;
+        }
+        let mut last = Vec::new();
+        let mut r = 0u32;
+        for b in batch {
+            r += b.tokens.len() as u32;
+            if b.logits {
+                last.push(r - 1);
+            }
+        }
+        if last.is_empty() {
+            return Ok(Vec::new());
+        }
+        let picked = x.index_select(&Tensor::new(last.as_slice(), dev)?, 0)?;
+        let h = candle_nn::ops::rms_norm(&picked, &self.output_norm, c.rms_eps)?;
+        self.lm_head.forward(&h)?.to_vec2::<f32>()
+    }
+}
+
+/// `[n, start + n]` additive mask of `n` new rows at positions `start..`: row `i` sees keys
+/// `0..=start + i`. None for one row (it sees the whole cache).
+fn causal_mask(n: usize, start: usize, dev: &Device) -> candle_core::Result<Option<Tensor>> {
+    if n <= 1 {
+        return Ok(None);
+    }
+    let len = start + n;
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            (0..len).map(move |j| {
+                if j <= start + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (n, len), dev).map(Some)
+}

@@ -1,0 +1,181 @@
+//! The GPU engine's code path (`model::llama::on_device`: candle tensor ops and GGUF matmuls)
+//! run on the CPU, against the same SmolLM2 references as the CPU engine: the prompt's
+//! last-position logits (f32 transformers), greedy tokens (llama.cpp on the same quantized
+//! weights, the f32 reference up to its first near tie), and batching that does not change
+//! results. `scripts/gpu-check-generate` runs the same checks through `serve` on a GPU.
+
+mod generate_support;
+
+use candle_core::Device;
+use generate_support::{
+    argmax, assert_greedy_matches, assert_prompt_logits, gguf_bytes, golden, model,
+};
+use sealserve::model::llama::{Gguf, KvCache, LlamaModel, Scratch, SeqInput};
+use std::sync::OnceLock;
+
+fn candle_model() -> &'static LlamaModel {
+    static MODEL: OnceLock<LlamaModel> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let gguf = Gguf::read(gguf_bytes()).expect("GGUF parses");
+        LlamaModel::load_candle(&gguf, &Device::Cpu).expect("model loads as candle tensors")
+    })
+}
+
+fn run(
+    model: &LlamaModel,
+    cache: &mut KvCache,
+    tokens: &[u32],
+) -> Result<Vec<Vec<f32>>, sealserve::model::llama::ForwardError> {
+    model.forward(
+        &mut [SeqInput {
+            cache,
+            tokens,
+            logits: true,
+        }],
+        &mut Scratch::default(),
+    )
+}
+
+fn step(model: &LlamaModel, cache: &mut KvCache, tokens: &[u32]) -> Vec<f32> {
+    run(model, cache, tokens).expect("step runs").remove(0)
+}
+
+/// Greedy decoding of one sequence (prefill in one step), stopping at `<|endoftext|>`/`<|im_end|>`.
+fn greedy(model: &LlamaModel, prompt: &[u32], steps: usize) -> Vec<u32> {
+    let mut cache = model.new_cache();
+    let mut logits = step(model, &mut cache, prompt);
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let next = argmax(&logits);
+        out.push(next);
+        if next == 0 || next == 2 {
+            break;
+        }
+        logits = step(model, &mut cache, &[next]);
+    }
+    out
+}
+
+#[test]
+fn prompt_logits_match_the_f32_reference_and_the_cpu_engine() {
+    let (cpu, _) = model();
+    let device = candle_model();
+    assert!(matches!(device.device(), Device::Cpu));
+    for result in golden().results {
+        let got = step(device, &mut device.new_cache(), &result.prompt_ids);
+        let ours = step(cpu, &mut cpu.new_cache(), &result.prompt_ids);
+        assert_prompt_logits(&result, &got);
+        for id in &result.prompt_last_logits_top10.ids {
+            let (g, o) = (got[*id as usize], ours[*id as usize]);
+            // Both quantize activations to 8 bits per 32-block over the same weights; the CPU
+            // engine keeps keys and values in f16, this path in f32, and sums in another order
+            // (measured: up to 0.41 apart, this path the closer one to the f32 reference).
+            assert!(
+                (g - o).abs() < 0.5,
+                "{}: logit of {id} is {g} here, {o} on the CPU engine",
+                result.name
+            );
+        }
+    }
+}
+
+#[test]
+fn greedy_tokens_match_the_references() {
+    let golden = golden();
+    let model = candle_model();
+    for result in &golden.results {
+        let tokens = greedy(model, &result.prompt_ids, result.generated_ids.len());
+        assert_greedy_matches(&golden, result, &tokens);
+    }
+}
+
+/// Three sequences in one step, one of them prefilling while the others decode, give exactly
+/// the logits each gets alone: batching must not change results.
+#[test]
+fn batching_does_not_change_results() {
+    let model = candle_model();
+    let prompts: Vec<Vec<u32>> = golden()
+        .results
+        .iter()
+        .map(|r| r.prompt_ids.clone())
+        .collect();
+    let steps = 6;
+    // Alone: each prompt, then `steps` greedy tokens, logits of every step kept.
+    let alone: Vec<Vec<Vec<f32>>> = prompts
+        .iter()
+        .map(|p| {
+            let mut cache = model.new_cache();
+            let mut all = vec![step(model, &mut cache, p)];
+            for _ in 0..steps {
+                let next = argmax(all.last().expect("logits"));
+                all.push(step(model, &mut cache, &[next]));
+            }
+            all
+        })
+        .collect();
+    // Together: sequence 0 and 1 prefill in one step; sequence 2 joins (prefill) at step 2.
+    let mut caches: Vec<KvCache> = prompts.iter().map(|_| model.new_cache()).collect();
+    let mut logits: Vec<Vec<Vec<f32>>> = vec![Vec::new(); prompts.len()];
+    for t in 0..=steps + 2 {
+        let mut pending: Vec<(usize, Vec<u32>)> = Vec::new();
+        for (i, p) in prompts.iter().enumerate() {
+            let joins_at = if i == 2 { 2 } else { 0 };
+            if t < joins_at || logits[i].len() > steps {
+                continue;
+            }
+            let tokens = match logits[i].last() {
+                None => p.clone(),
+                Some(l) => vec![argmax(l)],
+            };
+            pending.push((i, tokens));
+        }
+        if pending.is_empty() {
+            break;
+        }
+        let mut rest: &mut [KvCache] = &mut caches;
+        let mut inputs = Vec::new();
+        let mut taken = 0;
+        for (i, tokens) in &pending {
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - taken);
+            let (cache, tail) = tail.split_first_mut().expect("cache");
+            rest = tail;
+            taken = i + 1;
+            inputs.push(SeqInput {
+                cache,
+                tokens,
+                logits: true,
+            });
+        }
+        let out = model
+            .forward(&mut inputs, &mut Scratch::default())
+            .expect("step runs");
+        for ((i, _), l) in pending.iter().zip(out) {
+            logits[*i].push(l);
+        }
+    }
+    for (i, (together, alone)) in logits.iter().zip(&alone).enumerate() {
+        assert_eq!(together.len(), alone.len(), "sequence {i}");
+        for (s, (a, b)) in together.iter().zip(alone).enumerate() {
+            assert!(a == b, "sequence {i}, step {s}: batched logits differ");
+        }
+    }
+}
+
+/// Why `model` refused a step of `tokens` on `cache`.
+fn refusal(model: &LlamaModel, cache: &mut KvCache, tokens: &[u32]) -> String {
+    run(model, cache, tokens).expect_err("refused").to_string()
+}
+
+/// A cache of one engine is refused by the other, not misread; so is a token id outside the
+/// vocabulary.
+#[test]
+fn caches_do_not_cross_engines() {
+    let (cpu, _) = model();
+    let device = candle_model();
+    let err = refusal(device, &mut cpu.new_cache(), &[1]);
+    assert!(err.contains("another model"), "{err}");
+    let err = refusal(cpu, &mut device.new_cache(), &[1]);
+    assert!(err.contains("another model"), "{err}");
+    let err = refusal(device, &mut device.new_cache(), &[u32::MAX]);
+    assert!(err.contains("outside the vocabulary"), "{err}");
+}
