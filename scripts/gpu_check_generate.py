@@ -197,17 +197,17 @@ def bench(client, port, rounds):
     return out
 
 
-def session(serve, device, env, out_dir, checks, golden, rounds, full):
-    log_path = os.path.join(out_dir, f"serve-generate-{device}.log")
-    server = Server(serve, ["--device", device, "--harden", "strict", "--log-format", "json"],
+def session(serve, device, env, out_dir, checks, golden, rounds, full, harden="strict"):
+    log_path = os.path.join(out_dir, f"serve-generate-{device}-{harden}.log")
+    server = Server(serve, ["--device", device, "--harden", harden, "--log-format", "json"],
                     env, log_path)
     up = server.wait_ready(150)
-    checks.add(f"generation serve --device {device} --harden strict is ready", up,
+    checks.add(f"generation serve --device {device} --harden {harden} is ready", up,
                f"exec->ready {server.ready_s:.2f} s" if up else f"exit {server.proc.poll()}: {server.tail(3)}")
     if not up:
         server.stop()
         return None
-    result = {"exec_to_ready_s": server.ready_s}
+    result = {"exec_to_ready_s": server.ready_s, "harden": harden}
     client = Client(server.port, timeout=300)
     try:
         status, _, info = client.json("GET", "/info")
@@ -219,6 +219,8 @@ def session(serve, device, env, out_dir, checks, golden, rounds, full):
         log(f"{device}: {json.dumps(result['bench'], default=str)[:1500]}")
     except Exception as e:  # noqa: BLE001 - record and go on
         checks.add(f"{device} generation session", False, f"{type(e).__name__}: {e}")
+        if server.proc.poll() is not None:
+            result["died"] = f"exit {server.proc.poll()}: {server.tail(3)}"
     finally:
         client.close()
         code = server.stop()
@@ -252,13 +254,19 @@ def main():
     env["SEALSERVE_ALLOW_UNPINNED"] = "1"
     report[args.device] = session(args.serve, args.device, env, args.out, checks, golden,
                                   args.rounds, True)
+    if report[args.device] is None or "died" in report[args.device]:
+        # Strict hardening was never tried with the CUDA driver before: when it is what stops
+        # the server, the rest is still measured without it (the failure above stays).
+        log("retrying with --harden off to measure the rest")
+        report[f"{args.device}_harden_off"] = session(args.serve, args.device, env, args.out,
+                                                      checks, golden, args.rounds, True, "off")
     if args.cpu_compare and args.device != "cpu":
         report["cpu_same_host"] = session(args.serve, "cpu", env, args.out, checks, golden,
                                           max(1, args.rounds - 1), False)
     lines = ["", f"GPU: {report['gpu']}; host CPU: {report['host_cpu']}",
              "| | prefill tok/s (TTFT s) | 1 stream tok/s | 8 streams tok/s (TTFT s) | 16 streams tok/s |",
              "|---|---|---|---|---|"]
-    for key in (args.device, "cpu_same_host"):
+    for key in (args.device, f"{args.device}_harden_off", "cpu_same_host"):
         b = (report.get(key) or {}).get("bench")
         if not b:
             continue

@@ -16,17 +16,64 @@
 use super::config::{LlamaConfig, RopeStyle};
 use super::ops::RopeTable;
 use super::{Gguf, LlamaLoadError, SeqInput};
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use std::sync::Arc;
 
 /// Rows per quantized matmul call on CUDA (see the module comment).
 const CUDA_ROW_GROUP: usize = 8;
 
-/// One weight matrix `[n, k]` on the device.
+/// One weight matrix `[n, k]` on the device: several GGUF tensors (Q, K, V; gate, up) stacked
+/// along `n` into one quantized matrix when they share a type, so a step makes one matmul call
+/// (two kernel launches) for them instead of three or two; a step is bound by launches.
 struct DeviceLinear(QMatMul);
 
 impl DeviceLinear {
+    /// Loads `names` (each `[n_i, k]`, in order) as one `[Σ n_i, k]` matrix; tensors of
+    /// different types are dequantized to f32 and stacked (no GGUF this project pins has them).
+    fn load(
+        gguf: &Gguf<'_>,
+        names: &[String],
+        widths: &[usize],
+        k: usize,
+        device: &Device,
+    ) -> Result<Self, LlamaLoadError> {
+        let mut bytes = Vec::new();
+        let mut dtypes = Vec::new();
+        for (name, &n) in names.iter().zip(widths) {
+            let (raw, dtype, dims) = gguf.raw(name)?;
+            if dims != [n, k] {
+                return Err(tensor_error(
+                    name,
+                    format!("shape {dims:?}, expected [{n}, {k}]"),
+                ));
+            }
+            bytes.extend_from_slice(raw);
+            dtypes.push(dtype);
+        }
+        let all = names.join("+");
+        let rows: usize = widths.iter().sum();
+        let qtensor = if dtypes.iter().all(|&d| d == dtypes[0]) {
+            let storage = QStorage::from_data(std::borrow::Cow::Owned(bytes), device, dtypes[0])
+                .map_err(|e| tensor_error(&all, e))?;
+            QTensor::new(storage, (rows, k)).map_err(|e| tensor_error(&all, e))?
+        } else {
+            let parts = names
+                .iter()
+                .map(|name| {
+                    gguf.qtensor(name)?
+                        .dequantize(device)
+                        .map_err(|e| tensor_error(name, e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let stacked = Tensor::cat(&parts, 0).map_err(|e| tensor_error(&all, e))?;
+            QTensor::quantize(&stacked, GgmlDType::F32).map_err(|e| tensor_error(&all, e))?
+        };
+        QMatMul::from_qtensor(qtensor)
+            .map(DeviceLinear)
+            .map_err(|e| tensor_error(&all, e))
+    }
+
     /// `x[rows, k] · Wᵀ`, in groups of [`CUDA_ROW_GROUP`] rows on CUDA.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if !x.device().is_cuda() {
@@ -40,13 +87,12 @@ impl DeviceLinear {
             let pad = Tensor::zeros((padded - rows, x.dim(1)?), x.dtype(), x.device())?;
             Tensor::cat(&[x, &pad], 0)?
         };
-        let groups = (0..padded / CUDA_ROW_GROUP)
+        let mut groups = (0..padded / CUDA_ROW_GROUP)
             .map(|g| {
                 self.0
                     .forward(&x.narrow(0, g * CUDA_ROW_GROUP, CUDA_ROW_GROUP)?)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let mut groups = groups;
         let out = if groups.len() == 1 {
             groups.swap_remove(0)
         } else {
@@ -58,17 +104,16 @@ impl DeviceLinear {
 
 struct DeviceLayer {
     attn_norm: Tensor,
-    q: DeviceLinear,
-    k: DeviceLinear,
-    v: DeviceLinear,
-    /// Qwen2 biases of Q, K, V.
-    bias: Option<(Tensor, Tensor, Tensor)>,
+    /// Q, K and V stacked.
+    qkv: DeviceLinear,
+    /// Qwen2 biases of Q, K, V, stacked like them.
+    bias: Option<Tensor>,
     /// Qwen3 per-head norms of Q and K.
     qk_norm: Option<(Tensor, Tensor)>,
     attn_out: DeviceLinear,
     ffn_norm: Tensor,
-    gate: DeviceLinear,
-    up: DeviceLinear,
+    /// Gate and up stacked.
+    gate_up: DeviceLinear,
     down: DeviceLinear,
 }
 
@@ -130,18 +175,6 @@ impl DeviceLlama {
                 .map(Arc::new)
                 .map_err(|e| tensor_error(name, e))
         };
-        let linear = |name: &str, n: usize, k: usize| -> Result<DeviceLinear, LlamaLoadError> {
-            let t = q(name)?;
-            if t.shape().dims() != [n, k] {
-                return Err(tensor_error(
-                    name,
-                    format!("shape {:?}, expected [{n}, {k}]", t.shape().dims()),
-                ));
-            }
-            QMatMul::from_arc(t)
-                .map(DeviceLinear)
-                .map_err(|e| tensor_error(name, e))
-        };
         let vector = |name: &str, len: usize| -> Result<Tensor, LlamaLoadError> {
             let values = gguf.vector(name, len)?;
             Tensor::from_vec(values, len, device).map_err(|e| tensor_error(name, e))
@@ -159,7 +192,13 @@ impl DeviceLlama {
             ));
         }
         let lm_head = if gguf.has("output.weight") {
-            linear("output.weight", c.vocab_size, hidden)?
+            DeviceLinear::load(
+                gguf,
+                &["output.weight".into()],
+                &[c.vocab_size],
+                hidden,
+                device,
+            )?
         } else {
             DeviceLinear(
                 QMatMul::from_arc(embedding.clone())
@@ -170,11 +209,13 @@ impl DeviceLlama {
         for i in 0..c.layers {
             let name = |t: &str| format!("blk.{i}.{t}");
             let bias = if gguf.has(&name("attn_q.bias")) {
-                Some((
-                    vector(&name("attn_q.bias"), qw)?,
-                    vector(&name("attn_k.bias"), kw)?,
-                    vector(&name("attn_v.bias"), kw)?,
-                ))
+                let mut bias = gguf.vector(&name("attn_q.bias"), qw)?;
+                bias.extend(gguf.vector(&name("attn_k.bias"), kw)?);
+                bias.extend(gguf.vector(&name("attn_v.bias"), kw)?);
+                Some(
+                    Tensor::from_vec(bias, qw + 2 * kw, device)
+                        .map_err(|e| tensor_error(&name("attn_q.bias"), e))?,
+                )
             } else if c.architecture == super::config::Architecture::Qwen2 {
                 return Err(tensor_error(&name("attn_q.bias"), "missing from the GGUF"));
             } else {
@@ -195,16 +236,41 @@ impl DeviceLlama {
             };
             layers.push(DeviceLayer {
                 attn_norm: vector(&name("attn_norm.weight"), hidden)?,
-                q: linear(&name("attn_q.weight"), qw, hidden)?,
-                k: linear(&name("attn_k.weight"), kw, hidden)?,
-                v: linear(&name("attn_v.weight"), kw, hidden)?,
+                qkv: DeviceLinear::load(
+                    gguf,
+                    &[
+                        name("attn_q.weight"),
+                        name("attn_k.weight"),
+                        name("attn_v.weight"),
+                    ],
+                    &[qw, kw, kw],
+                    hidden,
+                    device,
+                )?,
                 bias,
                 qk_norm,
-                attn_out: linear(&name("attn_output.weight"), hidden, qw)?,
+                attn_out: DeviceLinear::load(
+                    gguf,
+                    &[name("attn_output.weight")],
+                    &[hidden],
+                    qw,
+                    device,
+                )?,
                 ffn_norm: vector(&name("ffn_norm.weight"), hidden)?,
-                gate: linear(&name("ffn_gate.weight"), c.intermediate, hidden)?,
-                up: linear(&name("ffn_up.weight"), c.intermediate, hidden)?,
-                down: linear(&name("ffn_down.weight"), hidden, c.intermediate)?,
+                gate_up: DeviceLinear::load(
+                    gguf,
+                    &[name("ffn_gate.weight"), name("ffn_up.weight")],
+                    &[c.intermediate, c.intermediate],
+                    hidden,
+                    device,
+                )?,
+                down: DeviceLinear::load(
+                    gguf,
+                    &[name("ffn_down.weight")],
+                    &[hidden],
+                    c.intermediate,
+                    device,
+                )?,
             });
             // On a GPU the layer lives in device memory now: give back the verified host pages.
             if device.is_cuda() {
@@ -259,7 +325,7 @@ impl DeviceLlama {
         caches: &mut [&mut DeviceKv],
     ) -> candle_core::Result<Vec<Vec<f32>>> {
         let c = &self.config;
-        let (hd, dev) = (c.head_dim, &self.device);
+        let (hd, dev, qw, kw) = (c.head_dim, &self.device, c.q_width(), c.kv_width());
         let rows: usize = batch.iter().map(|b| b.tokens.len()).sum();
         if rows == 0 {
             return Ok(Vec::new());
@@ -310,16 +376,13 @@ impl DeviceLlama {
         let scale = 1.0 / (hd as f64).sqrt();
         for (l, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps)?;
-            let (mut q, mut k, mut v) = (
-                layer.q.forward(&h)?,
-                layer.k.forward(&h)?,
-                layer.v.forward(&h)?,
-            );
-            if let Some((bq, bk, bv)) = &layer.bias {
-                q = q.broadcast_add(bq)?;
-                k = k.broadcast_add(bk)?;
-                v = v.broadcast_add(bv)?;
+            let mut qkv = layer.qkv.forward(&h)?;
+            if let Some(bias) = &layer.bias {
+                qkv = qkv.broadcast_add(bias)?;
             }
+            let q = qkv.narrow(1, 0, qw)?.contiguous()?;
+            let k = qkv.narrow(1, qw, kw)?.contiguous()?;
+            let v = qkv.narrow(1, qw + kw, kw)?.contiguous()?;
             let mut q = q.reshape((rows, c.heads, hd))?;
             let mut k = k.reshape((rows, c.kv_heads, hd))?;
             if let Some((qn, kn)) = &layer.qk_norm {
@@ -365,7 +428,9 @@ impl DeviceLlama {
             let attn = Tensor::cat(&outs, 0)?;
             x = (x + layer.attn_out.forward(&attn)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, c.rms_eps)?;
-            let act = (layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?;
+            let gate_up = layer.gate_up.forward(&h)?;
+            let gate = gate_up.narrow(1, 0, c.intermediate)?;
+            let act = (gate.silu()? * gate_up.narrow(1, c.intermediate, c.intermediate)?)?;
             x = (x + layer.down.forward(&act)?)?;
         }
         let mut last = Vec::new();
