@@ -152,10 +152,12 @@ fn connections_over_the_cap_wait_for_a_free_slot() {
         assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
     }
     // A fifth client connects (the kernel's backlog) but is not served while four are open.
+    // The clock starts before the thread does, as the main thread's wait below does: started in
+    // the thread, it could start after that wait and read under 1.5 s (CI saw 1.4986 s).
+    let started = Instant::now();
     let waiting = std::thread::spawn({
         let port = server.port;
         move || {
-            let started = Instant::now();
             let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
             stream
                 .set_read_timeout(Some(Duration::from_secs(20)))
