@@ -43,6 +43,13 @@ pub struct FsAllow {
     /// Device nodes (or folders of them) that may be opened read-write and receive ioctls: the
     /// GPU's `/dev/nvidia*`. Empty on CPU.
     pub devices: Vec<PathBuf>,
+    /// Folders beneath which files may be opened for writing and truncated: `/proc/self/task`
+    /// at start-up on CUDA, where the driver names the threads it starts
+    /// (`/proc/self/task/<tid>/comm`, opened for writing with truncation); `cuInit` fails with
+    /// CUDA_ERROR_OPERATING_SYSTEM without it (measured on an H200, driver 580, 2026-11-30,
+    /// `scripts/gpu_probe_landlock.py`). Never in an after-warm-up domain, which stacks on the
+    /// start-up one: from then on no thread we run may write there (`task/<tid>/mem` included).
+    pub thread_names: Vec<PathBuf>,
 }
 
 impl FsAllow {
@@ -51,6 +58,7 @@ impl FsAllow {
         Self {
             read: read.to_vec(),
             devices: Vec::new(),
+            thread_names: Vec::new(),
         }
     }
 
@@ -64,13 +72,13 @@ impl FsAllow {
     /// libraries by name, and libcuda's own lazy `dlopen` of its JIT compiler), `lib_dirs` (the
     /// folders `cuda_libs` searches: `--cuda-lib-dirs`, the driver and toolkit folders, pip
     /// wheels), the driver's `/proc/driver/nvidia` and `/sys` views of the PCI devices, and the
-    /// `/dev/nvidia*` nodes read-write with ioctls.
+    /// `/dev/nvidia*` nodes read-write with ioctls, and writes beneath `/proc/self/task` (see
+    /// [`FsAllow::thread_names`]).
     ///
     /// Not granted: the driver's JIT cache (`~/.nv/ComputeCache`, a write), so PTX kernels are
     /// compiled afresh at every start; `nvidia-modprobe` (an exec), so the device nodes must
     /// exist before the server starts, as the NVIDIA container runtime makes them. Only paths
-    /// that exist are kept. Not yet run on a GPU with Landlock in force from start-up: if the
-    /// driver fails there, `--harden basic` starts without Landlock (see the README).
+    /// that exist are kept.
     pub fn cuda(lib_dirs: &[PathBuf]) -> Self {
         let mut read = default_readable_paths();
         let fixed = [
@@ -102,6 +110,11 @@ impl FsAllow {
         Self {
             read,
             devices: nvidia_device_nodes(Path::new("/dev")),
+            thread_names: ["/proc/self/task"]
+                .iter()
+                .map(PathBuf::from)
+                .filter(|p| p.exists())
+                .collect(),
         }
     }
 }
@@ -254,6 +267,13 @@ pub(super) fn restrict(allow: &FsAllow, how: Enforce) -> Result<LandlockStatus, 
             .add_rule(PathBeneath::new(fd, device_access(is_dir)))
             .map_err(landlock_err("add a device rule"))?;
     }
+    for path in &allow.thread_names {
+        let (fd, _) = open_path(path)?;
+        let access = read_dir_access() | AccessFs::WriteFile | AccessFs::Truncate;
+        ruleset = ruleset
+            .add_rule(PathBeneath::new(fd, access))
+            .map_err(landlock_err("add a thread-name rule"))?;
+    }
     if how.all_threads {
         ruleset = ruleset
             .all_threads(true)
@@ -384,5 +404,41 @@ mod tests {
         assert!(!allow.read.contains(&missing));
         assert!(allow.read.iter().all(|p| p.exists()));
         assert!(FsAllow::cpu().devices.is_empty());
+    }
+
+    /// The CUDA driver names its threads through `/proc/self/task/<tid>/comm`: a start-up
+    /// domain of `FsAllow::cuda` lets a thread do that, the CPU one does not.
+    #[test]
+    fn cuda_start_up_domain_lets_threads_be_named() {
+        let name_self = |allow: FsAllow| {
+            std::thread::spawn(move || {
+                let status = restrict(
+                    &allow,
+                    Enforce {
+                        scopes: false,
+                        all_threads: false,
+                    },
+                )
+                .expect("restricted");
+                let tid = unsafe { libc::gettid() };
+                let comm = format!("/proc/self/task/{tid}/comm");
+                let wrote = std::fs::write(&comm, "sealserve-t\n");
+                (status, wrote.map_err(|e| e.kind()))
+            })
+            .join()
+            .expect("thread")
+        };
+        let (status, wrote) = name_self(FsAllow::cpu());
+        if matches!(status, LandlockStatus::NotEnforced { .. }) {
+            return; // no Landlock on this kernel: nothing to check
+        }
+        assert_eq!(wrote, Err(io::ErrorKind::PermissionDenied));
+        let cuda = FsAllow {
+            thread_names: FsAllow::cuda(&[]).thread_names,
+            ..FsAllow::cpu()
+        };
+        assert_eq!(cuda.thread_names, [PathBuf::from("/proc/self/task")]);
+        let (_, wrote) = name_self(cuda);
+        assert_eq!(wrote, Ok(()));
     }
 }
