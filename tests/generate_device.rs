@@ -2,14 +2,15 @@
 //! run on the CPU, against the same SmolLM2 references as the CPU engine: the prompt's
 //! last-position logits (f32 transformers), greedy tokens (llama.cpp on the same quantized
 //! weights, the f32 reference up to its first near tie), and batching that does not change
-//! results. `scripts/gpu-check-generate` runs the same checks through `serve` on a GPU.
+//! results. `scripts/gpu-check --generate` runs the same checks through `serve` on a GPU.
 
 mod generate_support;
 
+// The sampler's own greedy choice (highest logit, lowest id among ties).
+use sealserve::generate::sampling::argmax;
+
 use candle_core::Device;
-use generate_support::{
-    argmax, assert_greedy_matches, assert_prompt_logits, gguf_bytes, golden, model,
-};
+use generate_support::{assert_greedy_matches, assert_prompt_logits, gguf_bytes, golden, model};
 use sealserve::model::llama::{Gguf, KvCache, LlamaModel, Scratch, SeqInput};
 use std::sync::OnceLock;
 
@@ -178,4 +179,29 @@ fn caches_do_not_cross_engines() {
     assert!(err.contains("another model"), "{err}");
     let err = refusal(device, &mut device.new_cache(), &[u32::MAX]);
     assert!(err.contains("outside the vocabulary"), "{err}");
+    // A refused step loses nothing: a good cache next to a foreign one still works after.
+    let mut good = device.new_cache();
+    step(device, &mut good, &[1, 2]);
+    let mut foreign = cpu.new_cache();
+    let err = device
+        .forward(
+            &mut [
+                SeqInput {
+                    cache: &mut good,
+                    tokens: &[3],
+                    logits: true,
+                },
+                SeqInput {
+                    cache: &mut foreign,
+                    tokens: &[3],
+                    logits: true,
+                },
+            ],
+            &mut Scratch::default(),
+        )
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("another model"), "{err}");
+    assert_eq!(good.len(), 2);
+    assert_eq!(step(device, &mut good, &[3]).len(), cpu.config().vocab_size);
 }

@@ -4,7 +4,10 @@
 
 mod generate_support;
 
-use generate_support::{argmax, assert_greedy_matches, assert_prompt_logits, golden, model, root};
+// The sampler's own greedy choice (highest logit, lowest id among ties).
+use sealserve::generate::sampling::argmax;
+
+use generate_support::{assert_greedy_matches, assert_prompt_logits, golden, model, root};
 use sealserve::model::llama::{Scratch, SeqInput};
 
 /// Greedy decoding with one sequence, prefill in one step.

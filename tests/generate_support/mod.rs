@@ -145,17 +145,6 @@ pub fn confident_prefix(result: &GoldenResult) -> usize {
         .unwrap_or(result.per_step_top5.len())
 }
 
-/// The greedy choice: the highest logit, the lowest id among ties.
-pub fn argmax(xs: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in xs.iter().enumerate() {
-        if x > xs[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// The prompt's last-position logits are within 0.5 of the f32 reference's top 10.
 pub fn assert_prompt_logits(result: &GoldenResult, logits: &[f32]) {
     let top = &result.prompt_last_logits_top10;

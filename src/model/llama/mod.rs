@@ -140,6 +140,22 @@ impl<'a> Gguf<'a> {
         }
     }
 
+    /// The rotation table of `config` (with Llama 3's per-pair `rope_freqs` when present), as
+    /// both engines compute it.
+    fn rope_table(&self, c: &LlamaConfig) -> Result<ops::RopeTable, LlamaLoadError> {
+        let factors = if self.has("rope_freqs.weight") {
+            Some(self.vector("rope_freqs.weight", c.rope_dims / 2)?)
+        } else {
+            None
+        };
+        Ok(ops::RopeTable::new(
+            c.rope_dims,
+            c.rope_theta,
+            c.rope_linear_scale,
+            factors.as_deref(),
+        ))
+    }
+
     fn qtensor(&self, name: &str) -> Result<QTensor, LlamaLoadError> {
         self.content
             .tensor(&mut Cursor::new(self.bytes), name, &Device::Cpu)
@@ -416,17 +432,27 @@ impl LlamaModel {
         batch: &mut [SeqInput<'_>],
         s: &mut Scratch,
     ) -> Result<Vec<Vec<f32>>, ForwardError> {
+        // Every input is checked before any cache is touched, so a refused step loses nothing.
+        let vocab = self.config().vocab_size;
+        if let Some(&bad) = batch
+            .iter()
+            .flat_map(|b| b.tokens)
+            .find(|&&t| t as usize >= vocab)
+        {
+            return Err(ForwardError::Token(bad));
+        }
+        let own = |cache: &KvCache| match &self.engine {
+            ModelEngine::Cpu(m) => {
+                cache.device.is_none() && cache.keys.len() == m.layers.len() * m.config.kv_heads
+            }
+            ModelEngine::Device(_) => cache.device.is_some(),
+        };
+        if !batch.iter().all(|b| own(b.cache)) {
+            return Err(ForwardError::WrongCache);
+        }
         match &self.engine {
             ModelEngine::Cpu(m) => m.forward(batch, s),
             ModelEngine::Device(m) => {
-                let vocab = m.config().vocab_size;
-                if let Some(&bad) = batch
-                    .iter()
-                    .flat_map(|b| b.tokens)
-                    .find(|&&t| t as usize >= vocab)
-                {
-                    return Err(ForwardError::Token(bad));
-                }
                 // The device caches move out for the step (the inputs borrow the host side).
                 let mut caches = Vec::with_capacity(batch.len());
                 for b in batch.iter_mut() {
@@ -569,17 +595,7 @@ impl CpuModel {
             // so the GGUF and the loaded model are never resident in full at once.
             gguf.release_tensors(&format!("blk.{i}."));
         }
-        let factors = if gguf.has("rope_freqs.weight") {
-            Some(gguf.vector("rope_freqs.weight", c.rope_dims / 2)?)
-        } else {
-            None
-        };
-        let rope = ops::RopeTable::new(
-            c.rope_dims,
-            c.rope_theta,
-            c.rope_linear_scale,
-            factors.as_deref(),
-        );
+        let rope = gguf.rope_table(c)?;
         Ok(Self {
             output_norm: gguf.vector("output_norm.weight", hidden)?,
             config,
@@ -609,12 +625,6 @@ impl CpuModel {
         batch: &mut [SeqInput<'_>],
         s: &mut Scratch,
     ) -> Result<Vec<Vec<f32>>, ForwardError> {
-        if batch
-            .iter()
-            .any(|b| b.cache.keys.len() != self.layers.len() * self.config.kv_heads)
-        {
-            return Err(ForwardError::WrongCache);
-        }
         if rayon::current_thread_index().is_some() {
             self.step(batch, s)
         } else {
@@ -726,9 +736,6 @@ impl CpuModel {
             .iter()
             .flat_map(|b| b.tokens.iter().copied())
             .collect();
-        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-            return Err(ForwardError::Token(bad));
-        }
         x.resize(ids.len() * hidden, 0.0);
         match &self.embedding {
             Embedding::Packed(table) => {

@@ -277,17 +277,7 @@ impl DeviceLlama {
                 gguf.release_tensors(&format!("blk.{i}."));
             }
         }
-        let factors = if gguf.has("rope_freqs.weight") {
-            Some(gguf.vector("rope_freqs.weight", c.rope_dims / 2)?)
-        } else {
-            None
-        };
-        let rope = RopeTable::new(
-            c.rope_dims,
-            c.rope_theta,
-            c.rope_linear_scale,
-            factors.as_deref(),
-        );
+        let rope = gguf.rope_table(c)?;
         Ok(Self {
             output_norm: vector("output_norm.weight", hidden)?,
             device: device.clone(),
