@@ -62,22 +62,33 @@ fn prompt_logits_match_the_f32_reference_and_the_cpu_engine() {
     let (cpu, _) = model();
     let device = candle_model();
     assert!(matches!(device.device(), Device::Cpu));
+    let mut gaps = Vec::new();
     for result in golden().results {
         let got = step(device, &mut device.new_cache(), &result.prompt_ids);
         let ours = step(cpu, &mut cpu.new_cache(), &result.prompt_ids);
         assert_prompt_logits(&result, &got);
+        assert_prompt_logits(&result, &ours);
         for id in &result.prompt_last_logits_top10.ids {
             let (g, o) = (got[*id as usize], ours[*id as usize]);
             // Both quantize activations to 8 bits per 32-block over the same weights; the CPU
-            // engine keeps keys and values in f16, this path in f32, and sums in another order
-            // (measured: up to 0.41 apart, this path the closer one to the f32 reference).
+            // engine keeps keys and values in f16, this path in f32, and sums in another order.
+            // A flipped activation rounding moves a logit by a few tenths (one-ulp changes in
+            // the CPU engine's norm or SiLU moved single logits by up to 0.4), so a single logit
+            // is held only to what the two 0.5 reference bounds imply, and the engines'
+            // agreement to the mean below.
             assert!(
-                (g - o).abs() < 0.5,
+                (g - o).abs() < 1.0,
                 "{}: logit of {id} is {g} here, {o} on the CPU engine",
                 result.name
             );
+            gaps.push((g - o).abs());
         }
     }
+    // Measured 2026-11-30 on the 30 logits: mean gap 0.19 (0.17 before the CPU engine's vector
+    // SiLU and 16-lane norm sums), largest single gap 0.53. Each engine alone is also held to
+    // the f32 reference above.
+    let mean = gaps.iter().sum::<f32>() / gaps.len() as f32;
+    assert!(mean < 0.35, "mean logit gap to the CPU engine {mean}");
 }
 
 #[test]

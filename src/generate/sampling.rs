@@ -247,15 +247,33 @@ impl Sampler {
     }
 }
 
-/// Index of the largest value; ties go to the lowest index.
+/// Index of the largest value; ties go to the lowest index; NaNs are never chosen (all-NaN
+/// gives 0).
+///
+/// Two passes that vectorise: the maximum with 16 running maxima, then the first chunk that
+/// holds it. One pass with a running index is a chain of dependent compares (~3 cycles a
+/// logit): over a 49k vocabulary that was ~0.5 ms of every 8-stream decode step, on one thread.
 pub fn argmax(xs: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in xs.iter().enumerate() {
-        if x > xs[best] {
-            best = i;
+    const LANES: usize = 16;
+    let chunks = xs.chunks_exact(LANES);
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    for c in chunks.clone() {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
         }
     }
-    best as u32
+    let max = lanes
+        .into_iter()
+        .chain(chunks.remainder().iter().copied())
+        .fold(f32::NEG_INFINITY, |m, x| if x > m { x } else { m });
+    let first_chunk = chunks
+        .clone()
+        .position(|c| c.iter().fold(false, |hit, &x| hit | (x == max)))
+        .unwrap_or(xs.len() / LANES);
+    xs[first_chunk * LANES..]
+        .iter()
+        .position(|&x| x == max)
+        .map_or(0, |i| (first_chunk * LANES + i) as u32)
 }
 
 fn log_softmax(xs: &[f32]) -> Vec<f32> {
@@ -271,6 +289,37 @@ mod tests {
 
     fn sampler(params: SamplingParams) -> Sampler {
         Sampler::new(params, &[])
+    }
+
+    #[test]
+    fn argmax_takes_the_first_largest_and_never_a_nan() {
+        // Against the one-pass definition, over lengths around the 16-lane chunks and maxima
+        // in the body, the tail, repeated and at the ends.
+        let naive = |xs: &[f32]| -> u32 {
+            let mut best: Option<usize> = None;
+            for (i, &x) in xs.iter().enumerate() {
+                if !x.is_nan() && best.is_none_or(|b| x > xs[b]) {
+                    best = Some(i);
+                }
+            }
+            best.unwrap_or(0) as u32
+        };
+        for len in [1, 2, 15, 16, 17, 31, 32, 33, 100, 49_152] {
+            for peak in [0, len / 3, len - 1] {
+                let mut xs: Vec<f32> = (0..len).map(|i| ((i * 7919) % 1000) as f32 / 1e3).collect();
+                xs[peak] = 5.0;
+                assert_eq!(argmax(&xs), naive(&xs), "len {len} peak {peak}");
+                xs[len - 1] = 5.0;
+                assert_eq!(argmax(&xs), naive(&xs), "len {len} tie");
+                xs[0] = f32::NAN;
+                assert_eq!(argmax(&xs), naive(&xs), "len {len} NaN first");
+                xs.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                assert_eq!(argmax(&xs), 0, "len {len} all -inf");
+                xs.iter_mut().for_each(|x| *x = f32::NAN);
+                assert_eq!(argmax(&xs), 0, "len {len} all NaN");
+            }
+        }
+        assert_eq!(argmax(&[]), 0);
     }
 
     #[test]

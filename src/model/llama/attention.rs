@@ -189,6 +189,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::AttentionTask;
+    use crate::model::llama::ops::x86::exp16;
     use std::arch::x86_64::*;
 
     /// 16 cache values from f16.
@@ -389,35 +390,6 @@ mod x86 {
             _mm512_shuffle_f32x4::<0b11_01_11_01>(c0, c1),
         )
     }
-
-    /// `e^x` for x ≤ 0 (scores minus their maximum), ~1 ulp; tiny results flush towards zero.
-    #[inline(always)]
-    pub(super) unsafe fn exp16(x: __m512) -> __m512 {
-        // Below -104 the result is under the smallest subnormal.
-        let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-        );
-        // x - n·ln2 in two parts (Cephes' C1 + C2 = ln 2).
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut y = _mm512_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
-            y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
-        }
-        let y = _mm512_fmadd_ps(
-            y,
-            _mm512_mul_ps(r, r),
-            _mm512_add_ps(r, _mm512_set1_ps(1.0)),
-        );
-        _mm512_scalef_ps(y, n)
-    }
 }
 
 #[cfg(test)]
@@ -531,43 +503,6 @@ mod tests {
                         assert_eq!(one, out[r * group * hd..(r + 1) * group * hd]);
                     }
                 }
-            }
-        }
-    }
-
-    #[test]
-    fn the_vector_exponential_is_within_two_ulps_of_libm() {
-        #[cfg(target_arch = "x86_64")]
-        if cpu() == Cpu::Avx512 {
-            use std::arch::x86_64::*;
-            let mut x = -104.0f32;
-            while x <= 0.0 {
-                let xs: Vec<f32> = (0..16)
-                    .map(|i| x + i as f32 * 0.0007)
-                    .map(|v| v.min(0.0))
-                    .collect();
-                let mut got = [0f32; 16];
-                // SAFETY: AVX-512F detected above.
-                unsafe {
-                    #[target_feature(enable = "avx512f")]
-                    unsafe fn run(xs: &[f32], got: &mut [f32; 16]) {
-                        _mm512_storeu_ps(
-                            got.as_mut_ptr(),
-                            x86::exp16(_mm512_loadu_ps(xs.as_ptr())),
-                        );
-                    }
-                    run(&xs, &mut got);
-                }
-                for (v, g) in xs.iter().zip(got) {
-                    let want = v.exp();
-                    if want >= f32::MIN_POSITIVE {
-                        let ulps = (g.to_bits() as i64 - want.to_bits() as i64).abs();
-                        assert!(ulps <= 2, "exp({v}) = {g}, libm {want} ({ulps} ulps)");
-                    } else {
-                        assert!(g < 2.0 * f32::MIN_POSITIVE, "exp({v}) = {g}");
-                    }
-                }
-                x += 0.0113;
             }
         }
     }

@@ -388,11 +388,13 @@ pub fn matmul(w: &PackedMatrix, a: &QuantizedRows, out: &mut [f32]) {
         .for_each(|task| {
             let first = task * per_task;
             let last = tiles.min(first + per_task);
+            // Once per task: zeroed per tile it was a memset call per tile and row chunk. A
+            // kernel writes all of rows 0..count, and only those are read.
+            let mut block = [[0f32; TILE]; ROWS];
             for tile in first..last {
                 let mut row0 = 0;
                 while row0 < a.rows {
                     let count = (a.rows - row0).min(ROWS);
-                    let mut block = [[0f32; TILE]; ROWS];
                     tile_rows(isa, w, tile, a, row0, count, &mut block);
                     let cols = TILE.min(w.n - tile * TILE);
                     for (r, res) in block.iter().take(count).enumerate() {
