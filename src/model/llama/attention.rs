@@ -19,7 +19,7 @@ use half::f16;
 /// One sequence's new rows for one KV head.
 pub struct AttentionTask<'a> {
     /// Query rows; row `i` holds the group's query heads side by side (`group × head_dim`).
-    pub queries: Vec<&'a [f32]>,
+    pub queries: &'a [&'a [f32]],
     /// Absolute position of the first query row; row `i` sees keys `0..=first_pos + i`.
     pub first_pos: usize,
     /// The sequence's cache for this layer: `[pos][kv_width]`, f16 (see `KvCache`).
@@ -113,7 +113,8 @@ fn check(task: &AttentionTask<'_>, head_dim: usize, group: usize, out: &[&mut [f
     let rows = task.queries.len();
     let seen = task.first_pos + rows;
     let cache = (seen.saturating_sub(1)) * task.kv_width + task.kv_offset + head_dim;
-    task.queries.iter().all(|q| q.len() >= group * head_dim)
+    group <= x86::MAX_GROUP
+        && task.queries.iter().all(|q| q.len() >= group * head_dim)
         && out.iter().all(|o| o.len() >= group * head_dim)
         && task.kv_offset + head_dim <= task.kv_width
         && task.keys.len() >= cache
@@ -206,6 +207,10 @@ mod x86 {
     const KEY_AHEAD: usize = 2;
     const VALUE_AHEAD: usize = 24;
 
+    /// Most query heads per KV head the vector path takes (Llama 3 and Qwen2 have up to 8);
+    /// wider groups use the portable loops.
+    pub(super) const MAX_GROUP: usize = 16;
+
     /// Query heads of one value pass: `HEADS × C` accumulators stay in registers.
     const PASS_VECTORS: usize = 24;
 
@@ -221,8 +226,12 @@ mod x86 {
         let scale = _mm512_set1_ps(1.0 / (hd as f32).sqrt());
         let (keys, values) = (task.keys.as_ptr(), task.values.as_ptr());
         let (kw, off) = (task.kv_width, task.kv_offset);
-        let mut inv = vec![0f32; group];
-        let mut vmax = vec![_mm512_set1_ps(f32::NEG_INFINITY); group];
+        // On the stack: a task is ~2 µs at 8 streams, and two heap vectors per task were
+        // measurable (`super::check` keeps `group` within MAX_GROUP).
+        let mut inv = [0f32; MAX_GROUP];
+        let inv = &mut inv[..group];
+        let mut vmax = [_mm512_set1_ps(f32::NEG_INFINITY); MAX_GROUP];
+        let vmax = &mut vmax[..group];
         // One 16-key chunk converted to f32 once for every head of the group.
         let mut chunk = [[_mm512_setzero_ps(); C]; 16];
         for (i, (q, o)) in task.queries.iter().zip(out.iter_mut()).enumerate() {
@@ -266,7 +275,7 @@ mod x86 {
                 }
                 t0 += 16;
             }
-            for (g, (inv, vmax)) in inv.iter_mut().zip(&vmax).enumerate() {
+            for (g, (inv, vmax)) in inv.iter_mut().zip(vmax.iter()).enumerate() {
                 let srow = scores.as_mut_ptr().add(g * padded);
                 let max = _mm512_set1_ps(_mm512_reduce_max_ps(*vmax));
                 let mut vsum = _mm512_setzero_ps();
@@ -404,7 +413,7 @@ mod tests {
         let q0 = [5.0, 0.0];
         let q1 = [0.0, 0.0];
         let task = AttentionTask {
-            queries: vec![&q0, &q1],
+            queries: &[&q0, &q1],
             first_pos: 0,
             keys: &keys,
             values: &values,
@@ -453,9 +462,10 @@ mod tests {
                 let keys = half(values(hd as u64 + seen as u64, seen * kw, 3.0));
                 let vals = half(values(7 + seen as u64, seen * kw, 1.0));
                 let qs = values(11 + group as u64, rows * group * hd, 3.0);
+                let qrows: Vec<&[f32]> = qs.chunks_exact(group * hd).collect();
                 for kv in 0..kv_heads {
                     let task = AttentionTask {
-                        queries: qs.chunks_exact(group * hd).collect(),
+                        queries: &qrows,
                         first_pos,
                         keys: &keys,
                         values: &vals,
@@ -491,7 +501,7 @@ mod tests {
                         }
                         // The same row alone gives the same bits.
                         let alone = AttentionTask {
-                            queries: vec![&qs[r * group * hd..(r + 1) * group * hd]],
+                            queries: &[&qs[r * group * hd..(r + 1) * group * hd]],
                             first_pos: first_pos + r,
                             keys: &keys,
                             values: &vals,

@@ -764,6 +764,13 @@ impl CpuModel {
         let group = c.heads / c.kv_heads;
         let rows: usize = batch.iter().map(|b| b.tokens.len()).sum();
         attn.resize(rows * qw, 0.0);
+        // Every row's query slice for each KV head (`[kv][row]`), one vector per layer: a
+        // task takes its rows as a sub-slice.
+        let qrows: Vec<&[f32]> = (0..c.kv_heads)
+            .flat_map(|kv| {
+                (0..rows).map(move |r| &qkv[r * width + kv * group * hd..][..group * hd])
+            })
+            .collect();
         let mut tasks = Vec::with_capacity(batch.len() * c.kv_heads);
         let mut first_row = 0;
         let mut work = 0usize;
@@ -771,12 +778,9 @@ impl CpuModel {
             let n = b.tokens.len();
             let start = b.cache.len;
             for kv in 0..c.kv_heads {
-                let queries = (first_row..first_row + n)
-                    .map(|r| &qkv[r * width + kv * group * hd..][..group * hd])
-                    .collect();
                 tasks.push((
                     attention::AttentionTask {
-                        queries,
+                        queries: &qrows[kv * rows + first_row..kv * rows + first_row + n],
                         first_pos: start,
                         keys: &b.cache.keys[layer * c.kv_heads + kv],
                         values: &b.cache.values[layer * c.kv_heads + kv],
@@ -798,15 +802,21 @@ impl CpuModel {
         let run = |(task, first_row, kv): &(attention::AttentionTask<'_>, usize, usize)| {
             // SAFETY: every (row, KV head) slice of `attn` belongs to exactly one task, and lies
             // inside `attn` (rows × qw).
-            let mut outs: Vec<&mut [f32]> = (0..task.queries.len())
-                .map(|i| unsafe {
-                    std::slice::from_raw_parts_mut(
-                        out.get().add((first_row + i) * qw + kv * group * hd),
-                        group * hd,
-                    )
-                })
-                .collect();
-            SCORES.with_borrow_mut(|scores| attention::attend(task, hd, group, &mut outs, scores));
+            let row = |i: usize| unsafe {
+                std::slice::from_raw_parts_mut(
+                    out.get().add((first_row + i) * qw + kv * group * hd),
+                    group * hd,
+                )
+            };
+            SCORES.with_borrow_mut(|scores| {
+                if task.queries.len() == 1 {
+                    // A decode step's task: no heap vector for one row.
+                    attention::attend(task, hd, group, &mut [row(0)], scores)
+                } else {
+                    let mut outs: Vec<&mut [f32]> = (0..task.queries.len()).map(row).collect();
+                    attention::attend(task, hd, group, &mut outs, scores)
+                }
+            });
         };
         // Below ~4k (query head, key) pairs a layer's attention takes less than the pool's
         // fork and join (one stream's decode step at 200 tokens is ~2k); above, the caches are
