@@ -355,7 +355,7 @@ pub struct Scratch {
     gate_up: Vec<f32>,
     act: Vec<f32>,
     quant: QuantizedRows,
-    angles: Vec<(f32, f32)>,
+    angles: Vec<[f32; 2]>,
     /// The output projection of the rows that need logits (`vocab` wide each).
     logits: Vec<f32>,
 }

@@ -337,7 +337,7 @@ impl DeviceLlama {
                 angles.clear();
                 self.rope.push_position(b.cache.len() + j, &mut angles);
                 for i in 0..half {
-                    let (co, si) = angles.get(i).copied().unwrap_or((1.0, 0.0));
+                    let [co, si] = angles.get(i).copied().unwrap_or([1.0, 0.0]);
                     cos.push(co);
                     sin.push(si);
                 }

@@ -78,12 +78,13 @@ impl RopeTable {
         }
     }
 
-    /// Appends `(cos, sin)` of every pair for position `pos` to `out`.
-    pub fn push_position(&self, pos: usize, out: &mut Vec<(f32, f32)>) {
+    /// Appends `[cos, sin]` of every pair for position `pos` to `out` (arrays, not tuples:
+    /// the vector rotation reads them as consecutive floats, which only arrays guarantee).
+    pub fn push_position(&self, pos: usize, out: &mut Vec<[f32; 2]>) {
         let p = pos as f64 / self.linear_scale;
         out.extend(self.inv_freq.iter().map(|f| {
             let (s, c) = (p * f).sin_cos();
-            (c as f32, s as f32)
+            [c as f32, s as f32]
         }));
     }
 
@@ -94,10 +95,23 @@ impl RopeTable {
 }
 
 /// Rotates every head of one row (`heads × head_dim`) with the angles of its position.
-pub fn apply_rope(row: &mut [f32], head_dim: usize, angles: &[(f32, f32)], style: RopeStyle) {
+///
+/// Adjacent pairs (llama) are rotated 8 pairs at a time with AVX-512, with the same products
+/// and sums as the loop below (bit for bit): at 8 streams the scalar loop was ~1.3 % of a step,
+/// on one thread while the other waited.
+pub fn apply_rope(row: &mut [f32], head_dim: usize, angles: &[[f32; 2]], style: RopeStyle) {
+    #[cfg(target_arch = "x86_64")]
+    if style == RopeStyle::Interleaved && 2 * angles.len() <= head_dim && x86::avx512() {
+        // SAFETY: AVX-512F was detected at run time; every rotated pair lies inside its head.
+        return unsafe { x86::rope_interleaved(row, head_dim, angles) };
+    }
+    rope_portable(row, head_dim, angles, style)
+}
+
+fn rope_portable(row: &mut [f32], head_dim: usize, angles: &[[f32; 2]], style: RopeStyle) {
     let pairs = angles.len();
     for head in row.chunks_exact_mut(head_dim) {
-        for (i, &(c, s)) in angles.iter().enumerate() {
+        for (i, &[c, s]) in angles.iter().enumerate() {
             let (a, b) = match style {
                 RopeStyle::Interleaved => (2 * i, 2 * i + 1),
                 RopeStyle::Halves => (i, i + pairs),
@@ -150,6 +164,33 @@ pub(super) mod x86 {
             std::env::var_os("SEALSERVE_LLM_SCALAR").is_none()
                 && is_x86_feature_detected!("avx512f")
         })
+    }
+
+    /// See [`super::apply_rope`]: lane `2p` gets `x0·c − x1·s`, lane `2p + 1` gets
+    /// `x1·c + x0·s` (the scalar `x0·s + x1·c`: float addition commutes), 16 floats at a time,
+    /// the tail masked. Callers checked `2 × angles.len() ≤ head_dim`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn rope_interleaved(row: &mut [f32], head_dim: usize, angles: &[[f32; 2]]) {
+        let n = 2 * angles.len();
+        let ang = angles.as_ptr() as *const f32;
+        for head in row.chunks_exact_mut(head_dim) {
+            let mut i = 0;
+            while i < n {
+                let m: __mmask16 = if n - i >= 16 {
+                    0xFFFF
+                } else {
+                    ((1u32 << (n - i)) - 1) as __mmask16
+                };
+                let x = _mm512_maskz_loadu_ps(m, head.as_ptr().add(i));
+                let a = _mm512_maskz_loadu_ps(m, ang.add(i));
+                let (c, s) = (_mm512_moveldup_ps(a), _mm512_movehdup_ps(a));
+                let swapped = _mm512_permute_ps::<0b10_11_00_01>(x);
+                let (t1, t2) = (_mm512_mul_ps(x, c), _mm512_mul_ps(swapped, s));
+                let r = _mm512_mask_sub_ps(_mm512_add_ps(t1, t2), 0x5555, t1, t2);
+                _mm512_mask_storeu_ps(head.as_mut_ptr().add(i), m, r);
+                i += 16;
+            }
+        }
     }
 
     /// See [`super::silu_mul`]. Tails shorter than 16 use masked loads and stores, so every
@@ -227,6 +268,30 @@ mod tests {
         let mut row = vec![1.0, 0.0, 0.0, 0.0];
         apply_rope(&mut row, 4, &angles, RopeStyle::Halves);
         assert!((row[0] - c).abs() < 1e-6 && (row[2] - s).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_vector_rotation_gives_the_loops_bits() {
+        // Head widths 64 and 48 (a masked tail), full and partial rotary, several positions.
+        for (hd, dims) in [(64, 64), (48, 48), (64, 32), (128, 96)] {
+            let table = RopeTable::new(dims, 10_000.0, 1.0, None);
+            for pos in [0, 1, 7, 300, 4095] {
+                let mut angles = Vec::new();
+                table.push_position(pos, &mut angles);
+                let row: Vec<f32> = (0..3 * hd)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 9.0)
+                    .collect();
+                let (mut fast, mut slow) = (row.clone(), row.clone());
+                apply_rope(&mut fast, hd, &angles, RopeStyle::Interleaved);
+                rope_portable(&mut slow, hd, &angles, RopeStyle::Interleaved);
+                assert_eq!(
+                    fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    slow.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "hd {hd} dims {dims} pos {pos}"
+                );
+                assert_eq!(fast == row, pos == 0, "only position 0 leaves the row as it was");
+            }
+        }
     }
 
     #[test]
