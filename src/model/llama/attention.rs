@@ -190,7 +190,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::AttentionTask;
-    use crate::model::llama::ops::x86::exp16;
+    use crate::model::llama::ops::x86::{exp16, lanes};
     use std::arch::x86_64::*;
 
     /// 16 cache values from f16.
@@ -355,16 +355,6 @@ mod x86 {
             for (c, a) in acc.iter().enumerate() {
                 _mm512_storeu_ps(p.out.add(16 * (g * C + c)), _mm512_mul_ps(*a, inv));
             }
-        }
-    }
-
-    /// Mask of the first `n` lanes (all 16 when `n ≥ 16`).
-    #[inline(always)]
-    fn lanes(n: usize) -> __mmask16 {
-        if n >= 16 {
-            0xFFFF
-        } else {
-            ((1u32 << n) - 1) as __mmask16
         }
     }
 

@@ -176,11 +176,7 @@ pub(super) mod x86 {
         for head in row.chunks_exact_mut(head_dim) {
             let mut i = 0;
             while i < n {
-                let m: __mmask16 = if n - i >= 16 {
-                    0xFFFF
-                } else {
-                    ((1u32 << (n - i)) - 1) as __mmask16
-                };
+                let m = lanes(n - i);
                 let x = _mm512_maskz_loadu_ps(m, head.as_ptr().add(i));
                 let a = _mm512_maskz_loadu_ps(m, ang.add(i));
                 let (c, s) = (_mm512_moveldup_ps(a), _mm512_movehdup_ps(a));
@@ -205,11 +201,7 @@ pub(super) mod x86 {
             let (gate, up) = row.split_at(width);
             let mut i = 0;
             while i < width {
-                let m: __mmask16 = if width - i >= 16 {
-                    0xFFFF
-                } else {
-                    ((1u32 << (width - i)) - 1) as __mmask16
-                };
+                let m = lanes(width - i);
                 let g = _mm512_maskz_loadu_ps(m, gate.as_ptr().add(i));
                 let u = _mm512_maskz_loadu_ps(m, up.as_ptr().add(i));
                 let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
@@ -217,6 +209,16 @@ pub(super) mod x86 {
                 _mm512_mask_storeu_ps(o.as_mut_ptr().add(i), m, _mm512_mul_ps(s, u));
                 i += 16;
             }
+        }
+    }
+
+    /// Mask of the first `n` lanes (all 16 when `n ≥ 16`).
+    #[inline(always)]
+    pub(in crate::model::llama) fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << n) - 1) as __mmask16
         }
     }
 
@@ -289,7 +291,11 @@ mod tests {
                     slow.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                     "hd {hd} dims {dims} pos {pos}"
                 );
-                assert_eq!(fast == row, pos == 0, "only position 0 leaves the row as it was");
+                assert_eq!(
+                    fast == row,
+                    pos == 0,
+                    "only position 0 leaves the row as it was"
+                );
             }
         }
     }
