@@ -85,7 +85,8 @@ fn cpu() -> Cpu {
             && is_x86_feature_detected!("f16c");
         if std::env::var_os("SEALSERVE_LLM_SCALAR").is_some() || !avx2 {
             Cpu::Plain
-        } else if is_x86_feature_detected!("avx512f") {
+        } else if super::ops::x86::avx512() {
+            // The same AVX-512 decision as the step's other vector loops (SiLU, RoPE).
             Cpu::Avx512
         } else {
             Cpu::Avx2
