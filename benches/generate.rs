@@ -48,7 +48,7 @@ fn model_level(prompt: &[u32], decode: usize, streams: usize) -> serde_json::Val
                 &mut scratch,
             )
             .expect("prefill");
-        next.push(argmax(&logits[0]));
+        next.push(argmax(logits.row(0)));
         if s == 0 {
             ttft = start.elapsed().as_secs_f64();
         }
@@ -67,7 +67,7 @@ fn model_level(prompt: &[u32], decode: usize, streams: usize) -> serde_json::Val
             })
             .collect();
         let logits = model.forward(&mut inputs, &mut scratch).expect("decode");
-        next = logits.iter().map(|l| argmax(l)).collect();
+        next = logits.rows().map(argmax).collect();
     }
     let decode_s = start.elapsed().as_secs_f64();
     serde_json::json!({

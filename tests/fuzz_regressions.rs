@@ -112,6 +112,7 @@ fn seeds_reach_the_deep_paths() {
         assert_eq!(tokenizer.encode("<|im_end|>", false).unwrap(), [im_end]);
         let model = LlamaModel::load(&gguf).unwrap_or_else(|e| panic!("{name} loads: {e}"));
         let mut cache = model.new_cache();
+        let mut scratch = Scratch::default();
         let logits = model
             .forward(
                 &mut [SeqInput {
@@ -119,11 +120,11 @@ fn seeds_reach_the_deep_paths() {
                     tokens: &ids,
                     logits: true,
                 }],
-                &mut Scratch::default(),
+                &mut scratch,
             )
             .expect("forward step");
-        assert_eq!(logits[0].len(), tokenizer.vocab_size());
-        assert!(logits[0].iter().all(|x| x.is_finite()), "{name}");
+        assert_eq!(logits.row(0).len(), tokenizer.vocab_size());
+        assert!(logits.row(0).iter().all(|x| x.is_finite()), "{name}");
         let engine = sealserve::generate::TextModel::from_gguf_bytes(&bytes)
             .unwrap_or_else(|e| panic!("{name} through serve's path: {e}"));
         assert!(engine.chat_template.is_some(), "{name}");

@@ -27,14 +27,16 @@ fn run(
     cache: &mut KvCache,
     tokens: &[u32],
 ) -> Result<Vec<Vec<f32>>, sealserve::model::llama::ForwardError> {
-    model.forward(
-        &mut [SeqInput {
-            cache,
-            tokens,
-            logits: true,
-        }],
-        &mut Scratch::default(),
-    )
+    model
+        .forward(
+            &mut [SeqInput {
+                cache,
+                tokens,
+                logits: true,
+            }],
+            &mut Scratch::default(),
+        )
+        .map(|logits| logits.to_vecs())
 }
 
 fn step(model: &LlamaModel, cache: &mut KvCache, tokens: &[u32]) -> Vec<f32> {
@@ -160,7 +162,8 @@ fn batching_does_not_change_results() {
         }
         let out = model
             .forward(&mut inputs, &mut Scratch::default())
-            .expect("step runs");
+            .expect("step runs")
+            .to_vecs();
         for ((i, _), l) in pending.iter().zip(out) {
             logits[*i].push(l);
         }

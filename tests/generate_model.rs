@@ -26,7 +26,8 @@ fn greedy(prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<f32>) {
             &mut scratch,
         )
         .unwrap()
-        .remove(0);
+        .row(0)
+        .to_vec();
     let first = logits.clone();
     for _ in 0..steps {
         let next = argmax(&logits);
@@ -44,7 +45,8 @@ fn greedy(prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<f32>) {
                 &mut scratch,
             )
             .unwrap()
-            .remove(0);
+            .row(0)
+            .to_vec();
     }
     (out, first)
 }
@@ -103,7 +105,8 @@ fn prompt_logits_match_the_f32_reference() {
                 &mut Scratch::default(),
             )
             .unwrap()
-            .remove(0);
+            .row(0)
+            .to_vec();
         assert_prompt_logits(&result, &logits);
     }
 }

@@ -244,8 +244,8 @@ fn step(
         if !wants {
             continue;
         }
-        let Some(mut row) = logits.next() else { break };
-        let (token, logprob) = a.sampler.sample(&mut row);
+        let Some(row) = logits.next() else { break };
+        let (token, logprob) = a.sampler.sample(row);
         a.generated.push(token);
         generated_now += 1;
         match a.last_token {

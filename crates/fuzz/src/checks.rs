@@ -251,7 +251,7 @@ fn run_llama(
             tokens,
             logits: true,
         }];
-        model.forward(&mut batch, scratch)
+        model.forward(&mut batch, scratch).map(|l| l.to_vecs())
     }
     // Compared through Debug: fuzzed floats may be NaN, which is never equal to itself.
     assert_eq!(

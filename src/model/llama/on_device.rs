@@ -308,12 +308,13 @@ impl DeviceLlama {
     }
 
     /// Runs one step (see `LlamaModel::forward`). `caches` are the sequences' device caches,
-    /// in `batch` order; the caller advances each `KvCache::len` afterwards.
+    /// in `batch` order; the caller advances each `KvCache::len` afterwards. Returns the logit
+    /// rows one after another (`vocab` floats each).
     pub fn step(
         &self,
         batch: &[SeqInput<'_>],
         caches: &mut [&mut DeviceKv],
-    ) -> candle_core::Result<Vec<Vec<f32>>> {
+    ) -> candle_core::Result<Vec<f32>> {
         let c = &self.config;
         let (hd, dev, qw, kw) = (c.head_dim, &self.device, c.q_width(), c.kv_width());
         let rows: usize = batch.iter().map(|b| b.tokens.len()).sum();
@@ -436,7 +437,7 @@ impl DeviceLlama {
         }
         let picked = x.index_select(&Tensor::new(last.as_slice(), dev)?, 0)?;
         let h = candle_nn::ops::rms_norm(&picked, &self.output_norm, c.rms_eps)?;
-        self.lm_head.forward(&h)?.to_vec2::<f32>()
+        self.lm_head.forward(&h)?.flatten_all()?.to_vec1::<f32>()
     }
 }
 
@@ -486,7 +487,8 @@ mod tests {
                 &mut Scratch::default(),
             )
             .expect("step runs")
-            .remove(0)
+            .row(0)
+            .to_vec()
     }
 
     /// Every architecture the loader takes gives, through candle's ops, the logits of the CPU
