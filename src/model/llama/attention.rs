@@ -30,6 +30,29 @@ pub struct AttentionTask<'a> {
     pub kv_width: usize,
 }
 
+/// Asks for the first 16 key and 8 value rows of `task` (a hint, for the task after the current
+/// one; the task's own loops prefetch further ahead once it runs).
+pub fn prefetch_start(task: &AttentionTask<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let row = task.kv_width * 2;
+        let k = task.keys.as_ptr().wrapping_add(task.kv_offset) as *const i8;
+        let v = task.values.as_ptr().wrapping_add(task.kv_offset) as *const i8;
+        let kb = (16 * row).min(task.keys.len() * 2);
+        let vb = (8 * row).min(task.values.len() * 2);
+        // SAFETY: prefetch is a hint; it never faults.
+        unsafe {
+            for line in (0..kb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(k.wrapping_add(line));
+            }
+            for line in (0..vb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(v.wrapping_add(line));
+            }
+        }
+    }
+}
+
 /// Writes `group × head_dim` floats per query row into `out[i]`. `scores` is scratch.
 pub fn attend(
     task: &AttentionTask<'_>,
