@@ -214,7 +214,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::AttentionTask;
-    use crate::model::llama::ops::x86::{exp16, lanes};
+    use crate::model::llama::ops::x86::{exp16, lanes, reduce16, AddF32};
     use std::arch::x86_64::*;
 
     /// 16 cache values from f16.
@@ -292,7 +292,7 @@ mod x86 {
                     let s = _mm512_mask_mov_ps(
                         _mm512_set1_ps(f32::NEG_INFINITY),
                         valid,
-                        _mm512_mul_ps(sum16(&p), scale),
+                        _mm512_mul_ps(reduce16::<AddF32>(&p), scale),
                     );
                     _mm512_storeu_ps(scores.as_mut_ptr().add(g * padded + t0), s);
                     *vmax = _mm512_max_ps(*vmax, s);
@@ -380,38 +380,6 @@ mod x86 {
                 _mm512_storeu_ps(p.out.add(16 * (g * C + c)), _mm512_mul_ps(*a, inv));
             }
         }
-    }
-
-    /// Lane `j` of the result is the sum of the 16 lanes of `p[j]`, by a fixed tree.
-    #[inline(always)]
-    unsafe fn sum16(p: &[__m512; 16]) -> __m512 {
-        // Pairs: within each 128-bit lane [a0+a2, b0+b2, a1+a3, b1+b3].
-        let mut a = [_mm512_setzero_ps(); 8];
-        for (j, a) in a.iter_mut().enumerate() {
-            let (x, y) = (p[2 * j], p[2 * j + 1]);
-            *a = _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
-        }
-        // Quads: within each 128-bit lane one partial sum of each of 4 keys.
-        let mut b = [_mm512_setzero_ps(); 4];
-        for (j, b) in b.iter_mut().enumerate() {
-            let (x, y) = (_mm512_castps_pd(a[2 * j]), _mm512_castps_pd(a[2 * j + 1]));
-            let lo = _mm512_castpd_ps(_mm512_unpacklo_pd(x, y));
-            let hi = _mm512_castpd_ps(_mm512_unpackhi_pd(x, y));
-            *b = _mm512_add_ps(lo, hi);
-        }
-        // 128-bit lanes: [keys 0-3 (two partials), keys 4-7 (two partials)] per pair of quads.
-        let c0 = _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b10_00_10_00>(b[0], b[1]),
-            _mm512_shuffle_f32x4::<0b11_01_11_01>(b[0], b[1]),
-        );
-        let c1 = _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b10_00_10_00>(b[2], b[3]),
-            _mm512_shuffle_f32x4::<0b11_01_11_01>(b[2], b[3]),
-        );
-        _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b10_00_10_00>(c0, c1),
-            _mm512_shuffle_f32x4::<0b11_01_11_01>(c0, c1),
-        )
     }
 }
 

@@ -378,24 +378,9 @@ impl<'a> Logits<'a> {
         }
     }
 
-    /// Number of rows.
-    pub fn len(&self) -> usize {
-        self.data.len() / self.vocab.max(1)
-    }
-
-    /// Whether no input asked for logits.
-    pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
-    }
-
     /// Row `i` (panics when out of range, as slice indexing does).
     pub fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.vocab..(i + 1) * self.vocab]
-    }
-
-    /// The rows in order, mutable.
-    pub fn rows_mut(&mut self) -> std::slice::ChunksExactMut<'_, f32> {
-        self.data.chunks_exact_mut(self.vocab.max(1))
     }
 
     /// The rows in order.
@@ -412,7 +397,7 @@ impl<'a> Logits<'a> {
 impl std::fmt::Debug for Logits<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Logits")
-            .field("rows", &self.len())
+            .field("rows", &self.rows().len())
             .field("vocab", &self.vocab)
             .finish()
     }

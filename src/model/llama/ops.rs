@@ -222,6 +222,75 @@ pub(super) mod x86 {
         }
     }
 
+    /// An associative, commutative lane operation for [`reduce16`]. A trait rather than a
+    /// closure: closures are not compiled with the caller's target features and did not inline.
+    pub(in crate::model::llama) trait Combine {
+        unsafe fn op(a: __m512, b: __m512) -> __m512;
+    }
+
+    /// Float addition (attention's 16 dot products at once).
+    pub(in crate::model::llama) struct AddF32;
+    impl Combine for AddF32 {
+        #[inline(always)]
+        unsafe fn op(a: __m512, b: __m512) -> __m512 {
+            _mm512_add_ps(a, b)
+        }
+    }
+
+    /// Float maximum (the quantizer's block maxima; no NaNs reach it).
+    pub(in crate::model::llama) struct Max;
+    impl Combine for Max {
+        #[inline(always)]
+        unsafe fn op(a: __m512, b: __m512) -> __m512 {
+            _mm512_max_ps(a, b)
+        }
+    }
+
+    /// Integer addition on the lanes' bits (the quantizer's block sums).
+    pub(in crate::model::llama) struct AddI32;
+    impl Combine for AddI32 {
+        #[inline(always)]
+        unsafe fn op(a: __m512, b: __m512) -> __m512 {
+            _mm512_castsi512_ps(_mm512_add_epi32(
+                _mm512_castps_si512(a),
+                _mm512_castps_si512(b),
+            ))
+        }
+    }
+
+    /// Sixteen horizontal reductions at once: lane `j` of the result is `C::op` over the 16
+    /// lanes of `p[j]`, by a fixed tree (so float sums do not depend on anything but `p`).
+    #[inline(always)]
+    pub(in crate::model::llama) unsafe fn reduce16<C: Combine>(p: &[__m512; 16]) -> __m512 {
+        // Pairs: within each 128-bit lane [a0∘a2, b0∘b2, a1∘a3, b1∘b3].
+        let mut a = [_mm512_setzero_ps(); 8];
+        for (j, a) in a.iter_mut().enumerate() {
+            let (x, y) = (p[2 * j], p[2 * j + 1]);
+            *a = C::op(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+        }
+        // Quads: within each 128-bit lane one partial result of each of 4 inputs.
+        let mut b = [_mm512_setzero_ps(); 4];
+        for (j, b) in b.iter_mut().enumerate() {
+            let (x, y) = (_mm512_castps_pd(a[2 * j]), _mm512_castps_pd(a[2 * j + 1]));
+            let lo = _mm512_castpd_ps(_mm512_unpacklo_pd(x, y));
+            let hi = _mm512_castpd_ps(_mm512_unpackhi_pd(x, y));
+            *b = C::op(lo, hi);
+        }
+        // 128-bit lanes: [inputs 0-3 (two partials), inputs 4-7 (two partials)] per pair of quads.
+        let c0 = C::op(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(b[0], b[1]),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(b[0], b[1]),
+        );
+        let c1 = C::op(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(b[2], b[3]),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(b[2], b[3]),
+        );
+        C::op(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(c0, c1),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(c0, c1),
+        )
+    }
+
     /// `e^x`, ~1 ulp: Cody-Waite reduction and Cephes' degree-6 polynomial. Below -104 the
     /// result is under the smallest subnormal (flushed towards zero); above ~88.7 it is +inf,
     /// as libm's.

@@ -506,6 +506,7 @@ fn tile_scalar<const R: usize>(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{PackedMatrix, QuantKind, QuantizedRows, BLOCK, ROWS, TILE};
+    use crate::model::llama::ops::x86::{reduce16, AddI32, Combine, Max};
     use std::arch::x86_64::*;
 
     /// 4 activation bytes of row `row`, block `b`, starting at value `j`, as one i32.
@@ -550,8 +551,6 @@ mod x86 {
         let abs_mask = _mm512_set1_epi32(i32::MAX);
         let half = _mm512_castps_si512(_mm512_set1_ps(0.5));
         let xp = x.as_ptr();
-        // Where block `first` goes block-major (`block_major`, without its division per block).
-        let (mut row, mut col) = (0, 0);
         let mut first = 0;
         while first < blocks {
             let n = (blocks - first).min(16);
@@ -560,14 +559,10 @@ mod x86 {
             let mut amax = [_mm512_setzero_ps(); 16];
             let mut at = [0usize; 16];
             for (i, m) in amax.iter_mut().enumerate().take(n) {
-                at[i] = col * rows + row;
-                col += 1;
-                if col == kb {
-                    (row, col) = (row + 1, 0);
-                }
+                at[i] = super::block_major(first + i, kb, rows);
                 let p = xp.add((first + i) * BLOCK);
-                let a = abs(_mm512_loadu_ps(p), abs_mask);
-                let b = abs(_mm512_loadu_ps(p.add(16)), abs_mask);
+                let a = _mm512_abs_ps(_mm512_loadu_ps(p));
+                let b = _mm512_abs_ps(_mm512_loadu_ps(p.add(16)));
                 *m = _mm512_max_ps(b, _mm512_max_ps(a, _mm512_setzero_ps()));
             }
             let amax = reduce16::<Max>(&amax);
@@ -576,7 +571,7 @@ mod x86 {
             let inv = _mm512_div_ps(_mm512_set1_ps(1.0), scale);
             // A subnormal (or zero) scale has no finite inverse: such blocks quantize to zeros.
             let finite =
-                _mm512_cmp_ps_mask::<_CMP_LT_OQ>(abs(inv, abs_mask), _mm512_set1_ps(f32::INFINITY));
+                _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(inv), _mm512_set1_ps(f32::INFINITY));
             let mut invs = [0f32; 16];
             _mm512_storeu_ps(invs.as_mut_ptr(), _mm512_maskz_mov_ps(finite, inv));
             let mut scales = [0f32; 16];
@@ -611,12 +606,6 @@ mod x86 {
         }
     }
 
-    /// `|v|` (AVX-512F has no float `and`; the integer one gives the same bits).
-    #[inline(always)]
-    unsafe fn abs(v: __m512, abs_mask: __m512i) -> __m512 {
-        _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), abs_mask))
-    }
-
     /// `roundf` to i32 for |r| < 2^31, NaN to 0: `trunc(r ± 0.5)` where `|r| ≥ 0.5`, else 0.
     ///
     /// Why this is exact: for |r| ≥ 0.5 the sum `|r| + 0.5` is exact within r's binade (0.5 is
@@ -630,74 +619,8 @@ mod x86 {
         // copysign(0.5, r): the sign bit from r, the rest from 0.5.
         let signed_half =
             _mm512_castsi512_ps(_mm512_ternarylogic_epi32::<0xCA>(abs_mask, half, ri));
-        let big = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(abs(r, abs_mask), _mm512_set1_ps(0.5));
+        let big = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(r), _mm512_set1_ps(0.5));
         _mm512_maskz_cvttps_epi32(big, _mm512_add_ps(r, signed_half))
-    }
-
-    /// An associative, commutative lane operation for `reduce16` (a trait rather than a
-    /// closure: closures are not compiled with the caller's target features and did not inline).
-    trait Combine {
-        unsafe fn op(a: __m512, b: __m512) -> __m512;
-    }
-
-    struct Max;
-    impl Combine for Max {
-        #[inline(always)]
-        unsafe fn op(a: __m512, b: __m512) -> __m512 {
-            _mm512_max_ps(a, b)
-        }
-    }
-
-    /// Integer addition on the bits of the lanes.
-    struct AddI32;
-    impl Combine for AddI32 {
-        #[inline(always)]
-        unsafe fn op(a: __m512, b: __m512) -> __m512 {
-            _mm512_castsi512_ps(_mm512_add_epi32(
-                _mm512_castps_si512(a),
-                _mm512_castps_si512(b),
-            ))
-        }
-    }
-
-    /// Sixteen horizontal reductions at once: lane `i` of the result is `C::op` over the 16
-    /// lanes of `v[i]`.
-    #[inline(always)]
-    unsafe fn reduce16<C: Combine>(v: &[__m512; 16]) -> __m512 {
-        // 128-bit halves: m[k] lanes 0-1 hold block 2k, lanes 2-3 block 2k+1.
-        let mut m = [_mm512_setzero_ps(); 8];
-        for (k, m) in m.iter_mut().enumerate() {
-            let (a, b) = (v[2 * k], v[2 * k + 1]);
-            *m = C::op(
-                _mm512_shuffle_f32x4::<0x44>(a, b),
-                _mm512_shuffle_f32x4::<0xEE>(a, b),
-            );
-        }
-        // p[j] 128-bit lane l holds block 4j + l.
-        let mut p = [_mm512_setzero_ps(); 4];
-        for (j, p) in p.iter_mut().enumerate() {
-            let (a, b) = (m[2 * j], m[2 * j + 1]);
-            *p = C::op(
-                _mm512_shuffle_f32x4::<0x88>(a, b),
-                _mm512_shuffle_f32x4::<0xDD>(a, b),
-            );
-        }
-        // q[0] lane l: elements 0-1 block l, 2-3 block 4 + l; q[1] the same for 8 + l, 12 + l.
-        let mut q = [_mm512_setzero_ps(); 2];
-        for (j, q) in q.iter_mut().enumerate() {
-            let (a, b) = (p[2 * j], p[2 * j + 1]);
-            *q = C::op(
-                _mm512_shuffle_ps::<0x44>(a, b),
-                _mm512_shuffle_ps::<0xEE>(a, b),
-            );
-        }
-        // Element 4l + e holds block 4e + l: a 4×4 transpose puts block i at element i.
-        let r = C::op(
-            _mm512_shuffle_ps::<0x88>(q[0], q[1]),
-            _mm512_shuffle_ps::<0xDD>(q[0], q[1]),
-        );
-        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-        _mm512_permutexvar_ps(order, r)
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma")]
