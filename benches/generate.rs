@@ -3,7 +3,9 @@
 //! - model level: prefill each stream's prompt in one step, then decode all streams together
 //!   one token per step (greedy) — prefill tok/s, decode tok/s, time to first token;
 //! - engine level: the same streams submitted at once to the `Generator` (scheduler thread,
-//!   sampling, streaming): aggregate generated tok/s end to end.
+//!   sampling, streaming): aggregate generated tok/s end to end (every stream's prefill
+//!   included), and the decode rate while every stream is decoding (tokens all streams received
+//!   between the last first token and the first last token).
 //!
 //! `cargo bench --bench generate` (threads: RAYON_NUM_THREADS). Env: BENCH_PROMPT_TOKENS (128),
 //! BENCH_DECODE_TOKENS (64), BENCH_STREAMS (8), BENCH_LEVELS (`model,engine`: which levels to
@@ -102,17 +104,49 @@ fn engine_level(prompt: &[u32], decode: usize, streams: usize) -> serde_json::Va
     let receivers: Vec<_> = (0..streams)
         .map(|_| generator.submit(request.clone()).expect("submit"))
         .collect();
-    let mut ttfts = Vec::new();
-    let mut tokens = 0;
-    for mut rx in receivers {
-        while let Some(event) = rx.blocking_recv() {
-            if let sealserve::generate::Event::Done(done) = event {
-                ttfts.push(done.time_to_first_token);
-                tokens += done.tokens.len();
-                break;
-            }
+    // One thread per stream, so that every token is timed when it arrives (read one after
+    // another, later streams' tokens would wait in their channels).
+    let arrivals: Vec<(Vec<Instant>, f64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = receivers
+            .into_iter()
+            .map(|mut rx| {
+                scope.spawn(move || {
+                    let mut times = Vec::new();
+                    while let Some(event) = rx.blocking_recv() {
+                        match event {
+                            sealserve::generate::Event::Token { .. } => times.push(Instant::now()),
+                            sealserve::generate::Event::Done(done) => {
+                                return (times, done.time_to_first_token)
+                            }
+                            sealserve::generate::Event::Error(e) => panic!("generation: {e}"),
+                        }
+                    }
+                    panic!("stream ended without Done")
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("stream thread"))
+            .collect()
+    });
+    let ttfts: Vec<f64> = arrivals.iter().map(|(_, t)| *t).collect();
+    let tokens: usize = arrivals.iter().map(|(t, _)| t.len()).sum();
+    // Steady decode through the scheduler: from the moment every stream has its first token to
+    // the moment the first stream has its last, the tokens all streams received in between.
+    let all_started = arrivals.iter().filter_map(|(t, _)| t.first()).max();
+    let first_done = arrivals.iter().filter_map(|(t, _)| t.last()).min();
+    let decode_tok_s = match (all_started, first_done) {
+        (Some(&from), Some(&to)) if to > from => {
+            let n = arrivals
+                .iter()
+                .flat_map(|(t, _)| t)
+                .filter(|&&t| t > from && t <= to)
+                .count();
+            Some(n as f64 / (to - from).as_secs_f64())
         }
-    }
+        _ => None,
+    };
     let total = start.elapsed().as_secs_f64();
     serde_json::json!({
         "engine": "sealserve (Generator, end to end)",
@@ -121,6 +155,7 @@ fn engine_level(prompt: &[u32], decode: usize, streams: usize) -> serde_json::Va
         "prompt_tokens": prompt.len(),
         "decode_tokens": decode,
         "generated_tok_s": tokens as f64 / total,
+        "decode_tok_s": decode_tok_s,
         "mean_ttft_s": ttfts.iter().sum::<f64>() / ttfts.len() as f64,
         "max_occupancy": generator.stats().max_occupancy,
     })
@@ -191,6 +226,7 @@ fn main() {
                         "rounds": rounds,
                         "median_tok_s": median(of(key)),
                         "all_tok_s": of(key),
+                        "median_decode_tok_s": median(of("decode_tok_s")),
                         "median_prefill_tok_s": median(of("prefill_tok_s")),
                         "median_ttft_s": median(of("ttft_s")).or(median(of("mean_ttft_s"))),
                     })
