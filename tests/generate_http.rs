@@ -124,6 +124,16 @@ fn sse_data(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// The JSON events of an OpenAI stream, after checking that it ends with `[DONE]`.
+fn sse_chunks(body: &str) -> Vec<Value> {
+    let data = sse_data(body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{body}");
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).expect("chunk"))
+        .collect()
+}
+
 #[test]
 fn chat_completion_is_the_golden_greedy_answer() {
     let chat = gguf_chat();
@@ -149,12 +159,7 @@ fn streamed_chat_gives_the_same_text_then_usage_then_done() {
     request["stream_options"] = json!({"include_usage": true});
     let (status, body) = post("/v1/chat/completions", &request);
     assert_eq!(status, 200, "{body}");
-    let data = sse_data(&body);
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{body}");
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).expect("chunk is JSON"))
-        .collect();
+    let chunks = sse_chunks(&body);
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let mut text = String::new();
     for chunk in &chunks {
@@ -190,11 +195,8 @@ fn text_completion_honours_max_tokens_and_stop_streamed_or_not() {
     streamed["stream"] = json!(true);
     let (status, sse) = post("/v1/completions", &streamed);
     assert_eq!(status, 200, "{sse}");
-    let data = sse_data(&sse);
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-    let joined: String = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str::<Value>(d).expect("chunk"))
+    let joined: String = sse_chunks(&sse)
+        .into_iter()
         .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string))
         .collect();
     assert_eq!(joined, text, "streaming and non-streaming agree");
@@ -239,6 +241,208 @@ fn errors_come_in_openai_shape_and_embedding_routes_refuse() {
     assert!(body["error"]["message"]
         .as_str()
         .is_some_and(|m| m.contains("generation model")));
+}
+
+#[test]
+fn openai_parameters_this_server_cannot_honour_are_refused_not_ignored() {
+    let chat = |extra: Value| {
+        let mut body = chat_body(false);
+        body["max_tokens"] = json!(1);
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        post("/v1/chat/completions", &body)
+    };
+    let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+    for (extra, name) in [
+        (json!({"tools": tool}), "tools"),
+        (json!({"functions": [{"name": "f"}]}), "functions"),
+        (json!({"tool_choice": "required"}), "tool_choice"),
+        (json!({"function_call": {"name": "f"}}), "function_call"),
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (json!({"logit_bias": {"42": 100}}), "logit_bias"),
+        (json!({"top_logprobs": 2}), "top_logprobs"),
+        (
+            json!({"logprobs": true, "top_logprobs": 21}),
+            "top_logprobs",
+        ),
+    ] {
+        let (status, body) = chat(extra.clone());
+        assert_eq!(status, 422, "{extra}: {body}");
+        let body: Value = serde_json::from_str(&body).expect("JSON");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(name), "{extra}: {message}");
+    }
+    // Their no-op values are accepted.
+    let (status, body) = chat(
+        json!({"tools": [], "tool_choice": "none", "function_call": "auto",
+        "response_format": {"type": "text"}, "logit_bias": {}, "logprobs": false}),
+    );
+    assert_eq!(status, 200, "{body}");
+
+    let completion = |extra: Value| {
+        let mut body = json!({"prompt": "Hello", "max_tokens": 1});
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        post("/v1/completions", &body)
+    };
+    for (extra, name) in [
+        (json!({"echo": true}), "echo"),
+        (json!({"suffix": "end"}), "suffix"),
+        (json!({"best_of": 2}), "best_of"),
+        (json!({"logprobs": 21}), "logprobs"),
+        (json!({"logit_bias": {"1": -100}}), "logit_bias"),
+    ] {
+        let (status, body) = completion(extra.clone());
+        assert_eq!(status, 422, "{extra}: {body}");
+        assert!(body.contains(name), "{extra}: {body}");
+    }
+    let (status, body) = completion(json!({"echo": false, "suffix": "", "best_of": 1}));
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn log_probabilities_add_up_to_the_text_and_streaming_gives_the_same() {
+    let mut body = chat_body(false);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(3);
+    let (status, whole) = post("/v1/chat/completions", &body);
+    assert_eq!(status, 200, "{whole}");
+    let whole: Value = serde_json::from_str(&whole).expect("JSON");
+    assert_eq!(whole["choices"][0]["message"]["content"], ANSWER);
+    let content = whole["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("logprobs.content")
+        .clone();
+    // Every generated token but the end of turn.
+    assert_eq!(
+        content.len() as u64 + 1,
+        whole["usage"]["completion_tokens"].as_u64().expect("usage"),
+        "{content:?}"
+    );
+    let joined: String = content.iter().filter_map(|t| t["token"].as_str()).collect();
+    assert_eq!(joined, ANSWER);
+    for t in &content {
+        let top = t["top_logprobs"].as_array().expect("top_logprobs");
+        assert_eq!(top.len(), 3, "{t}");
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(top[0]["token"], t["token"], "{t}");
+        assert_eq!(top[0]["logprob"], t["logprob"], "{t}");
+        let lp: Vec<f64> = top.iter().filter_map(|a| a["logprob"].as_f64()).collect();
+        assert!(lp.windows(2).all(|w| w[0] >= w[1]) && lp[0] <= 0.0, "{t}");
+        assert!(lp.iter().map(|l| l.exp()).sum::<f64>() <= 1.0 + 1e-5, "{t}");
+        let bytes: Vec<u8> = t["bytes"]
+            .as_array()
+            .expect("bytes")
+            .iter()
+            .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+            .collect();
+        assert_eq!(
+            Some(String::from_utf8_lossy(&bytes).as_ref()),
+            t["token"].as_str()
+        );
+    }
+
+    body["stream"] = json!(true);
+    let (status, sse) = post("/v1/chat/completions", &body);
+    assert_eq!(status, 200, "{sse}");
+    let streamed: Vec<Value> = sse_chunks(&sse)
+        .into_iter()
+        .flat_map(|c| {
+            c["choices"][0]["logprobs"]["content"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        streamed, content,
+        "streaming gives the same tokens and log-probabilities"
+    );
+
+    let text_body = json!({"prompt": "The capital of France is", "temperature": 0,
+                           "max_tokens": 6, "logprobs": 2});
+    let (status, text) = post("/v1/completions", &text_body);
+    assert_eq!(status, 200, "{text}");
+    let text: Value = serde_json::from_str(&text).expect("JSON");
+    let lp = &text["choices"][0]["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(tokens.len(), 6, "{lp}");
+    assert_eq!(
+        tokens.concat(),
+        text["choices"][0]["text"].as_str().expect("text")
+    );
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .expect("text_offset")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    let want: Vec<u64> = tokens
+        .iter()
+        .scan(0, |at, t| {
+            let here = *at;
+            *at += t.chars().count() as u64;
+            Some(here)
+        })
+        .collect();
+    assert_eq!(offsets, want);
+    for (i, top) in lp["top_logprobs"]
+        .as_array()
+        .expect("top")
+        .iter()
+        .enumerate()
+    {
+        let top = top.as_object().expect("map");
+        assert_eq!(top.len(), 2, "{top:?}");
+        assert_eq!(
+            top.get(tokens[i]),
+            Some(&lp["token_logprobs"][i]),
+            "{top:?}"
+        );
+    }
+    let mut streamed_body = text_body.clone();
+    streamed_body["stream"] = json!(true);
+    let (status, sse) = post("/v1/completions", &streamed_body);
+    assert_eq!(status, 200, "{sse}");
+    let chunks = sse_chunks(&sse);
+    let field = |name: &str| -> Vec<Value> {
+        chunks
+            .iter()
+            .flat_map(|c| {
+                c["choices"][0]["logprobs"][name]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    assert_eq!(
+        field("tokens"),
+        lp["tokens"].as_array().cloned().unwrap_or_default()
+    );
+    assert_eq!(
+        field("text_offset"),
+        lp["text_offset"].as_array().cloned().unwrap_or_default()
+    );
+    assert_eq!(
+        field("token_logprobs"),
+        lp["token_logprobs"].as_array().cloned().unwrap_or_default()
+    );
+
+    // Not asked: null.
+    let (_, plain) = post("/v1/completions", &json!({"prompt": "Hi", "max_tokens": 1}));
+    let plain: Value = serde_json::from_str(&plain).expect("JSON");
+    assert_eq!(plain["choices"][0]["logprobs"], Value::Null);
 }
 
 #[test]
@@ -433,6 +637,35 @@ fn info_says_generation_and_openapi_documents_exactly_the_generation_routes() {
     assert_eq!(
         doc["paths"]["/v1/models/{id}"]["get"]["parameters"][0]["schema"]["enum"],
         json!(["HuggingFaceTB/SmolLM2-135M-Instruct"])
+    );
+    // Refused parameters admit only their no-op values, so schemathesis's valid bodies are
+    // bodies the server accepts; top_logprobs only with logprobs: true.
+    let schema = |name: &str, property: &str| -> Value {
+        let s = &doc["components"]["schemas"][name];
+        s.pointer(&format!("/properties/{property}"))
+            .cloned()
+            .or_else(|| {
+                s["allOf"]
+                    .as_array()?
+                    .iter()
+                    .find_map(|p| p.pointer(&format!("/properties/{property}")).cloned())
+            })
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(schema("ChatBody", "tools")["maxItems"], 0);
+    assert_eq!(
+        schema("ChatBody", "tool_choice")["enum"],
+        json!(["none", "auto", null])
+    );
+    assert_eq!(
+        schema("CompletionBody", "echo")["enum"],
+        json!([false, null])
+    );
+    assert_eq!(schema("Common", "logit_bias")["maxProperties"], 0);
+    assert_eq!(schema("ChatBody", "top_logprobs")["maximum"], 20);
+    assert_eq!(
+        doc["components"]["schemas"]["ChatBody"]["then"]["properties"]["logprobs"]["const"],
+        true
     );
 
     let (status, metrics) = get("/metrics");

@@ -10,8 +10,8 @@
 
 use super::error::{ApiError, ApiFamily, ErrorKind};
 use super::openai_completions::{
-    unix_now, ChatCompletion, ChatCompletionChunk, CompletionObject, Reply, Shape, TextCompletion,
-    TextCompletionChunk,
+    unix_now, ChatCompletion, ChatCompletionChunk, CompletionObject, LoggedToken, Reply, Shape,
+    TextCompletion, TextCompletionChunk,
 };
 use super::routes::{body_bytes, Body};
 use super::types::{
@@ -20,9 +20,10 @@ use super::types::{
 };
 use super::BundleInfo;
 use crate::engine::EngineHealth;
+use crate::generate::sampling::MAX_TOP_LOGPROBS;
 use crate::generate::{
     ChatMessage, Completion, Event, FinishReason, GenerateRequest, Generator, Prompt,
-    SamplingParams, SubmitError,
+    SamplingParams, SubmitError, TokenLogprob,
 };
 use crate::harden::HardenReport;
 use crate::limits::Limits;
@@ -573,6 +574,10 @@ struct Common {
     stream: bool,
     #[serde(default, deserialize_with = "super::types::object_or_null")]
     stream_options: Option<StreamOptions>,
+    /// Not supported: absent, null or `{}` (refused otherwise, never ignored).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    logit_bias: Option<Value>,
 }
 
 /// Message content: a string, or a list of parts of which only text is accepted.
@@ -602,6 +607,33 @@ struct Message {
 struct ChatBody {
     #[serde(deserialize_with = "super::types::objects")]
     messages: Vec<Message>,
+    /// The log-probability of each generated token in `choices[0].logprobs.content`.
+    #[serde(default)]
+    logprobs: Option<bool>,
+    /// With `logprobs: true`: this many most likely tokens at each step too (0–20).
+    #[serde(default, deserialize_with = "super::types::whole")]
+    #[schema(minimum = 0, maximum = 20)]
+    top_logprobs: Option<usize>,
+    /// Function calling is not supported: absent, null or empty (refused otherwise).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    tools: Option<Value>,
+    /// Absent, null, `"none"` or `"auto"` (there are no tools to call).
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    tool_choice: Option<Value>,
+    /// The deprecated form of `tools`: absent, null or empty.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    functions: Option<Value>,
+    /// The deprecated form of `tool_choice`: absent, null, `"none"` or `"auto"`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    function_call: Option<Value>,
+    /// Only `{"type": "text"}`: the output is not constrained to JSON or a schema.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    response_format: Option<Value>,
     #[serde(flatten)]
     common: Common,
 }
@@ -617,8 +649,126 @@ enum CompletionPrompt {
 #[derive(Deserialize, utoipa::ToSchema)]
 struct CompletionBody {
     prompt: CompletionPrompt,
+    /// The log-probability of each generated token and of this many most likely tokens at each
+    /// step (0–20) in `choices[0].logprobs`.
+    #[serde(default, deserialize_with = "super::types::whole")]
+    #[schema(minimum = 0, maximum = 20)]
+    logprobs: Option<usize>,
+    /// Only false: the answer holds the generated text only.
+    #[serde(default)]
+    echo: Option<bool>,
+    /// Not supported (no insertion): absent, null or empty.
+    #[serde(default)]
+    suffix: Option<String>,
+    /// Only 1: one candidate per request.
+    #[serde(default, deserialize_with = "super::types::whole")]
+    best_of: Option<usize>,
     #[serde(flatten)]
     common: Common,
+}
+
+/// A parameter this server cannot honour, set to something other than its no-op value: refused
+/// with 422 rather than ignored, so a client never takes an unconstrained answer for a
+/// constrained one.
+fn unsupported(name: &str, why: &str) -> ApiError {
+    invalid(format!("`{name}` is not supported by this server: {why}"))
+}
+
+/// Absent, null, `[]` or `{}`.
+fn empty(value: &Option<Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => true,
+        Some(Value::Array(items)) => items.is_empty(),
+        Some(Value::Object(fields)) => fields.is_empty(),
+        Some(_) => false,
+    }
+}
+
+/// Absent, null, `"none"` or `"auto"`: a tool choice that calls nothing when there are no tools.
+fn calls_nothing(value: &Option<Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s == "none" || s == "auto",
+        Some(_) => false,
+    }
+}
+
+fn checked_top(n: usize, name: &str) -> Result<usize, ApiError> {
+    if n > MAX_TOP_LOGPROBS {
+        return Err(invalid(format!(
+            "{name} must be at most {MAX_TOP_LOGPROBS}, got {n}"
+        )));
+    }
+    Ok(n)
+}
+
+impl ChatBody {
+    /// Refuses what this server cannot honour; the number of alternatives per token when the
+    /// request asks for log-probabilities.
+    fn logprobs(&self) -> Result<Option<usize>, ApiError> {
+        if !empty(&self.tools) || !empty(&self.functions) {
+            return Err(unsupported(
+                if empty(&self.tools) {
+                    "functions"
+                } else {
+                    "tools"
+                },
+                "function calling is not implemented; send the conversation without tools",
+            ));
+        }
+        if !calls_nothing(&self.tool_choice) || !calls_nothing(&self.function_call) {
+            return Err(unsupported(
+                if calls_nothing(&self.tool_choice) {
+                    "function_call"
+                } else {
+                    "tool_choice"
+                },
+                "there are no tools to call; use \"none\" or leave it out",
+            ));
+        }
+        let text_format = match &self.response_format {
+            None | Some(Value::Null) => true,
+            Some(format) => format.get("type").and_then(Value::as_str) == Some("text"),
+        };
+        if !text_format {
+            return Err(unsupported(
+                "response_format",
+                "the output cannot be constrained to JSON or a schema; only {\"type\": \"text\"}",
+            ));
+        }
+        match (self.logprobs == Some(true), self.top_logprobs) {
+            (true, n) => checked_top(n.unwrap_or(0), "top_logprobs").map(Some),
+            (false, Some(_)) => Err(invalid("top_logprobs needs logprobs: true")),
+            (false, None) => Ok(None),
+        }
+    }
+}
+
+impl CompletionBody {
+    /// As [`ChatBody::logprobs`].
+    fn logprobs(&self) -> Result<Option<usize>, ApiError> {
+        if self.echo == Some(true) {
+            return Err(unsupported(
+                "echo",
+                "the answer holds the generated text only; prepend the prompt yourself",
+            ));
+        }
+        if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(unsupported(
+                "suffix",
+                "text is only generated after the prompt, not inserted before a suffix",
+            ));
+        }
+        if self.best_of.is_some_and(|n| n != 1) {
+            return Err(unsupported(
+                "best_of",
+                "one candidate is generated per request",
+            ));
+        }
+        self.logprobs
+            .map(|n| checked_top(n, "logprobs"))
+            .transpose()
+    }
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -644,9 +794,17 @@ fn submit_error(error: SubmitError) -> ApiError {
 }
 
 impl Common {
-    fn request(self, prompt: Prompt) -> Result<GenerateRequest, ApiError> {
+    /// The engine's request; `logprobs` = alternatives per token when log-probabilities are
+    /// asked for.
+    fn request(self, prompt: Prompt, logprobs: Option<usize>) -> Result<GenerateRequest, ApiError> {
         if self.n.is_some_and(|n| n != 1) {
             return Err(invalid("n must be 1: one choice per request"));
+        }
+        if !empty(&self.logit_bias) {
+            return Err(unsupported(
+                "logit_bias",
+                "token biases are not applied; leave it out",
+            ));
         }
         let d = SamplingParams::default();
         let number = |range: &Range, value, default| range.narrow(value, default).map_err(invalid);
@@ -667,7 +825,7 @@ impl Common {
             )?,
             presence_penalty: number(&PRESENCE_PENALTY, self.presence_penalty, d.presence_penalty)?,
             seed: self.seed,
-            logprobs: None,
+            logprobs,
         };
         let stop = match self.stop {
             None => Vec::new(),
@@ -733,8 +891,9 @@ async fn chat_completions(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body: ChatBody = parse(&body_bytes(ApiFamily::OpenAi, body)?)?;
+    let logprobs = body.logprobs()?;
     let prompt = chat_prompt(body.messages)?;
-    run(state, Shape::Chat, body.common, prompt).await
+    run(state, Shape::Chat, body.common, prompt, logprobs).await
 }
 
 /// OpenAI text completions: JSON, or server-sent `text_completion` chunks ending in `[DONE]`.
@@ -749,7 +908,15 @@ async fn completions(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body: CompletionBody = parse(&body_bytes(ApiFamily::OpenAi, body)?)?;
-    run(state, Shape::Text, body.common, body.prompt.into()).await
+    let logprobs = body.logprobs()?;
+    run(
+        state,
+        Shape::Text,
+        body.common,
+        body.prompt.into(),
+        logprobs,
+    )
+    .await
 }
 
 impl From<CompletionPrompt> for Prompt {
@@ -768,6 +935,7 @@ fn submit(
     shape: Shape,
     common: Common,
     prompt: Prompt,
+    logprobs: Option<usize>,
 ) -> Result<(UnboundedReceiver<Event>, Reply, bool), ApiError> {
     let stream = common.stream;
     let include_usage = common
@@ -781,9 +949,10 @@ fn submit(
         .model
         .clone()
         .unwrap_or_else(|| state.model_id.clone());
-    let request = common.request(prompt)?;
+    let request = common.request(prompt, logprobs)?;
     let rx = state.generator.submit(request).map_err(submit_error)?;
-    Ok((rx, Reply::new(shape, model, include_usage), stream))
+    let reply = Reply::new(shape, model, include_usage, logprobs.is_some());
+    Ok((rx, reply, stream))
 }
 
 async fn run(
@@ -791,21 +960,80 @@ async fn run(
     shape: Shape,
     common: Common,
     prompt: Prompt,
+    logprobs: Option<usize>,
 ) -> Result<Response, ApiError> {
-    let (rx, reply, stream) = submit(&state, shape, common, prompt)?;
+    let (rx, reply, stream) = submit(&state, shape, common, prompt, logprobs)?;
     if stream {
-        Ok(Sse::new(events(rx, reply)).into_response())
+        Ok(Sse::new(events(state, rx, reply)).into_response())
     } else {
-        let done = collect(rx).await?;
-        Ok(Json(reply.complete(&done)).into_response())
+        let (done, tokens) = collect(&state, rx).await?;
+        Ok(Json(reply.complete(&done, &tokens)).into_response())
     }
 }
 
-async fn collect(mut rx: UnboundedReceiver<Event>) -> Result<Completion, ApiError> {
+/// The generated tokens' log-probabilities as the OpenAI objects show them: token texts from
+/// the tokenizer, and `text_offset` from the text the events have carried so far.
+struct TokenLog {
+    state: Arc<GenerationState>,
+    /// Characters of the answer so far.
+    chars: usize,
+    /// Tokens not yet sent.
+    pending: Vec<LoggedToken>,
+}
+
+impl TokenLog {
+    fn new(state: Arc<GenerationState>) -> Self {
+        Self {
+            state,
+            chars: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// One token event: its log-probability (a new token; none for text held back and
+    /// released at the end, or when not asked for) and the text it completed.
+    /// Control tokens (the end of turn) have no text and no entry, so the entries' texts add
+    /// up to the answer's text.
+    fn token(&mut self, text: &str, logprob: Option<&TokenLogprob>) {
+        let tokenizer = &self.state.generator.model().tokenizer;
+        if let Some(lp) = logprob.filter(|lp| !tokenizer.is_special(lp.id)) {
+            let piece = |id: u32| {
+                let bytes = tokenizer.token_bytes(id).to_vec();
+                (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+            };
+            let (token, bytes) = piece(lp.id);
+            self.pending.push(LoggedToken {
+                token,
+                bytes,
+                logprob: lp.logprob,
+                top: lp
+                    .top
+                    .iter()
+                    .map(|&(id, logprob)| {
+                        let (token, bytes) = piece(id);
+                        (token, bytes, logprob)
+                    })
+                    .collect(),
+                text_offset: self.chars,
+            });
+        }
+        self.chars += text.chars().count();
+    }
+
+    fn take(&mut self) -> Vec<LoggedToken> {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+async fn collect(
+    state: &Arc<GenerationState>,
+    mut rx: UnboundedReceiver<Event>,
+) -> Result<(Completion, Vec<LoggedToken>), ApiError> {
+    let mut log = TokenLog::new(state.clone());
     while let Some(event) = rx.recv().await {
         match event {
-            Event::Token { .. } => {}
-            Event::Done(done) => return Ok(done),
+            Event::Token { text, logprob, .. } => log.token(&text, logprob.as_ref()),
+            Event::Done(done) => return Ok((done, log.take())),
             Event::Error(e) => {
                 return Err(ApiError::new(
                     ApiFamily::OpenAi,
@@ -826,6 +1054,7 @@ async fn collect(mut rx: UnboundedReceiver<Event>) -> Result<Completion, ApiErro
 struct Streaming {
     rx: UnboundedReceiver<Event>,
     reply: Reply,
+    log: TokenLog,
     pending: VecDeque<SseEvent>,
     role_sent: bool,
     finished: bool,
@@ -840,12 +1069,14 @@ fn data(value: &impl Serialize) -> SseEvent {
 /// engine error ends the stream with an OpenAI error object. Dropping the stream drops the
 /// receiver, which cancels the request in the scheduler.
 fn events(
+    state: Arc<GenerationState>,
     rx: UnboundedReceiver<Event>,
     reply: Reply,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let state = Streaming {
         rx,
         reply,
+        log: TokenLog::new(state),
         pending: VecDeque::new(),
         role_sent: false,
         finished: false,
@@ -862,21 +1093,30 @@ fn events(
                 s.role_sent = true;
                 if matches!(s.reply.shape, Shape::Chat) {
                     s.pending
-                        .push_back(data(&s.reply.chunk(Some(""), true, None)));
+                        .push_back(data(&s.reply.chunk(Some(""), true, None, &[])));
                     continue;
                 }
             }
             match s.rx.recv().await {
-                Some(Event::Token { text, .. }) => {
+                Some(Event::Token { text, logprob, .. }) => {
+                    // A token whose text is held back (half a character, the start of a stop
+                    // string) sends its log-probability with the next event that has text.
+                    s.log.token(&text, logprob.as_ref());
                     if !text.is_empty() {
-                        s.pending
-                            .push_back(data(&s.reply.chunk(Some(&text), false, None)));
+                        let tokens = s.log.take();
+                        s.pending.push_back(data(&s.reply.chunk(
+                            Some(&text),
+                            false,
+                            None,
+                            &tokens,
+                        )));
                     }
                 }
                 Some(Event::Done(done)) => {
                     let reason = done.finish_reason;
+                    let tokens = s.log.take();
                     s.pending
-                        .push_back(data(&s.reply.chunk(None, false, Some(reason))));
+                        .push_back(data(&s.reply.chunk(None, false, Some(reason), &tokens)));
                     if s.reply.include_usage {
                         s.pending.push_back(data(&s.reply.usage_chunk(&done)));
                     }
@@ -965,9 +1205,20 @@ async fn cml_model(
     if !header_ok && !super::key_matches(state.api_key.as_deref(), request.access_key.as_deref()) {
         return Err(super::unauthorized(family));
     }
-    let (shape, common, prompt) = match request.request {
-        CmlGenerationInput::Chat(body) => (Shape::Chat, body.common, chat_prompt(body.messages)),
-        CmlGenerationInput::Text(body) => (Shape::Text, body.common, Ok(body.prompt.into())),
+    let (shape, common, prompt, logprobs) = match request.request {
+        CmlGenerationInput::Chat(body) => {
+            let logprobs = body.logprobs().map_err(in_cml)?;
+            (
+                Shape::Chat,
+                body.common,
+                chat_prompt(body.messages),
+                logprobs,
+            )
+        }
+        CmlGenerationInput::Text(body) => {
+            let logprobs = body.logprobs().map_err(in_cml)?;
+            (Shape::Text, body.common, Ok(body.prompt.into()), logprobs)
+        }
     };
     if common.stream {
         return Err(ApiError::validation(
@@ -975,11 +1226,12 @@ async fn cml_model(
             "stream is not supported on /model: use /v1/chat/completions for server-sent events",
         ));
     }
-    let (rx, reply, _) = submit(&state, shape, common, prompt.map_err(in_cml)?).map_err(in_cml)?;
-    let done = collect(rx).await.map_err(in_cml)?;
+    let (rx, reply, _) =
+        submit(&state, shape, common, prompt.map_err(in_cml)?, logprobs).map_err(in_cml)?;
+    let (done, tokens) = collect(&state, rx).await.map_err(in_cml)?;
     Ok(Json(CmlGenerationResponse {
         success: true,
-        response: reply.complete(&done),
+        response: reply.complete(&done, &tokens),
     })
     .into_response())
 }

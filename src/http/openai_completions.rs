@@ -7,7 +7,7 @@
 
 use crate::generate::{Completion, FinishReason};
 use serde::Serialize;
-use serde_json::Value;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -85,6 +85,115 @@ impl From<&Completion> for CompletionUsage {
     }
 }
 
+/// A token and its log-probability, ready for the OpenAI objects (the HTTP layer fills it from
+/// the engine's [`crate::generate::TokenLogprob`] and the tokenizer).
+#[derive(Clone, Debug)]
+pub struct LoggedToken {
+    /// The token's text (U+FFFD where the token is part of a UTF-8 character).
+    pub token: String,
+    /// The token's exact bytes.
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    /// The most likely tokens at this step, most likely first: text, bytes, log-probability.
+    pub top: Vec<(String, Vec<u8>, f32)>,
+    /// Characters of the answer's text before this token's.
+    pub text_offset: usize,
+}
+
+/// One alternative of [`ChatTokenLogprob::top_logprobs`] (OpenAI `TopLogprob`).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    /// The token's UTF-8 bytes (a token may hold part of a character).
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// One generated token of a chat answer with its log-probability (OpenAI
+/// `ChatCompletionTokenLogprob`).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Option<Vec<u8>>,
+    /// The `top_logprobs` most likely tokens at this step, most likely first.
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// `logprobs` of a chat choice (OpenAI `ChoiceLogprobs`), with `logprobs: true`.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ChatChoiceLogprobs {
+    /// One entry per generated token, the end token included.
+    pub content: Option<Vec<ChatTokenLogprob>>,
+    /// Always null (no refusals).
+    #[schema(value_type = Option<Vec<ChatTokenLogprob>>)]
+    pub refusal: Option<Vec<ChatTokenLogprob>>,
+}
+
+/// `logprobs` of a text completion choice (OpenAI `Logprobs`), with `logprobs: n`.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct TextLogprobs {
+    /// Each generated token's text, the end token included.
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    /// Per token, the `n` most likely tokens at that step and their log-probabilities.
+    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+    /// Per token, the characters of the answer's text before it.
+    pub text_offset: Vec<usize>,
+}
+
+/// Log-probabilities are finite in JSON: -inf (a token the penalties ruled out) and NaN become
+/// -9999, as vLLM writes them.
+fn finite(logprob: f32) -> f32 {
+    if logprob.is_finite() {
+        logprob
+    } else {
+        -9999.0
+    }
+}
+
+fn chat_logprobs(tokens: &[LoggedToken]) -> ChatChoiceLogprobs {
+    ChatChoiceLogprobs {
+        content: Some(
+            tokens
+                .iter()
+                .map(|t| ChatTokenLogprob {
+                    token: t.token.clone(),
+                    logprob: finite(t.logprob),
+                    bytes: Some(t.bytes.clone()),
+                    top_logprobs: t
+                        .top
+                        .iter()
+                        .map(|(token, bytes, logprob)| TopLogprob {
+                            token: token.clone(),
+                            logprob: finite(*logprob),
+                            bytes: Some(bytes.clone()),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        ),
+        refusal: None,
+    }
+}
+
+fn text_logprobs(tokens: &[LoggedToken]) -> TextLogprobs {
+    TextLogprobs {
+        tokens: tokens.iter().map(|t| t.token.clone()).collect(),
+        token_logprobs: tokens.iter().map(|t| finite(t.logprob)).collect(),
+        top_logprobs: tokens
+            .iter()
+            .map(|t| {
+                t.top
+                    .iter()
+                    .map(|(token, _, logprob)| (token.clone(), finite(*logprob)))
+                    .collect()
+            })
+            .collect(),
+        text_offset: tokens.iter().map(|t| t.text_offset).collect(),
+    }
+}
+
 /// A generated chat message.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ChatCompletionMessage {
@@ -98,9 +207,8 @@ pub struct ChatCompletionChoice {
     /// Always 0.
     pub index: u32,
     pub message: ChatCompletionMessage,
-    /// Always null: no log probabilities are returned on the OpenAI routes.
-    #[schema(value_type = Option<Object>)]
-    pub logprobs: Option<Value>,
+    /// With `logprobs: true`; null otherwise.
+    pub logprobs: Option<ChatChoiceLogprobs>,
     pub finish_reason: OpenAiFinishReason,
 }
 
@@ -133,9 +241,8 @@ pub struct ChatCompletionChunkChoice {
     /// Always 0.
     pub index: u32,
     pub delta: ChatCompletionDelta,
-    /// Always null.
-    #[schema(value_type = Option<Object>)]
-    pub logprobs: Option<Value>,
+    /// With `logprobs: true`, the tokens since the previous event (null when there are none).
+    pub logprobs: Option<ChatChoiceLogprobs>,
     /// Null until the event that ends the choice.
     pub finish_reason: Option<OpenAiFinishReason>,
 }
@@ -164,9 +271,8 @@ pub struct TextCompletionChoice {
     /// Always 0.
     pub index: u32,
     pub text: String,
-    /// Always null.
-    #[schema(value_type = Option<Object>)]
-    pub logprobs: Option<Value>,
+    /// With `logprobs: n`; null otherwise.
+    pub logprobs: Option<TextLogprobs>,
     pub finish_reason: OpenAiFinishReason,
 }
 
@@ -189,9 +295,8 @@ pub struct TextCompletionChunkChoice {
     pub index: u32,
     /// The text this event adds (empty in the event that ends the choice).
     pub text: String,
-    /// Always null.
-    #[schema(value_type = Option<Object>)]
-    pub logprobs: Option<Value>,
+    /// With `logprobs: n`, the tokens since the previous event (null when there are none).
+    pub logprobs: Option<TextLogprobs>,
     /// Null until the event that ends the choice.
     pub finish_reason: Option<OpenAiFinishReason>,
 }
@@ -242,10 +347,12 @@ pub struct Reply {
     created: u64,
     model: String,
     pub include_usage: bool,
+    /// Whether the request asked for log-probabilities.
+    pub logprobs: bool,
 }
 
 impl Reply {
-    pub fn new(shape: Shape, model: String, include_usage: bool) -> Self {
+    pub fn new(shape: Shape, model: String, include_usage: bool, logprobs: bool) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let created = unix_now();
         let prefix = match shape {
@@ -259,11 +366,13 @@ impl Reply {
             created,
             model,
             include_usage,
+            logprobs,
         }
     }
 
-    /// The whole answer.
-    pub fn complete(&self, done: &Completion) -> CompletionObject {
+    /// The whole answer; `tokens` are the generated tokens' log-probabilities (shown when the
+    /// request asked for them).
+    pub fn complete(&self, done: &Completion, tokens: &[LoggedToken]) -> CompletionObject {
         let finish_reason = done.finish_reason.into();
         match self.shape {
             Shape::Chat => CompletionObject::Chat(ChatCompletion {
@@ -277,7 +386,7 @@ impl Reply {
                         role: AssistantRole::Assistant,
                         content: done.text.clone(),
                     },
-                    logprobs: None,
+                    logprobs: self.logprobs.then(|| chat_logprobs(tokens)),
                     finish_reason,
                 }],
                 usage: done.into(),
@@ -290,7 +399,7 @@ impl Reply {
                 choices: vec![TextCompletionChoice {
                     index: 0,
                     text: done.text.clone(),
-                    logprobs: None,
+                    logprobs: self.logprobs.then(|| text_logprobs(tokens)),
                     finish_reason,
                 }],
                 usage: done.into(),
@@ -299,14 +408,17 @@ impl Reply {
     }
 
     /// An event carrying text (`finish` = None) or the end (`finish` = the reason); `role`
-    /// puts the role in a chat delta (the first event).
+    /// puts the role in a chat delta (the first event); `tokens` are the log-probabilities of
+    /// the tokens since the previous event.
     pub fn chunk(
         &self,
         text: Option<&str>,
         role: bool,
         finish: Option<FinishReason>,
+        tokens: &[LoggedToken],
     ) -> ChunkObject {
         let finish_reason = finish.map(OpenAiFinishReason::from);
+        let logged = self.logprobs && !tokens.is_empty();
         let usage = self.include_usage.then_some(None);
         match self.shape {
             Shape::Chat => ChunkObject::Chat(ChatCompletionChunk {
@@ -316,7 +428,7 @@ impl Reply {
                         role: role.then_some(AssistantRole::Assistant),
                         content: text.map(str::to_owned),
                     },
-                    logprobs: None,
+                    logprobs: logged.then(|| chat_logprobs(tokens)),
                     finish_reason,
                 }],
                 usage,
@@ -326,7 +438,7 @@ impl Reply {
                 choices: vec![TextCompletionChunkChoice {
                     index: 0,
                     text: text.unwrap_or_default().to_owned(),
-                    logprobs: None,
+                    logprobs: logged.then(|| text_logprobs(tokens)),
                     finish_reason,
                 }],
                 usage,
@@ -377,7 +489,7 @@ impl Reply {
 mod tests {
     use super::*;
     use crate::generate::Usage;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn done() -> Completion {
         Completion {
@@ -395,9 +507,10 @@ mod tests {
 
     #[test]
     fn objects_have_openai_field_names_and_values() {
-        let chat =
-            serde_json::to_value(Reply::new(Shape::Chat, "m".into(), false).complete(&done()))
-                .expect("serializes");
+        let chat = serde_json::to_value(
+            Reply::new(Shape::Chat, "m".into(), false, false).complete(&done(), &[]),
+        )
+        .expect("serializes");
         assert_eq!(chat["object"], "chat.completion");
         assert_eq!(
             chat["choices"][0],
@@ -408,8 +521,9 @@ mod tests {
             chat["usage"],
             json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5})
         );
-        let reply = Reply::new(Shape::Chat, "m".into(), false);
-        let first = serde_json::to_value(reply.chunk(Some(""), true, None)).expect("serializes");
+        let reply = Reply::new(Shape::Chat, "m".into(), false, false);
+        let first =
+            serde_json::to_value(reply.chunk(Some(""), true, None, &[])).expect("serializes");
         assert_eq!(first["object"], "chat.completion.chunk");
         assert_eq!(
             first["choices"][0],
@@ -420,9 +534,10 @@ mod tests {
             first.get("usage").is_none(),
             "no usage unless asked: {first}"
         );
-        let with_usage = Reply::new(Shape::Text, "m".into(), true);
-        let last = serde_json::to_value(with_usage.chunk(None, false, Some(FinishReason::Length)))
-            .expect("serializes");
+        let with_usage = Reply::new(Shape::Text, "m".into(), true, false);
+        let last =
+            serde_json::to_value(with_usage.chunk(None, false, Some(FinishReason::Length), &[]))
+                .expect("serializes");
         assert_eq!(last["object"], "text_completion");
         assert_eq!(last["choices"][0]["finish_reason"], "length");
         assert_eq!(last["choices"][0]["text"], "");
@@ -431,5 +546,71 @@ mod tests {
         let usage = serde_json::to_value(with_usage.usage_chunk(&done())).expect("serializes");
         assert_eq!(usage["choices"], json!([]));
         assert_eq!(usage["usage"]["total_tokens"], 5);
+    }
+
+    fn logged() -> Vec<LoggedToken> {
+        vec![
+            LoggedToken {
+                token: "H".into(),
+                bytes: b"H".to_vec(),
+                logprob: -0.25,
+                top: vec![
+                    ("H".into(), b"H".to_vec(), -0.25),
+                    ("\u{fffd}".into(), vec![0xe2], f32::NEG_INFINITY),
+                ],
+                text_offset: 0,
+            },
+            LoggedToken {
+                token: "i".into(),
+                bytes: b"i".to_vec(),
+                logprob: -1.5,
+                top: vec![
+                    ("i".into(), b"i".to_vec(), -1.5),
+                    ("o".into(), b"o".to_vec(), -2.0),
+                ],
+                text_offset: 1,
+            },
+        ]
+    }
+
+    #[test]
+    fn log_probabilities_have_openai_shapes_and_only_when_asked() {
+        let chat = serde_json::to_value(
+            Reply::new(Shape::Chat, "m".into(), false, true).complete(&done(), &logged()),
+        )
+        .expect("serializes");
+        let lp = &chat["choices"][0]["logprobs"];
+        assert_eq!(lp["refusal"], Value::Null);
+        assert_eq!(
+            lp["content"][0],
+            json!({"token": "H", "logprob": -0.25, "bytes": [72],
+                   "top_logprobs": [{"token": "H", "logprob": -0.25, "bytes": [72]},
+                                    {"token": "\u{fffd}", "logprob": -9999.0, "bytes": [226]}]})
+        );
+        assert_eq!(lp["content"][1]["top_logprobs"][1]["token"], "o");
+        let text = serde_json::to_value(
+            Reply::new(Shape::Text, "m".into(), false, true).complete(&done(), &logged()),
+        )
+        .expect("serializes");
+        assert_eq!(
+            text["choices"][0]["logprobs"],
+            json!({"tokens": ["H", "i"], "token_logprobs": [-0.25, -1.5],
+                   "top_logprobs": [{"H": -0.25, "\u{fffd}": -9999.0}, {"i": -1.5, "o": -2.0}],
+                   "text_offset": [0, 1]})
+        );
+        // Not asked: null, even with tokens at hand.
+        let plain = serde_json::to_value(
+            Reply::new(Shape::Text, "m".into(), false, false).complete(&done(), &logged()),
+        )
+        .expect("serializes");
+        assert_eq!(plain["choices"][0]["logprobs"], Value::Null);
+        // A streamed event carries its own tokens, and null when it has none.
+        let reply = Reply::new(Shape::Chat, "m".into(), false, true);
+        let event = serde_json::to_value(reply.chunk(Some("i"), false, None, &logged()[1..]))
+            .expect("serializes");
+        assert_eq!(event["choices"][0]["logprobs"]["content"][0]["token"], "i");
+        let role =
+            serde_json::to_value(reply.chunk(Some(""), true, None, &[])).expect("serializes");
+        assert_eq!(role["choices"][0]["logprobs"], Value::Null);
     }
 }

@@ -5,7 +5,7 @@
 
 use super::{routes, types};
 use crate::infer::{Infer, ModelKind};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -396,6 +396,61 @@ pub fn exact_generation_document(mut document: Value, bounds: &GenerationBounds)
     let seed = json!({"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX});
     set("TgiParameters", "seed", seed.clone());
     set("Common", "seed", seed);
+    // OpenAI parameters this server refuses unless they ask for nothing (see `unsupported` in
+    // http/generate.rs): the schema admits exactly the values that are accepted.
+    let nothing = |what: &str, value: Value| {
+        let mut value = value;
+        value["description"] = json!(format!(
+            "Not supported ({what}): {}",
+            value["description"].as_str().unwrap_or("absent or null.")
+        ));
+        value
+    };
+    let no_list =
+        json!({"type": ["array", "null"], "maxItems": 0, "description": "absent, null or empty."});
+    let no_call = json!({"enum": ["none", "auto", null], "description": "absent, null, \"none\" or \"auto\"."});
+    for (name, value) in [
+        ("tools", nothing("function calling", no_list.clone())),
+        ("functions", nothing("function calling", no_list)),
+        ("tool_choice", nothing("function calling", no_call.clone())),
+        ("function_call", nothing("function calling", no_call)),
+        (
+            "response_format",
+            json!({"description": "Only {\"type\": \"text\"}: the output is not constrained to JSON or a schema.",
+                   "anyOf": [{"type": "null"},
+                             {"type": "object", "required": ["type"],
+                              "properties": {"type": {"const": "text"}}}]}),
+        ),
+    ] {
+        set("ChatBody", name, value);
+    }
+    for (name, value) in [
+        (
+            "echo",
+            json!({"description": "Only false: the answer holds the generated text only.", "enum": [false, null]}),
+        ),
+        (
+            "suffix",
+            nothing(
+                "insertion",
+                json!({"type": ["string", "null"], "maxLength": 0, "description": "absent, null or empty."}),
+            ),
+        ),
+        (
+            "best_of",
+            json!({"description": "Only 1: one candidate per request.", "enum": [1, null]}),
+        ),
+    ] {
+        set("CompletionBody", name, value);
+    }
+    set(
+        "Common",
+        "logit_bias",
+        nothing(
+            "token biases",
+            json!({"type": ["object", "null"], "maxProperties": 0, "description": "absent, null or {}."}),
+        ),
+    );
     if let Some(part) = schemas.get_mut("Part") {
         part["required"] = json!(["type", "text"]);
     }
@@ -413,18 +468,8 @@ pub fn exact_generation_document(mut document: Value, bounds: &GenerationBounds)
         json!({"description": "The prompt: text, or its token ids.",
                "oneOf": [text, {"type": "array", "items": token_id, "minItems": 1}]}),
     );
-    if let Some(common) = schemas.get_mut("Common").and_then(Value::as_object_mut) {
-        // stream_options only with "stream": true.
-        common.insert(
-            "if".into(),
-            json!({"required": ["stream_options"],
-                   "properties": {"stream_options": {"not": {"type": "null"}}}}),
-        );
-        common.insert(
-            "then".into(),
-            json!({"required": ["stream"], "properties": {"stream": {"const": true}}}),
-        );
-    }
+    only_with(schemas, "Common", "stream_options", "stream");
+    only_with(schemas, "ChatBody", "top_logprobs", "logprobs");
     // A chat or a completion body (a body with both is read as chat), never streamed.
     if let Some(input) = schemas.get_mut("CmlGenerationInput") {
         let branches = input.get("oneOf").cloned().unwrap_or_else(|| json!([]));
@@ -441,6 +486,21 @@ pub fn exact_generation_document(mut document: Value, bounds: &GenerationBounds)
         bound_unsigned(schema);
     }
     document
+}
+
+/// In schema `name`: `field`, when set and not null, only with `"flag": true` (OpenAI's
+/// `stream_options` needs `stream`, `top_logprobs` needs `logprobs`).
+fn only_with(schemas: &mut Map<String, Value>, name: &str, field: &str, flag: &str) {
+    if let Some(schema) = schemas.get_mut(name).and_then(Value::as_object_mut) {
+        schema.insert(
+            "if".into(),
+            json!({"required": [field], "properties": {field: {"not": {"type": "null"}}}}),
+        );
+        schema.insert(
+            "then".into(),
+            json!({"required": [flag], "properties": {flag: {"const": true}}}),
+        );
+    }
 }
 
 /// The schema of one server-sent event (OpenAPI before 3.2 describes a stream by its events):

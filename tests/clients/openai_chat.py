@@ -1,6 +1,7 @@
 """The official `openai` client against a generation server's /v1/chat/completions
 (tests/generate_http.rs runs this with the server's base URL and the reference folder):
-greedy chat without and with streaming must give llama.cpp's golden text for the chat prompt."""
+greedy chat without and with streaming must give llama.cpp's golden text for the chat prompt;
+log-probabilities come back; parameters the server cannot honour are refused."""
 
 import json
 import sys
@@ -47,6 +48,27 @@ def main():
     assert finish == "stop", finish
     assert usage is not None and usage.completion_tokens == len(chat["generated_ids"]), usage
     print("ok: chat.completions.create(stream=True)")
+
+    response = client.chat.completions.create(
+        model="smollm2", messages=messages, temperature=0, max_tokens=20,
+        logprobs=True, top_logprobs=2,
+    )
+    content = response.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == want, content
+    assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content), content
+    print("ok: chat.completions.create(logprobs=True, top_logprobs=2)")
+
+    for extra, name in (
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+    ):
+        try:
+            client.chat.completions.create(model="smollm2", messages=messages, max_tokens=5, **extra)
+        except openai.UnprocessableEntityError as e:
+            assert name in str(e), e
+        else:
+            raise AssertionError(f"{name} accepted and ignored")
+    print("ok: tools and response_format refused, not ignored")
 
     try:
         client.chat.completions.create(model="smollm2", messages=[], max_tokens=5)

@@ -3,7 +3,7 @@ pydantic models (tests/generate_http.rs and tests/generate_serve.rs run this wit
 base URL and the reference folder). The client itself builds its objects without validation
 (`construct`), so the raw JSON of each answer and of each server-sent event is validated here:
 `ChatCompletion`, `ChatCompletionChunk` (every event, with and without usage), `Completion`
-(whole and streamed), `Model` and the `/v1/models` list.
+(whole and streamed), each with log-probabilities too, `Model` and the `/v1/models` list.
 
 One documented gap in OpenAI's own typing: a streamed text completion's events carry
 `"finish_reason": null` until the last (OpenAI's API sends exactly that), while `Completion`'s
@@ -111,6 +111,26 @@ def main():
     assert "".join(c.choices[0].text for c in streamed if c.choices) == WANT
     assert streamed[-1].choices == [] and streamed[-1].usage.total_tokens > 0, usage
     print("ok: every streamed Completion validates")
+
+    body = dict(chat_body, logprobs=True, top_logprobs=2)
+    with_logprobs = ChatCompletion.model_validate(post(base, "/v1/chat/completions", body))
+    content = with_logprobs.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == WANT, content
+    assert all(len(t.top_logprobs) == 2 and t.top_logprobs[0].token == t.token for t in content)
+    chunks = [ChatCompletionChunk.model_validate(e)
+              for e in events(base, "/v1/chat/completions", dict(body, stream=True))]
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs
+                for t in c.choices[0].logprobs.content]
+    assert streamed == content, (streamed, content)
+    print("ok: ChatCompletion and ChatCompletionChunk validate with logprobs")
+
+    body = dict(text_body, logprobs=3)
+    completion = Completion.model_validate(post(base, "/v1/completions", body))
+    logprobs = completion.choices[0].logprobs
+    assert "".join(logprobs.tokens) == WANT, logprobs
+    assert len(logprobs.token_logprobs) == len(logprobs.text_offset) == len(logprobs.tokens)
+    assert all(len(top) == 3 for top in logprobs.top_logprobs), logprobs.top_logprobs
+    print("ok: Completion validates with logprobs")
 
     listing = get(base, "/v1/models")
     assert listing["object"] == "list", listing
