@@ -80,6 +80,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SEALSERVE_MAX_BATCH_SIZE", value_parser = at_least_one)]
     pub max_batch_size: Option<NonZeroUsize>,
 
+    /// Generation models only: most tokens the sequences in batch slots may hold together, each its prompt plus its max_tokens — the bound on KV-cache memory (/info shows the bytes per token); a request waits in the queue until it fits, and lowers the context limit to this value if below it [default: max batch size × context length]
+    #[arg(long, env = "SEALSERVE_MAX_BATCH_TOTAL_TOKENS", value_parser = at_least_one)]
+    pub max_batch_total_tokens: Option<NonZeroUsize>,
+
     /// Requests in flight (queued or running) before new ones get 429 at once
     #[arg(long, env = "SEALSERVE_MAX_CONCURRENT_REQUESTS", value_parser = at_least_one, default_value_t = Limits::DEFAULT.max_concurrent_requests)]
     pub max_concurrent_requests: NonZeroUsize,
@@ -285,6 +289,9 @@ impl ServeArgs {
             max_step_tokens,
             max_concurrent_requests: self.max_concurrent_requests.get(),
             max_context,
+            max_batch_total_tokens: self
+                .max_batch_total_tokens
+                .map_or(usize::MAX, NonZeroUsize::get),
             ..GeneratorConfig::default()
         })
     }
@@ -376,6 +383,7 @@ mod tests {
             "--max-client-batch-size",
             "--payload-limit",
             "--max-forward-tokens",
+            "--max-batch-total-tokens",
         ] {
             assert!(
                 ServeArgs::try_parse_from(["serve", flag, "0"]).is_err(),
@@ -401,6 +409,15 @@ mod tests {
             Limits::DEFAULT.max_concurrent_requests.get()
         );
         assert_eq!(config.max_context, 8192);
+        assert_eq!(
+            config.max_batch_total_tokens,
+            usize::MAX,
+            "no budget unless asked"
+        );
+        let budget = parse(&["--max-batch-total-tokens", "5000"])
+            .generation_config(8192)
+            .expect("budget");
+        assert_eq!(budget.max_batch_total_tokens, 5000);
         let args = parse(&[
             "--max-batch-size",
             "2",

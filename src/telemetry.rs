@@ -49,6 +49,9 @@ pub mod generate {
     pub const BATCH_OCCUPANCY: &str = "sealserve_generate_batch_occupancy";
     /// Gauge: requests waiting for a batch slot.
     pub const QUEUE_DEPTH: &str = "sealserve_generate_queue_depth";
+    /// Gauge: tokens reserved by the sequences in batch slots (prompt + `max_tokens` each),
+    /// against `--max-batch-total-tokens`.
+    pub const RESERVED_TOKENS: &str = "sealserve_generate_reserved_tokens";
     /// Histogram: seconds per scheduler step.
     pub const STEP_SECONDS: &str = "sealserve_generate_step_seconds";
     /// Counter: finished requests, label `reason` = stop | length | cancelled | error.

@@ -319,6 +319,54 @@ fn two_slots_run_four_streams_two_at_a_time_with_the_sequential_tokens() {
 }
 
 #[test]
+fn the_token_budget_holds_requests_in_the_queue_until_they_fit() {
+    let request = GenerateRequest {
+        ignore_eos: true,
+        ..text("The capital of France is", 10)
+    };
+    let probe = generator(GeneratorConfig::default());
+    let reserve = probe.prompt_tokens(&request.prompt).unwrap().len() + 10;
+    let alone = probe.generate_blocking(request.clone()).unwrap().tokens;
+    drop(probe);
+    // Room for two such requests, not three; four slots.
+    let budget = 2 * reserve + reserve / 2;
+    let g = generator(GeneratorConfig {
+        max_batch: 4,
+        max_batch_total_tokens: budget,
+        ..GeneratorConfig::default()
+    });
+    // A budget below the context limit lowers it: a request must fit alone.
+    assert_eq!(g.config().max_batch_total_tokens, budget);
+    assert_eq!(g.config().max_context, budget);
+    assert!(matches!(
+        g.submit(text("The capital of France is", budget)),
+        Err(SubmitError::ContextLength { max_context, .. }) if max_context == budget
+    ));
+    let receivers: Vec<_> = (0..4).map(|_| g.submit(request.clone()).unwrap()).collect();
+    for rx in receivers {
+        assert_eq!(drain(rx).2.tokens, alone, "waiting changes no result");
+    }
+    let stats = g.stats();
+    assert_eq!(stats.max_occupancy, 2, "{stats:?}");
+    // Without a budget the four share the slots.
+    let free = generator(GeneratorConfig {
+        max_batch: 4,
+        ..GeneratorConfig::default()
+    });
+    assert_eq!(
+        free.config().max_batch_total_tokens,
+        4 * free.config().max_context
+    );
+    let receivers: Vec<_> = (0..4)
+        .map(|_| free.submit(request.clone()).unwrap())
+        .collect();
+    for rx in receivers {
+        drain(rx);
+    }
+    assert!(free.stats().max_occupancy > 2, "{:?}", free.stats());
+}
+
+#[test]
 fn a_long_prompt_is_prefilled_in_chunks_between_decode_steps() {
     let g = generator(GeneratorConfig {
         max_batch: 2,

@@ -352,12 +352,23 @@ fn batching_flags_drive_the_generation_scheduler() {
             "40",
             "--max-concurrent-requests",
             "4",
+            "--max-batch-total-tokens",
+            "3000",
         ],
         &[],
     );
     let (code, body) = curl("GET", &server.url("/info"), None, &[]);
     assert_eq!(code, 200, "{body}");
     let info = json_of(&body);
+    // The KV budget, and the context limit it lowers (SmolLM2's own is 8192); SmolLM2-135M's
+    // f16 cache: 30 layers × 3 KV heads × 64 × (key + value) × 2 bytes per token.
+    assert_eq!(info["max_batch_total_tokens"], 3000, "{info:#}");
+    assert_eq!(info["max_context"], 3000, "{info:#}");
+    assert_eq!(
+        info["kv_cache_bytes_per_token"],
+        30 * 3 * 64 * 2 * 2,
+        "{info:#}"
+    );
     assert_eq!(
         (
             &info["max_batch"],

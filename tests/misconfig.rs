@@ -46,6 +46,19 @@ fn bad_flag_values_are_one_line_exit_2() {
     assert_one_line(code, &err, 2, "--trusted-key");
     let (code, err) = serve(&[], &[("CDSW_APP_PORT", "not-a-port")]);
     assert_one_line(code, &err, 2, "not-a-port");
+    // A generation-only flag on this (embedding) bundle is refused, not ignored.
+    let (code, err) = serve(
+        &[
+            "--max-batch-total-tokens",
+            "1000",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ],
+        &[("RUST_LOG", "off")],
+    );
+    assert_one_line(code, &err, 2, "--max-batch-total-tokens");
 }
 
 #[test]

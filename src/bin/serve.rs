@@ -341,6 +341,12 @@ fn fetch_remote(
 }
 
 fn load_engine(args: &ServeArgs, verified: &VerifiedBundle<'static>) -> Result<Engine, Fatal> {
+    if args.max_batch_total_tokens.is_some() {
+        return Err(Fatal::new(
+            exit::CONFIG,
+            "--max-batch-total-tokens applies to a generation bundle only (it bounds the KV cache); remove it",
+        ));
+    }
     let config = EngineConfig {
         device: args.device,
         dtype: args.dtype,
@@ -565,6 +571,19 @@ fn run_generation(
             format!("cannot start the generation thread: {e}"),
         )
     })?;
+    let scheduler = generator.config();
+    let kv_per_token = generator.model().model.kv_bytes_per_token();
+    tracing::info!(
+        max_batch = scheduler.max_batch,
+        max_context = scheduler.max_context,
+        max_batch_total_tokens = scheduler.max_batch_total_tokens,
+        kv_bytes_per_token = kv_per_token,
+        kv_cache_max_mib = scheduler
+            .max_batch_total_tokens
+            .saturating_mul(kv_per_token)
+            >> 20,
+        "scheduler: the KV cache stays below kv_cache_max_mib (--max-batch-total-tokens bounds it)"
+    );
     let warming = Instant::now();
     let mut warm_up = GenerateRequest::new(Prompt::Text("Hello".into()));
     warm_up.max_tokens = Some(1);

@@ -43,6 +43,12 @@ pub struct GeneratorConfig {
     /// Tokens one step may process in total (decode tokens count first); at least `max_batch`,
     /// so every slot can decode and a waiting prompt still gets a chunk.
     pub max_step_tokens: usize,
+    /// Most tokens the sequences holding batch slots may reserve together, each its prompt
+    /// plus its `max_tokens` (`--max-batch-total-tokens`, TGI's name): the bound on KV-cache
+    /// memory, so that a burst of long requests waits in the queue instead of exhausting the
+    /// host or the pod's memory limit. `usize::MAX` = only `max_batch × max_context`; a
+    /// budget below `max_context` lowers `max_context` to it (a request must fit alone).
+    pub max_batch_total_tokens: usize,
 }
 
 impl GeneratorConfig {
@@ -62,6 +68,7 @@ impl Default for GeneratorConfig {
             max_context: 4096,
             prefill_chunk: 128,
             max_step_tokens: Self::DEFAULT_MAX_STEP_TOKENS,
+            max_batch_total_tokens: usize::MAX,
         }
     }
 }
@@ -378,6 +385,11 @@ impl Generator {
         config.max_concurrent_requests = config.max_concurrent_requests.max(1);
         config.prefill_chunk = config.prefill_chunk.max(1);
         config.max_step_tokens = config.max_step_tokens.max(config.max_batch);
+        config.max_batch_total_tokens = config
+            .max_batch_total_tokens
+            .min(config.max_batch.saturating_mul(config.max_context))
+            .max(1);
+        config.max_context = config.max_context.min(config.max_batch_total_tokens);
         let shared = Arc::new(Shared {
             queue: Mutex::new(Default::default()),
             wake: Condvar::new(),

@@ -37,8 +37,10 @@ impl Active {
         if !queued.request.ignore_eos {
             stop_ids.extend(model.tokenizer.eos());
         }
+        let mut cache = model.model.new_cache();
+        cache.limit_to(queued.reserve());
         Self {
-            cache: model.model.new_cache(),
+            cache,
             fed: 0,
             next: None,
             generated: Vec::new(),
@@ -53,6 +55,13 @@ impl Active {
 
     fn prefilling(&self) -> bool {
         self.fed < self.queued.prompt.len()
+    }
+}
+
+impl super::Queued {
+    /// Tokens this request may hold in its KV cache: its prompt and all it may generate.
+    pub(super) fn reserve(&self) -> usize {
+        self.prompt.len() + self.max_tokens
     }
 }
 
@@ -93,14 +102,24 @@ pub(super) fn run(model: &TextModel, shared: &Shared, config: &GeneratorConfig) 
                 }
                 return;
             }
+            // FIFO within the token budget: the oldest request waits for room rather than
+            // being overtaken by smaller ones (every request fits alone: `submit` checks it).
+            let mut reserved: usize = active.iter().map(|a| a.queued.reserve()).sum();
             while active.len() < config.max_batch {
-                let Some(q) = queue.pop_front() else { break };
-                if q.events.is_closed() {
+                let Some(front) = queue.front() else { break };
+                if front.events.is_closed() {
+                    queue.pop_front();
                     finish_cancelled(shared);
                     continue;
                 }
+                if reserved + front.reserve() > config.max_batch_total_tokens {
+                    break;
+                }
+                let Some(q) = queue.pop_front() else { break };
+                reserved += q.reserve();
                 active.push(Active::new(model, q));
             }
+            metrics::gauge!(m::RESERVED_TOKENS).set(reserved as f64);
             shared.stats.queued.store(queue.len(), Ordering::Relaxed);
             metrics::gauge!(m::QUEUE_DEPTH).set(queue.len() as f64);
         }

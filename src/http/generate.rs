@@ -201,6 +201,13 @@ pub struct GenerationInfo {
     pub max_concurrent_requests: usize,
     /// Longest sequence, prompt plus generated tokens; longer requests get 422.
     pub max_context: usize,
+    /// Tokens the sequences in batch slots may reserve together, prompt plus `max_tokens`
+    /// each (`--max-batch-total-tokens`; without it, `max_batch × max_context`): requests
+    /// wait in the queue until they fit.
+    pub max_batch_total_tokens: usize,
+    /// KV-cache bytes per token (all layers, keys and values): `max_batch_total_tokens` times
+    /// this bounds the KV-cache memory.
+    pub kv_cache_bytes_per_token: usize,
     /// Tokens in the vocabulary (valid prompt token ids are below it).
     pub vocab_size: usize,
     /// Whether the model carries a chat template (`/v1/chat/completions` needs one).
@@ -239,6 +246,8 @@ async fn info(State(state): State<Arc<GenerationState>>) -> Response {
         prefill_chunk: config.prefill_chunk,
         max_concurrent_requests: config.max_concurrent_requests,
         max_context: config.max_context,
+        max_batch_total_tokens: config.max_batch_total_tokens,
+        kv_cache_bytes_per_token: model.model.kv_bytes_per_token(),
         vocab_size: model.tokenizer.vocab_size(),
         chat_template: model.chat_template.is_some(),
         bundle: state.bundle.clone(),

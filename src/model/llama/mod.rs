@@ -310,9 +310,35 @@ pub struct KvCache {
     /// The caches of a model on a candle device (GPU) instead.
     device: Option<on_device::DeviceKv>,
     len: usize,
+    /// Most positions the host caches grow room for (see [`KvCache::limit_to`]).
+    limit: Option<usize>,
 }
 
 impl KvCache {
+    /// Caps the room the host caches grow to at `positions` (the scheduler's reservation for
+    /// the sequence: prompt plus `max_tokens`), so that doubling growth never holds more than
+    /// the token budget counts. More positions may still be appended (the room grows exactly
+    /// to them); the cap only stops over-allocation.
+    pub fn limit_to(&mut self, positions: usize) {
+        self.limit = Some(positions);
+    }
+
+    /// Room for `new` more positions of width `head_dim` in every host cache: doubling, as a
+    /// `Vec` grows, but not past the limit.
+    fn make_room(&mut self, new: usize, head_dim: usize) {
+        let needed = (self.len + new) * head_dim;
+        let cap = self
+            .limit
+            .map_or(usize::MAX, |p| p.saturating_mul(head_dim))
+            .max(needed);
+        for v in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            if v.capacity() < needed {
+                let target = v.capacity().saturating_mul(2).max(needed).min(cap);
+                v.reserve_exact(target - v.len());
+            }
+        }
+    }
+
     /// Positions already processed.
     pub fn len(&self) -> usize {
         self.len
@@ -463,6 +489,17 @@ impl LlamaModel {
             ModelEngine::Cpu(_) => Device::Cpu,
             ModelEngine::Device(m) => m.device().clone(),
         }
+    }
+
+    /// Bytes of KV cache one position of one sequence takes, all layers: keys and values of
+    /// every KV head, f16 on the CPU, f32 on a device. What `--max-batch-total-tokens` bounds.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let c = self.config();
+        let element = match &self.engine {
+            ModelEngine::Cpu(_) => std::mem::size_of::<f16>(),
+            ModelEngine::Device(_) => std::mem::size_of::<f32>(),
+        };
+        2 * c.layers * c.kv_heads * c.head_dim * element
     }
 
     /// A fresh, empty cache for one sequence.
@@ -668,6 +705,7 @@ impl CpuModel {
             values: vec![Vec::new(); self.config.layers * self.config.kv_heads],
             device: None,
             len: 0,
+            limit: None,
         }
     }
 
@@ -702,6 +740,9 @@ impl CpuModel {
         }
         let pairs = self.rope.pairs();
         self.embed(batch, &mut s.x)?;
+        for b in batch.iter_mut() {
+            b.cache.make_room(b.tokens.len(), hd);
+        }
 
         for (l, layer) in self.layers.iter().enumerate() {
             s.h.resize(rows * hidden, 0.0);
@@ -929,6 +970,51 @@ mod tests {
             Ok(_) => panic!("the model loaded"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn a_limited_cache_grows_no_further_than_its_limit_and_gives_the_same_results() {
+        let bytes = tiny_llama();
+        let model = LlamaModel::load(&Gguf::read(&bytes).unwrap()).unwrap();
+        let bytes_per_position = model.kv_bytes_per_token();
+        let run = |limit: Option<usize>| {
+            let mut cache = model.new_cache();
+            if let Some(p) = limit {
+                cache.limit_to(p);
+            }
+            let mut s = Scratch::default();
+            let mut out = Vec::new();
+            // A 5-token prompt then 4 single tokens: 9 positions.
+            for tokens in [&[1u32, 2, 3, 4, 5][..], &[6], &[7], &[8], &[9]] {
+                let mut batch = [SeqInput {
+                    cache: &mut cache,
+                    tokens,
+                    logits: true,
+                }];
+                out.push(model.forward(&mut batch, &mut s).unwrap().to_vecs());
+            }
+            assert_eq!(cache.len(), 9);
+            (out, cache.bytes())
+        };
+        let (free, free_bytes) = run(None);
+        let (limited, limited_bytes) = run(Some(9));
+        assert_eq!(free, limited, "the limit changes no result");
+        // Doubling from 5 positions reaches room for 10; the limit stops at 9, exactly.
+        assert_eq!(limited_bytes, 9 * bytes_per_position);
+        assert!(
+            free_bytes > limited_bytes,
+            "{free_bytes} vs {limited_bytes}"
+        );
+        // Past the limit the cache still grows, exactly as far as needed.
+        let mut cache = model.new_cache();
+        cache.limit_to(2);
+        let mut batch = [SeqInput {
+            cache: &mut cache,
+            tokens: &[1, 2, 3],
+            logits: false,
+        }];
+        model.forward(&mut batch, &mut Scratch::default()).unwrap();
+        assert_eq!(cache.bytes(), 3 * bytes_per_position);
     }
 
     #[test]
