@@ -638,6 +638,11 @@ fn info_says_generation_and_openapi_documents_exactly_the_generation_routes() {
         doc["paths"]["/v1/models/{id}"]["get"]["parameters"][0]["schema"]["enum"],
         json!(["HuggingFaceTB/SmolLM2-135M-Instruct"])
     );
+    assert_eq!(
+        info["cpu_kernels"],
+        json!(sealserve::model::llama::quant::cpu_kernels().to_string()),
+        "{info:#}"
+    );
     // Refused parameters admit only their no-op values, so schemathesis's valid bodies are
     // bodies the server accepts; top_logprobs only with logprobs: true.
     let schema = |name: &str, property: &str| -> Value {

@@ -1,6 +1,8 @@
 //! The llama engine against the SmolLM2 references: tokenizer ids (llama.cpp and the reference
 //! tokenizer.json), the prompt's last-position logits (f32 transformers) and greedy decoding
-//! driven directly on the model (no scheduler).
+//! driven directly on the model (no scheduler). .ci/run runs this file a second time with
+//! `SEALSERVE_LLM_ISA=avx2`, so the AVX2 kernels (AVX2-only Xeons and EPYCs) meet the same
+//! references on the AVX-512 machine CI has.
 
 mod generate_support;
 
@@ -49,6 +51,29 @@ fn greedy(prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<f32>) {
             .to_vec();
     }
     (out, first)
+}
+
+/// The kernels in use are the ones `SEALSERVE_LLM_ISA` asks for, so a run with it set really
+/// checks those kernels against the references.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_cpu_kernels_follow_sealserve_llm_isa() {
+    use sealserve::model::llama::quant::{cpu_kernels, CpuKernels};
+    let avx2 = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    let vnni = is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni");
+    let want = match std::env::var("SEALSERVE_LLM_ISA").as_deref() {
+        Ok("scalar") => CpuKernels::Portable,
+        Ok("avx2") if avx2 => CpuKernels::Avx2,
+        Ok("avx2") => CpuKernels::Portable,
+        _ if vnni => CpuKernels::Avx512Vnni,
+        _ if avx2 => CpuKernels::Avx2,
+        _ => CpuKernels::Portable,
+    };
+    assert_eq!(cpu_kernels(), want);
 }
 
 #[test]

@@ -558,10 +558,16 @@ fn run_generation(
         .map_err(|e| Fatal::new(exit::LOAD, format!("cannot load {}: {e}", metadata.weights)))?;
     // The model, tokenizer and template hold their own copies: the verified GGUF is not read again.
     sealserve::memory::release_pages(gguf);
+    // Which of the CPU kernels run (figures hold per kernel family, not per machine name).
+    let kernels = match model.model.device().is_cpu() {
+        true => sealserve::model::llama::quant::cpu_kernels().to_string(),
+        false => "none".to_string(),
+    };
     tracing::info!(
         device = %device,
         reason = %chosen.reason,
         family = %metadata.family,
+        cpu_kernels = %kernels,
         load_ms = loading.elapsed().as_millis() as u64,
         "model loaded"
     );

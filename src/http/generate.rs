@@ -219,6 +219,9 @@ pub struct GenerationInfo {
     /// Where the model runs: `cpu` (this project's kernels) or `cuda` (candle's GGUF kernels).
     #[schema(value_type = String, example = "cpu")]
     pub device: crate::engine::DeviceKind,
+    /// On `cpu`, which of this project's kernels the CPU runs (`avx512-vnni`, `avx2`,
+    /// `portable`; `SEALSERVE_LLM_ISA` may lower it); null on `cuda`.
+    pub cpu_kernels: Option<crate::model::llama::quant::CpuKernels>,
     /// The limits in force, as on the embedding server: the batching ones are the scheduler's
     /// (`max_batch_size` = `max_batch`, `max_batch_tokens` = `max_step_tokens`).
     pub limits: Limits,
@@ -252,6 +255,11 @@ async fn info(State(state): State<Arc<GenerationState>>) -> Response {
         chat_template: model.chat_template.is_some(),
         bundle: state.bundle.clone(),
         device: crate::engine::DeviceKind::of(&model.model.device()),
+        cpu_kernels: model
+            .model
+            .device()
+            .is_cpu()
+            .then(crate::model::llama::quant::cpu_kernels),
         limits: effective_limits(&state),
         auth: if state.api_key.is_some() {
             AuthKind::Bearer

@@ -95,7 +95,7 @@ enum Cpu {
     Avx512,
     /// AVX2, FMA and F16C: the AVX2 build of the portable loops.
     Avx2,
-    /// Neither, or `SEALSERVE_LLM_SCALAR` set: the portable loops as compiled.
+    /// Neither, or `SEALSERVE_LLM_ISA=scalar`: the portable loops as compiled.
     Plain,
 }
 
@@ -106,7 +106,7 @@ fn cpu() -> Cpu {
         let avx2 = is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c");
-        if std::env::var_os("SEALSERVE_LLM_SCALAR").is_some() || !avx2 {
+        if super::ops::isa_cap() == super::ops::IsaCap::Scalar || !avx2 {
             Cpu::Plain
         } else if super::ops::x86::avx512() {
             // The same AVX-512 decision as the step's other vector loops (SiLU, RoPE).

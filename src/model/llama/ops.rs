@@ -8,6 +8,42 @@
 
 use super::config::RopeStyle;
 
+/// The widest instruction set the llama CPU kernels may use, lowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum IsaCap {
+    /// The portable loops as compiled.
+    Scalar,
+    /// AVX2, FMA, F16C (no AVX-512 even where the CPU has it).
+    Avx2,
+    /// Whatever the CPU has.
+    Best,
+}
+
+/// `SEALSERVE_LLM_ISA` = `avx2` or `scalar` caps the kernels below what the CPU offers, so the
+/// narrower paths (what an AVX2-only Xeon or EPYC runs) can be tested and measured on a wider
+/// CPU; unset or `best`, the CPU decides. `SEALSERVE_LLM_SCALAR` (set to anything) is the older
+/// spelling of `scalar`. An unknown value is ignored with a warning, once.
+pub(super) fn isa_cap() -> IsaCap {
+    static CAP: std::sync::OnceLock<IsaCap> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        if std::env::var_os("SEALSERVE_LLM_SCALAR").is_some() {
+            return IsaCap::Scalar;
+        }
+        match std::env::var("SEALSERVE_LLM_ISA").as_deref() {
+            Err(_) | Ok("best") | Ok("") => IsaCap::Best,
+            Ok("avx2") => IsaCap::Avx2,
+            Ok("scalar") => IsaCap::Scalar,
+            Ok(other) => {
+                tracing::warn!(
+                    value = other,
+                    "SEALSERVE_LLM_ISA must be best, avx2 or scalar; using best"
+                );
+                IsaCap::Best
+            }
+        }
+    })
+}
+
 /// `out = x / rms(x) * weight`, row by row.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let width = weight.len();
@@ -156,13 +192,11 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) {
 pub(super) mod x86 {
     use std::arch::x86_64::*;
 
-    /// Whether AVX-512F is there (and `SEALSERVE_LLM_SCALAR` does not ask for the portable
-    /// loops), detected once.
+    /// Whether AVX-512F is there and allowed ([`super::isa_cap`]), detected once.
     pub(in crate::model::llama) fn avx512() -> bool {
         static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *AVX512.get_or_init(|| {
-            std::env::var_os("SEALSERVE_LLM_SCALAR").is_none()
-                && is_x86_feature_detected!("avx512f")
+            super::isa_cap() == super::IsaCap::Best && is_x86_feature_detected!("avx512f")
         })
     }
 

@@ -20,6 +20,7 @@
 //! whatever the number of rows in the call. So a row's result never depends on which other rows
 //! share the step: batching cannot change a sequence's tokens.
 
+use super::ops::IsaCap;
 use half::f16;
 use rayon::prelude::*;
 
@@ -345,27 +346,77 @@ enum Isa {
     Scalar,
 }
 
+/// Which kernels the CPU engine runs on this machine (matrix products and activation
+/// quantization; attention and the per-row loops follow the same choice), for the startup log
+/// and `/info`: the figures of one kernel family say nothing about another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuKernels {
+    /// AVX-512 F/BW with VNNI `vpdpbusd`.
+    Avx512Vnni,
+    /// AVX2, FMA and F16C.
+    Avx2,
+    /// The portable loops.
+    Portable,
+}
+
+impl std::fmt::Display for CpuKernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Avx512Vnni => "avx512-vnni",
+            Self::Avx2 => "avx2",
+            Self::Portable => "portable",
+        })
+    }
+}
+
+/// The kernels [`matmul`] and [`QuantizedRows::quantize`] use here (see `SEALSERVE_LLM_ISA`).
+pub fn cpu_kernels() -> CpuKernels {
+    match isa() {
+        Isa::Vnni512 => CpuKernels::Avx512Vnni,
+        Isa::Avx2 => CpuKernels::Avx2,
+        Isa::Scalar => CpuKernels::Portable,
+    }
+}
+
+/// The kernels this CPU can run, widest first (the portable one last, always).
+fn detected() -> Vec<Isa> {
+    let mut out = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+        {
+            out.push(Isa::Vnni512);
+        }
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            out.push(Isa::Avx2);
+        }
+    }
+    out.push(Isa::Scalar);
+    out
+}
+
+/// The kernel matmul uses: the widest detected one the cap allows ([`super::ops::isa_cap`]).
 #[allow(unreachable_code)]
 fn isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
         static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         return *ISA.get_or_init(|| {
-            if std::env::var_os("SEALSERVE_LLM_SCALAR").is_some() {
-                Isa::Scalar
-            } else if is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vnni")
-            {
-                Isa::Vnni512
-            } else if is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-            {
-                Isa::Avx2
-            } else {
-                Isa::Scalar
-            }
+            let cap = super::ops::isa_cap();
+            detected()
+                .into_iter()
+                .find(|&isa| match isa {
+                    Isa::Vnni512 => cap == IsaCap::Best,
+                    Isa::Avx2 => cap >= IsaCap::Avx2,
+                    Isa::Scalar => true,
+                })
+                .unwrap_or(Isa::Scalar)
         });
     }
     Isa::Scalar
@@ -973,28 +1024,53 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn simd_and_scalar_paths_agree() {
-        let k = 64;
+    fn every_kernel_this_cpu_has_agrees_with_the_portable_one() {
+        // Every detected kernel, not only the one `isa()` picks: on an AVX-512 machine (where
+        // CI runs) the AVX2 kernel, which AVX2-only CPUs run, is checked too. Every row count a
+        // tile takes, several tiles, blocks enough for the unrolled loops and their tails.
+        let kernels = detected();
+        assert_eq!(kernels.last(), Some(&Isa::Scalar));
+        if cfg!(target_arch = "x86_64") && is_avx2_machine() {
+            assert!(kernels.contains(&Isa::Avx2), "{kernels:?}");
+        }
+        let (n, k) = (3 * TILE, 9 * BLOCK);
         for kind in [QuantKind::Q4_0, QuantKind::Q4_1, QuantKind::Q8_0] {
-            let raw = gguf(kind, 32, k, 5);
-            let w = PackedMatrix::pack(kind, k, &[(&raw, 32)]).unwrap();
-            let x: Vec<f32> = bytes(77, 3 * k)
+            let raw = gguf(kind, n, k, 5);
+            let w = PackedMatrix::pack(kind, k, &[(&raw, n)]).unwrap();
+            let x: Vec<f32> = bytes(77, ROWS * k)
                 .iter()
                 .map(|&b| f32::from(b) / 50.0 - 2.5)
                 .collect();
             let mut a = QuantizedRows::default();
             a.quantize(&x, k);
-            let mut fast = [[0f32; TILE]; ROWS];
-            let mut slow = [[0f32; TILE]; ROWS];
-            tile_rows(isa(), &w, 1, &a, 0, 3, &mut fast);
-            tile_rows(Isa::Scalar, &w, 1, &a, 0, 3, &mut slow);
-            for (f, s) in fast.iter().flatten().zip(slow.iter().flatten()) {
-                assert!(
-                    (f - s).abs() <= 1e-5 * (1.0 + s.abs()),
-                    "{kind:?}: {f} vs {s}"
-                );
+            for rows in 1..=ROWS {
+                for tile in 0..n / TILE {
+                    let mut slow = [[0f32; TILE]; ROWS];
+                    tile_rows(Isa::Scalar, &w, tile, &a, 0, rows, &mut slow);
+                    for &isa in &kernels {
+                        let mut fast = [[0f32; TILE]; ROWS];
+                        tile_rows(isa, &w, tile, &a, 0, rows, &mut fast);
+                        for (f, s) in fast.iter().flatten().zip(slow.iter().flatten()) {
+                            assert!(
+                                (f - s).abs() <= 1e-5 * (1.0 + s.abs()),
+                                "{isa:?} {kind:?} rows {rows} tile {tile}: {f} vs {s}"
+                            );
+                        }
+                    }
+                }
             }
         }
+    }
+
+    fn is_avx2_machine() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 
     /// The SIMD quantizers against the portable one, bit for bit, on rows with every kind of
