@@ -159,34 +159,43 @@ fn portable(
     let scale = 1.0 / (head_dim as f32).sqrt();
     let mut k = vec![0f32; head_dim];
     let mut v = vec![0f32; head_dim];
+    let (mut max, mut total) = (vec![0f32; group], vec![0f32; group]);
+    // Each key and value row is converted from f16 once for all the group's query heads (per
+    // head it was the largest cost of this path); each head's sums run in the same order.
     for (i, (q, o)) in task.queries.iter().zip(out.iter_mut()).enumerate() {
         let seen = task.first_pos + i + 1;
-        for g in 0..group {
-            let q = &q[g * head_dim..(g + 1) * head_dim];
-            let o = &mut o[g * head_dim..(g + 1) * head_dim];
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for t in 0..seen {
-                let row = &task.keys[t * task.kv_width + task.kv_offset..][..head_dim];
-                row.convert_to_f32_slice(&mut k);
-                let s = dot(q, &k) * scale;
-                max = max.max(s);
-                scores.push(s);
+        scores.clear();
+        scores.resize(group * seen, 0.0);
+        max.fill(f32::NEG_INFINITY);
+        for t in 0..seen {
+            let row = &task.keys[t * task.kv_width + task.kv_offset..][..head_dim];
+            row.convert_to_f32_slice(&mut k);
+            for (g, m) in max.iter_mut().enumerate() {
+                let s = dot(&q[g * head_dim..(g + 1) * head_dim], &k) * scale;
+                *m = m.max(s);
+                scores[g * seen + t] = s;
             }
-            let mut total = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                total += *s;
+        }
+        total.fill(0.0);
+        for (g, head) in scores.chunks_exact_mut(seen).enumerate() {
+            for s in head.iter_mut() {
+                *s = (*s - max[g]).exp();
+                total[g] += *s;
             }
-            o.fill(0.0);
-            for (t, &w) in scores.iter().enumerate() {
-                let row = &task.values[t * task.kv_width + task.kv_offset..][..head_dim];
-                row.convert_to_f32_slice(&mut v);
+        }
+        o[..group * head_dim].fill(0.0);
+        for t in 0..seen {
+            let row = &task.values[t * task.kv_width + task.kv_offset..][..head_dim];
+            row.convert_to_f32_slice(&mut v);
+            for (g, o) in o.chunks_exact_mut(head_dim).take(group).enumerate() {
+                let w = scores[g * seen + t];
                 for (o, v) in o.iter_mut().zip(&v) {
                     *o += w * v;
                 }
             }
-            let inv = 1.0 / total;
+        }
+        for (g, o) in o.chunks_exact_mut(head_dim).take(group).enumerate() {
+            let inv = 1.0 / total[g];
             o.iter_mut().for_each(|o| *o *= inv);
         }
     }

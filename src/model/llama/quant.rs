@@ -828,17 +828,27 @@ mod x86 {
             let tq = w.qs.as_ptr().add((tile * kb + b) * qs_bytes);
             let mut isum = [[_mm256_setzero_si256(); 2]; R];
             if nibbles {
+                // A block's 8 `vpmaddubsw` pair sums per lane stay inside i16 (8 · 15·127·2 =
+                // 30,480; |x| ≤ 127), so they are added as i16 and widened once per block: two
+                // instructions per 32 products instead of three.
+                let mut pairs = [[_mm256_setzero_si256(); 2]; R];
                 for g in 0..BLOCK / 8 {
                     for h in 0..2 {
                         let v = _mm256_loadu_si256(tq.add(g * 64 + h * 32) as *const _);
                         let lo = _mm256_and_si256(v, low);
                         let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                        for (i, s) in isum.iter_mut().enumerate() {
+                        for (i, p) in pairs.iter_mut().enumerate() {
                             let x0 = _mm256_set1_epi32(act4(a, row0 + i, b, 8 * g));
                             let x1 = _mm256_set1_epi32(act4(a, row0 + i, b, 8 * g + 4));
-                            s[h] = dot4(s[h], lo, x0);
-                            s[h] = dot4(s[h], hi, x1);
+                            p[h] = _mm256_add_epi16(p[h], _mm256_maddubs_epi16(lo, x0));
+                            p[h] = _mm256_add_epi16(p[h], _mm256_maddubs_epi16(hi, x1));
                         }
+                    }
+                }
+                let ones = _mm256_set1_epi16(1);
+                for (s, p) in isum.iter_mut().zip(&pairs) {
+                    for h in 0..2 {
+                        s[h] = _mm256_madd_epi16(p[h], ones);
                     }
                 }
             } else {
@@ -1034,12 +1044,26 @@ pub(super) mod tests {
             assert!(kernels.contains(&Isa::Avx2), "{kernels:?}");
         }
         let (n, k) = (3 * TILE, 9 * BLOCK);
-        for kind in [QuantKind::Q4_0, QuantKind::Q4_1, QuantKind::Q8_0] {
-            let raw = gguf(kind, n, k, 5);
+        // Random blocks, then the extremes the integer sums must hold without wrapping: every
+        // weight at its largest value against activations all +127, then all -127.
+        let cases = [QuantKind::Q4_0, QuantKind::Q4_1, QuantKind::Q8_0]
+            .into_iter()
+            .flat_map(|kind| [(kind, 0), (kind, 1), (kind, -1)]);
+        for (kind, extreme) in cases {
+            let mut raw = gguf(kind, n, k, 5);
+            if extreme != 0 {
+                let skip = if kind == QuantKind::Q4_1 { 4 } else { 2 };
+                for block in raw.chunks_exact_mut(kind.gguf_block_bytes()) {
+                    block[skip..].fill(0xFF);
+                }
+            }
             let w = PackedMatrix::pack(kind, k, &[(&raw, n)]).unwrap();
             let x: Vec<f32> = bytes(77, ROWS * k)
                 .iter()
-                .map(|&b| f32::from(b) / 50.0 - 2.5)
+                .map(|&b| match extreme {
+                    0 => f32::from(b) / 50.0 - 2.5,
+                    e => e as f32,
+                })
                 .collect();
             let mut a = QuantizedRows::default();
             a.quantize(&x, k);
@@ -1053,7 +1077,7 @@ pub(super) mod tests {
                         for (f, s) in fast.iter().flatten().zip(slow.iter().flatten()) {
                             assert!(
                                 (f - s).abs() <= 1e-5 * (1.0 + s.abs()),
-                                "{isa:?} {kind:?} rows {rows} tile {tile}: {f} vs {s}"
+                                "{isa:?} {kind:?} extreme {extreme} rows {rows} tile {tile}: {f} vs {s}"
                             );
                         }
                     }
