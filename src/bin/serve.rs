@@ -559,10 +559,10 @@ fn run_generation(
     // The model, tokenizer and template hold their own copies: the verified GGUF is not read again.
     sealserve::memory::release_pages(gguf);
     // Which of the CPU kernels run (figures hold per kernel family, not per machine name).
-    let kernels = match model.model.device().is_cpu() {
-        true => sealserve::model::llama::quant::cpu_kernels().to_string(),
-        false => "none".to_string(),
-    };
+    let kernels = model
+        .model
+        .cpu_kernels()
+        .map_or_else(|| "none".to_string(), |k| k.to_string());
     tracing::info!(
         device = %device,
         reason = %chosen.reason,

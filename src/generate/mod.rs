@@ -250,6 +250,14 @@ struct Queued {
     ticket: Ticket,
 }
 
+impl Queued {
+    /// Tokens this request may hold in its KV cache: its prompt and all it may generate (what
+    /// it reserves against `max_batch_total_tokens`).
+    fn reserve(&self) -> usize {
+        self.prompt.len() + self.max_tokens
+    }
+}
+
 /// A request's place in `max_concurrent_requests`, from submission until its last event is
 /// sent ([`Ticket::release`], before that event, so a client that submits again on seeing
 /// it is not refused) or it is dropped (cancelled, failed, shut down).

@@ -58,13 +58,6 @@ impl Active {
     }
 }
 
-impl super::Queued {
-    /// Tokens this request may hold in its KV cache: its prompt and all it may generate.
-    pub(super) fn reserve(&self) -> usize {
-        self.prompt.len() + self.max_tokens
-    }
-}
-
 /// Runs until the generator is dropped.
 pub(super) fn run(model: &TextModel, shared: &Shared, config: &GeneratorConfig) {
     let mut active: Vec<Active> = Vec::new();

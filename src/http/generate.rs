@@ -255,11 +255,7 @@ async fn info(State(state): State<Arc<GenerationState>>) -> Response {
         chat_template: model.chat_template.is_some(),
         bundle: state.bundle.clone(),
         device: crate::engine::DeviceKind::of(&model.model.device()),
-        cpu_kernels: model
-            .model
-            .device()
-            .is_cpu()
-            .then(crate::model::llama::quant::cpu_kernels),
+        cpu_kernels: model.model.cpu_kernels(),
         limits: effective_limits(&state),
         auth: if state.api_key.is_some() {
             AuthKind::Bearer
@@ -722,26 +718,25 @@ fn checked_top(n: usize, name: &str) -> Result<usize, ApiError> {
 impl ChatBody {
     /// Refuses what this server cannot honour; the number of alternatives per token when the
     /// request asks for log-probabilities.
-    fn logprobs(&self) -> Result<Option<usize>, ApiError> {
-        if !empty(&self.tools) || !empty(&self.functions) {
-            return Err(unsupported(
-                if empty(&self.tools) {
-                    "functions"
-                } else {
-                    "tools"
-                },
-                "function calling is not implemented; send the conversation without tools",
-            ));
+    fn checked_logprobs(&self) -> Result<Option<usize>, ApiError> {
+        for (name, tools) in [("tools", &self.tools), ("functions", &self.functions)] {
+            if !empty(tools) {
+                return Err(unsupported(
+                    name,
+                    "function calling is not implemented; send the conversation without tools",
+                ));
+            }
         }
-        if !calls_nothing(&self.tool_choice) || !calls_nothing(&self.function_call) {
-            return Err(unsupported(
-                if calls_nothing(&self.tool_choice) {
-                    "function_call"
-                } else {
-                    "tool_choice"
-                },
-                "there are no tools to call; use \"none\" or leave it out",
-            ));
+        for (name, choice) in [
+            ("tool_choice", &self.tool_choice),
+            ("function_call", &self.function_call),
+        ] {
+            if !calls_nothing(choice) {
+                return Err(unsupported(
+                    name,
+                    "there are no tools to call; use \"none\" or leave it out",
+                ));
+            }
         }
         let text_format = match &self.response_format {
             None | Some(Value::Null) => true,
@@ -762,8 +757,8 @@ impl ChatBody {
 }
 
 impl CompletionBody {
-    /// As [`ChatBody::logprobs`].
-    fn logprobs(&self) -> Result<Option<usize>, ApiError> {
+    /// As [`ChatBody::checked_logprobs`].
+    fn checked_logprobs(&self) -> Result<Option<usize>, ApiError> {
         if self.echo == Some(true) {
             return Err(unsupported(
                 "echo",
@@ -908,7 +903,7 @@ async fn chat_completions(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body: ChatBody = parse(&body_bytes(ApiFamily::OpenAi, body)?)?;
-    let logprobs = body.logprobs()?;
+    let logprobs = body.checked_logprobs()?;
     let prompt = chat_prompt(body.messages)?;
     run(state, Shape::Chat, body.common, prompt, logprobs).await
 }
@@ -925,7 +920,7 @@ async fn completions(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body: CompletionBody = parse(&body_bytes(ApiFamily::OpenAi, body)?)?;
-    let logprobs = body.logprobs()?;
+    let logprobs = body.checked_logprobs()?;
     run(
         state,
         Shape::Text,
@@ -1224,7 +1219,7 @@ async fn cml_model(
     }
     let (shape, common, prompt, logprobs) = match request.request {
         CmlGenerationInput::Chat(body) => {
-            let logprobs = body.logprobs().map_err(in_cml)?;
+            let logprobs = body.checked_logprobs().map_err(in_cml)?;
             (
                 Shape::Chat,
                 body.common,
@@ -1233,7 +1228,7 @@ async fn cml_model(
             )
         }
         CmlGenerationInput::Text(body) => {
-            let logprobs = body.logprobs().map_err(in_cml)?;
+            let logprobs = body.checked_logprobs().map_err(in_cml)?;
             (Shape::Text, body.common, Ok(body.prompt.into()), logprobs)
         }
     };

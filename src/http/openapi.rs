@@ -398,22 +398,15 @@ pub fn exact_generation_document(mut document: Value, bounds: &GenerationBounds)
     set("Common", "seed", seed);
     // OpenAI parameters this server refuses unless they ask for nothing (see `unsupported` in
     // http/generate.rs): the schema admits exactly the values that are accepted.
-    let nothing = |what: &str, value: Value| {
-        let mut value = value;
-        value["description"] = json!(format!(
-            "Not supported ({what}): {}",
-            value["description"].as_str().unwrap_or("absent or null.")
-        ));
-        value
-    };
-    let no_list =
-        json!({"type": ["array", "null"], "maxItems": 0, "description": "absent, null or empty."});
-    let no_call = json!({"enum": ["none", "auto", null], "description": "absent, null, \"none\" or \"auto\"."});
+    let no_list = json!({"type": ["array", "null"], "maxItems": 0,
+        "description": "Not supported (function calling): absent, null or empty."});
+    let no_call = json!({"enum": ["none", "auto", null],
+        "description": "Not supported (function calling): absent, null, \"none\" or \"auto\"."});
     for (name, value) in [
-        ("tools", nothing("function calling", no_list.clone())),
-        ("functions", nothing("function calling", no_list)),
-        ("tool_choice", nothing("function calling", no_call.clone())),
-        ("function_call", nothing("function calling", no_call)),
+        ("tools", no_list.clone()),
+        ("functions", no_list),
+        ("tool_choice", no_call.clone()),
+        ("function_call", no_call),
         (
             "response_format",
             json!({"description": "Only {\"type\": \"text\"}: the output is not constrained to JSON or a schema.",
@@ -431,10 +424,8 @@ pub fn exact_generation_document(mut document: Value, bounds: &GenerationBounds)
         ),
         (
             "suffix",
-            nothing(
-                "insertion",
-                json!({"type": ["string", "null"], "maxLength": 0, "description": "absent, null or empty."}),
-            ),
+            json!({"type": ["string", "null"], "maxLength": 0,
+                   "description": "Not supported (insertion): absent, null or empty."}),
         ),
         (
             "best_of",
@@ -446,10 +437,8 @@ pub fn exact_generation_document(mut document: Value, bounds: &GenerationBounds)
     set(
         "Common",
         "logit_bias",
-        nothing(
-            "token biases",
-            json!({"type": ["object", "null"], "maxProperties": 0, "description": "absent, null or {}."}),
-        ),
+        json!({"type": ["object", "null"], "maxProperties": 0,
+               "description": "Not supported (token biases): absent, null or {}."}),
     );
     if let Some(part) = schemas.get_mut("Part") {
         part["required"] = json!(["type", "text"]);

@@ -502,6 +502,14 @@ impl LlamaModel {
         2 * c.layers * c.kv_heads * c.head_dim * element
     }
 
+    /// Which of this project's CPU kernels run the model: `None` on a candle device.
+    pub fn cpu_kernels(&self) -> Option<quant::CpuKernels> {
+        match &self.engine {
+            ModelEngine::Cpu(_) => Some(quant::cpu_kernels()),
+            ModelEngine::Device(_) => None,
+        }
+    }
+
     /// A fresh, empty cache for one sequence.
     pub fn new_cache(&self) -> KvCache {
         match &self.engine {
