@@ -61,60 +61,76 @@ pub fn attend(
     out: &mut [&mut [f32]],
     scores: &mut Vec<f32>,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    let path = cpu();
+    #[cfg(not(target_arch = "x86_64"))]
+    let path = Cpu::Plain;
+    attend_on(path, task, head_dim, group, out, scores)
+}
+
+/// [`attend`] with the given kernels (tests run every path the CPU has).
+fn attend_on(
+    path: Cpu,
+    task: &AttentionTask<'_>,
+    head_dim: usize,
+    group: usize,
+    out: &mut [&mut [f32]],
+    scores: &mut Vec<f32>,
+) {
     debug_assert_eq!(task.queries.len(), out.len());
     #[cfg(target_arch = "x86_64")]
     {
-        let cpu = cpu();
-        if cpu == Cpu::Avx512 {
-            // SAFETY: AVX-512F was detected at run time; the task's slices are bounds-checked
-            // in `check` before any unchecked read.
-            match head_dim {
-                64 if check(task, head_dim, group, out) => {
-                    return unsafe { x86::attend::<4>(task, group, out, scores) };
-                }
-                128 if check(task, head_dim, group, out) => {
-                    return unsafe { x86::attend::<8>(task, group, out, scores) };
-                }
-                _ => {}
+        let vector = matches!(head_dim, 64 | 128) && check(task, head_dim, group, out);
+        match path {
+            // SAFETY (both): the CPU has the features (detected at run time, `cpu`); the task's
+            // slices were bounds-checked in `check` before any unchecked read.
+            Cpu::Avx512 if vector => {
+                return match head_dim {
+                    64 => unsafe { x86::attend::<4>(task, group, out, scores) },
+                    _ => unsafe { x86::attend::<8>(task, group, out, scores) },
+                };
             }
-        }
-        if cpu != Cpu::Plain {
+            Cpu::Avx2 if vector => {
+                return match head_dim {
+                    64 => unsafe { avx2::attend::<8>(task, group, out, scores) },
+                    _ => unsafe { avx2::attend::<16>(task, group, out, scores) },
+                };
+            }
             // SAFETY: AVX2, FMA and F16C were detected at run time.
-            return unsafe { portable_avx2(task, head_dim, group, out, scores) };
+            Cpu::Avx512 | Cpu::Avx2 => {
+                return unsafe { portable_avx2(task, head_dim, group, out, scores) };
+            }
+            Cpu::Plain => {}
         }
     }
     portable(task, head_dim, group, out, scores)
 }
 
 /// What this CPU runs attention with, detected once.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Cpu {
-    /// AVX-512F and F16C (and AVX2, FMA, which every AVX-512 CPU has): the vector kernel for
+    /// AVX-512F and F16C (and AVX2, FMA, which every AVX-512 CPU has): the 16-lane kernel for
     /// head widths 64 and 128, the AVX2 build of the portable loops for other widths.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Avx512,
-    /// AVX2, FMA and F16C: the AVX2 build of the portable loops.
+    /// AVX2, FMA and F16C: the 8-lane kernel for head widths 64 and 128, the AVX2 build of the
+    /// portable loops for other widths.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Avx2,
     /// Neither, or `SEALSERVE_LLM_ISA=scalar`: the portable loops as compiled.
     Plain,
 }
 
+/// The same decision as the step's other vector loops (SiLU, RoPE): `ops` detects once.
 #[cfg(target_arch = "x86_64")]
 fn cpu() -> Cpu {
-    static CPU: std::sync::OnceLock<Cpu> = std::sync::OnceLock::new();
-    *CPU.get_or_init(|| {
-        let avx2 = is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c");
-        if super::ops::isa_cap() == super::ops::IsaCap::Scalar || !avx2 {
-            Cpu::Plain
-        } else if super::ops::x86::avx512() {
-            // The same AVX-512 decision as the step's other vector loops (SiLU, RoPE).
-            Cpu::Avx512
-        } else {
-            Cpu::Avx2
-        }
-    })
+    if !super::ops::avx2::usable() {
+        Cpu::Plain
+    } else if super::ops::x86::avx512() {
+        Cpu::Avx512
+    } else {
+        Cpu::Avx2
+    }
 }
 
 /// The portable loops compiled for AVX2 machines (no AVX-512): they vectorise 8 wide and
@@ -392,6 +408,182 @@ mod x86 {
     }
 }
 
+/// The AVX-512 kernel's design on 8 lanes, for CPUs with AVX2 but not AVX-512 (and
+/// `SEALSERVE_LLM_ISA=avx2`): each key and value row read and converted once for the group,
+/// 8 keys scored per pass and summed by one transpose-add tree, 8 exponentials at once.
+///
+/// What differs: AVX2 has 16 vector registers, not 32, so a key pass accumulates its 8 dot
+/// products column by column (one query vector load feeds 8 FMAs), and a value pass covers
+/// 32 of the head's columns for up to 3 query heads (12 accumulators); a head of 64 (128)
+/// takes 2 (4) passes over the value rows, each reading only its columns.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::AttentionTask;
+    use crate::model::llama::ops::avx2::{exp8, fold, lanes, reduce8, AddF32, Max};
+    use std::arch::x86_64::*;
+
+    /// 8 cache values from f16.
+    #[inline(always)]
+    unsafe fn load8(p: *const half::f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+
+    /// Prefetch distances, in rows: the AVX-512 kernel's (2 chunks of 16 keys; 24 values).
+    const KEY_AHEAD_ROWS: usize = 32;
+    const VALUE_AHEAD: usize = 24;
+
+    /// Columns of one value pass, in 8-float vectors.
+    const PASS_COLUMNS: usize = 4;
+
+    /// Head width `8 × C` (8 or 16). Callers checked the bounds (`super::check`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn attend<const C: usize>(
+        task: &AttentionTask<'_>,
+        group: usize,
+        out: &mut [&mut [f32]],
+        scores: &mut Vec<f32>,
+    ) {
+        let hd = 8 * C;
+        let scale = _mm256_set1_ps(1.0 / (hd as f32).sqrt());
+        let neg_inf = _mm256_set1_ps(f32::NEG_INFINITY);
+        let (keys, values) = (task.keys.as_ptr(), task.values.as_ptr());
+        let (kw, off) = (task.kv_width, task.kv_offset);
+        let mut inv = [0f32; super::x86::MAX_GROUP];
+        let inv = &mut inv[..group];
+        let mut vmax = [neg_inf; super::x86::MAX_GROUP];
+        let vmax = &mut vmax[..group];
+        // One 8-key chunk converted to f32 once for every head of the group.
+        let mut chunk = [[_mm256_setzero_ps(); C]; 8];
+        for (i, (q, o)) in task.queries.iter().zip(out.iter_mut()).enumerate() {
+            let seen = task.first_pos + i + 1;
+            let padded = seen.next_multiple_of(8);
+            scores.resize(group * padded, 0.0);
+            vmax.fill(neg_inf);
+            let mut t0 = 0;
+            while t0 < seen {
+                // A hint; past the window it is never read.
+                let ahead = keys.wrapping_add((t0 + KEY_AHEAD_ROWS) * kw + off) as *const i8;
+                for line in (0..8 * kw * 2).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
+                }
+                for (j, key) in chunk.iter_mut().enumerate() {
+                    // Past the end of the window the last key is read again and masked.
+                    let k = keys.add((t0 + j).min(seen - 1) * kw + off);
+                    for (c, x) in key.iter_mut().enumerate() {
+                        *x = load8(k.add(8 * c));
+                    }
+                }
+                let valid = lanes(seen - t0);
+                for (g, vmax) in vmax.iter_mut().enumerate() {
+                    let qp = q.as_ptr().add(g * hd);
+                    let mut p = [_mm256_setzero_ps(); 8];
+                    for c in 0..C {
+                        let qc = _mm256_loadu_ps(qp.add(8 * c));
+                        for (p, key) in p.iter_mut().zip(&chunk) {
+                            *p = _mm256_fmadd_ps(qc, key[c], *p);
+                        }
+                    }
+                    let s = _mm256_blendv_ps(
+                        neg_inf,
+                        _mm256_mul_ps(reduce8::<AddF32>(&p), scale),
+                        valid,
+                    );
+                    _mm256_storeu_ps(scores.as_mut_ptr().add(g * padded + t0), s);
+                    *vmax = _mm256_max_ps(*vmax, s);
+                }
+                t0 += 8;
+            }
+            for (g, (inv, vmax)) in inv.iter_mut().zip(vmax.iter()).enumerate() {
+                let srow = scores.as_mut_ptr().add(g * padded);
+                let max = _mm256_set1_ps(fold::<Max>(*vmax));
+                let mut vsum = _mm256_setzero_ps();
+                let mut t0 = 0;
+                while t0 < seen {
+                    let s = _mm256_loadu_ps(srow.add(t0));
+                    let e = _mm256_and_ps(lanes(seen - t0), exp8(_mm256_sub_ps(s, max)));
+                    _mm256_storeu_ps(srow.add(t0), e);
+                    vsum = _mm256_add_ps(vsum, e);
+                    t0 += 8;
+                }
+                *inv = 1.0 / fold::<AddF32>(vsum);
+            }
+            let mut g0 = 0;
+            while g0 < group {
+                let n = (group - g0).min(3);
+                for col in (0..C).step_by(PASS_COLUMNS) {
+                    let pass = Pass {
+                        values: values.add(off + 8 * col),
+                        kw,
+                        seen,
+                        scores: scores.as_ptr().add(g0 * padded),
+                        padded,
+                        inv: &inv[g0..g0 + n],
+                        out: o.as_mut_ptr().add(g0 * hd + 8 * col),
+                        hd,
+                        prefetch: col == 0,
+                    };
+                    match n {
+                        1 => weigh::<1>(&pass),
+                        2 => weigh::<2>(&pass),
+                        _ => weigh::<3>(&pass),
+                    }
+                }
+                g0 += n;
+            }
+        }
+    }
+
+    /// One value pass: `PASS_COLUMNS` vectors of columns for `N` query heads.
+    struct Pass<'a> {
+        /// The pass's first column in row 0.
+        values: *const half::f16,
+        kw: usize,
+        seen: usize,
+        /// Exponentiated scores of the first head; head `g` at `g × padded`.
+        scores: *const f32,
+        padded: usize,
+        inv: &'a [f32],
+        /// The pass's first column of the first head's output; head `g` at `g × hd`.
+        out: *mut f32,
+        hd: usize,
+        /// Whether to ask for rows ahead (the first pass over the rows; later ones find them
+        /// in cache).
+        prefetch: bool,
+    }
+
+    /// `out[g][cols] = inv[g] · Σ_t scores[g][t] · v_t[cols]`, each value vector converted once
+    /// for all `N` heads.
+    #[inline(always)]
+    unsafe fn weigh<const N: usize>(p: &Pass<'_>) {
+        let mut acc = [[_mm256_setzero_ps(); PASS_COLUMNS]; N];
+        for t in 0..p.seen {
+            let v = p.values.add(t * p.kw);
+            if p.prefetch {
+                let ahead = v.wrapping_add(VALUE_AHEAD * p.kw) as *const i8;
+                for line in (0..p.kw * 2).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
+                }
+            }
+            let mut vv = [_mm256_setzero_ps(); PASS_COLUMNS];
+            for (c, x) in vv.iter_mut().enumerate() {
+                *x = load8(v.add(8 * c));
+            }
+            for (g, acc) in acc.iter_mut().enumerate() {
+                let w = _mm256_broadcast_ss(&*p.scores.add(g * p.padded + t));
+                for (a, x) in acc.iter_mut().zip(&vv) {
+                    *a = _mm256_fmadd_ps(w, *x, *a);
+                }
+            }
+        }
+        for (g, acc) in acc.iter().enumerate() {
+            let inv = _mm256_set1_ps(p.inv[g]);
+            for (c, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(p.out.add(g * p.hd + 8 * c), _mm256_mul_ps(*a, inv));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,12 +634,22 @@ mod tests {
 
     #[test]
     fn every_path_matches_an_f64_reference_and_rows_do_not_depend_on_their_neighbours() {
-        // Head widths with (64, 128) and without (48) the vector path; groups of 1 to 7 query
-        // heads; windows that end inside and on a 16-key chunk.
-        for (hd, group, kv_heads) in [(64, 3, 3), (128, 2, 2), (64, 7, 1), (48, 1, 2), (128, 1, 1)]
-        {
+        // Every path this CPU has; head widths with (64, 128) and without (48) the vector
+        // kernels; groups of 1 to 7 query heads (a value pass takes up to 3 on AVX2); windows
+        // that end inside and on an 8- and a 16-key chunk.
+        for (path, (hd, group, kv_heads)) in paths().into_iter().flat_map(|p| {
+            [
+                (64, 3, 3),
+                (128, 2, 2),
+                (64, 7, 1),
+                (48, 1, 2),
+                (128, 1, 1),
+                (128, 4, 1),
+            ]
+            .map(|shape| (p, shape))
+        }) {
             let kw = hd * kv_heads;
-            for (first_pos, rows) in [(0, 1), (0, 17), (15, 1), (31, 3), (100, 2)] {
+            for (first_pos, rows) in [(0, 1), (0, 17), (7, 1), (15, 1), (31, 3), (100, 2)] {
                 let seen = first_pos + rows;
                 let half = |v: Vec<f32>| v.into_iter().map(f16::from_f32).collect::<Vec<_>>();
                 let keys = half(values(hd as u64 + seen as u64, seen * kw, 3.0));
@@ -465,7 +667,7 @@ mod tests {
                     };
                     let mut out = vec![0f32; rows * group * hd];
                     let mut outs: Vec<&mut [f32]> = out.chunks_exact_mut(group * hd).collect();
-                    attend(&task, hd, group, &mut outs, &mut Vec::new());
+                    attend_on(path, &task, hd, group, &mut outs, &mut Vec::new());
                     for r in 0..rows {
                         let window = first_pos + r + 1;
                         let head = |data: &[f16], t: usize| -> Vec<f64> {
@@ -486,7 +688,7 @@ mod tests {
                             for (d, (g2, w)) in got.iter().zip(&want).enumerate() {
                                 assert!(
                                     (f64::from(*g2) - w).abs() < 2e-5,
-                                    "hd {hd} group {group} pos {first_pos}+{r} head {g} dim {d}: {g2} vs {w}"
+                                    "{path:?}: hd {hd} group {group} pos {first_pos}+{r} head {g} dim {d}: {g2} vs {w}"
                                 );
                             }
                         }
@@ -500,11 +702,28 @@ mod tests {
                             kv_width: kw,
                         };
                         let mut one = vec![0f32; group * hd];
-                        attend(&alone, hd, group, &mut [&mut one], &mut Vec::new());
-                        assert_eq!(one, out[r * group * hd..(r + 1) * group * hd]);
+                        attend_on(path, &alone, hd, group, &mut [&mut one], &mut Vec::new());
+                        assert_eq!(one, out[r * group * hd..(r + 1) * group * hd], "{path:?}");
                     }
                 }
             }
         }
+    }
+
+    /// Every attention path this CPU can run, whatever `SEALSERVE_LLM_ISA` says.
+    fn paths() -> Vec<Cpu> {
+        #[allow(unused_mut)]
+        let mut paths = vec![Cpu::Plain];
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            paths.push(Cpu::Avx2);
+            if is_x86_feature_detected!("avx512f") {
+                paths.push(Cpu::Avx512);
+            }
+        }
+        paths
     }
 }

@@ -161,15 +161,22 @@ fn rope_portable(row: &mut [f32], head_dim: usize, angles: &[[f32; 2]], style: R
 
 /// `out = silu(gate) * up` for rows laid out as `[gate | up]` of width `2 * width`.
 ///
-/// With AVX-512 the exponentials are 16 at a time (`x86::exp16`, ~1 ulp of libm's): at 8 streams
-/// a step has ~370k of them, on one thread while the other waits, and libm's scalar `expf` was
-/// ~6 % of the step.
+/// With AVX-512 the exponentials are 16 at a time (`x86::exp16`, ~1 ulp of libm's), with AVX2 8
+/// at a time (`avx2::exp8`): at 8 streams a step has ~370k of them, on one thread while the
+/// other waits, and libm's scalar `expf` was ~6 % of the step (~3 % with the AVX2 kernels).
 pub fn silu_mul(gate_up: &[f32], width: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if x86::avx512() {
         // SAFETY: AVX-512F was detected at run time.
         return unsafe { x86::silu_mul(gate_up, width, out) };
+    } else if avx2::usable() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        return unsafe { avx2::silu_mul(gate_up, width, out) };
     }
+    silu_mul_portable(gate_up, width, out)
+}
+
+fn silu_mul_portable(gate_up: &[f32], width: usize, out: &mut [f32]) {
     for (row, o) in gate_up
         .chunks_exact(2 * width)
         .zip(out.chunks_exact_mut(width))
@@ -256,15 +263,16 @@ pub(super) mod x86 {
         }
     }
 
-    /// An associative, commutative lane operation for [`reduce16`]. A trait rather than a
-    /// closure: closures are not compiled with the caller's target features and did not inline.
-    pub(in crate::model::llama) trait Combine {
-        unsafe fn op(a: __m512, b: __m512) -> __m512;
+    /// An associative, commutative lane operation on vectors `V` for [`reduce16`] (and the
+    /// 8-lane [`super::avx2::reduce8`]). A trait rather than a closure: closures are not
+    /// compiled with the caller's target features and did not inline.
+    pub(in crate::model::llama) trait Combine<V> {
+        unsafe fn op(a: V, b: V) -> V;
     }
 
-    /// Float addition (attention's 16 dot products at once).
+    /// Float addition (attention's dot products, several at once).
     pub(in crate::model::llama) struct AddF32;
-    impl Combine for AddF32 {
+    impl Combine<__m512> for AddF32 {
         #[inline(always)]
         unsafe fn op(a: __m512, b: __m512) -> __m512 {
             _mm512_add_ps(a, b)
@@ -273,7 +281,7 @@ pub(super) mod x86 {
 
     /// Float maximum (the quantizer's block maxima; no NaNs reach it).
     pub(in crate::model::llama) struct Max;
-    impl Combine for Max {
+    impl Combine<__m512> for Max {
         #[inline(always)]
         unsafe fn op(a: __m512, b: __m512) -> __m512 {
             _mm512_max_ps(a, b)
@@ -282,7 +290,7 @@ pub(super) mod x86 {
 
     /// Integer addition on the lanes' bits (the quantizer's block sums).
     pub(in crate::model::llama) struct AddI32;
-    impl Combine for AddI32 {
+    impl Combine<__m512> for AddI32 {
         #[inline(always)]
         unsafe fn op(a: __m512, b: __m512) -> __m512 {
             _mm512_castsi512_ps(_mm512_add_epi32(
@@ -295,7 +303,7 @@ pub(super) mod x86 {
     /// Sixteen horizontal reductions at once: lane `j` of the result is `C::op` over the 16
     /// lanes of `p[j]`, by a fixed tree (so float sums do not depend on anything but `p`).
     #[inline(always)]
-    pub(in crate::model::llama) unsafe fn reduce16<C: Combine>(p: &[__m512; 16]) -> __m512 {
+    pub(in crate::model::llama) unsafe fn reduce16<C: Combine<__m512>>(p: &[__m512; 16]) -> __m512 {
         // Pairs: within each 128-bit lane [a0∘a2, b0∘b2, a1∘a3, b1∘b3].
         let mut a = [_mm512_setzero_ps(); 8];
         for (j, a) in a.iter_mut().enumerate() {
@@ -325,6 +333,20 @@ pub(super) mod x86 {
         )
     }
 
+    /// ln 2 in two parts for the reduction `x - n·ln2` (Cephes' C1 + C2).
+    pub(in crate::model::llama) const EXP_LN2: [f32; 2] = [0.693_359_4, -2.121_944_4e-4];
+
+    /// Cephes' `expf` polynomial on the reduced argument, highest degree first (then
+    /// `y·r² + r + 1`).
+    pub(in crate::model::llama) const EXP_POLY: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ];
+
     /// `e^x`, ~1 ulp: Cody-Waite reduction and Cephes' degree-6 polynomial. Below -104 the
     /// result is under the smallest subnormal (flushed towards zero); above ~88.7 it is +inf,
     /// as libm's.
@@ -334,18 +356,11 @@ pub(super) mod x86 {
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
         );
-        // x - n·ln2 in two parts (Cephes' C1 + C2 = ln 2).
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut y = _mm512_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
-            y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2[0]), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2[1]), r);
+        let mut y = _mm512_set1_ps(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(*c));
         }
         let y = _mm512_fmadd_ps(
             y,
@@ -353,6 +368,159 @@ pub(super) mod x86 {
             _mm512_add_ps(r, _mm512_set1_ps(1.0)),
         );
         _mm512_scalef_ps(y, n)
+    }
+}
+
+/// The AVX2 (+ FMA, F16C) counterparts of [`x86`]'s helpers, for CPUs without AVX-512 (most
+/// Intel Xeons before Skylake-SP, AMD EPYC before Zen 4) or with `SEALSERVE_LLM_ISA=avx2`.
+#[cfg(target_arch = "x86_64")]
+pub(super) mod avx2 {
+    pub(in crate::model::llama) use super::x86::{AddF32, AddI32, Combine, Max};
+    use super::x86::{EXP_LN2, EXP_POLY};
+    use std::arch::x86_64::*;
+
+    /// Whether AVX2, FMA and F16C are there and allowed ([`super::isa_cap`]), detected once.
+    /// (Every AVX-512 CPU has them too; callers try [`super::x86::avx512`] first.)
+    pub(in crate::model::llama) fn usable() -> bool {
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX2.get_or_init(|| {
+            super::isa_cap() >= super::IsaCap::Avx2
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+        })
+    }
+
+    /// See [`super::silu_mul`]; a tail shorter than 8 takes the scalar formula.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn silu_mul(gate_up: &[f32], width: usize, out: &mut [f32]) {
+        let one = _mm256_set1_ps(1.0);
+        for (row, o) in gate_up
+            .chunks_exact(2 * width)
+            .zip(out.chunks_exact_mut(width))
+        {
+            let (gate, up) = row.split_at(width);
+            let full = width - width % 8;
+            let mut i = 0;
+            while i < full {
+                let g = _mm256_loadu_ps(gate.as_ptr().add(i));
+                let u = _mm256_loadu_ps(up.as_ptr().add(i));
+                let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+                let s = _mm256_div_ps(g, _mm256_add_ps(one, e));
+                _mm256_storeu_ps(o.as_mut_ptr().add(i), _mm256_mul_ps(s, u));
+                i += 8;
+            }
+            for ((o, g), u) in o[full..].iter_mut().zip(&gate[full..]).zip(&up[full..]) {
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
+        }
+    }
+
+    /// All-ones in the first `n` lanes (all 8 when `n ≥ 8`), zeros after: a blend or `and` mask.
+    #[inline(always)]
+    pub(in crate::model::llama) unsafe fn lanes(n: usize) -> __m256 {
+        let n = _mm256_set1_epi32(n.min(8) as i32);
+        _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+            n,
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        ))
+    }
+
+    impl Combine<__m256> for AddF32 {
+        #[inline(always)]
+        unsafe fn op(a: __m256, b: __m256) -> __m256 {
+            _mm256_add_ps(a, b)
+        }
+    }
+
+    impl Combine<__m256> for Max {
+        #[inline(always)]
+        unsafe fn op(a: __m256, b: __m256) -> __m256 {
+            _mm256_max_ps(a, b)
+        }
+    }
+
+    impl Combine<__m256> for AddI32 {
+        #[inline(always)]
+        unsafe fn op(a: __m256, b: __m256) -> __m256 {
+            _mm256_castsi256_ps(_mm256_add_epi32(
+                _mm256_castps_si256(a),
+                _mm256_castps_si256(b),
+            ))
+        }
+    }
+
+    /// Eight horizontal reductions at once: lane `j` of the result is `C::op` over the 8 lanes
+    /// of `p[j]`, by a fixed tree (so float sums depend on nothing but `p`).
+    #[inline(always)]
+    pub(in crate::model::llama) unsafe fn reduce8<C: Combine<__m256>>(p: &[__m256; 8]) -> __m256 {
+        // Pairs: per 128-bit half [x0∘x2, y0∘y2, x1∘x3, y1∘y3].
+        let mut a = [_mm256_setzero_ps(); 4];
+        for (j, a) in a.iter_mut().enumerate() {
+            let (x, y) = (p[2 * j], p[2 * j + 1]);
+            *a = C::op(_mm256_unpacklo_ps(x, y), _mm256_unpackhi_ps(x, y));
+        }
+        // Quads: per 128-bit half one partial result of each of 4 inputs.
+        let mut b = [_mm256_setzero_ps(); 2];
+        for (j, b) in b.iter_mut().enumerate() {
+            let (x, y) = (_mm256_castps_pd(a[2 * j]), _mm256_castps_pd(a[2 * j + 1]));
+            let lo = _mm256_castpd_ps(_mm256_unpacklo_pd(x, y));
+            let hi = _mm256_castpd_ps(_mm256_unpackhi_pd(x, y));
+            *b = C::op(lo, hi);
+        }
+        // Halves: inputs 0-3 from b[0], 4-7 from b[1].
+        C::op(
+            _mm256_permute2f128_ps::<0x20>(b[0], b[1]),
+            _mm256_permute2f128_ps::<0x31>(b[0], b[1]),
+        )
+    }
+
+    /// The 8 lanes of `x` combined into one value (by a fixed tree).
+    #[inline(always)]
+    pub(in crate::model::llama) unsafe fn fold<C: Combine<__m256>>(x: __m256) -> f32 {
+        let h = C::op(x, _mm256_permute2f128_ps::<0x01>(x, x));
+        let h = C::op(h, _mm256_permute_ps::<0b01_00_11_10>(h));
+        let h = C::op(h, _mm256_permute_ps::<0b10_11_00_01>(h));
+        _mm256_cvtss_f32(h)
+    }
+
+    /// `e^x` as [`super::x86::exp16`] (same reduction and polynomial, ~1 ulp). AVX2 has no
+    /// `scalef`: `2^n` is built in the exponent field in two factors, since `n` runs from -150
+    /// to 129 and one factor holds only -126 to 127; the second product rounds once, into the
+    /// subnormals where the result is that small. Above ~88.7 the result is +inf, as libm's.
+    #[inline(always)]
+    pub(in crate::model::llama) unsafe fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_min_ps(
+            _mm256_max_ps(x, _mm256_set1_ps(-104.0)),
+            _mm256_set1_ps(89.0),
+        );
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2[0]), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2[1]), r);
+        let mut y = _mm256_set1_ps(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(*c));
+        }
+        let y = _mm256_fmadd_ps(
+            y,
+            _mm256_mul_ps(r, r),
+            _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+        );
+        let n = _mm256_cvtps_epi32(n);
+        let n1 = _mm256_srai_epi32::<1>(n);
+        let n2 = _mm256_sub_epi32(n, n1);
+        _mm256_mul_ps(_mm256_mul_ps(y, pow2(n1)), pow2(n2))
+    }
+
+    /// `2^k` for -126 ≤ k ≤ 127, lane by lane.
+    #[inline(always)]
+    unsafe fn pow2(k: __m256i) -> __m256 {
+        _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            k,
+            _mm256_set1_epi32(127),
+        )))
     }
 }
 
@@ -424,54 +592,162 @@ mod tests {
         let rows: Vec<f32> = (0..3 * 2 * width)
             .map(|i| (i as f32 - 111.0) * 1.09 + 0.013 * (i % 7) as f32)
             .collect();
-        let mut out = vec![0f32; 3 * width];
-        silu_mul(&rows, width, &mut out);
-        for (row, o) in rows.chunks_exact(2 * width).zip(out.chunks_exact(width)) {
-            let (gate, up) = row.split_at(width);
-            for ((g, u), o) in gate.iter().zip(up).zip(o) {
-                let (g, u) = (f64::from(*g), f64::from(*u));
-                let want = g / (1.0 + (-g).exp()) * u;
-                assert!(
-                    (f64::from(*o) - want).abs() <= 1e-6 * want.abs() + 1e-30,
-                    "silu({g}) * {u} = {o}, want {want}"
-                );
+        for (path, silu) in silu_paths() {
+            let mut out = vec![0f32; 3 * width];
+            silu(&rows, width, &mut out);
+            for (row, o) in rows.chunks_exact(2 * width).zip(out.chunks_exact(width)) {
+                let (gate, up) = row.split_at(width);
+                for ((g, u), o) in gate.iter().zip(up).zip(o) {
+                    let (g, u) = (f64::from(*g), f64::from(*u));
+                    let want = g / (1.0 + (-g).exp()) * u;
+                    assert!(
+                        (f64::from(*o) - want).abs() <= 1e-6 * want.abs() + 1e-30,
+                        "{path}: silu({g}) * {u} = {o}, want {want}"
+                    );
+                }
             }
         }
     }
 
-    #[test]
-    fn the_vector_exponential_is_within_two_ulps_of_libm_where_it_is_finite() {
+    type Silu = Box<dyn Fn(&[f32], usize, &mut [f32])>;
+
+    /// Every SiLU path this CPU can run, whatever `SEALSERVE_LLM_ISA` says.
+    fn silu_paths() -> Vec<(&'static str, Silu)> {
+        let mut paths: Vec<(&'static str, Silu)> = vec![
+            ("dispatched", Box::new(silu_mul)),
+            ("portable", Box::new(silu_mul_portable)),
+        ];
         #[cfg(target_arch = "x86_64")]
-        if x86::avx512() {
-            use std::arch::x86_64::*;
-            let mut x = -104.0f32;
-            while x <= 89.0 {
-                let xs: Vec<f32> = (0..16).map(|i| x + i as f32 * 0.0007).collect();
-                let mut got = [0f32; 16];
-                // SAFETY: AVX-512F detected above.
-                unsafe {
-                    #[target_feature(enable = "avx512f")]
-                    unsafe fn run(xs: &[f32], got: &mut [f32; 16]) {
-                        _mm512_storeu_ps(
-                            got.as_mut_ptr(),
-                            x86::exp16(_mm512_loadu_ps(xs.as_ptr())),
-                        );
-                    }
-                    run(&xs, &mut got);
-                }
-                for (v, g) in xs.iter().zip(got) {
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                // SAFETY: AVX2 and FMA detected just above.
+                paths.push((
+                    "avx2",
+                    Box::new(|a, w, o| unsafe { avx2::silu_mul(a, w, o) }),
+                ));
+            }
+            if is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F detected just above.
+                paths.push((
+                    "avx512",
+                    Box::new(|a, w, o| unsafe { x86::silu_mul(a, w, o) }),
+                ));
+            }
+        }
+        paths
+    }
+
+    /// 16 inputs to 16 exponentials.
+    #[cfg(target_arch = "x86_64")]
+    type Exp = fn(&[f32; 16]) -> [f32; 16];
+
+    /// Every vector exponential this CPU has.
+    #[cfg(target_arch = "x86_64")]
+    fn exp_paths() -> Vec<(&'static str, Exp)> {
+        use std::arch::x86_64::*;
+        #[target_feature(enable = "avx512f")]
+        unsafe fn e16(xs: &[f32; 16]) -> [f32; 16] {
+            let mut got = [0f32; 16];
+            _mm512_storeu_ps(got.as_mut_ptr(), x86::exp16(_mm512_loadu_ps(xs.as_ptr())));
+            got
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn e8(xs: &[f32; 16]) -> [f32; 16] {
+            let mut got = [0f32; 16];
+            for h in 0..2 {
+                let v = avx2::exp8(_mm256_loadu_ps(xs.as_ptr().add(8 * h)));
+                _mm256_storeu_ps(got.as_mut_ptr().add(8 * h), v);
+            }
+            got
+        }
+        let mut paths: Vec<(&'static str, Exp)> = Vec::new();
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F detected just above.
+            paths.push(("exp16", |xs| unsafe { e16(xs) }));
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: AVX2 and FMA detected just above.
+            paths.push(("exp8", |xs| unsafe { e8(xs) }));
+        }
+        paths
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_avx2_reductions_combine_each_input_vectors_lanes() {
+        use std::arch::x86_64::*;
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return;
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn run(rows: &[[f32; 8]; 8]) -> ([f32; 8], [f32; 8], [i32; 8], [f32; 8]) {
+            let p = rows.map(|r| _mm256_loadu_ps(r.as_ptr()));
+            let ints =
+                rows.map(|r| _mm256_castsi256_ps(_mm256_cvttps_epi32(_mm256_loadu_ps(r.as_ptr()))));
+            let (mut sum, mut max, mut isum, mut folded) =
+                ([0f32; 8], [0f32; 8], [0i32; 8], [0f32; 8]);
+            _mm256_storeu_ps(sum.as_mut_ptr(), avx2::reduce8::<avx2::AddF32>(&p));
+            _mm256_storeu_ps(max.as_mut_ptr(), avx2::reduce8::<avx2::Max>(&p));
+            _mm256_storeu_si256(
+                isum.as_mut_ptr() as *mut __m256i,
+                _mm256_castps_si256(avx2::reduce8::<avx2::AddI32>(&ints)),
+            );
+            for (f, v) in folded.iter_mut().zip(&p) {
+                *f = avx2::fold::<avx2::Max>(*v);
+            }
+            (sum, max, isum, folded)
+        }
+        // Small integers: every order of summation gives the same float.
+        let rows: [[f32; 8]; 8] =
+            std::array::from_fn(|j| std::array::from_fn(|l| ((j * 13 + l * 7) % 23) as f32 - 11.0));
+        // SAFETY: AVX2 detected above.
+        let (sum, max, isum, folded) = unsafe { run(&rows) };
+        for (j, row) in rows.iter().enumerate() {
+            let want_max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(sum[j], row.iter().sum::<f32>(), "sum of input {j}");
+            assert_eq!(max[j], want_max, "max of input {j}");
+            assert_eq!(
+                isum[j],
+                row.iter().map(|&v| v as i32).sum::<i32>(),
+                "int sum {j}"
+            );
+            assert_eq!(folded[j], want_max, "fold of input {j}");
+        }
+    }
+
+    #[test]
+    fn the_vector_exponentials_are_within_two_ulps_of_libm_where_they_are_finite() {
+        #[cfg(target_arch = "x86_64")]
+        for (name, exp) in exp_paths() {
+            let check = |xs: &[f32; 16]| {
+                for (v, g) in xs.iter().zip(exp(xs)) {
                     let want = v.exp();
                     if want.is_infinite() {
-                        assert_eq!(g, f32::INFINITY, "exp({v})");
+                        assert_eq!(g, f32::INFINITY, "{name}: exp({v})");
                     } else if want >= f32::MIN_POSITIVE {
                         let ulps = (g.to_bits() as i64 - want.to_bits() as i64).abs();
-                        assert!(ulps <= 2, "exp({v}) = {g}, libm {want} ({ulps} ulps)");
+                        assert!(
+                            ulps <= 2,
+                            "{name}: exp({v}) = {g}, libm {want} ({ulps} ulps)"
+                        );
                     } else {
-                        assert!(g < 2.0 * f32::MIN_POSITIVE, "exp({v}) = {g}");
+                        assert!(
+                            (0.0..2.0 * f32::MIN_POSITIVE).contains(&g),
+                            "{name}: exp({v}) = {g}"
+                        );
                     }
                 }
+            };
+            let mut x = -104.0f32;
+            while x <= 89.0 {
+                check(&std::array::from_fn(|i| x + i as f32 * 0.0007));
                 x += 0.0113;
             }
+            // Far past both ends, and the infinities.
+            let mut far: [f32; 16] = std::array::from_fn(|i| (i as f32 - 7.5) * 40.0);
+            far[0] = f32::NEG_INFINITY;
+            far[15] = f32::INFINITY;
+            check(&far);
         }
     }
 }
