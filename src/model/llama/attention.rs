@@ -80,27 +80,26 @@ fn attend_on(
     debug_assert_eq!(task.queries.len(), out.len());
     #[cfg(target_arch = "x86_64")]
     {
-        let vector = matches!(head_dim, 64 | 128) && check(task, head_dim, group, out);
         match path {
+            Cpu::Plain => {}
+            // SAFETY: AVX2, FMA and F16C were detected at run time.
+            _ if !(matches!(head_dim, 64 | 128) && check(task, head_dim, group, out)) => {
+                return unsafe { portable_avx2(task, head_dim, group, out, scores) };
+            }
             // SAFETY (both): the CPU has the features (detected at run time, `cpu`); the task's
-            // slices were bounds-checked in `check` before any unchecked read.
-            Cpu::Avx512 if vector => {
+            // slices were bounds-checked in `check` just above.
+            Cpu::Avx512 => {
                 return match head_dim {
                     64 => unsafe { x86::attend::<4>(task, group, out, scores) },
                     _ => unsafe { x86::attend::<8>(task, group, out, scores) },
                 };
             }
-            Cpu::Avx2 if vector => {
+            Cpu::Avx2 => {
                 return match head_dim {
                     64 => unsafe { avx2::attend::<8>(task, group, out, scores) },
                     _ => unsafe { avx2::attend::<16>(task, group, out, scores) },
                 };
             }
-            // SAFETY: AVX2, FMA and F16C were detected at run time.
-            Cpu::Avx512 | Cpu::Avx2 => {
-                return unsafe { portable_avx2(task, head_dim, group, out, scores) };
-            }
-            Cpu::Plain => {}
         }
     }
     portable(task, head_dim, group, out, scores)
@@ -253,8 +252,8 @@ mod x86 {
     /// the hardware prefetcher restarts at every 4 KiB); with these, 8 paired rounds on the
     /// 2-core Xeon (2026-11-30) gave 8 streams +6 % and one stream +3 % (medians; the VM's
     /// memory bandwidth swings more than that between rounds); twice the distance was no better.
-    const KEY_AHEAD: usize = 2;
-    const VALUE_AHEAD: usize = 24;
+    pub(super) const KEY_AHEAD: usize = 2;
+    pub(super) const VALUE_AHEAD: usize = 24;
 
     /// Most query heads per KV head the vector path takes (Llama 3 and Qwen2 have up to 8);
     /// wider groups use the portable loops.
@@ -428,9 +427,9 @@ mod avx2 {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
 
-    /// Prefetch distances, in rows: the AVX-512 kernel's (2 chunks of 16 keys; 24 values).
-    const KEY_AHEAD_ROWS: usize = 32;
-    const VALUE_AHEAD: usize = 24;
+    /// Prefetch distances, in rows: the AVX-512 kernel's.
+    const KEY_AHEAD_ROWS: usize = 16 * super::x86::KEY_AHEAD;
+    use super::x86::VALUE_AHEAD;
 
     /// Columns of one value pass, in 8-float vectors.
     const PASS_COLUMNS: usize = 4;
