@@ -16,6 +16,7 @@ pub mod header;
 pub mod on_device;
 pub mod ops;
 pub mod quant;
+mod team;
 pub mod tokenizer;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
@@ -717,17 +718,16 @@ impl CpuModel {
         }
     }
 
-    /// See [`LlamaModel::forward`]. The step runs on a thread of the rayon pool. A step makes ~5 parallel calls per layer;
-    /// made from outside the pool, each one parks the caller and wakes a pool thread (~90 µs a
-    /// call measured with a one-thread pool in this project's 2-core VM; scheduler and futex
-    /// time was ~20 % of a one-stream decode step). Inside the pool the calling worker takes
-    /// part and the other workers are usually still spinning.
+    /// See [`LlamaModel::forward`]. The step runs on a thread of the rayon pool, with the pool's
+    /// other threads kept awake for it ([`team::with_team`]). A step makes ~5 parallel calls per
+    /// layer. Made from outside the pool, each one parked the caller and woke a pool thread (~90
+    /// µs a call with a one-thread pool in this project's 2-core VM; ~20 % of a one-stream
+    /// decode step). Inside the pool the calling worker takes part, but the other workers still
+    /// fell asleep between calls and were woken by a system call on the step's thread: keeping
+    /// them awake gave ×1.20–1.22 decode tokens/s for 1 and 8 streams (paired runs in
+    /// benches/RESULTS.md, 2026-12-02).
     fn forward(&self, batch: &mut [SeqInput<'_>], s: &mut Scratch) -> Result<usize, ForwardError> {
-        if rayon::current_thread_index().is_some() {
-            self.step(batch, s)
-        } else {
-            rayon::scope(|_| self.step(batch, s))
-        }
+        team::with_team(|| self.step(batch, s))
     }
 
     /// Returns how many logit rows it left in `s.logits`.
