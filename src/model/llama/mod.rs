@@ -724,8 +724,8 @@ impl CpuModel {
     /// µs a call with a one-thread pool in this project's 2-core VM; ~20 % of a one-stream
     /// decode step). Inside the pool the calling worker takes part, but the other workers still
     /// fell asleep between calls and were woken by a system call on the step's thread: keeping
-    /// them awake gave ×1.20–1.22 decode tokens/s for 1 and 8 streams (paired runs in
-    /// benches/RESULTS.md, 2026-12-02).
+    /// them awake gave ×1.13–1.31 decode tokens/s for 1 and 8 streams, AVX-512 and AVX2 kernels
+    /// (paired runs in benches/RESULTS.md, 2026-12-02).
     fn forward(&self, batch: &mut [SeqInput<'_>], s: &mut Scratch) -> Result<usize, ForwardError> {
         team::with_team(|| self.step(batch, s))
     }
