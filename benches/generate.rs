@@ -9,8 +9,9 @@
 //!
 //! `cargo bench --bench generate` (threads: RAYON_NUM_THREADS). Env: BENCH_PROMPT_TOKENS (128),
 //! BENCH_DECODE_TOKENS (64), BENCH_STREAMS (8), BENCH_LEVELS (`model,engine`: which levels to
-//! run, so a profiler can record one of them alone), BENCH_ROUNDS (1: rounds alternating the
-//! stream counts, then median lines). Prints one JSON object per measurement.
+//! run, so a profiler can record one of them alone), BENCH_ONLY_STREAMS (set: BENCH_STREAMS
+//! alone, without the one-stream run), BENCH_ROUNDS (1: rounds alternating the stream counts,
+//! then median lines). Prints one JSON object per measurement.
 
 #[path = "../tests/generate_support/mod.rs"]
 mod generate_support;
@@ -175,8 +176,10 @@ fn main() {
     model_level(&prompt[..16], 4, 1);
     let levels = std::env::var("BENCH_LEVELS").unwrap_or_else(|_| "model,engine".into());
     let rounds = env("BENCH_ROUNDS", 1).max(1);
-    let counts = if streams == 1 {
-        vec![1]
+    // BENCH_ONLY_STREAMS: measure BENCH_STREAMS alone (no one-stream run), so that a profile of
+    // many-stream decode is not half one-stream decode.
+    let counts = if streams == 1 || std::env::var_os("BENCH_ONLY_STREAMS").is_some() {
+        vec![streams]
     } else {
         vec![1, streams]
     };
