@@ -22,7 +22,12 @@ LLAMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_llama_cp
 
 
 def lines(cmd, env=None):
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        hint = " (is llama-cpp-python installed in PYTHON?)" if cmd[0] == PY else ""
+        raise SystemExit(f"{' '.join(cmd[:2])} failed with exit code {done.returncode}: {last}{hint}")
+    out = done.stdout
     by_streams = {}
     for line in out.splitlines():
         if line.startswith("{"):
