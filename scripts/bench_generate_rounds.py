@@ -81,11 +81,16 @@ for name in ("sealserve", "llama.cpp"):
         "prefill_tok_s_1": statistics.median(g[name][1]["prefill_tok_s"] for g in rounds),
         "ttft_s_1": statistics.median(g[name][1]["ttft_s"] for g in rounds),
     }
-q = [g["sealserve"][1]["prefill_tok_s"] / g["llama.cpp"][1]["prefill_tok_s"] for g in rounds]
-result["sealserve_over_llama_cpp_prefill_1"] = summary(q)
-for k, key in ((1, "decode_1"), (n, f"decode_{n}")):
-    q = [g["sealserve"][k]["decode_tok_s"] / g["llama.cpp"][k]["decode_tok_s"] for g in rounds]
-    result[f"sealserve_over_llama_cpp_{key}"] = summary(q)
-    if k == 1:
-        result["rounds_one_stream_at_least_llama_cpp"] = sum(x >= 1 for x in q)
+
+
+def over_llama_cpp(streams, field):
+    """sealserve's figure divided by llama.cpp's, per round."""
+    return [g["sealserve"][streams][field] / g["llama.cpp"][streams][field] for g in rounds]
+
+
+one_stream = over_llama_cpp(1, "decode_tok_s")
+result["sealserve_over_llama_cpp_prefill_1"] = summary(over_llama_cpp(1, "prefill_tok_s"))
+result["sealserve_over_llama_cpp_decode_1"] = summary(one_stream)
+result["rounds_one_stream_at_least_llama_cpp"] = sum(x >= 1 for x in one_stream)
+result[f"sealserve_over_llama_cpp_decode_{n}"] = summary(over_llama_cpp(n, "decode_tok_s"))
 print(json.dumps({"summary": result}))
