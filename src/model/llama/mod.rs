@@ -385,6 +385,8 @@ pub struct Scratch {
     angles: Vec<[f32; 2]>,
     /// The output projection of the rows that need logits (`vocab` wide each).
     logits: Vec<f32>,
+    /// Each thread's buffers when a step is split by sequences.
+    parts: Vec<Scratch>,
 }
 
 /// The logits of one step: one `vocab`-wide row per input that asked for them, in input order,
@@ -731,14 +733,59 @@ impl CpuModel {
     }
 
     /// Returns how many logit rows it left in `s.logits`.
+    ///
+    /// A decode step of many sequences runs its layers split by sequences ([`split_size`]):
+    /// each thread takes its own group through every layer alone, and only the output
+    /// projection is shared. Row by row the arithmetic is the same either way.
     fn step(&self, batch: &mut [SeqInput<'_>], s: &mut Scratch) -> Result<usize, ForwardError> {
         let c = &self.config;
-        let (hidden, hd) = (c.hidden, c.head_dim);
-        let (qw, kw) = (c.q_width(), c.kv_width());
+        let hidden = c.hidden;
         let rows: usize = batch.iter().map(|b| b.tokens.len()).sum();
         if rows == 0 {
             return Ok(0);
         }
+        let mut last = Vec::new();
+        if let Some(per) = split_size(batch, rayon::current_num_threads()) {
+            s.parts
+                .resize_with(batch.len().div_ceil(per), Scratch::default);
+            batch
+                .par_chunks_mut(per)
+                .zip(s.parts.par_iter_mut())
+                .try_for_each(|(group, part)| team::serial(|| self.body(group, part)))?;
+            for (group, part) in batch.chunks(per).zip(&s.parts) {
+                for (r, b) in group.iter().enumerate() {
+                    if b.logits {
+                        last.extend_from_slice(&part.x[r * hidden..(r + 1) * hidden]);
+                    }
+                }
+            }
+        } else {
+            self.body(batch, s)?;
+            let mut r = 0;
+            for b in batch.iter() {
+                r += b.tokens.len();
+                if b.logits {
+                    last.extend_from_slice(&s.x[(r - 1) * hidden..r * hidden]);
+                }
+            }
+        }
+        if last.is_empty() {
+            return Ok(0);
+        }
+        s.h.resize(last.len(), 0.0);
+        ops::rms_norm(&last, &self.output_norm, c.rms_eps, &mut s.h);
+        self.lm_head
+            .forward(&s.h, hidden, &mut s.quant, &mut s.logits)?;
+        Ok(last.len() / hidden)
+    }
+
+    /// Embeds `batch` and runs every layer, leaving the hidden states in `s.x`; the caches
+    /// grow by the inputs' tokens.
+    fn body(&self, batch: &mut [SeqInput<'_>], s: &mut Scratch) -> Result<(), ForwardError> {
+        let c = &self.config;
+        let (hidden, hd) = (c.hidden, c.head_dim);
+        let (qw, kw) = (c.q_width(), c.kv_width());
+        let rows: usize = batch.iter().map(|b| b.tokens.len()).sum();
         // The rotary angles of every row's position.
         s.angles.clear();
         for b in batch.iter() {
@@ -796,7 +843,7 @@ impl CpuModel {
                 .gate_up
                 .forward(&s.h, hidden, &mut s.quant, &mut s.gate_up)?;
             s.act.resize(rows * c.intermediate, 0.0);
-            if rows >= 2 {
+            if rows >= 2 && team::parallel() {
                 // In parallel: on one thread it was ~2 % of an 8-stream step with the other
                 // thread waiting (one exponential and one division per value).
                 let per = rows.div_ceil(rayon::current_num_threads().max(1));
@@ -815,24 +862,7 @@ impl CpuModel {
         for b in batch.iter_mut() {
             b.cache.len += b.tokens.len();
         }
-
-        // Final norm and output projection of the rows that need logits.
-        let mut last = Vec::new();
-        let mut r = 0;
-        for b in batch.iter() {
-            r += b.tokens.len();
-            if b.logits {
-                last.extend_from_slice(&s.x[(r - 1) * hidden..r * hidden]);
-            }
-        }
-        if last.is_empty() {
-            return Ok(0);
-        }
-        s.h.resize(last.len(), 0.0);
-        ops::rms_norm(&last, &self.output_norm, c.rms_eps, &mut s.h);
-        self.lm_head
-            .forward(&s.h, hidden, &mut s.quant, &mut s.logits)?;
-        Ok(last.len() / hidden)
+        Ok(())
     }
 
     fn embed(&self, batch: &[SeqInput<'_>], x: &mut Vec<f32>) -> Result<(), ForwardError> {
@@ -926,7 +956,7 @@ impl CpuModel {
         // Below ~4k (query head, key) pairs a layer's attention takes less than the pool's
         // fork and join (one stream's decode step at 200 tokens is ~2k); above, the caches are
         // read at the bandwidth of both cores.
-        if work < 1 << 12 {
+        if work < 1 << 12 || !team::parallel() {
             tasks.iter().for_each(run);
         } else {
             // A thread runs a contiguous range of tasks: the next one's first key and value
@@ -940,6 +970,29 @@ impl CpuModel {
             });
         }
     }
+}
+
+/// Fewest sequences per thread for a decode step to be split by sequences.
+///
+/// Why split: with the layers' matrix products shared out by output tiles, every product, the
+/// attention and the activation quantizer hand their rows from one core to the other and back
+/// (~180 fork/joins a step). Timed phase by phase at 8 streams on the 2-core AMD EPYC VM, the
+/// short products (Q/K/V, attention output) ran barely faster on two threads than on one, and
+/// the serial parts slower (their inputs sat in the other core's cache). A group of sequences
+/// per thread keeps each sequence's activations and cache on one core; the price is that each
+/// core reads every weight itself, in kernel calls of fewer rows. Paired rounds against the
+/// unsplit step on that VM (2026-12-02, benches/RESULTS.md): 2 per thread ×0.92, 3 ×0.97,
+/// 4 ×1.01–1.15, 6 ×1.07, 8 ×1.14–1.17. Below this the shared step stays.
+const SPLIT_MIN_PER_THREAD: usize = 4;
+
+/// Sequences per group when `batch` is split over `threads` (see [`SPLIT_MIN_PER_THREAD`]):
+/// only for decode steps (one new token per sequence), so the groups carry equal work; a step
+/// with a prompt in it keeps every thread on every product.
+fn split_size(batch: &[SeqInput<'_>], threads: usize) -> Option<usize> {
+    (threads > 1
+        && batch.len() >= SPLIT_MIN_PER_THREAD * threads
+        && batch.iter().all(|b| b.tokens.len() == 1))
+    .then(|| batch.len().div_ceil(threads))
 }
 
 /// Appends `row` rounded to f16 (half's slice conversion uses F16C when the CPU has it).
@@ -1023,6 +1076,91 @@ mod tests {
         }];
         model.forward(&mut batch, &mut Scratch::default()).unwrap();
         assert_eq!(cache.bytes(), 3 * bytes_per_position);
+    }
+
+    #[test]
+    fn only_decode_steps_of_enough_sequences_are_split() {
+        let bytes = tiny_llama();
+        let model = LlamaModel::load(&Gguf::read(&bytes).unwrap()).unwrap();
+        let mut caches: Vec<KvCache> = (0..9).map(|_| model.new_cache()).collect();
+        let split = |caches: &mut [KvCache], tokens: &[&[u32]], threads: usize| {
+            let batch: Vec<SeqInput<'_>> = caches
+                .iter_mut()
+                .zip(tokens)
+                .map(|(cache, &tokens)| SeqInput {
+                    cache,
+                    tokens,
+                    logits: true,
+                })
+                .collect();
+            split_size(&batch, threads)
+        };
+        let one: Vec<&[u32]> = vec![&[1]; 9];
+        assert_eq!(split(&mut caches, &one, 2), Some(5));
+        assert_eq!(split(&mut caches[..8], &one, 2), Some(4));
+        assert_eq!(split(&mut caches[..7], &one, 2), None, "3.5 per thread");
+        assert_eq!(split(&mut caches, &one, 1), None, "one thread");
+        assert_eq!(split(&mut caches, &one, 3), None, "3 per thread");
+        let mut with_prompt = one.clone();
+        with_prompt[4] = &[1, 2, 3];
+        assert_eq!(
+            split(&mut caches, &with_prompt, 2),
+            None,
+            "a prompt in the step"
+        );
+    }
+
+    #[test]
+    fn a_split_decode_step_gives_the_same_logits_as_a_shared_one() {
+        let bytes = tiny_llama();
+        let model = LlamaModel::load(&Gguf::read(&bytes).unwrap()).unwrap();
+        // 9 sequences (groups of 5 and 4 on 2 threads), prompts of different lengths, three
+        // decode steps in which one sequence asks for no logits.
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut caches: Vec<KvCache> = (0..9).map(|_| model.new_cache()).collect();
+                let mut s = Scratch::default();
+                for (i, cache) in caches.iter_mut().enumerate() {
+                    let prompt: Vec<u32> = (1..=1 + i as u32).collect();
+                    let mut batch = [SeqInput {
+                        cache,
+                        tokens: &prompt,
+                        logits: false,
+                    }];
+                    model.forward(&mut batch, &mut s).unwrap();
+                }
+                let mut out = Vec::new();
+                for step in 0..3u32 {
+                    let tokens: Vec<[u32; 1]> = (0..9).map(|i| [1 + (i + step) % 7]).collect();
+                    let mut batch: Vec<SeqInput<'_>> = caches
+                        .iter_mut()
+                        .zip(&tokens)
+                        .enumerate()
+                        .map(|(i, (cache, t))| SeqInput {
+                            cache,
+                            tokens: t,
+                            logits: i != 6,
+                        })
+                        .collect();
+                    assert_eq!(
+                        split_size(&batch, threads).is_some(),
+                        threads == 2,
+                        "the {threads}-thread step takes the path under test"
+                    );
+                    out.push(model.forward(&mut batch, &mut s).unwrap().to_vecs());
+                }
+                assert!(caches.iter().enumerate().all(|(i, c)| c.len() == i + 4));
+                out
+            })
+        };
+        let split = run(2);
+        assert_eq!(split.len(), 3);
+        assert!(split.iter().all(|step| step.len() == 8));
+        assert_eq!(split, run(1), "bit for bit");
     }
 
     #[test]

@@ -448,38 +448,42 @@ pub fn matmul(w: &PackedMatrix, a: &QuantizedRows, out: &mut [f32]) {
     let per_task = tiles.div_ceil(threads * 4).max(1);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let isa = isa();
-    (0..tiles.div_ceil(per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            let first = task * per_task;
-            let last = tiles.min(first + per_task);
-            // Once per task: zeroed per tile it was a memset call per tile and row chunk. A
-            // kernel writes all of rows 0..count, and only those are read.
-            let mut block = [[0f32; TILE]; ROWS];
-            for tile in first..last {
-                let mut row0 = 0;
-                while row0 < a.rows {
-                    let count = (a.rows - row0).min(isa.rows_per_call());
-                    tile_rows(isa, w, tile, a, row0, count, &mut block);
-                    let cols = TILE.min(w.n - tile * TILE);
-                    for (r, res) in block.iter().take(count).enumerate() {
-                        // SAFETY: each (row, tile) output range is written by exactly one task, and
-                        // the range lies inside `out` (checked by the asserts above).
-                        unsafe {
-                            let dst = out_ptr.get().add((row0 + r) * w.n + tile * TILE);
-                            if cols == TILE {
-                                // A whole tile: one inlined 64-byte store (a length known only
-                                // at run time made this a memmove call per row and tile).
-                                (dst as *mut [f32; TILE]).write_unaligned(*res);
-                            } else {
-                                std::ptr::copy_nonoverlapping(res.as_ptr(), dst, cols);
-                            }
+    let run = |task: usize| {
+        let first = task * per_task;
+        let last = tiles.min(first + per_task);
+        // Once per task: zeroed per tile it was a memset call per tile and row chunk. A
+        // kernel writes all of rows 0..count, and only those are read.
+        let mut block = [[0f32; TILE]; ROWS];
+        for tile in first..last {
+            let mut row0 = 0;
+            while row0 < a.rows {
+                let count = (a.rows - row0).min(isa.rows_per_call());
+                tile_rows(isa, w, tile, a, row0, count, &mut block);
+                let cols = TILE.min(w.n - tile * TILE);
+                for (r, res) in block.iter().take(count).enumerate() {
+                    // SAFETY: each (row, tile) output range is written by exactly one task, and
+                    // the range lies inside `out` (checked by the asserts above).
+                    unsafe {
+                        let dst = out_ptr.get().add((row0 + r) * w.n + tile * TILE);
+                        if cols == TILE {
+                            // A whole tile: one inlined 64-byte store (a length known only
+                            // at run time made this a memmove call per row and tile).
+                            (dst as *mut [f32; TILE]).write_unaligned(*res);
+                        } else {
+                            std::ptr::copy_nonoverlapping(res.as_ptr(), dst, cols);
                         }
                     }
-                    row0 += count;
                 }
+                row0 += count;
             }
-        });
+        }
+    };
+    let tasks = tiles.div_ceil(per_task);
+    if super::team::parallel() {
+        (0..tasks).into_par_iter().for_each(run);
+    } else {
+        (0..tasks).for_each(run);
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -23,6 +23,29 @@ use std::time::{Duration, Instant};
 /// step's serial parts take microseconds; one stream's whole decode step is ~3–6 ms here.
 pub const MAX_IDLE: Duration = Duration::from_millis(1);
 
+thread_local! {
+    /// Set while this thread runs a part of a split step ([`serial`]).
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the step's parallel loops (matrix products, attention, SiLU) running on this
+/// thread alone: each thread of a split step owns its part of the batch.
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _reset = Reset(SERIAL.with(|s| s.replace(true)));
+    f()
+}
+
+/// Whether the step's loops may fork here (false inside [`serial`] or on a one-thread pool).
+pub fn parallel() -> bool {
+    rayon::current_num_threads() > 1 && !SERIAL.with(|s| s.get())
+}
+
 /// Sets the flag when dropped: the step's end, on return or unwinding.
 struct Done<'a>(&'a AtomicBool);
 
@@ -96,6 +119,23 @@ mod tests {
         }
         // From outside any pool (the global one).
         assert_eq!(with_team(|| step_like(7)), expected);
+    }
+
+    #[test]
+    fn serial_turns_the_loops_off_on_its_thread_until_it_returns_or_unwinds() {
+        pool(2).install(|| {
+            assert!(parallel());
+            serial(|| {
+                assert!(!parallel());
+                serial(|| assert!(!parallel()));
+                assert!(!parallel(), "an inner serial does not end the outer one");
+            });
+            assert!(parallel());
+            let caught = std::panic::catch_unwind(|| serial(|| panic!("part failed")));
+            assert!(caught.is_err());
+            assert!(parallel());
+        });
+        assert!(!pool(1).install(parallel), "one thread never forks");
     }
 
     #[test]
