@@ -753,21 +753,11 @@ impl CpuModel {
                 .zip(s.parts.par_iter_mut())
                 .try_for_each(|(group, part)| team::serial(|| self.body(group, part)))?;
             for (group, part) in batch.chunks(per).zip(&s.parts) {
-                for (r, b) in group.iter().enumerate() {
-                    if b.logits {
-                        last.extend_from_slice(&part.x[r * hidden..(r + 1) * hidden]);
-                    }
-                }
+                last_rows(group, &part.x, hidden, &mut last);
             }
         } else {
             self.body(batch, s)?;
-            let mut r = 0;
-            for b in batch.iter() {
-                r += b.tokens.len();
-                if b.logits {
-                    last.extend_from_slice(&s.x[(r - 1) * hidden..r * hidden]);
-                }
-            }
+            last_rows(batch, &s.x, hidden, &mut last);
         }
         if last.is_empty() {
             return Ok(0);
@@ -993,6 +983,18 @@ fn split_size(batch: &[SeqInput<'_>], threads: usize) -> Option<usize> {
         && batch.len() >= SPLIT_MIN_PER_THREAD * threads
         && batch.iter().all(|b| b.tokens.len() == 1))
     .then(|| batch.len().div_ceil(threads))
+}
+
+/// Appends to `last` the hidden state (`x`, one row per token of `batch`) of the last token of
+/// every input that asks for logits.
+fn last_rows(batch: &[SeqInput<'_>], x: &[f32], hidden: usize, last: &mut Vec<f32>) {
+    let mut r = 0;
+    for b in batch {
+        r += b.tokens.len();
+        if b.logits {
+            last.extend_from_slice(&x[(r - 1) * hidden..r * hidden]);
+        }
+    }
 }
 
 /// Appends `row` rounded to f16 (half's slice conversion uses F16C when the CPU has it).

@@ -1,4 +1,6 @@
-//! Keeping the rayon pool's other threads awake for the length of one forward step.
+//! Keeping the rayon pool's other threads awake for the length of one forward step, and
+//! turning the step's parallel loops off on a thread that runs one group of a split step
+//! ([`serial`]).
 //!
 //! Why: a step makes ~180 parallel calls (five per layer, the SiLU gate, attention, the output
 //! projection), separated by short serial parts (norms, rotary embedding, KV appends, the
