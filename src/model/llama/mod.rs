@@ -970,10 +970,14 @@ impl CpuModel {
 /// short products (Q/K/V, attention output) ran barely faster on two threads than on one, and
 /// the serial parts slower (their inputs sat in the other core's cache). A group of sequences
 /// per thread keeps each sequence's activations and cache on one core; the price is that each
-/// core reads every weight itself, in kernel calls of fewer rows. Paired rounds against the
-/// unsplit step on that VM (2026-12-02, benches/RESULTS.md): 2 per thread ×0.92, 3 ×0.97,
-/// 4 ×1.01–1.15, 6 ×1.07, 8 ×1.14–1.17. Below this the shared step stays.
-const SPLIT_MIN_PER_THREAD: usize = 4;
+/// core reads every weight itself, in kernel calls of fewer rows.
+///
+/// Why 6: paired rounds against the unsplit step (benches/RESULTS.md). On the 2-core AMD EPYC
+/// (Zen 4, 2026-12-02): 2 per thread ×0.92, 3 ×0.97, 4 ×1.01–1.15, 6 ×1.07, 8 ×1.14–1.18. On the
+/// 2-core Intel Xeon (AVX-512, AMX, 2026-12-02): 4 per thread ×0.88 (each core streaming all
+/// 96 MB of weights per step costs more there than the shared step's traffic between the
+/// cores), 6 ×0.98, 8 ×1.08. From 6 on it is no loss on either; below, the shared step stays.
+const SPLIT_MIN_PER_THREAD: usize = 6;
 
 /// Sequences per group when `batch` is split over `threads` (see [`SPLIT_MIN_PER_THREAD`]):
 /// only for decode steps (one new token per sequence), so the groups carry equal work; a step
@@ -1084,7 +1088,7 @@ mod tests {
     fn only_decode_steps_of_enough_sequences_are_split() {
         let bytes = tiny_llama();
         let model = LlamaModel::load(&Gguf::read(&bytes).unwrap()).unwrap();
-        let mut caches: Vec<KvCache> = (0..9).map(|_| model.new_cache()).collect();
+        let mut caches: Vec<KvCache> = (0..13).map(|_| model.new_cache()).collect();
         let split = |caches: &mut [KvCache], tokens: &[&[u32]], threads: usize| {
             let batch: Vec<SeqInput<'_>> = caches
                 .iter_mut()
@@ -1097,12 +1101,13 @@ mod tests {
                 .collect();
             split_size(&batch, threads)
         };
-        let one: Vec<&[u32]> = vec![&[1]; 9];
-        assert_eq!(split(&mut caches, &one, 2), Some(5));
-        assert_eq!(split(&mut caches[..8], &one, 2), Some(4));
-        assert_eq!(split(&mut caches[..7], &one, 2), None, "3.5 per thread");
+        let one: Vec<&[u32]> = vec![&[1]; 13];
+        assert_eq!(split(&mut caches, &one, 2), Some(7));
+        assert_eq!(split(&mut caches[..12], &one, 2), Some(6));
+        assert_eq!(split(&mut caches[..11], &one, 2), None, "5.5 per thread");
+        assert_eq!(split(&mut caches[..8], &one, 2), None, "4 per thread");
         assert_eq!(split(&mut caches, &one, 1), None, "one thread");
-        assert_eq!(split(&mut caches, &one, 3), None, "3 per thread");
+        assert_eq!(split(&mut caches, &one, 3), None, "4.3 per thread");
         let mut with_prompt = one.clone();
         with_prompt[4] = &[1, 2, 3];
         assert_eq!(
@@ -1116,7 +1121,7 @@ mod tests {
     fn a_split_decode_step_gives_the_same_logits_as_a_shared_one() {
         let bytes = tiny_llama();
         let model = LlamaModel::load(&Gguf::read(&bytes).unwrap()).unwrap();
-        // 9 sequences (groups of 5 and 4 on 2 threads), prompts of different lengths, three
+        // 13 sequences (groups of 7 and 6 on 2 threads), prompts of different lengths, three
         // decode steps in which one sequence asks for no logits.
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -1124,7 +1129,7 @@ mod tests {
                 .build()
                 .unwrap();
             pool.install(|| {
-                let mut caches: Vec<KvCache> = (0..9).map(|_| model.new_cache()).collect();
+                let mut caches: Vec<KvCache> = (0..13).map(|_| model.new_cache()).collect();
                 let mut s = Scratch::default();
                 for (i, cache) in caches.iter_mut().enumerate() {
                     let prompt: Vec<u32> = (1..=1 + i as u32).collect();
@@ -1137,7 +1142,7 @@ mod tests {
                 }
                 let mut out = Vec::new();
                 for step in 0..3u32 {
-                    let tokens: Vec<[u32; 1]> = (0..9).map(|i| [1 + (i + step) % 7]).collect();
+                    let tokens: Vec<[u32; 1]> = (0..13).map(|i| [1 + (i + step) % 7]).collect();
                     let mut batch: Vec<SeqInput<'_>> = caches
                         .iter_mut()
                         .zip(&tokens)
@@ -1161,7 +1166,7 @@ mod tests {
         };
         let split = run(2);
         assert_eq!(split.len(), 3);
-        assert!(split.iter().all(|step| step.len() == 8));
+        assert!(split.iter().all(|step| step.len() == 12));
         assert_eq!(split, run(1), "bit for bit");
     }
 
