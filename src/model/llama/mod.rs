@@ -976,7 +976,8 @@ impl CpuModel {
 /// (Zen 4, 2026-12-02): 2 per thread ×0.92, 3 ×0.97, 4 ×1.01–1.15, 6 ×1.07, 8 ×1.14–1.18. On the
 /// 2-core Intel Xeon (AVX-512, AMX, 2026-12-02): 4 per thread ×0.88 (each core streaming all
 /// 96 MB of weights per step costs more there than the shared step's traffic between the
-/// cores), 6 ×0.98, 8 ×1.08. From 6 on it is no loss on either; below, the shared step stays.
+/// cores), 6 ×0.98 (noise), 8 ×1.08. From 6 on neither loses beyond the noise; below, the
+/// shared step stays.
 const SPLIT_MIN_PER_THREAD: usize = 6;
 
 /// Sequences per group when `batch` is split over `threads` (see [`SPLIT_MIN_PER_THREAD`]):
