@@ -397,3 +397,33 @@ fn a_long_prompt_is_prefilled_in_chunks_between_decode_steps() {
         "{during} tokens while prefilling {prompt_tokens}"
     );
 }
+
+/// Dropping a generator stops its thread even when the drop comes while the thread is between
+/// its shutdown check and its wait (a lost wake-up there hung a CI run in `Generator::drop`,
+/// 2026-12-02, right after a test's last request finished). Many start/drop pairs, some idle,
+/// some right after a one-token request, each drop on a helper thread with a deadline, so a
+/// hang fails the test instead of stalling the run. The race is narrow: this catches it only
+/// sometimes, the lock in `Drop` is what rules it out.
+#[test]
+fn dropping_a_generator_always_stops_its_thread() {
+    let model = text_model();
+    for round in 0..400 {
+        let generator =
+            Generator::start(model.clone(), GeneratorConfig::default()).expect("generator starts");
+        match round % 3 {
+            0 => {}
+            1 => std::thread::sleep(Duration::from_millis(1)),
+            _ => {
+                drain(generator.submit(text("Hi", 1)).expect("submitted"));
+            }
+        }
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(generator);
+            let _ = done_tx.send(());
+        });
+        done_rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("round {round}: dropping the generator did not return"));
+    }
+}

@@ -607,6 +607,10 @@ impl Generator {
 impl Drop for Generator {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::Release);
+        // Under the queue lock, as in `run_on_scheduler`: without it the store and the wake-up could
+        // fall between the scheduler's shutdown check and its wait, and the join below would
+        // wait forever (it did once, in a CI run, 2026-12-02).
+        drop(self.shared.queue.lock());
         self.shared.wake.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
