@@ -293,6 +293,18 @@ struct Shared {
     control_pending: std::sync::atomic::AtomicBool,
 }
 
+impl Shared {
+    /// Wakes the scheduler after a flag it checks before sleeping (`shutdown`,
+    /// `control_pending`) was set. The queue lock is taken in between: the scheduler checks the
+    /// flags and waits under that lock, so without it the store and the wake-up could both fall
+    /// between its check and its wait, and it would sleep on (a `Generator` drop hung that way
+    /// once, in a CI run, 2026-12-02).
+    fn wake_after_flag(&self) {
+        drop(self.queue.lock());
+        self.wake.notify_all();
+    }
+}
+
 /// A task for the scheduler thread.
 type ControlTask = Box<dyn FnOnce() + Send>;
 
@@ -454,9 +466,7 @@ impl Generator {
             .map_err(|_| "the generation thread's task list is poisoned".to_string())?
             .push(task);
         self.shared.control_pending.store(true, Ordering::Release);
-        // Under the queue lock, so the wake-up cannot fall between its check and its wait.
-        drop(self.shared.queue.lock());
-        self.shared.wake.notify_all();
+        self.shared.wake_after_flag();
         done_rx
             .recv_timeout(limit)
             .map_err(|_| format!("the generation thread did not run the task within {limit:?}"))
@@ -607,11 +617,7 @@ impl Generator {
 impl Drop for Generator {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::Release);
-        // Under the queue lock, as in `run_on_scheduler`: without it the store and the wake-up could
-        // fall between the scheduler's shutdown check and its wait, and the join below would
-        // wait forever (it did once, in a CI run, 2026-12-02).
-        drop(self.shared.queue.lock());
-        self.shared.wake.notify_all();
+        self.shared.wake_after_flag();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
