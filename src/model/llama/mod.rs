@@ -745,7 +745,8 @@ impl CpuModel {
             return Ok(0);
         }
         let mut last = Vec::new();
-        if let Some(per) = split_size(batch, rayon::current_num_threads()) {
+        let min_per_thread = split_min_per_thread(quant::cpu_kernels());
+        if let Some(per) = split_size(batch, rayon::current_num_threads(), min_per_thread) {
             s.parts
                 .resize_with(batch.len().div_ceil(per), Scratch::default);
             batch
@@ -962,7 +963,8 @@ impl CpuModel {
     }
 }
 
-/// Fewest sequences per thread for a decode step to be split by sequences.
+/// Fewest sequences per thread for a decode step to be split by sequences, by the kernels the
+/// matrix products run on ([`quant::cpu_kernels`]).
 ///
 /// Why split: with the layers' matrix products shared out by output tiles, every product, the
 /// attention and the activation quantizer hand their rows from one core to the other and back
@@ -972,20 +974,32 @@ impl CpuModel {
 /// per thread keeps each sequence's activations and cache on one core; the price is that each
 /// core reads every weight itself, in kernel calls of fewer rows.
 ///
-/// Why 6: paired rounds against the unsplit step (benches/RESULTS.md). On the 2-core AMD EPYC
-/// (Zen 4, 2026-12-02): 2 per thread ×0.92, 3 ×0.97, 4 ×1.01–1.15, 6 ×1.07, 8 ×1.14–1.18. On the
-/// 2-core Intel Xeon (AVX-512, AMX, 2026-12-02): 4 per thread ×0.88 (each core streaming all
-/// 96 MB of weights per step costs more there than the shared step's traffic between the
-/// cores), 6 ×0.98 (noise), 8 ×1.08. From 6 on neither loses beyond the noise; below, the
-/// shared step stays.
-const SPLIT_MIN_PER_THREAD: usize = 6;
+/// Why 6 on AVX-512 (and the portable loops): paired rounds against the unsplit step
+/// (benches/RESULTS.md). On the 2-core AMD EPYC (Zen 4, 2026-12-02): 2 per thread ×0.92, 3
+/// ×0.97, 4 ×1.01–1.15, 6 ×1.07, 8 ×1.14–1.18. On the 2-core Intel Xeon (AVX-512, AMX,
+/// 2026-12-02): 4 per thread ×0.88 (each core streaming all 96 MB of weights per step costs
+/// more there than the shared step's traffic between the cores), 6 ×0.98 (noise), 8 ×1.08. From
+/// 6 on neither loses beyond the noise; below, the shared step stays.
+///
+/// Why 4 on AVX2: without `vpdpbusd` a core multiplies ~2–3× slower (two instructions per 32
+/// products instead of one), so at 4 sequences its products are already bound by arithmetic,
+/// not by reading the weights, and reading them twice costs little. On the 2-core AMD EPYC
+/// Milan (Zen 3, AVX2 only, 2026-12-02) 4 per thread against 6: 8 streams ×1.10 and ×1.05 (the
+/// pairs' one-stream noise ×1.04 and ×0.98), 10 streams ×1.05. An AVX-512 machine capped with
+/// `SEALSERVE_LLM_ISA=avx2` takes 4 too; that case is unmeasured.
+fn split_min_per_thread(kernels: quant::CpuKernels) -> usize {
+    match kernels {
+        quant::CpuKernels::Avx2 => 4,
+        quant::CpuKernels::Avx512Vnni | quant::CpuKernels::Portable => 6,
+    }
+}
 
-/// Sequences per group when `batch` is split over `threads` (see [`SPLIT_MIN_PER_THREAD`]):
+/// Sequences per group when `batch` is split over `threads` (see [`split_min_per_thread`]):
 /// only for decode steps (one new token per sequence), so the groups carry equal work; a step
 /// with a prompt in it keeps every thread on every product.
-fn split_size(batch: &[SeqInput<'_>], threads: usize) -> Option<usize> {
+fn split_size(batch: &[SeqInput<'_>], threads: usize, min_per_thread: usize) -> Option<usize> {
     (threads > 1
-        && batch.len() >= SPLIT_MIN_PER_THREAD * threads
+        && batch.len() >= min_per_thread * threads
         && batch.iter().all(|b| b.tokens.len() == 1))
     .then(|| batch.len().div_ceil(threads))
 }
@@ -1090,7 +1104,7 @@ mod tests {
         let bytes = tiny_llama();
         let model = LlamaModel::load(&Gguf::read(&bytes).unwrap()).unwrap();
         let mut caches: Vec<KvCache> = (0..13).map(|_| model.new_cache()).collect();
-        let split = |caches: &mut [KvCache], tokens: &[&[u32]], threads: usize| {
+        let split = |caches: &mut [KvCache], tokens: &[&[u32]], threads: usize, min: usize| {
             let batch: Vec<SeqInput<'_>> = caches
                 .iter_mut()
                 .zip(tokens)
@@ -1100,22 +1114,34 @@ mod tests {
                     logits: true,
                 })
                 .collect();
-            split_size(&batch, threads)
+            split_size(&batch, threads, min)
         };
         let one: Vec<&[u32]> = vec![&[1]; 13];
-        assert_eq!(split(&mut caches, &one, 2), Some(7));
-        assert_eq!(split(&mut caches[..12], &one, 2), Some(6));
-        assert_eq!(split(&mut caches[..11], &one, 2), None, "5.5 per thread");
-        assert_eq!(split(&mut caches[..8], &one, 2), None, "4 per thread");
-        assert_eq!(split(&mut caches, &one, 1), None, "one thread");
-        assert_eq!(split(&mut caches, &one, 3), None, "4.3 per thread");
+        // From 6 per thread (AVX-512 kernels).
+        assert_eq!(split(&mut caches, &one, 2, 6), Some(7));
+        assert_eq!(split(&mut caches[..12], &one, 2, 6), Some(6));
+        assert_eq!(split(&mut caches[..11], &one, 2, 6), None, "5.5 per thread");
+        assert_eq!(split(&mut caches[..8], &one, 2, 6), None, "4 per thread");
+        assert_eq!(split(&mut caches, &one, 1, 6), None, "one thread");
+        assert_eq!(split(&mut caches, &one, 3, 6), None, "4.3 per thread");
+        // From 4 per thread (AVX2 kernels).
+        assert_eq!(split(&mut caches[..8], &one, 2, 4), Some(4));
+        assert_eq!(split(&mut caches[..7], &one, 2, 4), None, "3.5 per thread");
+        assert_eq!(split(&mut caches, &one, 3, 4), Some(5), "4.3 per thread");
+        assert_eq!(split(&mut caches, &one, 1, 4), None, "one thread");
         let mut with_prompt = one.clone();
         with_prompt[4] = &[1, 2, 3];
-        assert_eq!(
-            split(&mut caches, &with_prompt, 2),
-            None,
-            "a prompt in the step"
-        );
+        for min in [4, 6] {
+            assert_eq!(
+                split(&mut caches, &with_prompt, 2, min),
+                None,
+                "a prompt in the step"
+            );
+        }
+        // Which minimum each kernel family takes.
+        assert_eq!(split_min_per_thread(quant::CpuKernels::Avx2), 4);
+        assert_eq!(split_min_per_thread(quant::CpuKernels::Avx512Vnni), 6);
+        assert_eq!(split_min_per_thread(quant::CpuKernels::Portable), 6);
     }
 
     #[test]
@@ -1154,8 +1180,9 @@ mod tests {
                             logits: i != 6,
                         })
                         .collect();
+                    let min = split_min_per_thread(quant::cpu_kernels());
                     assert_eq!(
-                        split_size(&batch, threads).is_some(),
+                        split_size(&batch, threads, min).is_some(),
                         threads == 2,
                         "the {threads}-thread step takes the path under test"
                     );
