@@ -10,7 +10,9 @@ mod generate_support;
 use sealserve::generate::sampling::argmax;
 
 use candle_core::Device;
-use generate_support::{assert_greedy_matches, assert_prompt_logits, gguf_bytes, golden, model};
+use generate_support::{
+    assert_greedy_matches, assert_prompt_logits, gguf_bytes, golden, model, reference_gaps,
+};
 use sealserve::model::llama::{Gguf, KvCache, LlamaModel, Scratch, SeqInput};
 use std::sync::OnceLock;
 
@@ -59,24 +61,50 @@ fn greedy(model: &LlamaModel, prompt: &[u32], steps: usize) -> Vec<u32> {
     out
 }
 
+/// How far the candle path's prompt logits may sit from the f32 reference: one logit, and the
+/// mean over all 30 (three prompts, top 10 each).
+///
+/// Why not the 0.5 per logit, which the CPU engine meets on every kernel set
+/// (`tests/generate_model.rs`, and CI again with `SEALSERVE_LLM_ISA=avx2`): this path runs
+/// candle's own CPU kernels, and candle picks those by the CPU it finds. The same binary gave
+/// the logit of token 216 (plain_completion) as 12.968 on an AVX-512 CPU and 13.215 on an
+/// AVX2-only one (reference 12.713): a CI machine without AVX-512 failed at 0.502, and
+/// `qemu-x86_64 -cpu Haswell` reproduces that figure to the last digit. Measured 2026-12-03 on
+/// the 30 logits (largest / mean gap): AMD EPYC Zen 5 with AVX-512 0.273 / 0.144; AVX2 and
+/// FMA (Haswell under qemu) 0.502 / 0.173; AVX2 without FMA 0.484 / 0.164. The CPU engine
+/// on the same machines: 0.426 / 0.124 and 0.306 / 0.089. No server runs this path on a CPU
+/// (`--device cpu` is the CPU engine): it stands in for the CUDA engine, whose GPU check
+/// holds it to the greedy references (`scripts/gpu_check_generate.py`). So a single logit
+/// gets half as much room again, and the mean stays well under the CPU engine's worst logit.
+const DEVICE_PATH_MAX_GAP: f32 = 0.75;
+const DEVICE_PATH_MEAN_GAP: f32 = 0.25;
+
 #[test]
 fn prompt_logits_match_the_f32_reference_and_the_cpu_engine() {
     let (cpu, _) = model();
     let device = candle_model();
     assert!(matches!(device.device(), Device::Cpu));
     let mut gaps = Vec::new();
+    let mut reference = Vec::new();
     for result in golden().results {
         let got = step(device, &mut device.new_cache(), &result.prompt_ids);
         let ours = step(cpu, &mut cpu.new_cache(), &result.prompt_ids);
-        assert_prompt_logits(&result, &got);
-        assert_prompt_logits(&result, &ours);
+        assert_prompt_logits("CPU engine", &result, &ours);
+        for (id, want, g) in reference_gaps(&result, &got) {
+            assert!(
+                (g - want).abs() < DEVICE_PATH_MAX_GAP,
+                "candle path, {}: logit of {id} is {g}, reference {want}",
+                result.name
+            );
+            reference.push((g - want).abs());
+        }
         for id in &result.prompt_last_logits_top10.ids {
             let (g, o) = (got[*id as usize], ours[*id as usize]);
             // Both quantize activations to 8 bits per 32-block over the same weights; the CPU
             // engine keeps keys and values in f16, this path in f32, and sums in another order.
             // A flipped activation rounding moves a logit by a few tenths (one-ulp changes in
             // the CPU engine's norm or SiLU moved single logits by up to 0.4), so a single logit
-            // is held only to what the two 0.5 reference bounds imply, and the engines'
+            // is held only to what the two reference bounds imply, and the engines'
             // agreement to the mean below.
             assert!(
                 (g - o).abs() < 1.0,
@@ -86,6 +114,11 @@ fn prompt_logits_match_the_f32_reference_and_the_cpu_engine() {
             gaps.push((g - o).abs());
         }
     }
+    let mean = reference.iter().sum::<f32>() / reference.len() as f32;
+    assert!(
+        mean < DEVICE_PATH_MEAN_GAP,
+        "candle path: mean logit gap to the f32 reference {mean}"
+    );
     // Measured 2026-11-30 on the 30 logits: mean gap 0.19 (0.17 before the CPU engine's vector
     // SiLU and 16-lane norm sums), largest single gap 0.53. Each engine alone is also held to
     // the f32 reference above.
