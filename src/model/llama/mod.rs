@@ -979,7 +979,8 @@ impl CpuModel {
 /// ×0.97, 4 ×1.01–1.15, 6 ×1.07, 8 ×1.14–1.18. On the 2-core Intel Xeon (AVX-512, AMX,
 /// 2026-12-02): 4 per thread ×0.88 (each core streaming all 96 MB of weights per step costs
 /// more there than the shared step's traffic between the cores), 6 ×0.98 (noise), 8 ×1.08. From
-/// 6 on neither loses beyond the noise; below, the shared step stays.
+/// 6 on neither loses beyond the noise; below, the shared step stays. On a 2-core AMD EPYC
+/// Turin (Zen 5, 2026-12-03) 4 per thread lost too: 8 streams ×0.86.
 ///
 /// Why 4 on AVX2: without `vpdpbusd` a core multiplies ~2–3× slower (two instructions per 32
 /// products instead of one), so at 4 sequences its products are already bound by arithmetic,
