@@ -89,7 +89,7 @@ fn prompt_logits_match_the_f32_reference_and_the_cpu_engine() {
     for result in golden().results {
         let got = step(device, &mut device.new_cache(), &result.prompt_ids);
         let ours = step(cpu, &mut cpu.new_cache(), &result.prompt_ids);
-        assert_prompt_logits("CPU engine", &result, &ours);
+        assert_prompt_logits(&result, &ours);
         for (id, want, g) in reference_gaps(&result, &got) {
             assert!(
                 (g - want).abs() < DEVICE_PATH_MAX_GAP,
@@ -97,9 +97,7 @@ fn prompt_logits_match_the_f32_reference_and_the_cpu_engine() {
                 result.name
             );
             reference.push((g - want).abs());
-        }
-        for id in &result.prompt_last_logits_top10.ids {
-            let (g, o) = (got[*id as usize], ours[*id as usize]);
+            let o = ours[id as usize];
             // Both quantize activations to 8 bits per 32-block over the same weights; the CPU
             // engine keeps keys and values in f16, this path in f32, and sums in another order.
             // A flipped activation rounding moves a logit by a few tenths (one-ulp changes in

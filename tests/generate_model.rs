@@ -132,7 +132,7 @@ fn prompt_logits_match_the_f32_reference() {
             .unwrap()
             .row(0)
             .to_vec();
-        assert_prompt_logits("CPU engine", &result, &logits);
+        assert_prompt_logits(&result, &logits);
     }
 }
 
