@@ -987,7 +987,8 @@ impl CpuModel {
 /// not by reading the weights, and reading them twice costs little. On the 2-core AMD EPYC
 /// Milan (Zen 3, AVX2 only, 2026-12-02) 4 per thread against 6: 8 streams ×1.10 and ×1.05 (the
 /// pairs' one-stream noise ×1.04 and ×0.98), 10 streams ×1.05. An AVX-512 machine capped with
-/// `SEALSERVE_LLM_ISA=avx2` takes 4 too; that case is unmeasured.
+/// `SEALSERVE_LLM_ISA=avx2` takes 4 too: on the Zen 5 (2026-12-03, the AVX2 kernel with its
+/// assembly block and prefetch) 6 per thread against 4 gave 8 streams ×0.94 (16 paired rounds).
 fn split_min_per_thread(kernels: quant::CpuKernels) -> usize {
     match kernels {
         quant::CpuKernels::Avx2 => 4,

@@ -578,13 +578,6 @@ mod x86 {
     use crate::model::llama::ops::x86::{reduce16, AddI32, Combine, Max};
     use std::arch::x86_64::*;
 
-    /// 4 activation bytes of row `row`, block `b`, starting at value `j`, as one i32.
-    #[inline(always)]
-    unsafe fn act4(a: &QuantizedRows, row: usize, b: usize, j: usize) -> i32 {
-        let p = a.qs.as_ptr().add(a.at(row, b) * BLOCK + j) as *const i32;
-        p.read_unaligned()
-    }
-
     /// `quantize_blocks` for 8 blocks at a time, as [`quantize_avx512`] for 16 (the same
     /// scales, rounding, NaN handling and exact sums, bit for bit). Compiled from the portable
     /// loops it was ~6 % of an 8-stream step (profile on the Xeon with `SEALSERVE_LLM_ISA=avx2`),
@@ -793,6 +786,82 @@ mod x86 {
     /// How far ahead of the block being multiplied its tile's weights are prefetched.
     const PREFETCH_BYTES: usize = 2048;
 
+    /// Where one kernel call's tile and activation rows start (both SIMD kernels walk the same
+    /// layouts).
+    struct TileData {
+        /// The tile's first block of quants; block `b` at `b * qs_bytes`.
+        tq0: *const u8,
+        /// The tile's f16 scales (and Q4_1 minimums; the scales again otherwise), `TILE` a block.
+        d0: *const half::f16,
+        m0: *const half::f16,
+        /// Block-major activations: block b's rows row0.. start at `xq + b * rows * BLOCK`.
+        xq: *const u8,
+        rows: usize,
+        /// Per (block, row) from row0: scale, scale × sum, integer sum (at `b * rows + i`).
+        ad: *const f32,
+        ads: *const f32,
+        asums: *const i32,
+    }
+
+    impl TileData {
+        /// `qs_bytes`: the tile's quant bytes per block (a constant per kernel instantiation).
+        /// SAFETY (caller): `tile` and `row0` lie inside `w` and `a` (checked by `matmul`).
+        #[inline(always)]
+        unsafe fn new(
+            w: &PackedMatrix,
+            tile: usize,
+            a: &QuantizedRows,
+            row0: usize,
+            qs_bytes: usize,
+        ) -> Self {
+            let kb = w.kb;
+            let d0 = w.d.as_ptr().add(tile * kb * TILE);
+            Self {
+                tq0: w.qs.as_ptr().add(tile * kb * qs_bytes),
+                d0,
+                m0: if w.kind == QuantKind::Q4_1 {
+                    w.m.as_ptr().add(tile * kb * TILE)
+                } else {
+                    d0
+                },
+                xq: a.qs.as_ptr().add(row0 * BLOCK) as *const u8,
+                rows: a.rows,
+                ad: a.d.as_ptr().add(row0),
+                ads: a.ds.as_ptr().add(row0),
+                asums: a.sums.as_ptr().add(row0),
+            }
+        }
+
+        /// Block `b`'s quants, after prefetching those `PREFETCH_BYTES` ahead and their scales.
+        ///
+        /// The weights stream from memory once per step; the hardware prefetcher alone left the
+        /// multiply work of a many-row step waiting on them (rows × tiles took the sum of the
+        /// two times, not the larger). 2 KiB ahead covered the latency on the AVX-512 Xeon; on
+        /// the AVX2 kernel (Zen 5 capped to AVX2, 2026-12-03) it made 8-stream decode ~×1.13 and
+        /// one stream ~×1.10 faster (16 paired rounds against the build without it). A prefetch past the end of the matrix is a harmless hint,
+        /// hence `wrapping_add`.
+        #[inline(always)]
+        unsafe fn block(&self, b: usize, qs_bytes: usize, has_min: bool) -> *const u8 {
+            let tq = self.tq0.add(b * qs_bytes);
+            let ahead = tq.wrapping_add(PREFETCH_BYTES);
+            for line in (0..qs_bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8);
+            }
+            let scales = (b + PREFETCH_BYTES / qs_bytes) * TILE;
+            _mm_prefetch::<_MM_HINT_T0>(self.d0.wrapping_add(scales) as *const i8);
+            if has_min {
+                _mm_prefetch::<_MM_HINT_T0>(self.m0.wrapping_add(scales) as *const i8);
+            }
+            tq
+        }
+
+        /// Block `b`'s activation rows (32 bytes each, consecutive).
+        #[inline(always)]
+        unsafe fn rows_of(&self, b: usize) -> *const u8 {
+            self.xq.add(b * self.rows * BLOCK)
+        }
+    }
+
     /// `K`: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0 (a constant, so each type gets its own loop).
     ///
     /// Per block the 8 weight vectors are loaded and unpacked once, then each row's block sum
@@ -813,44 +882,16 @@ mod x86 {
             1 => 0,
             _ => 128,
         };
-        let kb = w.kb;
         let qs_bytes = if nibbles {
             TILE * BLOCK / 2
         } else {
             TILE * BLOCK
         };
-        let tq0 = w.qs.as_ptr().add(tile * kb * qs_bytes);
-        let d0 = w.d.as_ptr().add(tile * kb * TILE);
-        let m0 = if has_min {
-            w.m.as_ptr().add(tile * kb * TILE)
-        } else {
-            d0
-        };
-        // Block-major activations: block b's rows row0.. start at `a.at(row0, b)`.
-        let xq = a.qs.as_ptr().add(row0 * BLOCK) as *const u8;
-        let (ad, ads, asums) = (
-            a.d.as_ptr().add(row0),
-            a.ds.as_ptr().add(row0),
-            a.sums.as_ptr().add(row0),
-        );
-        let rows = a.rows;
+        let t = TileData::new(w, tile, a, row0, qs_bytes);
         let low = _mm512_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); R];
-        for b in 0..kb {
-            let tq = tq0.add(b * qs_bytes);
-            // The weights stream from memory once per step; the hardware prefetcher alone left
-            // the multiply work of a many-row step waiting on them (rows × tiles took the sum of
-            // the two times, not the larger). 2 KiB ahead covered the latency here. A prefetch
-            // past the end of the matrix is a harmless hint, hence `wrapping_add`.
-            let ahead = tq.wrapping_add(PREFETCH_BYTES);
-            for line in (0..qs_bytes).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8);
-            }
-            let scales_ahead = b + PREFETCH_BYTES / qs_bytes;
-            _mm_prefetch::<_MM_HINT_T0>(d0.wrapping_add(scales_ahead * TILE) as *const i8);
-            if has_min {
-                _mm_prefetch::<_MM_HINT_T0>(m0.wrapping_add(scales_ahead * TILE) as *const i8);
-            }
+        for b in 0..w.kb {
+            let tq = t.block(b, qs_bytes, has_min);
             // Weight vector j multiplies activation bytes 4j..4j+4 of the block.
             let mut wv = [_mm512_setzero_si512(); 8];
             if nibbles {
@@ -864,13 +905,13 @@ mod x86 {
                     *v = _mm512_loadu_si512(tq.add(g * 64) as *const _);
                 }
             }
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(d0.add(b * TILE) as *const _));
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(t.d0.add(b * TILE) as *const _));
             let mw = if has_min {
-                _mm512_cvtph_ps(_mm256_loadu_si256(m0.add(b * TILE) as *const _))
+                _mm512_cvtph_ps(_mm256_loadu_si256(t.m0.add(b * TILE) as *const _))
             } else {
                 _mm512_setzero_ps()
             };
-            let xb = xq.add(b * rows * BLOCK);
+            let xb = t.rows_of(b);
             for (i, acc) in acc.iter_mut().enumerate() {
                 let x = xb.add(i * BLOCK);
                 let mut s = [_mm512_setzero_si512(); 2];
@@ -878,30 +919,21 @@ mod x86 {
                     let xj = _mm512_set1_epi32((x.add(4 * j) as *const i32).read_unaligned());
                     s[j % 2] = _mm512_dpbusd_epi32(s[j % 2], *wv, xj);
                 }
-                let at = b * rows + i;
+                let at = b * t.rows + i;
                 let mut isum = _mm512_add_epi32(s[0], s[1]);
                 if offset != 0 {
-                    isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(offset * *asums.add(at)));
+                    isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(offset * *t.asums.add(at)));
                 }
-                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*ad.add(at)));
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*t.ad.add(at)));
                 *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
                 if has_min {
-                    *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*ads.add(at)), *acc);
+                    *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*t.ads.add(at)), *acc);
                 }
             }
         }
         for (o, acc) in out.iter_mut().zip(&acc) {
             _mm512_storeu_ps(o.as_mut_ptr(), *acc);
         }
-    }
-
-    /// u8×i8 dot products of 4 adjacent bytes per i32 lane, accumulated (what `vpdpbusd`
-    /// does). Callers keep each pair sum inside i16: 4-bit weights (15·127·2) or sign-folded
-    /// 8-bit ones (128·127·2), see `tile_avx2`.
-    #[inline(always)]
-    unsafe fn dot4(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
-        let pairs = _mm256_maddubs_epi16(w, x);
-        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -912,84 +944,231 @@ mod x86 {
         row0: usize,
         out: &mut [[f32; TILE]; ROWS],
     ) {
-        let kb = w.kb;
-        let qs_bytes = w.kind.tile_qs_bytes();
-        let nibbles = w.kind != QuantKind::Q8_0;
-        let has_min = w.kind == QuantKind::Q4_1;
-        // 8-bit weights are stored +128; `vpmaddubsw` would saturate on 255·127·2, so they are
-        // turned back into signed values and the sign moved onto the activation
-        // (|w| · sign(x, w) ≤ 128·127 per product, pairs fit i16), which makes the offset
-        // correction unnecessary.
-        let offset = if nibbles { w.kind.offset() } else { 0 };
+        match w.kind {
+            QuantKind::Q4_0 => avx2::<R, 0>(w, tile, a, row0, out),
+            QuantKind::Q4_1 => avx2::<R, 1>(w, tile, a, row0, out),
+            QuantKind::Q8_0 => avx2::<R, 2>(w, tile, a, row0, out),
+        }
+    }
+
+    /// One group of 4 values per row of a nibble block, for 4 rows: both halves of the tile
+    /// unpacked once (ymm8..11), each row's two broadcasts (ymm13, ymm14) feeding both halves.
+    #[rustfmt::skip]
+    macro_rules! q4_group {
+        ($g:literal) => {
+            concat!(
+                "vmovdqu ymm9, ymmword ptr [{tq} + 64*", stringify!($g), "]\n",
+                "vpand ymm8, ymm9, ymm12\n",
+                "vpsrlw ymm9, ymm9, 4\n",
+                "vpand ymm9, ymm9, ymm12\n",
+                "vmovdqu ymm11, ymmword ptr [{tq} + 64*", stringify!($g), " + 32]\n",
+                "vpand ymm10, ymm11, ymm12\n",
+                "vpsrlw ymm11, ymm11, 4\n",
+                "vpand ymm11, ymm11, ymm12\n",
+                q4_row!($g, 0, "ymm0", "ymm1"),
+                q4_row!($g, 1, "ymm2", "ymm3"),
+                q4_row!($g, 2, "ymm4", "ymm5"),
+                q4_row!($g, 3, "ymm6", "ymm7"),
+            )
+        };
+    }
+
+    /// Row `$i`'s part of [`q4_group`]: pair sums added as i16 into `$p0` (outputs 0..8) and
+    /// `$p1` (8..16).
+    #[rustfmt::skip]
+    macro_rules! q4_row {
+        ($g:literal, $i:literal, $p0:literal, $p1:literal) => {
+            concat!(
+                "vpbroadcastd ymm13, dword ptr [{x} + 32*", stringify!($i), " + 8*", stringify!($g), "]\n",
+                "vpmaddubsw ymm15, ymm8, ymm13\n",
+                "vpaddw ", $p0, ", ", $p0, ", ymm15\n",
+                "vpmaddubsw ymm15, ymm10, ymm13\n",
+                "vpaddw ", $p1, ", ", $p1, ", ymm15\n",
+                "vpbroadcastd ymm14, dword ptr [{x} + 32*", stringify!($i), " + 8*", stringify!($g), " + 4]\n",
+                "vpmaddubsw ymm15, ymm9, ymm14\n",
+                "vpaddw ", $p0, ", ", $p0, ", ymm15\n",
+                "vpmaddubsw ymm15, ymm11, ymm14\n",
+                "vpaddw ", $p1, ", ", $p1, ", ymm15\n",
+            )
+        };
+    }
+
+    /// The i16 pair sums of one nibble block for 4 rows (`[row][half]`), in assembly.
+    ///
+    /// Why not intrinsics: the 8 pair sums, 4 unpacked weight vectors, the mask and 3
+    /// temporaries fill the 16 ymm registers exactly, and LLVM's scheduler, free to reorder,
+    /// hoisted broadcasts and products of later groups and spilled them (the block loop stored
+    /// and reloaded ~20 vectors). Written out, the loop has no spill by construction.
+    #[target_feature(enable = "avx2")]
+    unsafe fn q4_block4(tq: *const u8, x: *const u8, low: __m256i) -> [[__m256i; 2]; 4] {
+        let (p00, p01, p10, p11, p20, p21, p30, p31): (
+            __m256i,
+            __m256i,
+            __m256i,
+            __m256i,
+            __m256i,
+            __m256i,
+            __m256i,
+            __m256i,
+        );
+        // SAFETY (caller): `tq` points at a nibble block of a tile (256 bytes) and `x` at 4
+        // consecutive activation rows of one block (4 · 32 bytes).
+        std::arch::asm!(
+            "vpxor ymm0, ymm0, ymm0",
+            "vpxor ymm1, ymm1, ymm1",
+            "vpxor ymm2, ymm2, ymm2",
+            "vpxor ymm3, ymm3, ymm3",
+            "vpxor ymm4, ymm4, ymm4",
+            "vpxor ymm5, ymm5, ymm5",
+            "vpxor ymm6, ymm6, ymm6",
+            "vpxor ymm7, ymm7, ymm7",
+            q4_group!(0),
+            q4_group!(1),
+            q4_group!(2),
+            q4_group!(3),
+            tq = in(reg) tq,
+            x = in(reg) x,
+            in("ymm12") low,
+            out("ymm0") p00,
+            out("ymm1") p01,
+            out("ymm2") p10,
+            out("ymm3") p11,
+            out("ymm4") p20,
+            out("ymm5") p21,
+            out("ymm6") p30,
+            out("ymm7") p31,
+            out("ymm8") _,
+            out("ymm9") _,
+            out("ymm10") _,
+            out("ymm11") _,
+            out("ymm13") _,
+            out("ymm14") _,
+            out("ymm15") _,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+        [[p00, p01], [p10, p11], [p20, p21], [p30, p31]]
+    }
+
+    /// `K`: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0 (a constant, so each type gets its own loop).
+    ///
+    /// Register budget (16 ymm): per 4-value group both halves of the tile (outputs 0..8 and
+    /// 8..16) are unpacked once (4 registers) and multiplied with every row, so each row's
+    /// broadcast activations serve both halves; the 2·R integer sums (8 at R = 4) stay in
+    /// registers for the whole block. The float accumulators are updated once per block and
+    /// wait in `out` (L1) between blocks: 8 of them next to 8 sums left no room for the
+    /// unpacked weights. At R = 4, the case 8-stream decode runs, the nibble block is
+    /// [`q4_block4`] (assembly); the other row counts leave LLVM fewer registers to spill.
+    ///
+    /// Kernels bench on the 2-core AMD EPYC Turin with `SEALSERVE_LLM_ISA=avx2` (2026-12-03,
+    /// benches/RESULTS.md): Q4_1 at 8 rows ×1.2–1.3 against the previous loop (one half tile's
+    /// broadcasts per group, accumulators in registers, ~20 spills a block); with the prefetch
+    /// ([`TileData::block`]), 8-stream decode ×1.18 and one stream ×1.17 in 20 paired rounds.
+    #[inline(always)]
+    unsafe fn avx2<const R: usize, const K: u8>(
+        w: &PackedMatrix,
+        tile: usize,
+        a: &QuantizedRows,
+        row0: usize,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        let nibbles = K != 2;
+        let has_min = K == 1;
+        let offset: i32 = if K == 0 { 8 } else { 0 };
+        let qs_bytes = if nibbles {
+            TILE * BLOCK / 2
+        } else {
+            TILE * BLOCK
+        };
+        let t = TileData::new(w, tile, a, row0, qs_bytes);
         let low = _mm256_set1_epi8(0x0F);
         let flip = _mm256_set1_epi8(-128);
-        // Two halves of the tile: rows 0..8 and 8..16.
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        for b in 0..kb {
-            let tq = w.qs.as_ptr().add((tile * kb + b) * qs_bytes);
+        let ones = _mm256_set1_epi16(1);
+        let bcast =
+            |x: *const u8, j: usize| _mm256_set1_epi32((x.add(j) as *const i32).read_unaligned());
+        for o in out.iter_mut().take(R) {
+            *o = [0.0; TILE];
+        }
+        for b in 0..w.kb {
+            let tq = t.block(b, qs_bytes, has_min);
+            let xb = t.rows_of(b);
             let mut isum = [[_mm256_setzero_si256(); 2]; R];
             if nibbles {
                 // A block's 8 `vpmaddubsw` pair sums per lane stay inside i16 (8 · 15·127·2 =
-                // 30,480; |x| ≤ 127), so they are added as i16 and widened once per block: two
-                // instructions per 32 products instead of three.
+                // 30,480; |x| ≤ 127), so they are added as i16 and widened once per block.
                 let mut pairs = [[_mm256_setzero_si256(); 2]; R];
-                for g in 0..BLOCK / 8 {
-                    for h in 0..2 {
-                        let v = _mm256_loadu_si256(tq.add(g * 64 + h * 32) as *const _);
-                        let lo = _mm256_and_si256(v, low);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                if R == 4 {
+                    let p = q4_block4(tq, xb, low);
+                    for (dst, src) in pairs.iter_mut().zip(p) {
+                        *dst = src;
+                    }
+                } else {
+                    for g in 0..BLOCK / 8 {
+                        let v0 = _mm256_loadu_si256(tq.add(g * 64) as *const _);
+                        let v1 = _mm256_loadu_si256(tq.add(g * 64 + 32) as *const _);
+                        let lo0 = _mm256_and_si256(v0, low);
+                        let hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low);
+                        let lo1 = _mm256_and_si256(v1, low);
+                        let hi1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low);
                         for (i, p) in pairs.iter_mut().enumerate() {
-                            let x0 = _mm256_set1_epi32(act4(a, row0 + i, b, 8 * g));
-                            let x1 = _mm256_set1_epi32(act4(a, row0 + i, b, 8 * g + 4));
-                            p[h] = _mm256_add_epi16(p[h], _mm256_maddubs_epi16(lo, x0));
-                            p[h] = _mm256_add_epi16(p[h], _mm256_maddubs_epi16(hi, x1));
+                            let x = xb.add(i * BLOCK);
+                            let x0 = bcast(x, 8 * g);
+                            p[0] = _mm256_add_epi16(p[0], _mm256_maddubs_epi16(lo0, x0));
+                            p[1] = _mm256_add_epi16(p[1], _mm256_maddubs_epi16(lo1, x0));
+                            let x1 = bcast(x, 8 * g + 4);
+                            p[0] = _mm256_add_epi16(p[0], _mm256_maddubs_epi16(hi0, x1));
+                            p[1] = _mm256_add_epi16(p[1], _mm256_maddubs_epi16(hi1, x1));
                         }
                     }
                 }
-                let ones = _mm256_set1_epi16(1);
                 for (s, p) in isum.iter_mut().zip(&pairs) {
                     for h in 0..2 {
                         s[h] = _mm256_madd_epi16(p[h], ones);
                     }
                 }
             } else {
+                // 8-bit weights are stored +128; `vpmaddubsw` would saturate on 255·127·2, so
+                // they are turned back into signed values and the sign moved onto the
+                // activation (|w| · sign(x, w) ≤ 128·127 per product, pairs fit i16), which
+                // makes the offset correction unnecessary. Two pair sums would not fit i16, so
+                // each is widened right away.
                 for g in 0..BLOCK / 4 {
-                    for h in 0..2 {
-                        let v = _mm256_loadu_si256(tq.add(g * 64 + h * 32) as *const _);
-                        let signed = _mm256_xor_si256(v, flip);
-                        let magnitude = _mm256_sign_epi8(signed, signed);
-                        for (i, s) in isum.iter_mut().enumerate() {
-                            let x = _mm256_set1_epi32(act4(a, row0 + i, b, 4 * g));
-                            s[h] = dot4(s[h], magnitude, _mm256_sign_epi8(x, signed));
-                        }
+                    let s0 = _mm256_xor_si256(_mm256_loadu_si256(tq.add(g * 64) as *const _), flip);
+                    let s1 =
+                        _mm256_xor_si256(_mm256_loadu_si256(tq.add(g * 64 + 32) as *const _), flip);
+                    let m0 = _mm256_sign_epi8(s0, s0);
+                    let m1 = _mm256_sign_epi8(s1, s1);
+                    for (i, s) in isum.iter_mut().enumerate() {
+                        let x = bcast(xb.add(i * BLOCK), 4 * g);
+                        let p0 = _mm256_maddubs_epi16(m0, _mm256_sign_epi8(x, s0));
+                        s[0] = _mm256_add_epi32(s[0], _mm256_madd_epi16(p0, ones));
+                        let p1 = _mm256_maddubs_epi16(m1, _mm256_sign_epi8(x, s1));
+                        s[1] = _mm256_add_epi32(s[1], _mm256_madd_epi16(p1, ones));
                     }
                 }
             }
-            let at = (tile * kb + b) * TILE;
             for h in 0..2 {
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(w.d.as_ptr().add(at + 8 * h) as *const _));
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(t.d0.add(b * TILE + 8 * h) as *const _));
                 let mw = if has_min {
-                    _mm256_cvtph_ps(_mm_loadu_si128(w.m.as_ptr().add(at + 8 * h) as *const _))
+                    _mm256_cvtph_ps(_mm_loadu_si128(t.m0.add(b * TILE + 8 * h) as *const _))
                 } else {
                     _mm256_setzero_ps()
                 };
-                for i in 0..R {
-                    let row = row0 + i;
-                    let da = *a.d.get_unchecked(a.at(row, b));
-                    let asum = *a.sums.get_unchecked(a.at(row, b));
-                    let s = _mm256_sub_epi32(isum[i][h], _mm256_set1_epi32(offset * asum));
-                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(da));
-                    acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[i][h]);
-                    if has_min {
-                        let ds = *a.ds.get_unchecked(a.at(row, b));
-                        acc[i][h] = _mm256_fmadd_ps(mw, _mm256_set1_ps(ds), acc[i][h]);
+                for (i, s) in isum.iter().enumerate() {
+                    let at = b * t.rows + i;
+                    let mut s = s[h];
+                    if offset != 0 {
+                        s = _mm256_sub_epi32(s, _mm256_set1_epi32(offset * *t.asums.add(at)));
                     }
+                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*t.ad.add(at)));
+                    let dst = out[i].as_mut_ptr().add(8 * h);
+                    let mut acc = _mm256_loadu_ps(dst);
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
+                    if has_min {
+                        acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(*t.ads.add(at)), acc);
+                    }
+                    _mm256_storeu_ps(dst, acc);
                 }
             }
-        }
-        for i in 0..R {
-            _mm256_storeu_ps(out[i].as_mut_ptr(), acc[i][0]);
-            _mm256_storeu_ps(out[i].as_mut_ptr().add(8), acc[i][1]);
         }
     }
 }
@@ -1168,18 +1347,44 @@ pub(super) mod tests {
                 .collect();
             let mut a = QuantizedRows::default();
             a.quantize(&x, k);
-            for rows in 1..=ROWS {
+            // Each kernel's rows one at a time: what every call of many rows must give bit for
+            // bit (batching must not change a sequence's tokens).
+            let single: Vec<Vec<[f32; TILE]>> = kernels
+                .iter()
+                .map(|&isa| {
+                    (0..n / TILE * ROWS)
+                        .map(|i| {
+                            let mut one = [[0f32; TILE]; ROWS];
+                            tile_rows(isa, &w, i / ROWS, &a, i % ROWS, 1, &mut one);
+                            one[0]
+                        })
+                        .collect()
+                })
+                .collect();
+            // Calls from the first row and calls ending at the last one (a row offset inside
+            // the block-major activations).
+            for (rows, row0) in (1..=ROWS).flat_map(|rows| [(rows, 0), (rows, ROWS - rows)]) {
                 for tile in 0..n / TILE {
                     let mut slow = [[0f32; TILE]; ROWS];
-                    tile_rows(Isa::Scalar, &w, tile, &a, 0, rows, &mut slow);
-                    for &isa in &kernels {
+                    tile_rows(Isa::Scalar, &w, tile, &a, row0, rows, &mut slow);
+                    for (&isa, single) in kernels.iter().zip(&single) {
                         let mut fast = [[0f32; TILE]; ROWS];
-                        tile_rows(isa, &w, tile, &a, 0, rows, &mut fast);
-                        for (f, s) in fast.iter().flatten().zip(slow.iter().flatten()) {
-                            assert!(
-                                (f - s).abs() <= 1e-5 * (1.0 + s.abs()),
-                                "{isa:?} {kind:?} extreme {extreme} rows {rows} tile {tile}: {f} vs {s}"
-                            );
+                        tile_rows(isa, &w, tile, &a, row0, rows, &mut fast);
+                        for (r, (fast, slow)) in fast.iter().zip(&slow).take(rows).enumerate() {
+                            let alone = &single[tile * ROWS + row0 + r];
+                            for ((f, s), one) in fast.iter().zip(slow).zip(alone) {
+                                assert!(
+                                    (f - s).abs() <= 1e-5 * (1.0 + s.abs()),
+                                    "{isa:?} {kind:?} extreme {extreme} rows {row0}+{rows} \
+                                     tile {tile}: {f} vs {s}"
+                                );
+                                assert_eq!(
+                                    f.to_bits(),
+                                    one.to_bits(),
+                                    "{isa:?} {kind:?} extreme {extreme} rows {row0}+{rows} \
+                                     tile {tile}: row {r} in a batch {f}, alone {one}"
+                                );
+                            }
                         }
                     }
                 }
