@@ -52,8 +52,19 @@ impl QuantKind {
         }
     }
 
+    /// The kind a SIMD kernel's type parameter `K` names (0 = Q4_0, 1 = Q4_1, 2 = Q8_0): a
+    /// constant, so each type gets its own loop.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    const fn from_param(k: u8) -> Self {
+        match k {
+            0 => QuantKind::Q4_0,
+            1 => QuantKind::Q4_1,
+            _ => QuantKind::Q8_0,
+        }
+    }
+
     /// Bytes of repacked quants per tile block (16 rows × 32 values).
-    fn tile_qs_bytes(self) -> usize {
+    const fn tile_qs_bytes(self) -> usize {
         match self {
             QuantKind::Q4_0 | QuantKind::Q4_1 => TILE * BLOCK / 2,
             QuantKind::Q8_0 => TILE * BLOCK,
@@ -62,7 +73,7 @@ impl QuantKind {
 
     /// The constant subtracted from stored quants (times the activation block sum) to get the
     /// real integer dot product.
-    fn offset(self) -> i32 {
+    const fn offset(self) -> i32 {
         match self {
             QuantKind::Q4_0 => 8,
             QuantKind::Q4_1 => 0,
@@ -837,9 +848,9 @@ mod x86 {
         /// The weights stream from memory once per step; the hardware prefetcher alone left the
         /// multiply work of a many-row step waiting on them (rows × tiles took the sum of the
         /// two times, not the larger). 2 KiB ahead covered the latency on the AVX-512 Xeon; on
-        /// the AVX2 kernel (Zen 5 capped to AVX2, 2026-12-03) it made 8-stream decode ~×1.13 and
-        /// one stream ~×1.10 faster (16 paired rounds against the build without it). A prefetch past the end of the matrix is a harmless hint,
-        /// hence `wrapping_add`.
+        /// the AVX2 kernel (Zen 5 capped to AVX2, 2026-12-03) it made 8-stream decode ~×1.13
+        /// and one stream ~×1.10 faster (16 paired rounds against the build without it). A
+        /// prefetch past the end of the matrix is a harmless hint, hence `wrapping_add`.
         #[inline(always)]
         unsafe fn block(&self, b: usize, qs_bytes: usize, has_min: bool) -> *const u8 {
             let tq = self.tq0.add(b * qs_bytes);
@@ -862,7 +873,7 @@ mod x86 {
         }
     }
 
-    /// `K`: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0 (a constant, so each type gets its own loop).
+    /// `K`: the weight type ([`QuantKind::from_param`]).
     ///
     /// Per block the 8 weight vectors are loaded and unpacked once, then each row's block sum
     /// is built from two independent `vpdpbusd` chains (one long chain made a single row wait
@@ -875,18 +886,11 @@ mod x86 {
         row0: usize,
         out: &mut [[f32; TILE]; ROWS],
     ) {
-        let nibbles = K != 2;
-        let has_min = K == 1;
-        let offset = match K {
-            0 => 8,
-            1 => 0,
-            _ => 128,
-        };
-        let qs_bytes = if nibbles {
-            TILE * BLOCK / 2
-        } else {
-            TILE * BLOCK
-        };
+        let kind = const { QuantKind::from_param(K) };
+        let nibbles = kind != QuantKind::Q8_0;
+        let has_min = kind == QuantKind::Q4_1;
+        let offset = const { QuantKind::from_param(K).offset() };
+        let qs_bytes = const { QuantKind::from_param(K).tile_qs_bytes() };
         let t = TileData::new(w, tile, a, row0, qs_bytes);
         let low = _mm512_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); R];
@@ -1049,7 +1053,7 @@ mod x86 {
         [[p00, p01], [p10, p11], [p20, p21], [p30, p31]]
     }
 
-    /// `K`: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0 (a constant, so each type gets its own loop).
+    /// `K`: the weight type ([`QuantKind::from_param`]).
     ///
     /// Register budget (16 ymm): per 4-value group both halves of the tile (outputs 0..8 and
     /// 8..16) are unpacked once (4 registers) and multiplied with every row, so each row's
@@ -1071,14 +1075,12 @@ mod x86 {
         row0: usize,
         out: &mut [[f32; TILE]; ROWS],
     ) {
-        let nibbles = K != 2;
-        let has_min = K == 1;
-        let offset: i32 = if K == 0 { 8 } else { 0 };
-        let qs_bytes = if nibbles {
-            TILE * BLOCK / 2
-        } else {
-            TILE * BLOCK
-        };
+        let kind = const { QuantKind::from_param(K) };
+        let nibbles = kind != QuantKind::Q8_0;
+        let has_min = kind == QuantKind::Q4_1;
+        // Q8_0's offset is folded into signs instead (the 8-bit loop below).
+        let offset = if nibbles { kind.offset() } else { 0 };
+        let qs_bytes = const { QuantKind::from_param(K).tile_qs_bytes() };
         let t = TileData::new(w, tile, a, row0, qs_bytes);
         let low = _mm256_set1_epi8(0x0F);
         let flip = _mm256_set1_epi8(-128);
