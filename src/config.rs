@@ -34,11 +34,13 @@ pub enum LogFormat {
 }
 
 /// `serve` flags.
+// The field docs are `--help` text, where `<pid>`-style placeholders are meant literally.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "serve",
     version,
-    about = "Serve the signed embedding model carried inside this binary (TEI-, OpenAI- and CML-compatible HTTP API)",
+    about = "Serve the signed model carried inside this binary: embeddings, re-ranking, classification or text generation (TEI-, TGI-, OpenAI- and CML-compatible HTTP API)",
     after_help = exit::help()
 )]
 pub struct ServeArgs {

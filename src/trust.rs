@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 pub use crate::telemetry::TRUST as TRUST_METRIC;
 
 /// The trust flags, flattened into `serve`'s and `seal verify`'s arguments.
+// The field docs are `--help` text, where `<pid>`-style placeholders are meant literally.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Args, Debug, Clone, Default)]
 pub struct TrustArgs {
     /// Trusted signing keys: 64-hex fingerprints or PEM/minisign public key files (or files of fingerprints), comma separated; any other key, and every dev-signed bundle, is refused

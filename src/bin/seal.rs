@@ -1,6 +1,9 @@
 //! `seal`: release keys, offline MANIFEST signing, release-file signing, checking the bundle
 //! inside a `serve` binary, and publishing bundles to S3 / OCI registries. Wiring only; what each
 //! subcommand does lives in `sealserve::seal`.
+// The doc comments on the clap types below are `seal --help`'s text, where `<name>` and
+// `[:tag]` are placeholders meant literally, not HTML or links.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};

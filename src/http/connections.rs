@@ -64,7 +64,7 @@ pub struct ConnectionLimits {
 
 impl ConnectionLimits {
     /// `max_connections` lowered, when needed, to fit the process's open-file limit (with
-    /// [`RESERVED_FDS`] to spare); returns the limits and whether the cap was lowered.
+    /// `RESERVED_FDS` to spare); returns the limits and whether the cap was lowered.
     pub fn fitted_to_nofile(self) -> (Self, bool) {
         match nofile_limit() {
             Some(nofile) => {
