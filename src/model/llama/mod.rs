@@ -311,17 +311,21 @@ pub struct KvCache {
     /// The caches of a model on a candle device (GPU) instead.
     device: Option<on_device::DeviceKv>,
     len: usize,
-    /// Most positions the host caches grow room for (see [`KvCache::limit_to`]).
+    /// Most positions the host caches grow room for (see [`KvCache::limit_to`]; a device
+    /// cache keeps its own copy).
     limit: Option<usize>,
 }
 
 impl KvCache {
-    /// Caps the room the host caches grow to at `positions` (the scheduler's reservation for
+    /// Caps the room the caches (host or device) grow to at `positions` (the scheduler's reservation for
     /// the sequence: prompt plus `max_tokens`), so that doubling growth never holds more than
     /// the token budget counts. More positions may still be appended (the room grows exactly
     /// to them); the cap only stops over-allocation.
     pub fn limit_to(&mut self, positions: usize) {
         self.limit = Some(positions);
+        if let Some(device) = &mut self.device {
+            device.limit_to(positions);
+        }
     }
 
     /// Room for `new` more positions of width `head_dim` in every host cache: doubling, as a
@@ -1059,46 +1063,54 @@ mod tests {
     #[test]
     fn a_limited_cache_grows_no_further_than_its_limit_and_gives_the_same_results() {
         let bytes = tiny_llama();
-        let model = LlamaModel::load(&Gguf::read(&bytes).unwrap()).unwrap();
-        let bytes_per_position = model.kv_bytes_per_token();
-        let run = |limit: Option<usize>| {
+        let gguf = Gguf::read(&bytes).unwrap();
+        // The CPU engine's f16 host caches and the device engine's tensors (on candle's CPU
+        // device here; the same code on CUDA) follow the same growth rule.
+        let engines = [
+            ("CPU engine", LlamaModel::load(&gguf).unwrap()),
+            (
+                "device engine",
+                LlamaModel::load_candle(&gguf, &Device::Cpu).unwrap(),
+            ),
+        ];
+        for (engine, model) in &engines {
+            let bytes_per_position = model.kv_bytes_per_token();
+            let run = |limit: Option<usize>| {
+                let mut cache = model.new_cache();
+                if let Some(p) = limit {
+                    cache.limit_to(p);
+                }
+                let mut s = Scratch::default();
+                let mut out = Vec::new();
+                // A 5-token prompt then 4 single tokens: 9 positions.
+                for tokens in [&[1u32, 2, 3, 4, 5][..], &[6], &[7], &[8], &[9]] {
+                    let mut batch = [SeqInput {
+                        cache: &mut cache,
+                        tokens,
+                        logits: true,
+                    }];
+                    out.push(model.forward(&mut batch, &mut s).unwrap().to_vecs());
+                }
+                assert_eq!(cache.len(), 9);
+                (out, cache.bytes())
+            };
+            let (free, free_bytes) = run(None);
+            let (limited, limited_bytes) = run(Some(9));
+            assert_eq!(free, limited, "{engine}: the limit changes no result");
+            // Doubling from 5 positions reaches room for 10; the limit stops at 9, exactly.
+            assert_eq!(free_bytes, 10 * bytes_per_position, "{engine}");
+            assert_eq!(limited_bytes, 9 * bytes_per_position, "{engine}");
+            // Past the limit the cache still grows, exactly as far as needed.
             let mut cache = model.new_cache();
-            if let Some(p) = limit {
-                cache.limit_to(p);
-            }
-            let mut s = Scratch::default();
-            let mut out = Vec::new();
-            // A 5-token prompt then 4 single tokens: 9 positions.
-            for tokens in [&[1u32, 2, 3, 4, 5][..], &[6], &[7], &[8], &[9]] {
-                let mut batch = [SeqInput {
-                    cache: &mut cache,
-                    tokens,
-                    logits: true,
-                }];
-                out.push(model.forward(&mut batch, &mut s).unwrap().to_vecs());
-            }
-            assert_eq!(cache.len(), 9);
-            (out, cache.bytes())
-        };
-        let (free, free_bytes) = run(None);
-        let (limited, limited_bytes) = run(Some(9));
-        assert_eq!(free, limited, "the limit changes no result");
-        // Doubling from 5 positions reaches room for 10; the limit stops at 9, exactly.
-        assert_eq!(limited_bytes, 9 * bytes_per_position);
-        assert!(
-            free_bytes > limited_bytes,
-            "{free_bytes} vs {limited_bytes}"
-        );
-        // Past the limit the cache still grows, exactly as far as needed.
-        let mut cache = model.new_cache();
-        cache.limit_to(2);
-        let mut batch = [SeqInput {
-            cache: &mut cache,
-            tokens: &[1, 2, 3],
-            logits: false,
-        }];
-        model.forward(&mut batch, &mut Scratch::default()).unwrap();
-        assert_eq!(cache.bytes(), 3 * bytes_per_position);
+            cache.limit_to(2);
+            let mut batch = [SeqInput {
+                cache: &mut cache,
+                tokens: &[1, 2, 3],
+                logits: false,
+            }];
+            model.forward(&mut batch, &mut Scratch::default()).unwrap();
+            assert_eq!(cache.bytes(), 3 * bytes_per_position, "{engine}");
+        }
     }
 
     #[test]

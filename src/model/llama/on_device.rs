@@ -117,12 +117,20 @@ struct DeviceLayer {
     down: DeviceLinear,
 }
 
-/// One sequence's keys and values on the device, per layer `[kv_heads, pos, head_dim]`, grown
-/// in place (candle's preallocating cache, which extends by 256 positions when full).
+/// One sequence's keys and values on the device, per layer `[kv_heads, pos, head_dim]`.
+///
+/// Grown as the host caches grow: doubling, but never past the
+/// scheduler's reservation for the sequence (prompt plus `max_tokens`, [`DeviceKv::limit_to`]),
+/// so device memory stays inside the token budget that `--max-batch-total-tokens` sets. candle's
+/// `KvCache`, used before, grew by a fixed 256 positions: up to 255 positions per sequence and
+/// layer beyond the budget, and a copy of the whole cache every 256 tokens.
 pub struct DeviceKv {
-    layers: Vec<candle_nn::kv_cache::KvCache>,
+    /// Keys and values of each layer.
+    layers: Vec<[Grown; 2]>,
     /// Bytes of one position's keys and values in one layer (f32).
     position_bytes: usize,
+    /// Most positions the caches grow room for, unless more are appended.
+    limit: Option<usize>,
 }
 
 impl DeviceKv {
@@ -130,8 +138,72 @@ impl DeviceKv {
     pub fn bytes(&self) -> usize {
         self.layers
             .iter()
-            .map(|l| l.k_cache().max_seq_len() * self.position_bytes)
+            .map(|[k, _]| k.room() * self.position_bytes)
             .sum()
+    }
+
+    /// Caps the room the caches grow to at `positions` (see [`super::KvCache::limit_to`]).
+    pub fn limit_to(&mut self, positions: usize) {
+        self.limit = Some(positions);
+    }
+
+    /// Appends one layer's new keys and values (`[kv_heads, n, head_dim]` each); returns all
+    /// of that layer's keys and values so far.
+    fn append(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let limit = self.limit;
+        let [keys, values] = self
+            .layers
+            .get_mut(layer)
+            .ok_or_else(|| candle_core::Error::Msg(format!("no KV cache for layer {layer}")))?;
+        Ok((keys.append(k, limit)?, values.append(v, limit)?))
+    }
+}
+
+/// One layer's keys or values: `[kv_heads, room, head_dim]`, the first `len` positions filled.
+#[derive(Default)]
+struct Grown {
+    data: Option<Tensor>,
+    len: usize,
+}
+
+impl Grown {
+    /// Positions there is room for.
+    fn room(&self) -> usize {
+        self.data
+            .as_ref()
+            .map_or(0, |t| t.dims().get(1).copied().unwrap_or(0))
+    }
+
+    /// Writes `src` (`[kv_heads, n, head_dim]`) after the filled positions, first growing the
+    /// room (doubling, capped at `limit` unless more are needed); returns the filled positions.
+    fn append(&mut self, src: &Tensor, limit: Option<usize>) -> candle_core::Result<Tensor> {
+        let needed = self.len + src.dim(1)?;
+        let room = self.room();
+        if room < needed {
+            let cap = limit.unwrap_or(usize::MAX).max(needed);
+            let target = room.saturating_mul(2).max(needed).min(cap);
+            let mut shape = src.dims().to_vec();
+            shape[1] = target - self.len;
+            let fresh = Tensor::zeros(shape, src.dtype(), src.device())?;
+            self.data = Some(match &self.data {
+                Some(old) if self.len > 0 => {
+                    Tensor::cat(&[&old.narrow(1, 0, self.len)?, &fresh], 1)?
+                }
+                _ => fresh,
+            });
+        }
+        let data = self
+            .data
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("KV cache without room".into()))?;
+        data.slice_set(src, 1, self.len)?;
+        self.len = needed;
+        data.narrow(1, 0, needed)
     }
 }
 
@@ -301,9 +373,10 @@ impl DeviceLlama {
     pub fn new_cache(&self) -> DeviceKv {
         DeviceKv {
             layers: (0..self.config.layers)
-                .map(|_| candle_nn::kv_cache::KvCache::new(1, 256))
+                .map(|_| Default::default())
                 .collect(),
             position_bytes: 2 * self.config.kv_width() * std::mem::size_of::<f32>(),
+            limit: None,
         }
     }
 
@@ -389,7 +462,7 @@ impl DeviceLlama {
                 let n = b.tokens.len();
                 let kb = k.narrow(0, r0, n)?.transpose(0, 1)?.contiguous()?;
                 let vb = v.narrow(0, r0, n)?.transpose(0, 1)?.contiguous()?;
-                let (keys, values) = cache.layers[l].append(&kb, &vb)?;
+                let (keys, values) = cache.append(l, &kb, &vb)?;
                 let (keys, values) = (keys.contiguous()?, values.contiguous()?);
                 let len = keys.dim(1)?;
                 // [n, kv_heads, group, hd] -> [kv_heads, group * n, hd]
