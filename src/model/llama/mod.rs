@@ -317,10 +317,10 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// Caps the room the caches (host or device) grow to at `positions` (the scheduler's reservation for
-    /// the sequence: prompt plus `max_tokens`), so that doubling growth never holds more than
-    /// the token budget counts. More positions may still be appended (the room grows exactly
-    /// to them); the cap only stops over-allocation.
+    /// Caps the room the caches (host or device) grow to at `positions` (the scheduler's
+    /// reservation for the sequence: prompt plus `max_tokens`), so that doubling growth never
+    /// holds more than the token budget counts. More positions may still be appended (the room
+    /// grows exactly to them); the cap only stops over-allocation.
     pub fn limit_to(&mut self, positions: usize) {
         self.limit = Some(positions);
         if let Some(device) = &mut self.device {

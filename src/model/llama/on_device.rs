@@ -119,11 +119,11 @@ struct DeviceLayer {
 
 /// One sequence's keys and values on the device, per layer `[kv_heads, pos, head_dim]`.
 ///
-/// Grown as the host caches grow: doubling, but never past the
-/// scheduler's reservation for the sequence (prompt plus `max_tokens`, [`DeviceKv::limit_to`]),
-/// so device memory stays inside the token budget that `--max-batch-total-tokens` sets. candle's
-/// `KvCache`, used before, grew by a fixed 256 positions: up to 255 positions per sequence and
-/// layer beyond the budget, and a copy of the whole cache every 256 tokens.
+/// Grown as the host caches grow: doubling, but never past the scheduler's reservation for the
+/// sequence (prompt plus `max_tokens`, [`DeviceKv::limit_to`]), so device memory stays inside
+/// the token budget that `--max-batch-total-tokens` sets. candle's `KvCache`, used before, grew
+/// by a fixed 256 positions: up to 255 positions per sequence and layer beyond the budget, and a
+/// copy of the whole cache every 256 tokens.
 pub struct DeviceKv {
     /// Keys and values of each layer.
     layers: Vec<[Grown; 2]>,
