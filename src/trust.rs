@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 pub use crate::telemetry::TRUST as TRUST_METRIC;
 
 /// The trust flags, flattened into `serve`'s and `seal verify`'s arguments.
-// The field docs are `--help` text, where `<pid>`-style placeholders are meant literally.
+// The field docs are `--help` text, where placeholders like `<repo>` are meant literally.
 #[allow(rustdoc::invalid_html_tags)]
 #[derive(Args, Debug, Clone, Default)]
 pub struct TrustArgs {

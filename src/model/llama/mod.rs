@@ -332,14 +332,10 @@ impl KvCache {
     /// `Vec` grows, but not past the limit.
     fn make_room(&mut self, new: usize, head_dim: usize) {
         let needed = (self.len + new) * head_dim;
-        let cap = self
-            .limit
-            .map_or(usize::MAX, |p| p.saturating_mul(head_dim))
-            .max(needed);
+        let limit = self.limit.map(|p| p.saturating_mul(head_dim));
         for v in self.keys.iter_mut().chain(self.values.iter_mut()) {
             if v.capacity() < needed {
-                let target = v.capacity().saturating_mul(2).max(needed).min(cap);
-                v.reserve_exact(target - v.len());
+                v.reserve_exact(grown_room(v.capacity(), needed, limit) - v.len());
             }
         }
     }
@@ -364,6 +360,14 @@ impl KvCache {
             .sum();
         host + self.device.as_ref().map_or(0, on_device::DeviceKv::bytes)
     }
+}
+
+/// The room a cache grows to from `have` when it needs `needed` (any unit): doubling, but not
+/// past `limit` unless more is needed. The one growth rule of the host caches
+/// ([`KvCache::make_room`]) and the device caches (`on_device::DeviceKv`).
+fn grown_room(have: usize, needed: usize, limit: Option<usize>) -> usize {
+    let cap = limit.unwrap_or(usize::MAX).max(needed);
+    have.saturating_mul(2).max(needed).min(cap)
 }
 
 /// One sequence's part of a step.

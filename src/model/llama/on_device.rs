@@ -180,15 +180,13 @@ impl Grown {
     }
 
     /// Writes `src` (`[kv_heads, n, head_dim]`) after the filled positions, first growing the
-    /// room (doubling, capped at `limit` unless more are needed); returns the filled positions.
+    /// room (`super::grown_room`); returns the filled positions.
     fn append(&mut self, src: &Tensor, limit: Option<usize>) -> candle_core::Result<Tensor> {
         let needed = self.len + src.dim(1)?;
         let room = self.room();
         if room < needed {
-            let cap = limit.unwrap_or(usize::MAX).max(needed);
-            let target = room.saturating_mul(2).max(needed).min(cap);
             let mut shape = src.dims().to_vec();
-            shape[1] = target - self.len;
+            shape[1] = super::grown_room(room, needed, limit) - self.len;
             let fresh = Tensor::zeros(shape, src.dtype(), src.device())?;
             self.data = Some(match &self.data {
                 Some(old) if self.len > 0 => {
