@@ -330,10 +330,11 @@ pub fn resident_bytes() -> Option<(u64, u64)> {
 /// page faults and kernel page zeroing: about 10% of a forward's time in profiles on 2 cores.
 /// With a fixed mmap threshold of 32 MiB (glibc's maximum) and a trim threshold of 32 MiB (above
 /// the ~20 MiB working set of a 1024-token forward), the next forward reuses the same heap pages.
-/// At most two arenas: glibc otherwise gives the engine, compute and HTTP threads arenas of their
-/// own, each keeping its own high-water mark, which under HTTP load added ~9 MiB of peak RSS.
-/// Process-wide and idempotent; other allocators and targets are left alone.
+/// Also limits the arenas to one ([`one_arena`]), which takes effect only where no thread has
+/// allocated yet: `serve` calls that first thing. Process-wide and idempotent; other allocators
+/// and targets are left alone.
 pub fn keep_activation_memory() {
+    one_arena();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
@@ -342,14 +343,40 @@ pub fn keep_activation_memory() {
             unsafe {
                 libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
                 libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
-                libc::mallopt(libc::M_ARENA_MAX, 2);
+            }
+        });
+    }
+}
+
+/// Makes every thread allocate from glibc's main arena, so that [`release_free_heap`] can give
+/// back all free heap memory. Call it before the process starts its second thread: glibc fixes
+/// its arena limit the first time a thread other than the main one allocates, and ignores later
+/// changes (`serve` used to set the limit when the model was loaded, after the runtime had
+/// started, so its threads had up to 8 arenas per core).
+///
+/// Why one: `malloc_trim` returns the free top of the main heap and free pages inside every
+/// arena, but not the free top of another arena's heap while it is under the trim threshold,
+/// which [`keep_activation_memory`] raises to 32 MiB. A burst of 2 MiB requests left up to
+/// 17 MiB there (RSS 10 s later 1.22x what it was before; tests/http_memory.rs). One arena also
+/// keeps one high-water mark instead of one per arena. The cost is one lock for allocations
+/// that miss the per-thread cache (over 1 KiB, or more than 7 of a size held), which a forward
+/// and a request make few of next to the work they do. Process-wide and idempotent; other
+/// allocators and targets are left alone.
+pub fn one_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: mallopt only adjusts an allocator parameter; the value is in range.
+            unsafe {
+                libc::mallopt(libc::M_ARENA_MAX, 1);
             }
         });
     }
 }
 
 /// Hands the allocator's free memory back to the kernel (`malloc_trim(0)`: free pages in every
-/// arena and the heap top), after a request large enough to have grown the heap well past the
+/// arena and the main heap's top, which is all of it under [`one_arena`]), after a request large enough to have grown the heap well past the
 /// working set that [`keep_activation_memory`] keeps for reuse. Without it, the memory of a
 /// burst of large requests stayed resident for minutes (issue 12). The next forward re-faults
 /// its buffers once. Other allocators and targets: nothing to do.

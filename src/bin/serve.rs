@@ -39,6 +39,8 @@ impl Fatal {
 
 fn main() -> ExitCode {
     let started = Instant::now();
+    // Before any other thread allocates, or glibc ignores it.
+    sealserve::memory::one_arena();
     pin_compute_threads();
     // First thing: other same-uid processes must not read or write our memory, even while we load.
     let dumpable_error = harden::set_not_dumpable().err();
