@@ -132,7 +132,26 @@ impl Embedder {
         self.model.labels()
     }
 
+    /// On the CPU the whole call runs on a thread of rayon's global pool, the pool the forward's
+    /// matmuls and fused kernels split their work over. Why: called from any other thread, each
+    /// parallel op handed its work to the pool's threads and blocked the caller, and between ops
+    /// those threads spun (`sched_yield`) on the cores the caller's serial work needed: one more
+    /// runnable thread than cores, a third of a small forward's time in the scheduler.
     fn run_with(
+        &self,
+        sequences: &[Vec<u32>],
+        type_ids: &[Option<Vec<u32>>],
+        outputs: &[Output],
+        pooling: Pooling,
+    ) -> Result<Vec<Embedding>, ModelError> {
+        if self.model.device().is_cpu() {
+            rayon::scope(|_| self.run_here(sequences, type_ids, outputs, pooling))
+        } else {
+            self.run_here(sequences, type_ids, outputs, pooling)
+        }
+    }
+
+    fn run_here(
         &self,
         sequences: &[Vec<u32>],
         type_ids: &[Option<Vec<u32>>],
@@ -301,4 +320,75 @@ fn take_chunk(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Attention, HiddenChunk};
+    use candle_core::{DType, Device, Tensor};
+    use std::sync::{Arc, Mutex};
+
+    /// A model that records which rayon thread (if any) ran each call, and returns zeros.
+    struct Probe {
+        device: Device,
+        threads: Arc<Mutex<Vec<Option<usize>>>>,
+    }
+
+    impl Model for Probe {
+        fn hidden_size(&self) -> usize {
+            4
+        }
+        fn max_positions(&self) -> usize {
+            16
+        }
+        fn attention(&self) -> Attention {
+            Attention::Bidirectional
+        }
+        fn dtype(&self) -> DType {
+            DType::F32
+        }
+        fn device(&self) -> &Device {
+            &self.device
+        }
+        fn hidden_states(
+            &self,
+            batch: &Packed,
+            _max_forward_tokens: usize,
+        ) -> Result<Vec<HiddenChunk>, ModelError> {
+            self.threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(rayon::current_thread_index());
+            Ok(vec![HiddenChunk {
+                members: (0..batch.lengths.len()).collect(),
+                hidden: Tensor::zeros((batch.ids.len(), 4), DType::F32, &self.device)?,
+            }])
+        }
+    }
+
+    #[test]
+    fn cpu_calls_run_on_the_compute_pool_from_any_thread() {
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let probe = Probe {
+            device: Device::Cpu,
+            threads: threads.clone(),
+        };
+        let embedder = Embedder::new(Box::new(probe), Pooling::Mean, 64);
+        // From a plain thread (as the engine thread is) and from the test thread.
+        std::thread::scope(|s| {
+            s.spawn(|| embedder.embed(&[vec![1, 2, 3]]).map(|_| ()))
+                .join()
+                .expect("thread")
+        })
+        .expect("embed");
+        let vectors = embedder.embed(&[vec![1, 2], vec![3]]).expect("embed");
+        assert_eq!(vectors.len(), 2);
+        let threads = threads.lock().unwrap_or_else(|p| p.into_inner());
+        assert_eq!(threads.len(), 2);
+        assert!(
+            threads.iter().all(Option::is_some),
+            "a CPU forward ran outside rayon's pool: {threads:?}"
+        );
+    }
 }

@@ -132,8 +132,9 @@ pub enum Attention {
     Causal,
 }
 
-/// A loaded network of any family.
-pub trait Model: Send {
+/// A loaded network of any family. `Sync` so that the engine can run a CPU call on a thread of
+/// rayon's pool (`Embedder`), the pool its parallel ops use.
+pub trait Model: Send + Sync {
     /// Width of each token's hidden state (the embedding dimension).
     fn hidden_size(&self) -> usize;
     /// Longest sequence the model accepts.

@@ -206,7 +206,7 @@ impl CustomOp1 for MatMul<'_> {
         if self.weight.len() != k * n {
             candle_core::bail!("matmul: a [{m}, {k}] input does not fit a [{k}, {n}] weight");
         }
-        let threads = candle_core::utils::get_num_threads();
+        let threads = compute_threads();
         let parallelism = if threads > 1 {
             gemm::Parallelism::Rayon(threads)
         } else {
@@ -243,6 +243,16 @@ impl CustomOp1 for MatMul<'_> {
         }
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
+}
+
+/// The compute thread count candle reports, read once. Why: without `RAYON_NUM_THREADS` in the
+/// environment, candle 0.11's `get_num_threads` parses /proc/cpuinfo on every call, 24 times per
+/// MiniLM forward, which cost a single 16-token forward ~1 ms on 2 cores (`serve` sets the
+/// variable; library users and the benches did not). The count cannot change once rayon's global
+/// pool exists.
+fn compute_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(candle_core::utils::get_num_threads)
 }
 
 /// A linear layer's weight `[out, in]` kept transposed as row-major `[in, out]`, the layout gemm
