@@ -376,10 +376,11 @@ pub fn one_arena() {
 }
 
 /// Hands the allocator's free memory back to the kernel (`malloc_trim(0)`: free pages in every
-/// arena and the main heap's top, which is all of it under [`one_arena`]), after a request large enough to have grown the heap well past the
-/// working set that [`keep_activation_memory`] keeps for reuse. Without it, the memory of a
-/// burst of large requests stayed resident for minutes (issue 12). The next forward re-faults
-/// its buffers once. Other allocators and targets: nothing to do.
+/// arena and the main heap's top, which is all of it under [`one_arena`]), after a request large
+/// enough to have grown the heap well past the working set that [`keep_activation_memory`] keeps
+/// for reuse. Without it, the memory of a burst of large requests stayed resident for minutes
+/// (issue 12). The next forward re-faults its buffers once. Other allocators and targets:
+/// nothing to do.
 pub fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages of glibc's arenas to the kernel.
