@@ -263,7 +263,6 @@ fn openai_parameters_this_server_cannot_honour_are_refused_not_ignored() {
             json!({"response_format": {"type": "json_object"}}),
             "response_format",
         ),
-        (json!({"logit_bias": {"42": 100}}), "logit_bias"),
         (json!({"top_logprobs": 2}), "top_logprobs"),
         (
             json!({"logprobs": true, "top_logprobs": 21}),
@@ -295,7 +294,6 @@ fn openai_parameters_this_server_cannot_honour_are_refused_not_ignored() {
         (json!({"suffix": "end"}), "suffix"),
         (json!({"best_of": 2}), "best_of"),
         (json!({"logprobs": 21}), "logprobs"),
-        (json!({"logit_bias": {"1": -100}}), "logit_bias"),
     ] {
         let (status, body) = completion(extra.clone());
         assert_eq!(status, 422, "{extra}: {body}");
@@ -303,6 +301,110 @@ fn openai_parameters_this_server_cannot_honour_are_refused_not_ignored() {
     }
     let (status, body) = completion(json!({"echo": false, "suffix": "", "best_of": 1}));
     assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn logit_bias_bans_and_forces_tokens_on_every_openai_route_and_bad_biases_are_refused() {
+    let first = gguf_chat().generated_ids[0];
+    let chat = |bias: Value| {
+        let mut body = chat_body(false);
+        body["max_tokens"] = json!(3);
+        body["logit_bias"] = bias;
+        let (status, text) = post("/v1/chat/completions", &body);
+        (status, serde_json::from_str::<Value>(&text).expect("JSON"))
+    };
+    // Unbiased, and with a bias too small to matter: the golden answer.
+    let (status, plain) = chat(json!({}));
+    assert_eq!(status, 200, "{plain}");
+    let plain = plain["choices"][0]["message"]["content"].clone();
+    assert!(ANSWER.starts_with(plain.as_str().expect("text")), "{plain}");
+    let (_, tiny) = chat(json!({ first.to_string(): 0.001 }));
+    assert_eq!(tiny["choices"][0]["message"]["content"], plain);
+    // -100 on the golden first token: another first token.
+    let (status, banned) = chat(json!({ first.to_string(): -100 }));
+    assert_eq!(status, 200, "{banned}");
+    let banned = banned["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("text")
+        .to_string();
+    assert!(!banned.starts_with("The"), "{banned:?}");
+    // +100 on one token: every generated token is that one, on /v1/completions too, and the
+    // log-probabilities are of the biased distribution.
+    let word = " banana";
+    let (status, ids) = post("/tokenize", &json!({ "inputs": word }));
+    assert_eq!(status, 200, "{ids}");
+    let ids: Value = serde_json::from_str(&ids).expect("JSON");
+    assert_eq!(ids[0].as_array().map(Vec::len), Some(1), "one token: {ids}");
+    let forced = ids[0][0]["id"].as_u64().expect("id");
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4,
+                   "temperature": 0.7, "seed": 1, "logit_bias": {forced.to_string(): 100},
+                   "logprobs": true}),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "Hello", "max_tokens": 4, "temperature": 0,
+                   "logit_bias": {forced.to_string(): 100.0}, "logprobs": 1}),
+        ),
+    ] {
+        let (status, text) = post(path, &body);
+        assert_eq!(status, 200, "{path}: {text}");
+        let v: Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(v["usage"]["completion_tokens"], 4, "{path}: {v}");
+        let logprobs: Vec<f64> = if path == "/v1/completions" {
+            assert_eq!(v["choices"][0]["text"], word.repeat(4), "{path}: {v}");
+            v["choices"][0]["logprobs"]["token_logprobs"]
+                .as_array()
+                .expect("token_logprobs")
+                .iter()
+                .filter_map(Value::as_f64)
+                .collect()
+        } else {
+            assert_eq!(
+                v["choices"][0]["message"]["content"],
+                word.repeat(4),
+                "{path}: {v}"
+            );
+            v["choices"][0]["logprobs"]["content"]
+                .as_array()
+                .expect("content")
+                .iter()
+                .filter_map(|t| t["logprob"].as_f64())
+                .collect()
+        };
+        assert!(
+            logprobs.len() == 4 && logprobs.iter().all(|&l| l > -1e-3),
+            "{path}: {v}"
+        );
+    }
+    // CML's /model takes the same field.
+    let (status, text) = post(
+        "/model",
+        &json!({"request": {"prompt": "Hello", "max_tokens": 2, "temperature": 0,
+                            "logit_bias": {forced.to_string(): 100}}}),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(&word.repeat(2)), "{text}");
+    // Bad biases: 422 with a message naming the field, nothing generated.
+    for bias in [
+        json!({"x": 1}),
+        json!({"-1": 1}),
+        json!({" 7": 1}),
+        json!({"7": 100.5}),
+        json!({"7": "1"}),
+        json!({"7": 1, "007": 2}),
+        json!({"49152": 1}),
+        json!({"99999999999": 1}),
+        json!([[7, 1]]),
+        json!("7"),
+    ] {
+        let (status, body) = chat(bias.clone());
+        assert_eq!(status, 422, "{bias}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("logit_bias"), "{bias}: {message}");
+    }
 }
 
 #[test]
@@ -666,7 +768,10 @@ fn info_says_generation_and_openapi_documents_exactly_the_generation_routes() {
         schema("CompletionBody", "echo")["enum"],
         json!([false, null])
     );
-    assert_eq!(schema("Common", "logit_bias")["maxProperties"], 0);
+    assert_eq!(
+        schema("Common", "logit_bias")["additionalProperties"]["maximum"],
+        100
+    );
     assert_eq!(schema("ChatBody", "top_logprobs")["maximum"], 20);
     assert_eq!(
         doc["components"]["schemas"]["ChatBody"]["then"]["properties"]["logprobs"]["const"],

@@ -500,6 +500,16 @@ impl Generator {
                 "token id {bad} is outside the vocabulary of {vocab}"
             )));
         }
+        if let Some((bad, _)) = request
+            .sampling
+            .logit_bias
+            .iter()
+            .find(|(t, _)| *t as usize >= vocab)
+        {
+            return Err(SubmitError::InvalidParameter(format!(
+                "logit_bias names token id {bad}, outside the vocabulary of {vocab}"
+            )));
+        }
         if request.max_tokens == Some(0) {
             return Err(SubmitError::InvalidParameter(
                 "max_tokens must be at least 1".into(),

@@ -29,6 +29,10 @@ pub struct SamplingParams {
     /// Log-probabilities of this many most likely alternatives per token (0 = only the
     /// chosen token's), `None` = none.
     pub logprobs: Option<usize>,
+    /// OpenAI's `logit_bias`: `(token id, bias)`, sorted by id, one entry per id. Each bias
+    /// (−100 to 100) is added to its token's logit after the penalties and before
+    /// temperature and truncation, so ±100 bans or forces a token in practice, greedy or not.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -43,9 +47,13 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             seed: None,
             logprobs: None,
+            logit_bias: Vec::new(),
         }
     }
 }
+
+/// Largest `logit_bias` magnitude (OpenAI's range).
+pub const MAX_LOGIT_BIAS: f32 = 100.0;
 
 /// Most alternatives `logprobs` may ask for (OpenAI allows 20).
 pub const MAX_TOP_LOGPROBS: usize = 20;
@@ -90,6 +98,19 @@ impl SamplingParams {
         }
         if self.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
             return Err(format!("top_logprobs must be at most {MAX_TOP_LOGPROBS}"));
+        }
+        for &(id, bias) in &self.logit_bias {
+            if !finite(bias) || !(-MAX_LOGIT_BIAS..=MAX_LOGIT_BIAS).contains(&bias) {
+                return Err(format!(
+                    "logit_bias of token {id} must be in [-100, 100], got {bias}"
+                ));
+            }
+        }
+        if let Some(w) = self.logit_bias.windows(2).find(|w| w[0].0 >= w[1].0) {
+            return Err(format!(
+                "logit_bias must list each token once, in increasing order (token {} after {})",
+                w[1].0, w[0].0
+            ));
         }
         Ok(())
     }
@@ -143,7 +164,7 @@ impl Sampler {
 
     /// Picks the next token from `logits` (modified in place) and records it.
     pub fn sample(&mut self, logits: &mut [f32]) -> (u32, Option<TokenLogprob>) {
-        self.apply_penalties(logits);
+        self.adjust(logits);
         let logprobs = self.params.logprobs.map(|n| (n, log_softmax(logits)));
         let id = if self.params.temperature < GREEDY_BELOW {
             argmax(logits)
@@ -172,7 +193,8 @@ impl Sampler {
         (id, logprob)
     }
 
-    fn apply_penalties(&self, logits: &mut [f32]) {
+    /// The penalties, then the logit biases: what the log-probabilities and the draw see.
+    fn adjust(&self, logits: &mut [f32]) {
         let p = &self.params;
         if p.repetition_penalty != 1.0 {
             let seen = self.prompt.iter().chain(self.counts.keys());
@@ -194,6 +216,11 @@ impl Sampler {
                 if let Some(l) = logits.get_mut(t as usize) {
                     *l -= p.frequency_penalty * n as f32 + p.presence_penalty;
                 }
+            }
+        }
+        for &(t, bias) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = (*l + bias).clamp(-f32::MAX, f32::MAX);
             }
         }
     }
@@ -402,6 +429,37 @@ mod tests {
     }
 
     #[test]
+    fn logit_bias_bans_and_forces_tokens_and_shows_in_the_logprobs() {
+        let logits = [1.0, 3.0, 2.0, 0.0];
+        let biased = |bias: Vec<(u32, f32)>, temperature: f32| {
+            let mut s = sampler(SamplingParams {
+                temperature,
+                seed: Some(7),
+                logprobs: Some(1),
+                logit_bias: bias,
+                ..SamplingParams::default()
+            });
+            (0..20)
+                .map(|_| s.sample(&mut logits.clone()))
+                .collect::<Vec<_>>()
+        };
+        // Greedy: -100 on the best token hands the step to the second; +100 forces the worst.
+        assert_eq!(biased(vec![(1, -100.0)], 0.0)[0].0, 2);
+        let forced = biased(vec![(3, 100.0)], 0.0);
+        assert_eq!(forced[0].0, 3);
+        // The log-probabilities are of the biased distribution.
+        let lp = forced[0].1.clone().unwrap();
+        assert!(lp.logprob > -1e-3 && lp.top[0].0 == 3, "{lp:?}");
+        // Sampled: a banned token never comes, a forced one always does.
+        assert!(biased(vec![(1, -100.0), (2, -100.0)], 1.0)
+            .iter()
+            .all(|(t, _)| *t == 0 || *t == 3));
+        assert!(biased(vec![(0, 100.0)], 1.5).iter().all(|(t, _)| *t == 0));
+        // Ids outside the logits are left alone (the server refuses them before this).
+        assert_eq!(biased(vec![(9, 100.0)], 0.0)[0].0, 1);
+    }
+
+    #[test]
     fn logprobs_are_normalised_and_sorted() {
         let mut s = sampler(SamplingParams {
             logprobs: Some(2),
@@ -422,6 +480,25 @@ mod tests {
             ..SamplingParams::default()
         };
         assert!(bad.validate().unwrap_err().contains("top_p"));
+        for bias in [
+            vec![(1, 100.5)],
+            vec![(1, f32::NAN)],
+            vec![(2, 1.0), (1, 1.0)],
+        ] {
+            let bad = SamplingParams {
+                logit_bias: bias.clone(),
+                ..SamplingParams::default()
+            };
+            assert!(
+                bad.validate().unwrap_err().contains("logit_bias"),
+                "{bias:?}"
+            );
+        }
+        let ok = SamplingParams {
+            logit_bias: vec![(0, -100.0), (5, 100.0)],
+            ..SamplingParams::default()
+        };
+        assert!(ok.validate().is_ok());
         assert!(SamplingParams::default().validate().is_ok());
     }
 }

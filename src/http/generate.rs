@@ -587,7 +587,8 @@ struct Common {
     stream: bool,
     #[serde(default, deserialize_with = "super::types::object_or_null")]
     stream_options: Option<StreamOptions>,
-    /// Not supported: absent, null or `{}` (refused otherwise, never ignored).
+    /// Token id (a string of digits) → bias from −100 to 100, added to that token's logit
+    /// before sampling (±100 bans or forces it).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     logit_bias: Option<Value>,
@@ -685,6 +686,50 @@ struct CompletionBody {
 /// constrained one.
 fn unsupported(name: &str, why: &str) -> ApiError {
     invalid(format!("`{name}` is not supported by this server: {why}"))
+}
+
+/// OpenAI's `logit_bias` object as `(token id, bias)` sorted by id: keys are token ids written
+/// as decimal strings, values numbers in [−100, 100] (whether an id is in the vocabulary is
+/// checked when the request is queued, and by the document's pattern). Anything else is refused
+/// with a message naming it.
+fn logit_bias(value: Option<Value>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let fields = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(fields)) => fields,
+        Some(other) => {
+            return Err(invalid(format!(
+                "logit_bias must be an object mapping token ids to biases, like {{\"50256\": -100}}; got {other}"
+            )))
+        }
+    };
+    let mut out = Vec::with_capacity(fields.len());
+    for (key, bias) in fields {
+        // Digits only, no sign and no leading zero (the document's pattern): one spelling
+        // per token.
+        let canonical =
+            key.bytes().all(|b| b.is_ascii_digit()) && (key == "0" || !key.starts_with('0'));
+        let id = key
+            .parse::<u32>()
+            .ok()
+            .filter(|_| canonical)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "logit_bias keys must be token ids in decimal without leading zeros (see /tokenize); got {key:?}"
+                ))
+            })?;
+        let bias = bias
+            .as_f64()
+            .filter(|b| (-100.0..=100.0).contains(b))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "logit_bias of token {id} must be a number in [-100, 100]; got {bias}"
+                ))
+            })?;
+        out.push((id, bias as f32));
+    }
+    // Keys are unique and canonical, so the ids are too.
+    out.sort_unstable_by_key(|&(id, _)| id);
+    Ok(out)
 }
 
 /// Absent, null, `[]` or `{}`.
@@ -812,12 +857,7 @@ impl Common {
         if self.n.is_some_and(|n| n != 1) {
             return Err(invalid("n must be 1: one choice per request"));
         }
-        if !empty(&self.logit_bias) {
-            return Err(unsupported(
-                "logit_bias",
-                "token biases are not applied; leave it out",
-            ));
-        }
+        let logit_bias = logit_bias(self.logit_bias)?;
         let d = SamplingParams::default();
         let number = |range: &Range, value, default| range.narrow(value, default).map_err(invalid);
         let sampling = SamplingParams {
@@ -838,6 +878,7 @@ impl Common {
             presence_penalty: number(&PRESENCE_PENALTY, self.presence_penalty, d.presence_penalty)?,
             seed: self.seed,
             logprobs,
+            logit_bias,
         };
         let stop = match self.stop {
             None => Vec::new(),
@@ -1449,6 +1490,8 @@ fn tgi_submit(state: &GenerationState, bytes: &[u8]) -> Result<(TgiSubmitted, bo
         seed: p.seed,
         // The chosen token's logprob only: TGI reports it for every token.
         logprobs: Some(0),
+        // TGI's parameters have no token biases.
+        logit_bias: Vec::new(),
     };
     let stop = p.stop.unwrap_or_default();
     if stop.iter().any(String::is_empty) {
@@ -1788,6 +1831,51 @@ async fn openapi(State(state): State<Arc<GenerationState>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logit_bias_keys_are_accepted_exactly_when_the_documents_pattern_matches_them() {
+        // Every u32 is spelt one way; the document's pattern for a 2^32 vocabulary is the
+        // parser's rule.
+        let pattern =
+            regex::Regex::new(&super::super::openapi::decimal_below(1 << 32)).expect("pattern");
+        for key in [
+            "0",
+            "7",
+            "10",
+            "49151",
+            "4294967295",
+            "4294967296",
+            "99999999999",
+            "007",
+            "00",
+            "-1",
+            "+1",
+            "1.0",
+            "1e3",
+            "",
+            " 7",
+            "7 ",
+            "x",
+            "\u{0661}",
+        ] {
+            let parsed = logit_bias(Some(json!({ key: 1 })));
+            assert_eq!(parsed.is_ok(), pattern.is_match(key), "{key:?}: {parsed:?}");
+        }
+        assert_eq!(
+            logit_bias(Some(json!({"9": -100, "10": 0.5, "0": 100}))).expect("valid"),
+            [(0, 100.0), (9, -100.0), (10, 0.5)]
+        );
+        for bad in [
+            json!({"1": 100.01}),
+            json!({"1": null}),
+            json!({"1": true}),
+            json!([1]),
+        ] {
+            assert!(logit_bias(Some(bad.clone())).is_err(), "{bad}");
+        }
+        assert_eq!(logit_bias(None).expect("absent"), []);
+        assert_eq!(logit_bias(Some(Value::Null)).expect("null"), []);
+    }
 
     #[test]
     fn sampling_numbers_are_checked_as_sent_then_narrowed_inside_their_range() {

@@ -294,6 +294,42 @@ pub struct GenerationBounds {
     pub model_id: String,
 }
 
+/// A regular expression matching exactly the decimal numbers `0..n` without leading zeros
+/// (none when `n` is 0): JSON Schema bounds strings only by pattern, and `logit_bias` keys are
+/// token ids written as strings.
+pub(crate) fn decimal_below(n: usize) -> String {
+    let Some(max) = n.checked_sub(1) else {
+        return "^(?!)$".into();
+    };
+    let digits: Vec<u32> = max
+        .to_string()
+        .bytes()
+        .map(|b| u32::from(b - b'0'))
+        .collect();
+    let len = digits.len();
+    // Shorter numbers: 0, then 1 to len - 1 digits without a leading zero.
+    let mut alternatives = vec!["0".to_string()];
+    if len >= 2 {
+        alternatives.push(format!("[1-9][0-9]{{0,{}}}", len - 2));
+    }
+    // As many digits as `max`: equal up to position i, smaller there, anything after.
+    for i in 0..len {
+        let low = u32::from(i == 0);
+        if digits[i] > low {
+            let prefix: String = digits[..i].iter().map(|d| d.to_string()).collect();
+            alternatives.push(format!(
+                "{prefix}[{low}-{}][0-9]{{{}}}",
+                digits[i] - 1,
+                len - i - 1
+            ));
+        }
+    }
+    if max > 0 {
+        alternatives.push(max.to_string());
+    }
+    format!("^({})$", alternatives.join("|"))
+}
+
 /// The generation server's document ([`crate::http::generate::generation_openapi_document`])
 /// made exact, so that what it allows is accepted and what it forbids is refused (schemathesis
 /// checks both): the served model's id and vocabulary, the input counts, non-empty prompts,
@@ -437,8 +473,13 @@ pub fn exact_generation_document(mut document: Value, bounds: &GenerationBounds)
     set(
         "Common",
         "logit_bias",
-        json!({"type": ["object", "null"], "maxProperties": 0,
-               "description": "Not supported (token biases): absent, null or {}."}),
+        json!({"type": ["object", "null"],
+               "propertyNames": {"pattern": decimal_below(bounds.vocab_size)},
+               "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+               "description": "Token id (decimal string) to a bias from -100 to 100, added to \
+                               that token's logit before sampling: -100 bans the token, 100 \
+                               forces it. Ids are written without leading zeros and lie \
+                               inside the vocabulary (see /tokenize)."}),
     );
     if let Some(part) = schemas.get_mut("Part") {
         part["required"] = json!(["type", "text"]);
@@ -603,6 +644,21 @@ mod tests {
             prompt_names: vec!["query".into()],
             model_id: "org/model".into(),
             kind: ModelKind::Embedding,
+        }
+    }
+
+    #[test]
+    fn decimal_below_matches_exactly_the_ids_under_the_bound() {
+        for n in [
+            1, 2, 9, 10, 11, 20, 99, 100, 101, 1000, 1234, 32_000, 49_152, 100_001,
+        ] {
+            let re = regex::Regex::new(&decimal_below(n)).expect("a valid pattern");
+            for x in 0..(n + 1200).max(2 * n) {
+                assert_eq!(re.is_match(&x.to_string()), x < n, "{x} against {n}");
+            }
+            for bad in ["", "-1", "+1", "00", "01", " 1", "1 ", "1.0", "1e2", "x"] {
+                assert!(!re.is_match(bad), "{bad:?} against {n}");
+            }
         }
     }
 

@@ -1,7 +1,8 @@
 """The official `openai` client against a generation server's /v1/chat/completions
 (tests/generate_http.rs runs this with the server's base URL and the reference folder):
 greedy chat without and with streaming must give llama.cpp's golden text for the chat prompt;
-log-probabilities come back; parameters the server cannot honour are refused."""
+log-probabilities come back; logit_bias bans a token; parameters the server cannot honour are
+refused."""
 
 import json
 import sys
@@ -57,6 +58,14 @@ def main():
     assert "".join(t.token for t in content) == want, content
     assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content), content
     print("ok: chat.completions.create(logprobs=True, top_logprobs=2)")
+
+    first = str(chat["generated_ids"][0])
+    banned = client.chat.completions.create(
+        model="smollm2", messages=messages, temperature=0, max_tokens=3,
+        logit_bias={first: -100},
+    ).choices[0].message.content
+    assert not want.startswith(banned), repr(banned)
+    print("ok: chat.completions.create(logit_bias=...) bans a token")
 
     for extra, name in (
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
