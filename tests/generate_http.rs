@@ -26,6 +26,9 @@ use std::sync::{Arc, OnceLock};
 const QUESTION: &str = "What is 2+2?";
 const ANSWER: &str = "The answer to this classic math problem is 4.";
 
+/// The test server's state (its generator's counters).
+static STATE: OnceLock<Arc<GenerationState>> = OnceLock::new();
+
 /// One server per test binary, on its own runtime thread; returns its base URL.
 fn server() -> &'static str {
     static BASE: OnceLock<String> = OnceLock::new();
@@ -61,6 +64,7 @@ fn server() -> &'static str {
             api_key: None,
             ready: Arc::new(AtomicBool::new(true)),
         });
+        assert!(STATE.set(state.clone()).is_ok(), "one server");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let base = format!("http://{}", listener.local_addr().expect("address"));
@@ -174,6 +178,164 @@ fn streamed_chat_gives_the_same_text_then_usage_then_done() {
     assert!(last["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0);
     let finish = &chunks[chunks.len() - 2];
     assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+}
+
+#[test]
+fn n_choices_come_indexed_whole_or_streamed_and_each_is_what_its_seed_gives_alone() {
+    let chat = gguf_chat();
+    // Greedy: n golden answers; the usage counts the prompt once and every choice's tokens.
+    let mut body = chat_body(false);
+    body["n"] = json!(3);
+    let (status, text) = post("/v1/chat/completions", &body);
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).expect("JSON");
+    let choices = v["choices"].as_array().expect("choices");
+    assert_eq!(choices.len(), 3, "{v}");
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i, "{v}");
+        assert_eq!(c["message"]["content"], ANSWER, "{v}");
+        assert_eq!(c["finish_reason"], "stop", "{v}");
+    }
+    assert_eq!(v["usage"]["prompt_tokens"], chat.prompt_ids.len());
+    assert_eq!(
+        v["usage"]["completion_tokens"],
+        3 * chat.generated_ids.len()
+    );
+
+    // Sampled with a seed: choice i is what `seed + i` gives alone, whole or streamed.
+    let sampled = |n: Option<usize>, seed: u64, stream: bool| {
+        let mut body = json!({"messages": [{"role": "user", "content": "Tell me a story."}],
+                              "max_tokens": 12, "temperature": 1.0, "seed": seed,
+                              "stream": stream});
+        if let Some(n) = n {
+            body["n"] = json!(n);
+        }
+        if stream {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        let (status, text) = post("/v1/chat/completions", &body);
+        assert_eq!(status, 200, "{text}");
+        text
+    };
+    let whole: Value = serde_json::from_str(&sampled(Some(3), 42, false)).expect("JSON");
+    let texts: Vec<String> = whole["choices"]
+        .as_array()
+        .expect("choices")
+        .iter()
+        .map(|c| c["message"]["content"].as_str().expect("text").to_string())
+        .collect();
+    assert_eq!(texts.len(), 3);
+    for (i, want) in texts.iter().enumerate() {
+        let alone: Value =
+            serde_json::from_str(&sampled(None, 42 + i as u64, false)).expect("JSON");
+        assert_eq!(
+            &alone["choices"][0]["message"]["content"], want,
+            "choice {i}"
+        );
+    }
+    assert!(
+        texts[0] != texts[1] || texts[1] != texts[2],
+        "three seeds, one text: {texts:?}"
+    );
+    let chunks = sse_chunks(&sampled(Some(3), 42, true));
+    let mut streamed = vec![String::new(); 3];
+    let (mut roles, mut finishes) = (vec![0; 3], vec![0; 3]);
+    for chunk in &chunks[..chunks.len() - 1] {
+        let choices = chunk["choices"].as_array().expect("choices");
+        assert_eq!(choices.len(), 1, "one choice per event: {chunk}");
+        let i = choices[0]["index"].as_u64().expect("index") as usize;
+        if choices[0]["delta"]["role"] == "assistant" {
+            roles[i] += 1;
+        }
+        if !choices[0]["finish_reason"].is_null() {
+            finishes[i] += 1;
+        }
+        if let Some(delta) = choices[0]["delta"]["content"].as_str() {
+            streamed[i].push_str(delta);
+        }
+    }
+    assert_eq!(streamed, texts);
+    assert_eq!((roles, finishes), (vec![1; 3], vec![1; 3]));
+    let usage = chunks.last().expect("usage chunk");
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"], whole["usage"]);
+
+    // /v1/completions and CML's /model take n too.
+    let (status, text) = post(
+        "/v1/completions",
+        &json!({"prompt": "Hello", "max_tokens": 3, "temperature": 0, "n": 2}),
+    );
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(v["choices"][1]["index"], 1, "{v}");
+    assert_eq!(v["choices"][0]["text"], v["choices"][1]["text"], "{v}");
+    let (status, text) = post(
+        "/model",
+        &json!({"request": {"prompt": "Hello", "max_tokens": 2, "temperature": 0, "n": 2}}),
+    );
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(
+        v["response"]["choices"].as_array().map(Vec::len),
+        Some(2),
+        "{v}"
+    );
+
+    // Out of range: 422 naming n.
+    for (n, says) in [
+        (json!(0), "n must be between 1 and 16"),
+        (json!(17), "n must be between 1 and 16"),
+        (json!(2.5), "whole number"),
+        (json!(-1), "whole number"),
+    ] {
+        let mut body = chat_body(false);
+        body["n"] = n.clone();
+        let (status, text) = post("/v1/chat/completions", &body);
+        assert_eq!(status, 422, "{n}: {text}");
+        assert!(text.contains(says), "{n}: {text}");
+    }
+}
+
+#[test]
+fn closing_a_stream_of_several_choices_cancels_every_one() {
+    use std::io::{Read, Write};
+    let base = server();
+    let generator = &STATE.get().expect("server state").generator;
+    let before = generator.stats().cancelled;
+    // The end tokens banned, so only the disconnect can end these choices early.
+    let body = json!({"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4000,
+                      "temperature": 0, "n": 2, "stream": true,
+                      "logit_bias": {"0": -100, "2": -100}})
+    .to_string();
+    let mut socket =
+        std::net::TcpStream::connect(base.trim_start_matches("http://")).expect("connect");
+    write!(
+        socket,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request sent");
+    // Read until both choices have sent text, then hang up.
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !(seen.contains(r#""index":0,"delta":{"content""#)
+        && seen.contains(r#""index":1,"delta":{"content""#))
+    {
+        let n = socket.read(&mut buf).expect("stream");
+        assert!(n > 0, "stream ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    drop(socket);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while generator.stats().cancelled < before + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "choices not cancelled: {:?}",
+            generator.stats()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]

@@ -10,8 +10,8 @@
 
 use super::error::{ApiError, ApiFamily, ErrorKind};
 use super::openai_completions::{
-    unix_now, ChatCompletion, ChatCompletionChunk, CompletionObject, LoggedToken, Reply, Shape,
-    TextCompletion, TextCompletionChunk,
+    unix_now, ChatCompletion, ChatCompletionChunk, ChoiceResult, CompletionObject, CompletionUsage,
+    LoggedToken, Reply, Shape, TextCompletion, TextCompletionChunk,
 };
 use super::routes::{body_bytes, Body};
 use super::types::{
@@ -35,7 +35,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, BoxStream, SelectAll, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -580,8 +580,10 @@ struct Common {
     seed: Option<u64>,
     #[serde(default)]
     stop: Option<Stop>,
+    /// Choices to generate (1–16, and at most `--max-concurrent-requests`): each is its own
+    /// sequence in the batch, sampled with `seed + index` when a seed is given.
     #[serde(default, deserialize_with = "super::types::whole")]
-    #[schema(minimum = 1, maximum = 1)]
+    #[schema(minimum = 1, maximum = 16)]
     n: Option<usize>,
     #[serde(default)]
     stream: bool,
@@ -854,9 +856,6 @@ impl Common {
     /// The engine's request; `logprobs` = alternatives per token when log-probabilities are
     /// asked for.
     fn request(self, prompt: Prompt, logprobs: Option<usize>) -> Result<GenerateRequest, ApiError> {
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(invalid("n must be 1: one choice per request"));
-        }
         let logit_bias = logit_bias(self.logit_bias)?;
         let d = SamplingParams::default();
         let number = |range: &Range, value, default| range.narrow(value, default).map_err(invalid);
@@ -981,15 +980,27 @@ impl From<CompletionPrompt> for Prompt {
     }
 }
 
-/// Validates an OpenAI request and queues it: the event receiver, the reply's identity, and
-/// whether the client asked for a stream.
+/// Most choices (`n`) one OpenAI request may ask for. Each is a sequence of its own (its own
+/// prefill and KV cache), so `n` multiplies the request's cost; 16 is the default batch.
+pub const MAX_CHOICES: usize = 16;
+
+/// The most choices a request may ask for on this server: [`MAX_CHOICES`], and no more than the
+/// requests it takes at once (a larger `n` could never be admitted).
+fn max_choices(state: &GenerationState) -> usize {
+    MAX_CHOICES.min(state.generator.config().max_concurrent_requests)
+}
+
+/// Validates an OpenAI request and queues its choices: one event receiver per choice, the
+/// reply's identity, and whether the client asked for a stream. The choices are queued one by
+/// one; if one is refused (the queue is full), those already queued are dropped, which cancels
+/// them, and the request fails as a whole.
 fn submit(
     state: &GenerationState,
     shape: Shape,
     common: Common,
     prompt: Prompt,
     logprobs: Option<usize>,
-) -> Result<(UnboundedReceiver<Event>, Reply, bool), ApiError> {
+) -> Result<(Vec<UnboundedReceiver<Event>>, Reply, bool), ApiError> {
     let stream = common.stream;
     let include_usage = common
         .stream_options
@@ -1002,10 +1013,31 @@ fn submit(
         .model
         .clone()
         .unwrap_or_else(|| state.model_id.clone());
+    let n = common.n.unwrap_or(1);
+    let most = max_choices(state);
+    if !(1..=most).contains(&n) {
+        let why = if most < MAX_CHOICES {
+            format!(
+                "each choice is a request of its own and this server takes {most} at once \
+                 (--max-concurrent-requests)"
+            )
+        } else {
+            "each choice is a sequence of its own".to_string()
+        };
+        return Err(invalid(format!(
+            "n must be between 1 and {most} ({why}), got {n}"
+        )));
+    }
     let request = common.request(prompt, logprobs)?;
-    let rx = state.generator.submit(request).map_err(submit_error)?;
+    let mut receivers = Vec::with_capacity(n);
+    for index in 0..n as u64 {
+        let mut choice = request.clone();
+        // Different draws per choice, and choice 0 is what n = 1 gives with the same seed.
+        choice.sampling.seed = request.sampling.seed.map(|s| s.wrapping_add(index));
+        receivers.push(state.generator.submit(choice).map_err(submit_error)?);
+    }
     let reply = Reply::new(shape, model, include_usage, logprobs.is_some());
-    Ok((rx, reply, stream))
+    Ok((receivers, reply, stream))
 }
 
 async fn run(
@@ -1015,12 +1047,12 @@ async fn run(
     prompt: Prompt,
     logprobs: Option<usize>,
 ) -> Result<Response, ApiError> {
-    let (rx, reply, stream) = submit(&state, shape, common, prompt, logprobs)?;
+    let (receivers, reply, stream) = submit(&state, shape, common, prompt, logprobs)?;
     if stream {
-        Ok(Sse::new(events(state, rx, reply)).into_response())
+        Ok(Sse::new(events(state, receivers, reply)).into_response())
     } else {
-        let (done, tokens) = collect(&state, rx).await?;
-        Ok(Json(reply.complete(&done, &tokens)).into_response())
+        let choices = collect_all(&state, receivers).await?;
+        Ok(Json(reply.complete(&choices)).into_response())
     }
 }
 
@@ -1078,10 +1110,19 @@ impl TokenLog {
     }
 }
 
+/// Every choice's end, in index order; the first failure fails the request (and dropping the
+/// other receivers cancels their choices).
+async fn collect_all(
+    state: &Arc<GenerationState>,
+    receivers: Vec<UnboundedReceiver<Event>>,
+) -> Result<Vec<ChoiceResult>, ApiError> {
+    futures_util::future::try_join_all(receivers.into_iter().map(|rx| collect(state, rx))).await
+}
+
 async fn collect(
     state: &Arc<GenerationState>,
     mut rx: UnboundedReceiver<Event>,
-) -> Result<(Completion, Vec<LoggedToken>), ApiError> {
+) -> Result<ChoiceResult, ApiError> {
     let mut log = TokenLog::new(state.clone());
     while let Some(event) = rx.recv().await {
         match event {
@@ -1103,13 +1144,19 @@ async fn collect(
     ))
 }
 
-/// State of one event stream.
+/// One choice's next event, tagged with its index; `None` when its channel closed.
+type Tagged = (u32, Option<Event>);
+
+/// State of one request's event stream (all its choices).
 struct Streaming {
-    rx: UnboundedReceiver<Event>,
+    /// Every choice's events, merged in arrival order; each channel ends with a `None`.
+    events: SelectAll<BoxStream<'static, Tagged>>,
     reply: Reply,
-    log: TokenLog,
+    /// Per choice: its log-probabilities not yet sent.
+    logs: Vec<TokenLog>,
+    /// The choices that ended, for the usage.
+    done: Vec<Completion>,
     pending: VecDeque<SseEvent>,
-    role_sent: bool,
     finished: bool,
 }
 
@@ -1117,21 +1164,50 @@ fn data(value: &impl Serialize) -> SseEvent {
     SseEvent::default().data(serde_json::to_string(value).unwrap_or_default())
 }
 
-/// The SSE stream of one request: a first chunk with the role (chat), one chunk per non-empty
-/// text delta, a chunk with the finish reason, the usage chunk when asked, then `[DONE]`. An
-/// engine error ends the stream with an OpenAI error object. Dropping the stream drops the
-/// receiver, which cancels the request in the scheduler.
+fn server_error(message: impl std::fmt::Display) -> SseEvent {
+    data(&json!({"error": {
+        "message": message.to_string(),
+        "type": "server_error", "param": null, "code": null}}))
+}
+
+/// The SSE stream of one request: for chat, a first chunk with the role per choice; one chunk
+/// per non-empty text delta of a choice (its `index` says which), as the choices advance; a
+/// chunk with each choice's finish reason; after the last choice ends, the usage chunk when
+/// asked, then `[DONE]`. An engine error ends the stream with an OpenAI error object. Dropping
+/// the stream drops every choice's receiver, which cancels them in the scheduler.
 fn events(
     state: Arc<GenerationState>,
-    rx: UnboundedReceiver<Event>,
+    receivers: Vec<UnboundedReceiver<Event>>,
     reply: Reply,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let mut pending = VecDeque::new();
+    let mut logs = Vec::with_capacity(receivers.len());
+    let mut merged = Vec::with_capacity(receivers.len());
+    for (index, rx) in (0u32..).zip(receivers) {
+        if matches!(reply.shape, Shape::Chat) {
+            pending.push_back(data(&reply.chunk(index, Some(""), true, None, &[])));
+        }
+        logs.push(TokenLog::new(state.clone()));
+        let events = stream::unfold(Some(rx), |rx| async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                // A choice's stream ends after its Done or Error: a `None` means its channel
+                // closed before either.
+                Some(event) => {
+                    let last = matches!(event, Event::Done(_) | Event::Error(_));
+                    Some((Some(event), (!last).then_some(rx)))
+                }
+                None => Some((None, None)),
+            }
+        });
+        merged.push(events.map(move |event| (index, event)).boxed());
+    }
     let state = Streaming {
-        rx,
+        events: stream::select_all(merged),
         reply,
-        log: TokenLog::new(state),
-        pending: VecDeque::new(),
-        role_sent: false,
+        logs,
+        done: Vec::new(),
+        pending,
         finished: false,
     };
     stream::unfold(state, |mut s| async move {
@@ -1142,22 +1218,20 @@ fn events(
             if s.finished {
                 return None;
             }
-            if !s.role_sent {
-                s.role_sent = true;
-                if matches!(s.reply.shape, Shape::Chat) {
-                    s.pending
-                        .push_back(data(&s.reply.chunk(Some(""), true, None, &[])));
-                    continue;
-                }
-            }
-            match s.rx.recv().await {
+            let Some((index, event)) = s.events.next().await else {
+                // Every choice ended (each one's Done handled below).
+                return None;
+            };
+            let log = &mut s.logs[index as usize];
+            match event {
                 Some(Event::Token { text, logprob, .. }) => {
                     // A token whose text is held back (half a character, the start of a stop
                     // string) sends its log-probability with the next event that has text.
-                    s.log.token(&text, logprob.as_ref());
+                    log.token(&text, logprob.as_ref());
                     if !text.is_empty() {
-                        let tokens = s.log.take();
+                        let tokens = log.take();
                         s.pending.push_back(data(&s.reply.chunk(
+                            index,
                             Some(&text),
                             false,
                             None,
@@ -1166,26 +1240,33 @@ fn events(
                     }
                 }
                 Some(Event::Done(done)) => {
-                    let reason = done.finish_reason;
-                    let tokens = s.log.take();
-                    s.pending
-                        .push_back(data(&s.reply.chunk(None, false, Some(reason), &tokens)));
-                    if s.reply.include_usage {
-                        s.pending.push_back(data(&s.reply.usage_chunk(&done)));
+                    let tokens = log.take();
+                    s.pending.push_back(data(&s.reply.chunk(
+                        index,
+                        None,
+                        false,
+                        Some(done.finish_reason),
+                        &tokens,
+                    )));
+                    s.done.push(done);
+                    if s.done.len() == s.logs.len() {
+                        if s.reply.include_usage {
+                            let usage = CompletionUsage::of(&s.done);
+                            s.pending.push_back(data(&s.reply.usage_chunk(usage)));
+                        }
+                        s.pending.push_back(SseEvent::default().data("[DONE]"));
+                        s.finished = true;
                     }
-                    s.pending.push_back(SseEvent::default().data("[DONE]"));
-                    s.finished = true;
                 }
                 Some(Event::Error(e)) => {
-                    s.pending.push_back(data(&json!({"error": {
-                        "message": format!("generation failed: {e}"),
-                        "type": "server_error", "param": null, "code": null}})));
+                    s.pending
+                        .push_back(server_error(format!("generation failed: {e}")));
                     s.finished = true;
                 }
                 None => {
-                    s.pending.push_back(data(&json!({"error": {
-                        "message": "the generator stopped before the request finished",
-                        "type": "server_error", "param": null, "code": null}})));
+                    s.pending.push_back(server_error(
+                        "the generator stopped before the request finished",
+                    ));
                     s.finished = true;
                 }
             }
@@ -1279,12 +1360,12 @@ async fn cml_model(
             "stream is not supported on /model: use /v1/chat/completions for server-sent events",
         ));
     }
-    let (rx, reply, _) =
+    let (receivers, reply, _) =
         submit(&state, shape, common, prompt.map_err(in_cml)?, logprobs).map_err(in_cml)?;
-    let (done, tokens) = collect(&state, rx).await.map_err(in_cml)?;
+    let choices = collect_all(&state, receivers).await.map_err(in_cml)?;
     Ok(Json(CmlGenerationResponse {
         success: true,
-        response: reply.complete(&done, &tokens),
+        response: reply.complete(&choices),
     })
     .into_response())
 }
@@ -1824,6 +1905,7 @@ async fn openapi(State(state): State<Arc<GenerationState>>) -> Response {
         max_inputs: state.limits.max_client_batch_size.get(),
         vocab_size: state.generator.model().tokenizer.vocab_size(),
         model_id: state.model_id.clone(),
+        max_choices: max_choices(&state),
     };
     Json(super::openapi::exact_generation_document(document, &bounds)).into_response()
 }

@@ -292,6 +292,8 @@ pub struct GenerationBounds {
     pub vocab_size: usize,
     /// The model id `/v1/models/{id}` answers for.
     pub model_id: String,
+    /// The most choices (`n`) an OpenAI request may ask for.
+    pub max_choices: usize,
 }
 
 /// A regular expression matching exactly the decimal numbers `0..n` without leading zeros
@@ -432,6 +434,13 @@ pub fn exact_generation_document(mut document: Value, bounds: &GenerationBounds)
     let seed = json!({"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX});
     set("TgiParameters", "seed", seed.clone());
     set("Common", "seed", seed);
+    set(
+        "Common",
+        "n",
+        json!({"type": ["integer", "null"], "minimum": 1, "maximum": bounds.max_choices,
+               "description": "Choices to generate; each is a sequence of its own, sampled \
+                               with seed + index when a seed is given."}),
+    );
     // OpenAI parameters this server refuses unless they ask for nothing (see `unsupported` in
     // http/generate.rs): the schema admits exactly the values that are accepted.
     let no_list = json!({"type": ["array", "null"], "maxItems": 0,

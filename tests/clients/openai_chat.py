@@ -1,7 +1,7 @@
 """The official `openai` client against a generation server's /v1/chat/completions
 (tests/generate_http.rs runs this with the server's base URL and the reference folder):
 greedy chat without and with streaming must give llama.cpp's golden text for the chat prompt;
-log-probabilities come back; logit_bias bans a token; parameters the server cannot honour are
+log-probabilities come back; n=2 gives two choices; logit_bias bans a token; parameters the server cannot honour are
 refused."""
 
 import json
@@ -58,6 +58,14 @@ def main():
     assert "".join(t.token for t in content) == want, content
     assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content), content
     print("ok: chat.completions.create(logprobs=True, top_logprobs=2)")
+
+    response = client.chat.completions.create(
+        model="smollm2", messages=messages, temperature=0, max_tokens=20, n=2
+    )
+    assert [c.index for c in response.choices] == [0, 1], response.choices
+    assert all(c.message.content == want for c in response.choices), response.choices
+    assert response.usage.completion_tokens == 2 * len(chat["generated_ids"]), response.usage
+    print("ok: chat.completions.create(n=2)")
 
     first = str(chat["generated_ids"][0])
     banned = client.chat.completions.create(
