@@ -339,6 +339,57 @@ fn closing_a_stream_of_several_choices_cancels_every_one() {
 }
 
 #[test]
+fn vllm_ignore_eos_and_stop_token_ids_are_honoured() {
+    let ids = gguf_chat().generated_ids;
+    let n = ids.len();
+    let chat = |extra: Value| {
+        let mut body = chat_body(false);
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        let (status, text) = post("/v1/chat/completions", &body);
+        (status, serde_json::from_str::<Value>(&text).expect("JSON"))
+    };
+    // Past the end of turn (the golden answer's last token) to max_tokens.
+    let (status, v) = chat(json!({"ignore_eos": true, "max_tokens": n + 6}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], n + 6, "{v}");
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("text");
+    assert!(
+        text.starts_with(ANSWER) && text.len() > ANSWER.len(),
+        "{text:?}"
+    );
+    // false is the default.
+    let (_, v) = chat(json!({"ignore_eos": false}));
+    assert_eq!(v["choices"][0]["message"]["content"], ANSWER, "{v}");
+    // A token of the answer ends it where it first comes, and is not in the text.
+    let stop = ids[3];
+    let at = ids.iter().position(|&t| t == stop).expect("in the answer");
+    let (status, v) = chat(json!({"stop_token_ids": [stop]}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], at + 1, "{v}");
+    let (_, decoded) = post("/decode", &json!({"ids": &ids[..at]}));
+    let decoded: Value = serde_json::from_str(&decoded).expect("JSON");
+    assert_eq!(v["choices"][0]["message"]["content"], decoded[0], "{v}");
+    // Bad ids: 422 naming the field.
+    for bad in [json!([49_152]), json!([-1]), json!([1.5]), json!("2")] {
+        let (status, v) = chat(json!({ "stop_token_ids": bad }));
+        assert_eq!(status, 422, "{bad}: {v}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            ["stop_token_ids", "whole number", "expected a sequence"]
+                .iter()
+                .any(|says| message.contains(says)),
+            "{bad}: {message}"
+        );
+    }
+}
+
+#[test]
 fn text_completion_honours_max_tokens_and_stop_streamed_or_not() {
     let body = json!({"prompt": "The capital of France is", "temperature": 0, "max_tokens": 6});
     let (status, plain) = post("/v1/completions", &body);

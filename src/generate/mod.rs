@@ -500,6 +500,15 @@ impl Generator {
                 "token id {bad} is outside the vocabulary of {vocab}"
             )));
         }
+        if let Some(bad) = request
+            .stop_token_ids
+            .iter()
+            .find(|&&t| t as usize >= vocab)
+        {
+            return Err(SubmitError::InvalidParameter(format!(
+                "stop_token_ids names token id {bad}, outside the vocabulary of {vocab}"
+            )));
+        }
         if let Some((bad, _)) = request
             .sampling
             .logit_bias

@@ -594,6 +594,14 @@ struct Common {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     logit_bias: Option<Value>,
+    /// vLLM's extension: generate past the model's end-of-sequence token, until `max_tokens`,
+    /// a stop string or a `stop_token_ids` token (benchmarks use it for fixed-length answers).
+    #[serde(default)]
+    ignore_eos: Option<bool>,
+    /// vLLM's extension: token ids that end a choice too (`finish_reason` `stop`; the token is
+    /// not in the text).
+    #[serde(default, deserialize_with = "super::types::whole_list_or_null")]
+    stop_token_ids: Option<Vec<u32>>,
 }
 
 /// Message content: a string, or a list of parts of which only text is accepted.
@@ -892,8 +900,8 @@ impl Common {
             sampling,
             max_tokens: self.max_completion_tokens.or(self.max_tokens),
             stop,
-            stop_token_ids: Vec::new(),
-            ignore_eos: false,
+            stop_token_ids: self.stop_token_ids.unwrap_or_default(),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
         })
     }
 }

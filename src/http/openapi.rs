@@ -436,6 +436,12 @@ pub fn exact_generation_document(mut document: Value, bounds: &GenerationBounds)
     set("Common", "seed", seed);
     set(
         "Common",
+        "stop_token_ids",
+        json!({"type": ["array", "null"], "items": token_id.clone(),
+               "description": "vLLM's extension: token ids that end a choice too (not in the text)."}),
+    );
+    set(
+        "Common",
         "n",
         json!({"type": ["integer", "null"], "minimum": 1, "maximum": bounds.max_choices,
                "description": "Choices to generate; each is a sequence of its own, sampled \

@@ -140,6 +140,20 @@ pub(super) fn whole_list<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
         .collect()
 }
 
+/// [`whole_list`] or `null`.
+pub(super) fn whole_list_or_null<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+    deserializer: D,
+) -> Result<Option<Vec<T>>, D::Error> {
+    Option::<Vec<serde_json::Number>>::deserialize(deserializer)?
+        .map(|numbers| {
+            numbers
+                .iter()
+                .map(|number| whole_of(number).map_err(de::Error::custom))
+                .collect()
+        })
+        .transpose()
+}
+
 fn whole_of<T: TryFrom<u64>>(number: &serde_json::Number) -> Result<T, String> {
     let n = match (number.as_u64(), number.as_f64()) {
         (Some(n), _) => Some(n),

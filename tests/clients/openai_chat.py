@@ -67,6 +67,14 @@ def main():
     assert response.usage.completion_tokens == 2 * len(chat["generated_ids"]), response.usage
     print("ok: chat.completions.create(n=2)")
 
+    response = client.chat.completions.create(
+        model="smollm2", messages=messages, temperature=0,
+        max_tokens=len(chat["generated_ids"]) + 3, extra_body={"ignore_eos": True},
+    )
+    assert response.choices[0].finish_reason == "length", response
+    assert response.choices[0].message.content.startswith(want), response
+    print("ok: vLLM's ignore_eos through extra_body")
+
     first = str(chat["generated_ids"][0])
     banned = client.chat.completions.create(
         model="smollm2", messages=messages, temperature=0, max_tokens=3,
