@@ -477,6 +477,28 @@ fn openai_parameters_this_server_cannot_honour_are_refused_not_ignored() {
             "response_format",
         ),
         (json!({"top_logprobs": 2}), "top_logprobs"),
+        // vLLM's and OpenAI's parameters this server does not read, which would change the
+        // answer.
+        (json!({"guided_json": {"type": "object"}}), "guided_json"),
+        (json!({"guided_choice": ["yes", "no"]}), "guided_choice"),
+        (json!({"min_tokens": 5}), "min_tokens"),
+        (json!({"skip_special_tokens": false}), "skip_special_tokens"),
+        (
+            json!({"truncate_prompt_tokens": 5}),
+            "truncate_prompt_tokens",
+        ),
+        (json!({"chat_template": "{{ messages }}"}), "chat_template"),
+        (
+            json!({"add_generation_prompt": false}),
+            "add_generation_prompt",
+        ),
+        (json!({"echo": true}), "echo"),
+        (json!({"best_of": 2}), "best_of"),
+        (json!({"modalities": ["text", "audio"]}), "modalities"),
+        (
+            json!({"prediction": {"type": "content", "content": "x"}}),
+            "prediction",
+        ),
         (
             json!({"logprobs": true, "top_logprobs": 21}),
             "top_logprobs",
@@ -494,6 +516,12 @@ fn openai_parameters_this_server_cannot_honour_are_refused_not_ignored() {
         "response_format": {"type": "text"}, "logit_bias": {}, "logprobs": false}),
     );
     assert_eq!(status, 200, "{body}");
+    // So are the no-op values of the others, and fields that do not change the answer.
+    let (status, body) = chat(json!({"min_tokens": 0, "skip_special_tokens": true,
+        "modalities": ["text"], "echo": false, "best_of": 1, "guided_json": null,
+        "add_generation_prompt": true, "user": "u-1", "metadata": {"team": "risk"},
+        "store": false}));
+    assert_eq!(status, 200, "{body}");
 
     let completion = |extra: Value| {
         let mut body = json!({"prompt": "Hello", "max_tokens": 1});
@@ -507,6 +535,8 @@ fn openai_parameters_this_server_cannot_honour_are_refused_not_ignored() {
         (json!({"suffix": "end"}), "suffix"),
         (json!({"best_of": 2}), "best_of"),
         (json!({"logprobs": 21}), "logprobs"),
+        (json!({"guided_regex": "a+"}), "guided_regex"),
+        (json!({"prompt_logprobs": 1}), "prompt_logprobs"),
     ] {
         let (status, body) = completion(extra.clone());
         assert_eq!(status, 422, "{extra}: {body}");
@@ -514,6 +544,13 @@ fn openai_parameters_this_server_cannot_honour_are_refused_not_ignored() {
     }
     let (status, body) = completion(json!({"echo": false, "suffix": "", "best_of": 1}));
     assert_eq!(status, 200, "{body}");
+    // CML's /model refuses them too.
+    let (status, body) = post(
+        "/model",
+        &json!({"request": {"prompt": "Hello", "max_tokens": 1, "guided_json": {}}}),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("guided_json"), "{body}");
 }
 
 #[test]

@@ -742,6 +742,79 @@ fn logit_bias(value: Option<Value>) -> Result<Vec<(u32, f32)>, ApiError> {
     Ok(out)
 }
 
+/// Why a field this server does not read would change the answer if a client relied on it:
+/// vLLM's and OpenAI's parameters beyond those implemented here. Unknown fields are otherwise
+/// let through (clients send `user`, `metadata` and the like); these are refused with 422
+/// unless null or their no-op value, so nobody takes free text for guided JSON or a truncated
+/// prompt for the whole one. `chat`: the field is on a chat body.
+fn unhonoured(name: &str, value: &Value, chat: bool) -> Option<&'static str> {
+    let number = |want: f64| value.as_f64() == Some(want);
+    let flag = |want: bool| value.as_bool() == Some(want);
+    if value.is_null() {
+        return None;
+    }
+    match name {
+        "guided_json"
+        | "guided_regex"
+        | "guided_choice"
+        | "guided_grammar"
+        | "guided_decoding_backend"
+        | "guided_whitespace_pattern"
+        | "structural_tag" => Some(
+            "guided decoding is not implemented, so the output would not follow the constraint",
+        ),
+        "min_tokens" if !number(0.0) => {
+            Some("there is no minimum length: the end token may come first")
+        }
+        "use_beam_search" if !flag(false) => Some("beam search is not implemented"),
+        "length_penalty" if !number(1.0) => Some("beam search is not implemented"),
+        "include_stop_str_in_output" if !flag(false) => {
+            Some("a stop string is always left out of the text")
+        }
+        "skip_special_tokens" if !flag(true) => {
+            Some("special tokens are always left out of the text")
+        }
+        "truncate_prompt_tokens" => {
+            Some("prompts are never truncated: one longer than the context is refused")
+        }
+        "prompt_logprobs" => Some("log-probabilities of the prompt are not computed"),
+        "allowed_token_ids" | "bad_words" => Some("use logit_bias to ban or force tokens"),
+        "logits_processors" => Some("custom logits processors are not loaded"),
+        "return_tokens_as_token_ids" if !flag(false) => Some("tokens are returned as text"),
+        "prediction" => Some("predicted outputs are not implemented"),
+        "audio" => Some("this model generates text only"),
+        "modalities" if value != &json!(["text"]) => Some("this model generates text only"),
+        "web_search_options" => Some("there is no web search"),
+        "chat_template" | "chat_template_kwargs" if chat => {
+            Some("the chat template is the sealed model's own")
+        }
+        "add_generation_prompt" if chat && !flag(true) => {
+            Some("the rendered conversation always ends with the assistant's turn opened")
+        }
+        "continue_final_message" if chat && !flag(false) => {
+            Some("a new assistant message is always started")
+        }
+        "documents" if chat => Some("documents are not passed to the chat template"),
+        "echo" if chat && !flag(false) => Some("the answer holds the generated text only"),
+        "best_of" if chat && !number(1.0) => Some("one candidate is generated per choice"),
+        _ => None,
+    }
+}
+
+/// [`unhonoured`] over an OpenAI body's top-level fields: the first one refused.
+fn refuse_unhonoured(body: &Value, chat: bool) -> Result<(), ApiError> {
+    let Some(fields) = body.as_object() else {
+        return Ok(());
+    };
+    match fields
+        .iter()
+        .find_map(|(name, value)| unhonoured(name, value, chat).map(|why| (name, why)))
+    {
+        Some((name, why)) => Err(unsupported(name, why)),
+        None => Ok(()),
+    }
+}
+
 /// Absent, null, `[]` or `{}`.
 fn empty(value: &Option<Value>) -> bool {
     match value {
@@ -950,7 +1023,9 @@ async fn chat_completions(
     State(state): State<Arc<GenerationState>>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body: ChatBody = parse(&body_bytes(ApiFamily::OpenAi, body)?)?;
+    let bytes = body_bytes(ApiFamily::OpenAi, body)?;
+    let body: ChatBody = parse(&bytes)?;
+    refuse_unhonoured(&parse(&bytes)?, true)?;
     let logprobs = body.checked_logprobs()?;
     let prompt = chat_prompt(body.messages)?;
     run(state, Shape::Chat, body.common, prompt, logprobs).await
@@ -967,7 +1042,9 @@ async fn completions(
     State(state): State<Arc<GenerationState>>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body: CompletionBody = parse(&body_bytes(ApiFamily::OpenAi, body)?)?;
+    let bytes = body_bytes(ApiFamily::OpenAi, body)?;
+    let body: CompletionBody = parse(&bytes)?;
+    refuse_unhonoured(&parse(&bytes)?, false)?;
     let logprobs = body.checked_logprobs()?;
     run(
         state,
@@ -1334,12 +1411,19 @@ async fn cml_model(
                 "body must be {\"request\": {\"messages\": [...]}} (chat) or {\"request\": {\"prompt\": \"...\"}} (text completion)",
             ));
         }
-        serde_json::from_value::<CmlGenerationRequest>(value).map_err(|e| {
-            ApiError::validation(family, format!("request is not a valid chat or completion body: {e}"))
-        })
+        // Checked once the caller is known to be authorised (below).
+        let refused = refuse_unhonoured(&value["request"], has("messages"));
+        serde_json::from_value::<CmlGenerationRequest>(value)
+            .map(|request| (request, refused))
+            .map_err(|e| {
+                ApiError::validation(
+                    family,
+                    format!("request is not a valid chat or completion body: {e}"),
+                )
+            })
     });
-    let request = match parsed {
-        Ok(request) => request,
+    let (request, refused) = match parsed {
+        Ok(parsed) => parsed,
         // Without a valid header the caller learns nothing but that it is not authorised.
         Err(_) if !header_ok => return Err(super::unauthorized(family)),
         Err(e) => return Err(e),
@@ -1347,6 +1431,7 @@ async fn cml_model(
     if !header_ok && !super::key_matches(state.api_key.as_deref(), request.access_key.as_deref()) {
         return Err(super::unauthorized(family));
     }
+    refused.map_err(in_cml)?;
     let (shape, common, prompt, logprobs) = match request.request {
         CmlGenerationInput::Chat(body) => {
             let logprobs = body.checked_logprobs().map_err(in_cml)?;
