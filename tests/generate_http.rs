@@ -828,6 +828,66 @@ fn chat_prompt_text() -> String {
 }
 
 #[test]
+fn tgi_truncate_keeps_the_last_tokens_and_typical_p_samples() {
+    let inputs = "Paris is in France. Berlin is in Germany. Madrid is in";
+    let (status, ids) = post("/tokenize", &json!({ "inputs": inputs }));
+    assert_eq!(status, 200, "{ids}");
+    let ids: Vec<u64> = serde_json::from_str::<Value>(&ids).expect("JSON")[0]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t["id"].as_u64().expect("id"))
+        .collect();
+    for keep in [1, 5, ids.len(), ids.len() + 10] {
+        let (status, body) = post(
+            "/generate",
+            &json!({"inputs": inputs,
+                    "parameters": {"max_new_tokens": 4, "truncate": keep, "details": true}}),
+        );
+        assert_eq!(status, 200, "{keep}: {body}");
+        let tgi: Value = serde_json::from_str(&body).expect("JSON");
+        // The same as sending only the last `keep` ids.
+        let tail = &ids[ids.len().saturating_sub(keep)..];
+        let (status, body) = post(
+            "/v1/completions",
+            &json!({"prompt": tail, "max_tokens": 4, "temperature": 0}),
+        );
+        assert_eq!(status, 200, "{keep}: {body}");
+        let openai: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(
+            tgi["generated_text"], openai["choices"][0]["text"],
+            "truncate {keep}"
+        );
+    }
+    let (status, body) = post(
+        "/generate",
+        &json!({"inputs": inputs, "parameters": {"max_new_tokens": 2, "truncate": 0}}),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("truncate"), "{body}");
+
+    // typical_p turns sampling on (as TGI does); the same seed gives the same text.
+    let typical = |typical_p: Value, seed: u64| {
+        post(
+            "/generate",
+            &json!({"inputs": "Once upon a time",
+                    "parameters": {"max_new_tokens": 12, "typical_p": typical_p, "seed": seed}}),
+        )
+    };
+    let (status, a) = typical(json!(0.5), 7);
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(typical(json!(0.5), 7).1, a);
+    let texts: std::collections::HashSet<String> =
+        (0..6).map(|seed| typical(json!(0.9), seed).1).collect();
+    assert!(texts.len() > 1, "typical_p did not sample: {texts:?}");
+    for bad in [json!(0), json!(1.5), json!(-0.1)] {
+        let (status, body) = typical(bad.clone(), 1);
+        assert_eq!(status, 422, "{bad}: {body}");
+        assert!(body.contains("typical_p"), "{bad}: {body}");
+    }
+}
+
+#[test]
 fn tgi_generate_and_generate_stream_give_the_golden_tokens_and_the_same_text() {
     let chat = gguf_chat();
     let request = json!({"inputs": chat_prompt_text(), "parameters": {"max_new_tokens": 20, "details": true}});
@@ -890,7 +950,6 @@ fn tgi_generate_and_generate_stream_give_the_golden_tokens_and_the_same_text() {
     // Parameters this server cannot honour are refused, not ignored.
     for parameters in [
         json!({"grammar": {"type": "json", "value": {}}}),
-        json!({"truncate": 10}),
         json!({"best_of": 2}),
         json!({"top_n_tokens": 3}),
         json!({"no_such_parameter": 1}),

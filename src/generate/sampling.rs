@@ -17,6 +17,10 @@ pub struct SamplingParams {
     pub top_k: usize,
     /// Drop tokens less likely than `min_p` × the most likely one. 0 = off.
     pub min_p: f32,
+    /// Locally typical sampling (TGI's `typical_p`, Meister et al. 2022): keep the tokens whose
+    /// surprisal is closest to the distribution's entropy, as many as reach this much
+    /// probability. Applied after top-k, top-p and min-p, as transformers and TGI do. 1 = off.
+    pub typical_p: f32,
     /// CTRL-style: logits of tokens already in prompt or output are divided (if positive) or
     /// multiplied (if negative) by this. 1 = off.
     pub repetition_penalty: f32,
@@ -42,6 +46,7 @@ impl Default for SamplingParams {
             top_p: 1.0,
             top_k: 0,
             min_p: 0.0,
+            typical_p: 1.0,
             repetition_penalty: 1.0,
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
@@ -78,6 +83,12 @@ impl SamplingParams {
         }
         if !finite(self.top_p) || self.top_p <= 0.0 || self.top_p > 1.0 {
             return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if !finite(self.typical_p) || self.typical_p <= 0.0 || self.typical_p > 1.0 {
+            return Err(format!(
+                "typical_p must be in (0, 1], got {}",
+                self.typical_p
+            ));
         }
         if !finite(self.min_p) || !(0.0..=1.0).contains(&self.min_p) {
             return Err(format!("min_p must be in [0, 1], got {}", self.min_p));
@@ -225,7 +236,7 @@ impl Sampler {
         }
     }
 
-    /// Temperature, top-k, top-p, min-p, then a draw.
+    /// Temperature, top-k, top-p, min-p, typical-p, then a draw.
     fn draw(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         let mut cands: Vec<(u32, f32)> = logits
@@ -262,15 +273,64 @@ impl Sampler {
             let floor = p.min_p * probs[0];
             keep = keep.min(probs.iter().take_while(|&&x| x >= floor).count().max(1));
         }
-        let total: f32 = probs[..keep].iter().sum();
-        let mut r = self.rng.random::<f32>() * total;
-        for (c, x) in cands.iter().zip(&probs[..keep]) {
-            if r < *x {
-                return c.0;
-            }
-            r -= x;
+        probs.truncate(keep);
+        if p.typical_p < 1.0 {
+            typical(&mut probs, p.typical_p);
         }
-        cands[keep - 1].0
+        let total: f32 = probs.iter().sum();
+        let mut r = self.rng.random::<f32>() * total;
+        let mut last = cands[0].0;
+        for (c, x) in cands.iter().zip(&probs) {
+            if *x > 0.0 {
+                if r < *x {
+                    return c.0;
+                }
+                r -= x;
+                last = c.0;
+            }
+        }
+        last
+    }
+}
+
+/// Zeroes the probabilities outside the locally typical set: renormalised, the tokens sorted by
+/// how far their surprisal `-ln p` lies from the entropy, kept while the kept mass is below
+/// `mass`, and always the first (transformers' `TypicalLogitsWarper` with one token kept at
+/// least). `probs` are sorted most likely first; the kept ones keep their values.
+fn typical(probs: &mut [f32], mass: f32) {
+    let total: f32 = probs.iter().sum();
+    if probs.len() < 2 || total <= 0.0 {
+        return;
+    }
+    let entropy: f32 = probs
+        .iter()
+        .filter(|&&x| x > 0.0)
+        .map(|&x| {
+            let q = x / total;
+            -q * q.ln()
+        })
+        .sum();
+    let distance = |x: f32| {
+        if x > 0.0 {
+            (-(x / total).ln() - entropy).abs()
+        } else {
+            f32::INFINITY
+        }
+    };
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    // Stable: equal distances keep the more likely token first.
+    order.sort_by(|&a, &b| distance(probs[a]).total_cmp(&distance(probs[b])));
+    let mut kept = 0.0;
+    let mut cut = order.len();
+    for (n, &i) in order.iter().enumerate() {
+        kept += probs[i] / total;
+        if kept >= mass {
+            cut = n + 1;
+            break;
+        }
+    }
+    for &i in &order[cut..] {
+        probs[i] = 0.0;
     }
 }
 
@@ -457,6 +517,40 @@ mod tests {
         assert!(biased(vec![(0, 100.0)], 1.5).iter().all(|(t, _)| *t == 0));
         // Ids outside the logits are left alone (the server refuses them before this).
         assert_eq!(biased(vec![(9, 100.0)], 0.0)[0].0, 1);
+    }
+
+    #[test]
+    fn typical_sampling_keeps_the_tokens_nearest_the_entropy() {
+        // p = [0.5, 0.3, 0.15, 0.05]: entropy 1.1437 nats; surprisals 0.69, 1.20, 1.90, 3.00;
+        // distances 0.45, 0.06, 0.75, 1.85, so the order is 0.3, 0.5, 0.15, 0.05.
+        let p = [0.5f32, 0.3, 0.15, 0.05];
+        let kept = |mass: f32| {
+            let mut q = p;
+            typical(&mut q, mass);
+            q.iter().map(|&x| x > 0.0).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            kept(0.2),
+            [false, true, false, false],
+            "the typical token alone"
+        );
+        assert_eq!(kept(0.8), [true, true, false, false]);
+        assert_eq!(kept(0.9), [true, true, true, false]);
+        assert_eq!(kept(1.0), [true, true, true, true]);
+        // The most likely token is not always kept: draws never give it with a small mass.
+        let logits: Vec<f32> = p.iter().map(|x| x.ln()).collect();
+        let mut s = sampler(SamplingParams {
+            temperature: 1.0,
+            typical_p: 0.2,
+            seed: Some(3),
+            ..SamplingParams::default()
+        });
+        assert!((0..50).all(|_| s.sample(&mut logits.clone()).0 == 1));
+        let bad = SamplingParams {
+            typical_p: 0.0,
+            ..SamplingParams::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("typical_p"));
     }
 
     #[test]

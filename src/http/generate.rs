@@ -490,6 +490,12 @@ const TOP_P: Range = Range {
     low_inclusive: false,
     high: Some(1.0),
 };
+const TYPICAL_P: Range = Range {
+    name: "typical_p",
+    low: 0.0,
+    low_inclusive: false,
+    high: Some(1.0),
+};
 const MIN_P: Range = Range {
     name: "min_p",
     low: 0.0,
@@ -945,6 +951,7 @@ impl Common {
             top_p: number(&TOP_P, self.top_p, d.top_p)?,
             top_k: self.top_k.unwrap_or(d.top_k),
             min_p: number(&MIN_P, self.min_p, d.min_p)?,
+            typical_p: d.typical_p,
             repetition_penalty: number(
                 &REPETITION_PENALTY,
                 self.repetition_penalty,
@@ -1521,11 +1528,14 @@ struct TgiParameters {
     #[serde(default)]
     #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     top_p: Option<f64>,
-    /// Not supported (refused when set).
+    /// Keep only the last this many tokens of `inputs` (at least 1).
     #[serde(default, deserialize_with = "super::types::whole")]
+    #[schema(minimum = 1)]
     truncate: Option<usize>,
-    /// Not supported (refused when set).
+    /// Locally typical sampling: keep the tokens nearest the entropy, this much probability
+    /// (1 = off; below 1 turns sampling on, as TGI does).
     #[serde(default)]
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     typical_p: Option<f64>,
     /// Only false.
     #[serde(default)]
@@ -1633,8 +1643,6 @@ fn tgi_submit(state: &GenerationState, bytes: &[u8]) -> Result<(TgiSubmitted, bo
     )?;
     refuse("top_n_tokens", p.top_n_tokens.is_some_and(|n| n != 0))?;
     refuse("watermark", p.watermark == Some(true))?;
-    refuse("truncate", p.truncate.is_some())?;
-    refuse("typical_p", p.typical_p.is_some())?;
     refuse("grammar", p.grammar.is_some())?;
     refuse("adapter_id", p.adapter_id.is_some())?;
     let number = |range: &Range, value, default| range.narrow(value, default).map_err(tgi_invalid);
@@ -1642,7 +1650,8 @@ fn tgi_submit(state: &GenerationState, bytes: &[u8]) -> Result<(TgiSubmitted, bo
     // TGI samples when asked to, or when any warper is set; otherwise it decodes greedily.
     let warpers = p.temperature.is_some_and(|t| t != 1.0)
         || p.top_k.is_some_and(|k| k > 0)
-        || p.top_p.is_some_and(|t| t < 1.0);
+        || p.top_p.is_some_and(|t| t < 1.0)
+        || p.typical_p.is_some_and(|t| t < 1.0);
     let sample = p.do_sample.unwrap_or(false) || warpers;
     let defaults = SamplingParams::default();
     let sampling = SamplingParams {
@@ -1650,6 +1659,7 @@ fn tgi_submit(state: &GenerationState, bytes: &[u8]) -> Result<(TgiSubmitted, bo
         top_p: number(&TOP_P, p.top_p, defaults.top_p)?,
         top_k: p.top_k.unwrap_or(defaults.top_k),
         min_p: defaults.min_p,
+        typical_p: number(&TYPICAL_P, p.typical_p, defaults.typical_p)?,
         repetition_penalty: number(
             &REPETITION_PENALTY,
             p.repetition_penalty,
@@ -1676,18 +1686,31 @@ fn tgi_submit(state: &GenerationState, bytes: &[u8]) -> Result<(TgiSubmitted, bo
     } else {
         String::new()
     };
+    let submit_failed = |e: SubmitError| {
+        let e = submit_error(e);
+        ApiError::new(ApiFamily::Tei, e.kind, e.message)
+    };
+    // TGI's `truncate`: only the last tokens of the input are kept (the start is dropped).
+    let prompt = match p.truncate {
+        None => Prompt::Text(request.inputs),
+        Some(0) => return Err(tgi_invalid("`truncate` must be at least 1")),
+        Some(keep) => {
+            let ids = state
+                .generator
+                .prompt_tokens(&Prompt::Text(request.inputs))
+                .map_err(submit_failed)?;
+            Prompt::Tokens(ids[ids.len().saturating_sub(keep)..].to_vec())
+        }
+    };
     let generate = GenerateRequest {
-        prompt: Prompt::Text(request.inputs),
+        prompt,
         sampling,
         max_tokens: p.max_new_tokens,
         stop,
         stop_token_ids: Vec::new(),
         ignore_eos: false,
     };
-    let rx = state.generator.submit(generate).map_err(|e| {
-        let e = submit_error(e);
-        ApiError::new(ApiFamily::Tei, e.kind, e.message)
-    })?;
+    let rx = state.generator.submit(generate).map_err(submit_failed)?;
     Ok((
         TgiSubmitted {
             rx,

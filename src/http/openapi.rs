@@ -424,7 +424,7 @@ pub fn exact_generation_document(mut document: Value, bounds: &GenerationBounds)
             json!({"description": "Only this value is supported.", "enum": value}),
         );
     }
-    for name in ["truncate", "typical_p", "grammar", "adapter_id"] {
+    for name in ["grammar", "adapter_id"] {
         set(
             "TgiParameters",
             name,
