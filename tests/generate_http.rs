@@ -390,6 +390,89 @@ fn vllm_ignore_eos_and_stop_token_ids_are_honoured() {
 }
 
 #[test]
+fn echo_puts_the_prompt_first_whole_streamed_and_on_cml() {
+    let whole = |prompt: Value, n: usize| {
+        let (status, text) = post(
+            "/v1/completions",
+            &json!({"prompt": prompt, "max_tokens": 3, "temperature": 0, "n": n}),
+        );
+        assert_eq!(status, 200, "{text}");
+        let plain: Value = serde_json::from_str(&text).expect("JSON");
+        let (status, text) = post(
+            "/v1/completions",
+            &json!({"prompt": prompt, "max_tokens": 3, "temperature": 0, "n": n, "echo": true}),
+        );
+        assert_eq!(status, 200, "{text}");
+        (plain, serde_json::from_str::<Value>(&text).expect("JSON"))
+    };
+    let prompt = "The capital of France is";
+    let (plain, echoed) = whole(json!(prompt), 2);
+    for i in 0..2 {
+        let generated = plain["choices"][i]["text"].as_str().expect("text");
+        assert_eq!(echoed["choices"][i]["text"], format!("{prompt}{generated}"));
+    }
+    assert_eq!(echoed["usage"], plain["usage"], "echo adds no tokens");
+    // Token ids are echoed as their text, special tokens included.
+    let ids = token_ids("<|im_start|>user\nHi");
+    let (plain, echoed) = whole(json!(ids), 1);
+    let generated = plain["choices"][0]["text"].as_str().expect("text");
+    assert_eq!(
+        echoed["choices"][0]["text"],
+        format!("<|im_start|>user\nHi{generated}")
+    );
+    // Streamed: the prompt is the first event, then the same text as a whole answer.
+    let (status, body) = post(
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 3, "temperature": 0, "echo": true,
+                "stream": true}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let chunks = sse_chunks(&body);
+    assert_eq!(chunks[0]["choices"][0]["text"], prompt);
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(streamed, format!("{prompt}{}", plain_text(prompt)));
+    // CML's /model.
+    let (status, body) = post(
+        "/model",
+        &json!({"request": {"prompt": prompt, "max_tokens": 3, "temperature": 0, "echo": true}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        v["response"]["choices"][0]["text"],
+        format!("{prompt}{}", plain_text(prompt))
+    );
+}
+
+/// The token ids `/tokenize` gives for `text` (special-token text becomes special tokens).
+fn token_ids(text: &str) -> Vec<u64> {
+    let (status, body) = post("/tokenize", &json!({ "inputs": text }));
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<Value>(&body).expect("JSON")[0]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t["id"].as_u64().expect("id"))
+        .collect()
+}
+
+/// The greedy 3-token completion of `prompt`.
+fn plain_text(prompt: &str) -> String {
+    let (status, text) = post(
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 3, "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str::<Value>(&text).expect("JSON")["choices"][0]["text"]
+        .as_str()
+        .expect("text")
+        .to_string()
+}
+
+#[test]
 fn text_completion_honours_max_tokens_and_stop_streamed_or_not() {
     let body = json!({"prompt": "The capital of France is", "temperature": 0, "max_tokens": 6});
     let (status, plain) = post("/v1/completions", &body);
@@ -531,7 +614,7 @@ fn openai_parameters_this_server_cannot_honour_are_refused_not_ignored() {
         post("/v1/completions", &body)
     };
     for (extra, name) in [
-        (json!({"echo": true}), "echo"),
+        (json!({"echo": true, "logprobs": 0}), "echo"),
         (json!({"suffix": "end"}), "suffix"),
         (json!({"best_of": 2}), "best_of"),
         (json!({"logprobs": 21}), "logprobs"),
@@ -830,14 +913,7 @@ fn chat_prompt_text() -> String {
 #[test]
 fn tgi_truncate_keeps_the_last_tokens_and_typical_p_samples() {
     let inputs = "Paris is in France. Berlin is in Germany. Madrid is in";
-    let (status, ids) = post("/tokenize", &json!({ "inputs": inputs }));
-    assert_eq!(status, 200, "{ids}");
-    let ids: Vec<u64> = serde_json::from_str::<Value>(&ids).expect("JSON")[0]
-        .as_array()
-        .expect("tokens")
-        .iter()
-        .map(|t| t["id"].as_u64().expect("id"))
-        .collect();
+    let ids = token_ids(inputs);
     for keep in [1, 5, ids.len(), ids.len() + 10] {
         let (status, body) = post(
             "/generate",
@@ -1074,8 +1150,8 @@ fn info_says_generation_and_openapi_documents_exactly_the_generation_routes() {
         json!(["none", "auto", null])
     );
     assert_eq!(
-        schema("CompletionBody", "echo")["enum"],
-        json!([false, null])
+        doc["components"]["schemas"]["CompletionBody"]["then"]["properties"]["logprobs"]["type"],
+        "null"
     );
     assert_eq!(
         schema("Common", "logit_bias")["additionalProperties"]["maximum"],

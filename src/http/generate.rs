@@ -684,7 +684,8 @@ struct CompletionBody {
     #[serde(default, deserialize_with = "super::types::whole")]
     #[schema(minimum = 0, maximum = 20)]
     logprobs: Option<usize>,
-    /// Only false: the answer holds the generated text only.
+    /// Put the prompt's text before each choice's text (not with `logprobs`: the prompt's
+    /// log-probabilities are not computed).
     #[serde(default)]
     echo: Option<bool>,
     /// Not supported (no insertion): absent, null or empty.
@@ -893,10 +894,10 @@ impl ChatBody {
 impl CompletionBody {
     /// As [`ChatBody::checked_logprobs`].
     fn checked_logprobs(&self) -> Result<Option<usize>, ApiError> {
-        if self.echo == Some(true) {
+        if self.echo == Some(true) && self.logprobs.is_some() {
             return Err(unsupported(
                 "echo",
-                "the answer holds the generated text only; prepend the prompt yourself",
+                "with logprobs it needs the prompt's log-probabilities, which are not computed; ask for echo or logprobs",
             ));
         }
         if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
@@ -1035,7 +1036,7 @@ async fn chat_completions(
     refuse_unhonoured(&parse(&bytes)?, true)?;
     let logprobs = body.checked_logprobs()?;
     let prompt = chat_prompt(body.messages)?;
-    run(state, Shape::Chat, body.common, prompt, logprobs).await
+    run(state, Shape::Chat, body.common, prompt, logprobs, None).await
 }
 
 /// OpenAI text completions: JSON, or server-sent `text_completion` chunks ending in `[DONE]`.
@@ -1053,14 +1054,10 @@ async fn completions(
     let body: CompletionBody = parse(&bytes)?;
     refuse_unhonoured(&parse(&bytes)?, false)?;
     let logprobs = body.checked_logprobs()?;
-    run(
-        state,
-        Shape::Text,
-        body.common,
-        body.prompt.into(),
-        logprobs,
-    )
-    .await
+    let echo = body.echo == Some(true);
+    let prompt: Prompt = body.prompt.into();
+    let echo = echo.then(|| prompt.clone());
+    run(state, Shape::Text, body.common, prompt, logprobs, echo).await
 }
 
 impl From<CompletionPrompt> for Prompt {
@@ -1132,19 +1129,33 @@ fn submit(
     Ok((receivers, reply, stream))
 }
 
+/// `echo`: the prompt to put before each choice's text (`echo: true` on text completions).
 async fn run(
     state: Arc<GenerationState>,
     shape: Shape,
     common: Common,
     prompt: Prompt,
     logprobs: Option<usize>,
+    echo: Option<Prompt>,
 ) -> Result<Response, ApiError> {
-    let (receivers, reply, stream) = submit(&state, shape, common, prompt, logprobs)?;
+    let (receivers, mut reply, stream) = submit(&state, shape, common, prompt, logprobs)?;
+    reply.echo = echo.map(|prompt| echo_text(&state, prompt));
     if stream {
         Ok(Sse::new(events(state, receivers, reply)).into_response())
     } else {
         let choices = collect_all(&state, receivers).await?;
         Ok(Json(reply.complete(&choices)).into_response())
+    }
+}
+
+/// The text `echo: true` puts first: the prompt as sent, or its token ids decoded (special
+/// tokens included, as they are part of the prompt). Called once the request was queued, so
+/// the ids are known to be in the vocabulary.
+fn echo_text(state: &GenerationState, prompt: Prompt) -> String {
+    match prompt {
+        Prompt::Text(text) => text,
+        Prompt::Tokens(ids) => state.generator.model().tokenizer.decode(&ids, false),
+        Prompt::Chat(_) => String::new(),
     }
 }
 
@@ -1276,8 +1287,14 @@ fn events(
     let mut logs = Vec::with_capacity(receivers.len());
     let mut merged = Vec::with_capacity(receivers.len());
     for (index, rx) in (0u32..).zip(receivers) {
-        if matches!(reply.shape, Shape::Chat) {
-            pending.push_back(data(&reply.chunk(index, Some(""), true, None, &[])));
+        match (&reply.shape, &reply.echo) {
+            (Shape::Chat, _) => {
+                pending.push_back(data(&reply.chunk(index, Some(""), true, None, &[])));
+            }
+            (Shape::Text, Some(prompt)) => {
+                pending.push_back(data(&reply.chunk(index, Some(prompt), false, None, &[])));
+            }
+            (Shape::Text, None) => {}
         }
         logs.push(TokenLog::new(state.clone()));
         let events = stream::unfold(Some(rx), |rx| async move {
@@ -1439,6 +1456,7 @@ async fn cml_model(
         return Err(super::unauthorized(family));
     }
     refused.map_err(in_cml)?;
+    let mut echo = false;
     let (shape, common, prompt, logprobs) = match request.request {
         CmlGenerationInput::Chat(body) => {
             let logprobs = body.checked_logprobs().map_err(in_cml)?;
@@ -1451,6 +1469,7 @@ async fn cml_model(
         }
         CmlGenerationInput::Text(body) => {
             let logprobs = body.checked_logprobs().map_err(in_cml)?;
+            echo = body.echo == Some(true);
             (Shape::Text, body.common, Ok(body.prompt.into()), logprobs)
         }
     };
@@ -1460,8 +1479,11 @@ async fn cml_model(
             "stream is not supported on /model: use /v1/chat/completions for server-sent events",
         ));
     }
-    let (receivers, reply, _) =
-        submit(&state, shape, common, prompt.map_err(in_cml)?, logprobs).map_err(in_cml)?;
+    let prompt = prompt.map_err(in_cml)?;
+    let echo = echo.then(|| prompt.clone());
+    let (receivers, mut reply, _) =
+        submit(&state, shape, common, prompt, logprobs).map_err(in_cml)?;
+    reply.echo = echo.map(|prompt| echo_text(&state, prompt));
     let choices = collect_all(&state, receivers).await.map_err(in_cml)?;
     Ok(Json(CmlGenerationResponse {
         success: true,

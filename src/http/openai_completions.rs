@@ -360,6 +360,9 @@ pub struct Reply {
     pub include_usage: bool,
     /// Whether the request asked for log-probabilities.
     pub logprobs: bool,
+    /// Text completions with `echo: true`: the prompt's text, put before every choice's text
+    /// (streamed: each choice's first event).
+    pub echo: Option<String>,
 }
 
 impl Reply {
@@ -378,6 +381,7 @@ impl Reply {
             model,
             include_usage,
             logprobs,
+            echo: None,
         }
     }
 
@@ -413,7 +417,7 @@ impl Reply {
                     .zip(choices)
                     .map(|(index, (done, tokens))| TextCompletionChoice {
                         index,
-                        text: done.text.clone(),
+                        text: format!("{}{}", self.echo.as_deref().unwrap_or_default(), done.text),
                         logprobs: self.logprobs.then(|| text_logprobs(tokens)),
                         finish_reason: done.finish_reason.into(),
                     })
@@ -564,6 +568,16 @@ mod tests {
             .expect("serializes");
         assert_eq!(usage["choices"], json!([]));
         assert_eq!(usage["usage"]["total_tokens"], 5);
+    }
+
+    #[test]
+    fn echo_puts_the_prompt_before_each_text_choice() {
+        let mut reply = Reply::new(Shape::Text, "m".into(), false, false);
+        reply.echo = Some("Say: ".into());
+        let whole = serde_json::to_value(reply.complete(&[(done(), vec![]), (done(), vec![])]))
+            .expect("serializes");
+        assert_eq!(whole["choices"][0]["text"], "Say: Hi");
+        assert_eq!(whole["choices"][1]["text"], "Say: Hi");
     }
 
     #[test]

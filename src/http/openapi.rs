@@ -471,7 +471,8 @@ pub fn exact_generation_document(mut document: Value, bounds: &GenerationBounds)
     for (name, value) in [
         (
             "echo",
-            json!({"description": "Only false: the answer holds the generated text only.", "enum": [false, null]}),
+            json!({"type": ["boolean", "null"],
+                   "description": "Put the prompt's text before each choice's text; not with logprobs (the prompt's log-probabilities are not computed)."}),
         ),
         (
             "suffix",
@@ -515,6 +516,20 @@ pub fn exact_generation_document(mut document: Value, bounds: &GenerationBounds)
     );
     only_with(schemas, "Common", "stream_options", "stream");
     only_with(schemas, "ChatBody", "top_logprobs", "logprobs");
+    // `echo: true` with `logprobs` would need the prompt's log-probabilities (refused).
+    if let Some(schema) = schemas
+        .get_mut("CompletionBody")
+        .and_then(Value::as_object_mut)
+    {
+        schema.insert(
+            "if".into(),
+            json!({"required": ["echo"], "properties": {"echo": {"const": true}}}),
+        );
+        schema.insert(
+            "then".into(),
+            json!({"properties": {"logprobs": {"type": "null"}}}),
+        );
+    }
     // A chat or a completion body (a body with both is read as chat), never streamed.
     if let Some(input) = schemas.get_mut("CmlGenerationInput") {
         let branches = input.get("oneOf").cloned().unwrap_or_else(|| json!([]));
