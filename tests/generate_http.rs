@@ -1027,7 +1027,7 @@ fn tgi_generate_and_generate_stream_give_the_golden_tokens_and_the_same_text() {
     for parameters in [
         json!({"grammar": {"type": "json", "value": {}}}),
         json!({"best_of": 2}),
-        json!({"top_n_tokens": 3}),
+        json!({"top_n_tokens": 21}),
         json!({"no_such_parameter": 1}),
     ] {
         let (status, body) = post(
@@ -1157,6 +1157,20 @@ fn info_says_generation_and_openapi_documents_exactly_the_generation_routes() {
         schema("Common", "logit_bias")["additionalProperties"]["maximum"],
         100
     );
+    // SmolLM2's tokenizer has no token for some control characters (the reference
+    // tokenizers library drops "\u{6}" too): a prompt of only those is refused, and the
+    // document asks for another character.
+    let pattern = schema("TgiRequest", "inputs")["pattern"].clone();
+    assert!(
+        pattern.as_str().is_some_and(|p| p.contains("\\u0006")),
+        "{pattern}"
+    );
+    let (status, body) = post(
+        "/generate",
+        &json!({"inputs": "\u{6}\u{6}", "parameters": {"max_new_tokens": 1}}),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("empty"), "{body}");
     assert_eq!(schema("ChatBody", "top_logprobs")["maximum"], 20);
     assert_eq!(
         doc["components"]["schemas"]["ChatBody"]["then"]["properties"]["logprobs"]["const"],

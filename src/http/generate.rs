@@ -1544,8 +1544,10 @@ struct TgiParameters {
     temperature: Option<f64>,
     #[serde(default, deserialize_with = "super::types::whole")]
     top_k: Option<usize>,
-    /// Only 0 (or absent).
+    /// The most likely tokens at each step (0–20) in `details.top_tokens` (streamed: each
+    /// event's `top_tokens`).
     #[serde(default, deserialize_with = "super::types::whole")]
+    #[schema(minimum = 0, maximum = 20)]
     top_n_tokens: Option<u32>,
     #[serde(default)]
     #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
@@ -1601,6 +1603,9 @@ struct TgiDetails {
     /// Prompt tokens with logprobs: always empty (`decoder_input_details` is not supported).
     prefill: Vec<TgiToken>,
     tokens: Vec<TgiToken>,
+    /// With `top_n_tokens`: per generated token, the most likely tokens at that step.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    top_tokens: Vec<Vec<TgiToken>>,
 }
 
 /// `POST /generate`'s answer.
@@ -1626,7 +1631,7 @@ struct TgiStreamDetails {
 struct TgiStreamResponse {
     index: usize,
     token: TgiToken,
-    /// Always null (`top_n_tokens` is not supported).
+    /// With `top_n_tokens`: the most likely tokens at this token's step (null otherwise).
     top_tokens: Option<Vec<TgiToken>>,
     generated_text: Option<String>,
     details: Option<TgiStreamDetails>,
@@ -1644,9 +1649,22 @@ struct TgiSubmitted {
     /// The prompt when `return_full_text` asks for it in `generated_text`.
     prefix: String,
     eos: Option<u32>,
+    /// `top_n_tokens` asked for (0 = none).
+    top_n: usize,
+    /// The tokenizer's texts for the top tokens.
+    state: Arc<GenerationState>,
 }
 
-fn tgi_submit(state: &GenerationState, bytes: &[u8]) -> Result<(TgiSubmitted, bool), ApiError> {
+/// A generated token and, with `top_n_tokens`, the most likely tokens at its step.
+struct TgiStep {
+    token: TgiToken,
+    top: Vec<TgiToken>,
+}
+
+fn tgi_submit(
+    state: &Arc<GenerationState>,
+    bytes: &[u8],
+) -> Result<(TgiSubmitted, bool), ApiError> {
     let request: TgiRequest = super::routes::parse_json(ApiFamily::Tei, bytes)?;
     let p = request.parameters;
     let refuse = |name: &str, set: bool| -> Result<(), ApiError> {
@@ -1663,7 +1681,12 @@ fn tgi_submit(state: &GenerationState, bytes: &[u8]) -> Result<(TgiSubmitted, bo
         "decoder_input_details",
         p.decoder_input_details == Some(true),
     )?;
-    refuse("top_n_tokens", p.top_n_tokens.is_some_and(|n| n != 0))?;
+    let top_n = p.top_n_tokens.unwrap_or(0) as usize;
+    if top_n > MAX_TOP_LOGPROBS {
+        return Err(tgi_invalid(format!(
+            "`top_n_tokens` must be at most {MAX_TOP_LOGPROBS}, got {top_n}"
+        )));
+    }
     refuse("watermark", p.watermark == Some(true))?;
     refuse("grammar", p.grammar.is_some())?;
     refuse("adapter_id", p.adapter_id.is_some())?;
@@ -1694,8 +1717,8 @@ fn tgi_submit(state: &GenerationState, bytes: &[u8]) -> Result<(TgiSubmitted, bo
         )?,
         presence_penalty: defaults.presence_penalty,
         seed: p.seed,
-        // The chosen token's logprob only: TGI reports it for every token.
-        logprobs: Some(0),
+        // The chosen token's logprob (TGI reports it for every token) and `top_n_tokens`.
+        logprobs: Some(top_n),
         // TGI's parameters have no token biases.
         logit_bias: Vec::new(),
     };
@@ -1740,6 +1763,8 @@ fn tgi_submit(state: &GenerationState, bytes: &[u8]) -> Result<(TgiSubmitted, bo
             seed: p.seed,
             prefix,
             eos: state.generator.model().tokenizer.eos(),
+            top_n,
+            state: state.clone(),
         },
         request.stream == Some(true),
     ))
@@ -1760,20 +1785,39 @@ fn tgi_finish(done: &Completion, eos: Option<u32>) -> TgiFinishReason {
 /// Folds token events into TGI tokens: the text flushed after the last token (held back while
 /// it could have been a stop string's start) belongs to that token.
 fn tgi_fold(
-    tokens: &mut Vec<TgiToken>,
+    steps: &mut Vec<TgiStep>,
+    submitted: &TgiSubmitted,
     id: u32,
     text: String,
-    logprob: Option<f32>,
-    eos: Option<u32>,
+    logprob: Option<TokenLogprob>,
 ) {
-    match (tokens.last_mut(), logprob) {
-        (Some(last), None) if last.id == id => last.text.push_str(&text),
-        _ => tokens.push(TgiToken {
-            id,
-            text,
-            logprob: logprob.unwrap_or(0.0),
-            special: Some(id) == eos,
-        }),
+    match (steps.last_mut(), logprob) {
+        (Some(last), None) if last.token.id == id => last.token.text.push_str(&text),
+        (_, logprob) => {
+            let tokenizer = &submitted.state.generator.model().tokenizer;
+            let top = match &logprob {
+                Some(lp) if submitted.top_n > 0 => lp
+                    .top
+                    .iter()
+                    .map(|&(id, logprob)| TgiToken {
+                        id,
+                        text: String::from_utf8_lossy(tokenizer.token_bytes(id)).into_owned(),
+                        logprob,
+                        special: tokenizer.is_special(id),
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            steps.push(TgiStep {
+                token: TgiToken {
+                    id,
+                    text,
+                    logprob: logprob.map_or(0.0, |l| l.logprob),
+                    special: Some(id) == submitted.eos,
+                },
+                top,
+            })
+        }
     }
 }
 
@@ -1783,23 +1827,25 @@ fn tgi_failed(message: impl Into<String>) -> ApiError {
 
 /// The whole answer of a TGI request.
 async fn tgi_collect(mut submitted: TgiSubmitted) -> Result<TgiResponse, ApiError> {
-    let mut tokens = Vec::new();
+    let mut steps = Vec::new();
     while let Some(event) = submitted.rx.recv().await {
         match event {
-            Event::Token { id, text, logprob } => tgi_fold(
-                &mut tokens,
-                id,
-                text,
-                logprob.map(|l| l.logprob),
-                submitted.eos,
-            ),
+            Event::Token { id, text, logprob } => {
+                tgi_fold(&mut steps, &submitted, id, text, logprob)
+            }
             Event::Done(done) => {
-                let details = submitted.details.then(|| TgiDetails {
-                    finish_reason: tgi_finish(&done, submitted.eos),
-                    generated_tokens: done.usage.completion_tokens,
-                    seed: submitted.seed,
-                    prefill: Vec::new(),
-                    tokens,
+                let top_n = submitted.top_n;
+                let details = submitted.details.then(|| {
+                    let (tokens, top_tokens): (Vec<_>, Vec<_>) =
+                        steps.into_iter().map(|s| (s.token, s.top)).unzip();
+                    TgiDetails {
+                        finish_reason: tgi_finish(&done, submitted.eos),
+                        generated_tokens: done.usage.completion_tokens,
+                        seed: submitted.seed,
+                        prefill: Vec::new(),
+                        tokens,
+                        top_tokens: if top_n > 0 { top_tokens } else { Vec::new() },
+                    }
                 });
                 return Ok(TgiResponse {
                     generated_text: submitted.prefix + &done.text,
@@ -1820,7 +1866,7 @@ async fn tgi_collect(mut submitted: TgiSubmitted) -> Result<TgiResponse, ApiErro
 /// whether more text belongs to it or it is the last one (which carries `generated_text`).
 struct TgiStreaming {
     submitted: TgiSubmitted,
-    held: Vec<TgiToken>,
+    held: Vec<TgiStep>,
     index: usize,
     finished: bool,
 }
@@ -1849,15 +1895,14 @@ fn tgi_events(submitted: TgiSubmitted) -> impl Stream<Item = Result<SseEvent, In
         loop {
             match s.submitted.rx.recv().await {
                 Some(Event::Token { id, text, logprob }) => {
-                    let logprob = logprob.map(|l| l.logprob);
-                    tgi_fold(&mut s.held, id, text, logprob, s.submitted.eos);
+                    tgi_fold(&mut s.held, &s.submitted, id, text, logprob);
                     if s.held.len() > 1 {
-                        let token = s.held.remove(0);
+                        let step = s.held.remove(0);
                         s.index += 1;
                         let event = TgiStreamResponse {
                             index: s.index,
-                            token,
-                            top_tokens: None,
+                            token: step.token,
+                            top_tokens: (s.submitted.top_n > 0).then_some(step.top),
                             generated_text: None,
                             details: None,
                         };
@@ -1866,7 +1911,7 @@ fn tgi_events(submitted: TgiSubmitted) -> impl Stream<Item = Result<SseEvent, In
                 }
                 Some(Event::Done(done)) => {
                     s.finished = true;
-                    let Some(token) = s.held.pop() else {
+                    let Some(step) = s.held.pop() else {
                         return Some((Ok(tgi_error_event("no token was generated".into())), s));
                     };
                     s.index += 1;
@@ -1878,8 +1923,8 @@ fn tgi_events(submitted: TgiSubmitted) -> impl Stream<Item = Result<SseEvent, In
                     });
                     let event = TgiStreamResponse {
                         index: s.index,
-                        token,
-                        top_tokens: None,
+                        token: step.token,
+                        top_tokens: (s.submitted.top_n > 0).then_some(step.top),
                         generated_text: Some(std::mem::take(&mut s.submitted.prefix) + &done.text),
                         details,
                     };
@@ -2044,6 +2089,15 @@ async fn openapi(State(state): State<Arc<GenerationState>>) -> Response {
         vocab_size: state.generator.model().tokenizer.vocab_size(),
         model_id: state.model_id.clone(),
         max_choices: max_choices(&state),
+        dropped_chars: (0u8..0x80)
+            .map(char::from)
+            .filter(|c| {
+                state
+                    .generator
+                    .prompt_tokens(&Prompt::Text(c.to_string()))
+                    .is_ok_and(|ids| ids.is_empty())
+            })
+            .collect(),
     };
     Json(super::openapi::exact_generation_document(document, &bounds)).into_response()
 }

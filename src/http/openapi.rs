@@ -294,6 +294,10 @@ pub struct GenerationBounds {
     pub model_id: String,
     /// The most choices (`n`) an OpenAI request may ask for.
     pub max_choices: usize,
+    /// Single-byte characters the tokenizer drops (SmolLM2's has no token for some control
+    /// characters): a prompt of only these has no tokens and is refused, so the document asks
+    /// for at least one other character.
+    pub dropped_chars: Vec<char>,
 }
 
 /// A regular expression matching exactly the decimal numbers `0..n` without leading zeros
@@ -379,6 +383,18 @@ pub fn exact_generation_document(mut document: Value, bounds: &GenerationBounds)
     };
     bound_inputs(schemas, bounds.max_inputs);
     let text = json!({"type": "string", "minLength": 1});
+    // A prompt's text (TGI's `inputs`, a completion's `prompt`) must leave a token.
+    let prompt_text = if bounds.dropped_chars.is_empty() {
+        json!({"type": "string", "minLength": 1})
+    } else {
+        let dropped: String = bounds
+            .dropped_chars
+            .iter()
+            .map(|&c| format!("\\u{:04X}", u32::from(c)))
+            .collect();
+        json!({"type": "string", "minLength": 1, "pattern": format!("[^{dropped}]"),
+               "description": "At least one character the tokenizer does not drop."})
+    };
     let token_id =
         json!({"type": "integer", "minimum": 0, "maximum": bounds.vocab_size.saturating_sub(1)});
     let mut set = |schema: &str, property: &str, value: Value| {
@@ -406,7 +422,7 @@ pub fn exact_generation_document(mut document: Value, bounds: &GenerationBounds)
     );
     set("Part", "type", json!({"type": "string", "enum": ["text"]}));
     set("Part", "text", json!({"type": "string"}));
-    set("TgiRequest", "inputs", text.clone());
+    set("TgiRequest", "inputs", prompt_text.clone());
     set(
         "TgiParameters",
         "stop",
@@ -415,7 +431,6 @@ pub fn exact_generation_document(mut document: Value, bounds: &GenerationBounds)
     for (name, value) in [
         ("best_of", json!([1, null])),
         ("decoder_input_details", json!([false, null])),
-        ("top_n_tokens", json!([0, null])),
         ("watermark", json!([false, null])),
     ] {
         set(
@@ -512,7 +527,7 @@ pub fn exact_generation_document(mut document: Value, bounds: &GenerationBounds)
     schemas.insert(
         "CompletionPrompt".into(),
         json!({"description": "The prompt: text, or its token ids.",
-               "oneOf": [text, {"type": "array", "items": token_id, "minItems": 1}]}),
+               "oneOf": [prompt_text, {"type": "array", "items": token_id, "minItems": 1}]}),
     );
     only_with(schemas, "Common", "stream_options", "stream");
     only_with(schemas, "ChatBody", "top_logprobs", "logprobs");

@@ -1,7 +1,7 @@
 """huggingface_hub.InferenceClient against a generation server (tests/generate_serve.rs runs
 this with the server's base URL and the reference folder): chat_completion (OpenAI route) and
-text_generation (TGI's POST /, with and without streaming and details) must give llama.cpp's
-greedy answer to the golden chat prompt (same GGUF)."""
+text_generation (TGI's POST /, with and without streaming, details and top_n_tokens) must give
+llama.cpp's greedy answer to the golden chat prompt (same GGUF)."""
 
 import json
 import sys
@@ -51,6 +51,25 @@ def main():
     assert events[-1].generated_text == want, events[-1]
     assert events[-1].details.finish_reason == "eos_token", events[-1]
     print("ok: text_generation(stream=True)")
+
+    # huggingface_hub leaves details.top_tokens (a list of lists) as dicts, and parses the
+    # streamed events' top_tokens into objects: read either.
+    def field(token, name):
+        return token[name] if isinstance(token, dict) else getattr(token, name)
+
+    top = generator.text_generation(prompt, max_new_tokens=20, details=True, top_n_tokens=3)
+    assert len(top.details.top_tokens) == len(top.details.tokens), top.details
+    for chosen, alternatives in zip(top.details.tokens, top.details.top_tokens):
+        assert len(alternatives) == 3, alternatives
+        assert field(alternatives[0], "id") == chosen.id, (chosen, alternatives)  # greedy
+        logprobs = [field(a, "logprob") for a in alternatives]
+        assert logprobs == sorted(logprobs, reverse=True), alternatives
+    events = list(generator.text_generation(
+        prompt, max_new_tokens=20, stream=True, details=True, top_n_tokens=2))
+    assert [e.token.id for e in events] == gguf["generated_ids"], events
+    for e in events:
+        assert len(e.top_tokens) == 2 and field(e.top_tokens[0], "id") == e.token.id, e
+    print("ok: text_generation(top_n_tokens=...)")
 
     cut = generator.text_generation(prompt, max_new_tokens=3, details=True)
     assert cut.details.finish_reason == "length" and cut.details.generated_tokens == 3, cut
