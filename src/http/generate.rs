@@ -715,7 +715,7 @@ fn logit_bias(value: Option<Value>) -> Result<Vec<(u32, f32)>, ApiError> {
         Some(Value::Object(fields)) => fields,
         Some(other) => {
             return Err(invalid(format!(
-                "logit_bias must be an object mapping token ids to biases, like {{\"50256\": -100}}; got {other}"
+                "logit_bias must be an object mapping token ids to biases, like {{\"123\": -100}}; got {other}"
             )))
         }
     };
