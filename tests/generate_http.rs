@@ -571,6 +571,8 @@ fn openai_parameters_this_server_cannot_honour_are_refused_not_ignored() {
             "truncate_prompt_tokens",
         ),
         (json!({"chat_template": "{{ messages }}"}), "chat_template"),
+        (json!({"documents": [{"text": "x"}]}), "documents"),
+        (json!({"bad_words": ["x"]}), "bad_words"),
         (
             json!({"add_generation_prompt": false}),
             "add_generation_prompt",
@@ -602,7 +604,8 @@ fn openai_parameters_this_server_cannot_honour_are_refused_not_ignored() {
     // So are the no-op values of the others, and fields that do not change the answer.
     let (status, body) = chat(json!({"min_tokens": 0, "skip_special_tokens": true,
         "modalities": ["text"], "echo": false, "best_of": 1, "guided_json": null,
-        "add_generation_prompt": true, "user": "u-1", "metadata": {"team": "risk"},
+        "add_generation_prompt": true, "documents": [], "chat_template_kwargs": {},
+        "bad_words": [], "logits_processors": [], "user": "u-1", "metadata": {"team": "risk"},
         "store": false}));
     assert_eq!(status, 200, "{body}");
 

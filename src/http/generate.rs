@@ -760,6 +760,12 @@ fn unhonoured(name: &str, value: &Value, chat: bool) -> Option<&'static str> {
     if value.is_null() {
         return None;
     }
+    // An empty list or object asks for nothing either (no documents, no processors).
+    let nothing = match value {
+        Value::Array(items) => items.is_empty(),
+        Value::Object(fields) => fields.is_empty(),
+        _ => false,
+    };
     match name {
         "guided_json"
         | "guided_regex"
@@ -785,15 +791,17 @@ fn unhonoured(name: &str, value: &Value, chat: bool) -> Option<&'static str> {
             Some("prompts are never truncated: one longer than the context is refused")
         }
         "prompt_logprobs" => Some("log-probabilities of the prompt are not computed"),
-        "allowed_token_ids" | "bad_words" => Some("use logit_bias to ban or force tokens"),
-        "logits_processors" => Some("custom logits processors are not loaded"),
+        "allowed_token_ids" => Some("use logit_bias to ban or force tokens"),
+        "bad_words" if !nothing => Some("use logit_bias to ban their tokens"),
+        "logits_processors" if !nothing => Some("custom logits processors are not loaded"),
         "return_tokens_as_token_ids" if !flag(false) => Some("tokens are returned as text"),
         "prediction" => Some("predicted outputs are not implemented"),
         "audio" => Some("this model generates text only"),
         "modalities" if value != &json!(["text"]) => Some("this model generates text only"),
         "web_search_options" => Some("there is no web search"),
-        "chat_template" | "chat_template_kwargs" if chat => {
-            Some("the chat template is the sealed model's own")
+        "chat_template" if chat => Some("the chat template is the sealed model's own"),
+        "chat_template_kwargs" if chat && !nothing => {
+            Some("the chat template is the sealed model's own, rendered with its own variables")
         }
         "add_generation_prompt" if chat && !flag(true) => {
             Some("the rendered conversation always ends with the assistant's turn opened")
@@ -801,7 +809,7 @@ fn unhonoured(name: &str, value: &Value, chat: bool) -> Option<&'static str> {
         "continue_final_message" if chat && !flag(false) => {
             Some("a new assistant message is always started")
         }
-        "documents" if chat => Some("documents are not passed to the chat template"),
+        "documents" if chat && !nothing => Some("documents are not passed to the chat template"),
         "echo" if chat && !flag(false) => Some("the answer holds the generated text only"),
         "best_of" if chat && !number(1.0) => Some("one candidate is generated per choice"),
         _ => None,
